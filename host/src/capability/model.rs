@@ -1,0 +1,160 @@
+//! `warden:sandbox/model`: the agent's chat requests, decided by the
+//! policy's `[model]` section and answered by the run's provider.
+
+use super::{AgentRole, GuestState, brief, to_wit};
+use crate::audit::Outcome;
+use crate::bindings::agent::warden::sandbox::model as wit;
+use crate::bindings::{WitFinishReason, WitMessage, WitRole, WitToolCall, WitUsage};
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, ToolSpec};
+use crate::gate::{Gate, GuestError};
+use crate::policy::Request;
+use crate::provider::ModelProvider;
+use serde_json::json;
+use std::io;
+
+/// Decide and perform one chat request. The outer `Err` means the audit log
+/// failed (the guest must be stopped); the inner one goes to the guest.
+pub async fn chat(
+    gate: &Gate,
+    provider: &dyn ModelProvider,
+    request: ChatRequest,
+) -> io::Result<Result<ChatResponse, GuestError>> {
+    let decision_data = json!({
+        "messages": request.messages.len(),
+        "tools": request.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        "max_tokens": request.max_tokens,
+    });
+    let permit = match gate.check(
+        &request.model,
+        &Request::Model {
+            model: &request.model,
+        },
+        Some(decision_data),
+    )? {
+        Ok(permit) => permit,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    match provider.chat(&request).await {
+        Ok(response) => {
+            let message = &response.message;
+            let detail = if message.tool_calls.is_empty() {
+                brief(&message.content, 200)
+            } else {
+                let names: Vec<_> = message.tool_calls.iter().map(|c| c.name.as_str()).collect();
+                format!("asks for {}", names.join(", "))
+            };
+            gate.complete(
+                permit,
+                Outcome::Ok,
+                detail,
+                Some(json!({
+                    "model": response.model,
+                    "text": message.content,
+                    "tool_calls": message.tool_calls,
+                    "usage": response.usage,
+                    "finish_reason": response.finish_reason,
+                })),
+            )?;
+            Ok(Ok(response))
+        }
+        Err(error) => {
+            let error = GuestError::Failed(format!("the model provider failed: {error}"));
+            gate.complete(permit, Outcome::Failed, error.reason(), None)?;
+            Ok(Err(error))
+        }
+    }
+}
+
+impl wit::Host for GuestState<AgentRole> {
+    async fn chat(
+        &mut self,
+        request: wit::ChatRequest,
+    ) -> wasmtime::Result<Result<wit::ChatResponse, crate::bindings::WitError>> {
+        let provider = self.role.provider.clone();
+        let request = decode_request(request, provider.default_model());
+        let result = self
+            .in_host(async |state| chat(&state.gate, &*provider, request).await)
+            .await?;
+        Ok(result.map(encode_response).map_err(to_wit))
+    }
+}
+
+fn decode_request(request: wit::ChatRequest, default_model: &str) -> ChatRequest {
+    ChatRequest {
+        messages: request.messages.into_iter().map(decode_message).collect(),
+        tools: request
+            .tools
+            .into_iter()
+            .map(|spec| ToolSpec {
+                // A guest may send a schema that is not JSON; keep it as text
+                // rather than refuse: the provider decides what to do.
+                parameters: serde_json::from_str(&spec.parameters_schema)
+                    .unwrap_or(serde_json::Value::String(spec.parameters_schema)),
+                name: spec.name,
+                description: spec.description,
+            })
+            .collect(),
+        model: request.model.unwrap_or_else(|| default_model.to_string()),
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+    }
+}
+
+fn decode_message(message: WitMessage) -> Message {
+    Message {
+        role: match message.role {
+            WitRole::System => Role::System,
+            WitRole::User => Role::User,
+            WitRole::Assistant => Role::Assistant,
+            WitRole::Tool => Role::Tool,
+        },
+        content: message.content,
+        tool_calls: message
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect(),
+        tool_call_id: message.tool_call_id,
+    }
+}
+
+fn encode_response(response: ChatResponse) -> wit::ChatResponse {
+    let message = response.message;
+    wit::ChatResponse {
+        message: WitMessage {
+            role: match message.role {
+                Role::System => WitRole::System,
+                Role::User => WitRole::User,
+                Role::Assistant => WitRole::Assistant,
+                Role::Tool => WitRole::Tool,
+            },
+            content: message.content,
+            tool_calls: message
+                .tool_calls
+                .into_iter()
+                .map(|c| WitToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
+                })
+                .collect(),
+            tool_call_id: message.tool_call_id,
+        },
+        usage: WitUsage {
+            input_tokens: response.usage.input_tokens,
+            output_tokens: response.usage.output_tokens,
+        },
+        finish_reason: match response.finish_reason {
+            FinishReason::Stop => WitFinishReason::Stop,
+            FinishReason::ToolCalls => WitFinishReason::ToolCalls,
+            FinishReason::Length => WitFinishReason::Length,
+            FinishReason::ContentFilter => WitFinishReason::ContentFilter,
+            FinishReason::Other => WitFinishReason::Other,
+        },
+        model: response.model,
+    }
+}

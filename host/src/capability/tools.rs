@@ -1,0 +1,96 @@
+//! `warden:sandbox/tools`: the agent's tool calls, decided by the policy's
+//! `[tools.NAME]` entries and run in a fresh instance of the tool's
+//! component, with no authority of the agent's.
+
+use super::{AgentRole, GuestState, brief, to_wit};
+use crate::audit::{Kind, Outcome};
+use crate::bindings::WitToolSpec;
+use crate::bindings::agent::warden::sandbox::tools as wit;
+use crate::gate::{Gate, GuestError};
+use crate::policy::{Request, printable};
+use crate::registry::{ToolFailure, ToolRegistry};
+use serde_json::json;
+use std::io;
+use std::sync::Arc;
+
+/// Decide and perform one tool call. The outer `Err` means the audit log
+/// failed (the guest must be stopped); the inner one goes to the guest.
+pub async fn call(
+    gate: &Arc<Gate>,
+    registry: &ToolRegistry,
+    name: &str,
+    arguments: &str,
+) -> io::Result<Result<String, GuestError>> {
+    let parsed: serde_json::Value = match serde_json::from_str(arguments) {
+        Ok(value) => value,
+        Err(error) => {
+            let error = GuestError::Invalid(format!(
+                "the arguments of `{}` are not valid JSON ({error})",
+                printable(name)
+            ));
+            let data = json!({ "arguments": brief(arguments, 1000) });
+            return gate
+                .refuse(Kind::Tool, name, "arguments", error, Some(data))
+                .map(Err);
+        }
+    };
+    let request = Request::Tool {
+        name,
+        arguments: &parsed,
+    };
+    let permit = match gate.check(name, &request, Some(json!({ "arguments": parsed })))? {
+        Ok(permit) => permit,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    match registry.invoke(name, arguments, gate).await? {
+        Ok(result) => {
+            gate.complete(
+                permit,
+                Outcome::Ok,
+                brief(&result, 200),
+                Some(json!({ "result": result })),
+            )?;
+            Ok(Ok(result))
+        }
+        Err(ToolFailure::Returned(message)) => {
+            gate.complete(permit, Outcome::Failed, brief(&message, 1000), None)?;
+            Ok(Err(GuestError::Failed(format!(
+                "tool `{name}` returned an error: {message}"
+            ))))
+        }
+        Err(ToolFailure::Stopped(failure)) => {
+            let text = failure.to_string();
+            gate.complete(permit, Outcome::Trap, text.clone(), None)?;
+            Ok(Err(GuestError::Failed(format!(
+                "tool `{name}` was stopped: {text}"
+            ))))
+        }
+    }
+}
+
+impl wit::Host for GuestState<AgentRole> {
+    async fn list_tools(&mut self) -> wasmtime::Result<Vec<WitToolSpec>> {
+        Ok(self
+            .role
+            .tools
+            .granted()
+            .map(|spec| WitToolSpec {
+                name: spec.name.clone(),
+                description: spec.description.clone(),
+                parameters_schema: spec.parameters.to_string(),
+            })
+            .collect())
+    }
+
+    async fn call(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<String, crate::bindings::WitError>> {
+        let registry = self.role.tools.clone();
+        let result = self
+            .in_host(async |state| call(&state.gate, &registry, &name, &arguments).await)
+            .await?;
+        Ok(result.map_err(to_wit))
+    }
+}

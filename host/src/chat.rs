@@ -1,0 +1,121 @@
+//! The host's own vocabulary for talking to models: messages, tool calls,
+//! tool specs, usage. Providers, the policy and the audit log speak these
+//! types; the WIT-generated ones stop at `capability::model`.
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions from the agent's author.
+    System,
+    /// The task, or anything else from the user's side.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result.
+    Tool,
+}
+
+/// The model asks for a tool to be called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Opaque id, echoed by the tool message that answers it.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// Arguments as JSON text (as the model wrote them: maybe not valid).
+    pub arguments: String,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// Tool calls (assistant messages only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call this answers (tool messages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// An assistant message with plain text.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+/// A tool as offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Its name.
+    pub name: String,
+    /// When to use it.
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// Tokens a call used, as the provider reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u32,
+    /// Completion tokens.
+    pub output_tokens: u32,
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinishReason {
+    /// A complete answer.
+    Stop,
+    /// It wants its tool calls run.
+    ToolCalls,
+    /// Cut at the token limit.
+    Length,
+    /// Filtered by the provider.
+    ContentFilter,
+    /// Anything else.
+    Other,
+}
+
+/// A chat request after the host resolved the model name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatRequest {
+    /// The conversation so far.
+    pub messages: Vec<Message>,
+    /// Tools the model may ask for.
+    pub tools: Vec<ToolSpec>,
+    /// The model that should answer.
+    pub model: String,
+    /// Most tokens in the answer.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+}
+
+/// The model's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatResponse {
+    /// The assistant message, possibly with tool calls.
+    pub message: Message,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// The model that answered.
+    pub model: String,
+}

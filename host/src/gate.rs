@@ -1,0 +1,364 @@
+//! The gate: the one place where a guest's request meets the policy.
+//!
+//! Every capability turns a guest call into a [`Request`], asks
+//! [`Gate::check`], performs the effect only with the [`Permit`] it gets
+//! back, and hands the permit to [`Gate::complete`]. The gate writes the
+//! decision record before the effect and the outcome record after it, and
+//! keeps the session (what the run has used) that budgets are checked
+//! against. The gate never performs an effect itself, and nothing else
+//! writes to the audit log.
+
+use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
+use crate::policy::{Decision, DenyKind, Policy, Request, Rule, Session, Verdict, printable};
+use serde_json::{Value, json};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why the host did not do what a guest asked: the host side of the WIT
+/// `error` variant. A value the guest receives, never a trap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestError {
+    /// The policy refused.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// A budget is spent.
+    #[error("budget exhausted: {0}")]
+    BudgetExhausted(String),
+    /// The request was malformed.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The effect failed.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl GuestError {
+    /// The audit outcome that goes with this error.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            GuestError::Denied(_) => Outcome::Denied,
+            GuestError::BudgetExhausted(_) => Outcome::BudgetExhausted,
+            GuestError::Invalid(_) => Outcome::Invalid,
+            GuestError::Failed(_) => Outcome::Failed,
+        }
+    }
+
+    /// The reason without the kind.
+    pub fn reason(&self) -> &str {
+        match self {
+            GuestError::Denied(r)
+            | GuestError::BudgetExhausted(r)
+            | GuestError::Invalid(r)
+            | GuestError::Failed(r) => r,
+        }
+    }
+}
+
+/// Proof that the policy allowed a request; spend it with
+/// [`Gate::complete`].
+#[must_use = "an allowed request must be completed with Gate::complete"]
+#[derive(Debug)]
+pub struct Permit {
+    kind: Kind,
+    subject: String,
+    rule: Rule,
+}
+
+impl Permit {
+    /// The rule that allowed the request.
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+}
+
+/// The gate of one run.
+pub struct Gate {
+    policy: Arc<Policy>,
+    audit: AuditLog,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    session: Session,
+    /// Log lines refused after the log budget ran out (recorded once).
+    logs_dropped: u64,
+}
+
+impl Gate {
+    /// A gate deciding by `policy` and recording to `audit`.
+    pub fn new(policy: Arc<Policy>, audit: AuditLog) -> Self {
+        Gate {
+            policy,
+            audit,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The policy this gate enforces.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        self.audit.run()
+    }
+
+    /// What the run has used so far.
+    pub fn session(&self) -> Session {
+        self.lock().session.clone()
+    }
+
+    /// Log lines dropped because the log budget was spent.
+    pub fn logs_dropped(&self) -> u64 {
+        self.lock().logs_dropped
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counters invalid
+        // (each update is one statement), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decide `request` about `subject` and record the decision. On a
+    /// refusal, also record the outcome and return the error for the guest.
+    /// An `Err` means the audit log failed: the caller must stop the guest.
+    pub fn check(
+        &self,
+        subject: &str,
+        request: &Request<'_>,
+        data: Option<Value>,
+    ) -> io::Result<Result<Permit, GuestError>> {
+        let kind = kind_of(request);
+        let subject = printable(subject);
+        // Deciding, counting and numbering the record happen under one lock,
+        // so concurrent calls cannot overspend a budget and the log's order
+        // is the order of decisions.
+        let mut state = self.lock();
+        let decision = self.policy.decide(request, &state.session);
+        match decision {
+            Decision::Allow { rule } => {
+                state.session.record(request);
+                self.audit.write(Entry {
+                    kind,
+                    event: Event::Decision,
+                    subject: subject.clone(),
+                    decision: Verdict::Allow,
+                    rule: rule.to_string(),
+                    detail: String::new(),
+                    outcome: None,
+                    data,
+                })?;
+                Ok(Ok(Permit {
+                    kind,
+                    subject,
+                    rule,
+                }))
+            }
+            Decision::Deny {
+                rule,
+                reason,
+                kind: deny,
+            } => {
+                let text = format!("{reason} (rule: {rule})");
+                let error = match deny {
+                    DenyKind::Policy => GuestError::Denied(text),
+                    DenyKind::Budget => GuestError::BudgetExhausted(text),
+                };
+                self.write_refusal(kind, &subject, &rule, &error, data)?;
+                Ok(Err(error))
+            }
+        }
+    }
+
+    /// Record a request refused before the policy could see it (e.g. tool
+    /// arguments that are not JSON), under the rule `rule`.
+    pub fn refuse(
+        &self,
+        kind: Kind,
+        subject: &str,
+        rule: &str,
+        error: GuestError,
+        data: Option<Value>,
+    ) -> io::Result<GuestError> {
+        let _order = self.lock();
+        self.write_refusal(kind, &printable(subject), &Rule::new(rule), &error, data)?;
+        Ok(error)
+    }
+
+    fn write_refusal(
+        &self,
+        kind: Kind,
+        subject: &str,
+        rule: &Rule,
+        error: &GuestError,
+        data: Option<Value>,
+    ) -> io::Result<()> {
+        self.audit.write(Entry {
+            kind,
+            event: Event::Decision,
+            subject: subject.to_string(),
+            decision: Verdict::Deny,
+            rule: rule.to_string(),
+            detail: error.reason().to_string(),
+            outcome: None,
+            data,
+        })?;
+        self.audit.write(Entry {
+            kind,
+            event: Event::Outcome,
+            subject: subject.to_string(),
+            decision: Verdict::Deny,
+            rule: rule.to_string(),
+            detail: error.to_string(),
+            outcome: Some(error.outcome()),
+            data: None,
+        })?;
+        Ok(())
+    }
+
+    /// Record what came of an allowed request.
+    pub fn complete(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        detail: impl Into<String>,
+        data: Option<Value>,
+    ) -> io::Result<()> {
+        self.audit.write(Entry {
+            kind: permit.kind,
+            event: Event::Outcome,
+            subject: permit.subject,
+            decision: Verdict::Allow,
+            rule: permit.rule.to_string(),
+            detail: detail.into(),
+            outcome: Some(outcome),
+            data,
+        })?;
+        Ok(())
+    }
+
+    /// A log line from `guest`. Within the log budget it is recorded (a
+    /// decision and an outcome carrying the line); past it, the first
+    /// refusal is recorded and later lines are counted, so a guest cannot
+    /// flood the audit log.
+    pub fn log(&self, guest: &str, level: &str, message: &str) -> io::Result<()> {
+        let request = Request::Log {
+            bytes: message.len() as u64,
+        };
+        {
+            let mut state = self.lock();
+            if state.logs_dropped > 0 {
+                state.logs_dropped += 1;
+                return Ok(());
+            }
+            if let Decision::Deny { .. } = self.policy.decide(&request, &state.session) {
+                state.logs_dropped = 1;
+            }
+        }
+        match self.check(guest, &request, Some(json!({ "level": level })))? {
+            Ok(permit) => self.complete(permit, Outcome::Ok, message, None),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Record something that is not a guest request: the run's start and
+    /// end, a limit that stopped a guest, captured stdio.
+    pub fn note(&self, entry: Entry) -> io::Result<u64> {
+        let _order = self.lock();
+        self.audit.write(entry)
+    }
+}
+
+fn kind_of(request: &Request<'_>) -> Kind {
+    match request {
+        Request::Model { .. } => Kind::Model,
+        Request::Tool { .. } => Kind::Tool,
+        Request::Log { .. } => Kind::Log,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::MemorySink;
+
+    fn gate(policy: &str) -> (Gate, MemorySink) {
+        let sink = MemorySink::default();
+        let policy = Policy::parse("p.toml", policy).unwrap();
+        (
+            Gate::new(
+                Arc::new(policy),
+                AuditLog::new("r-test").with_sink(sink.clone()),
+            ),
+            sink,
+        )
+    }
+
+    #[test]
+    fn allowed_requests_leave_a_decision_and_an_outcome() {
+        let (gate, sink) = gate("[tools.calc]\ncomponent = \"x\"\nmax_calls = 1\n");
+        let args = json!({"expression": "1"});
+        let request = Request::Tool {
+            name: "calc",
+            arguments: &args,
+        };
+        let permit = gate.check("calc", &request, None).unwrap().unwrap();
+        gate.complete(permit, Outcome::Ok, "1", None).unwrap();
+        let err = gate.check("calc", &request, None).unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            GuestError::BudgetExhausted(
+                "all 1 calls of tool `calc` in this run are used (rule: tools.calc.max_calls)"
+                    .into()
+            )
+        );
+        let records = sink.records();
+        let summary: Vec<_> = records
+            .iter()
+            .map(|r| (r.seq, r.event, r.decision, r.rule.as_str(), r.outcome))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, Event::Decision, Verdict::Allow, "tools.calc", None),
+                (
+                    2,
+                    Event::Outcome,
+                    Verdict::Allow,
+                    "tools.calc",
+                    Some(Outcome::Ok)
+                ),
+                (
+                    3,
+                    Event::Decision,
+                    Verdict::Deny,
+                    "tools.calc.max_calls",
+                    None
+                ),
+                (
+                    4,
+                    Event::Outcome,
+                    Verdict::Deny,
+                    "tools.calc.max_calls",
+                    Some(Outcome::BudgetExhausted)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_log_flood_is_recorded_once() {
+        let (gate, sink) = gate("[limits]\noutput = \"1KiB\"\n");
+        for _ in 0..10_000 {
+            gate.log("agent", "info", &"x".repeat(100)).unwrap();
+        }
+        let records = sink.records();
+        // 10 lines fit in 1 KiB (two records each), then one refusal (two records).
+        assert_eq!(records.len(), 22);
+        assert_eq!(records[20].decision, Verdict::Deny);
+        assert_eq!(records[20].rule, "limits.output");
+        assert_eq!(gate.logs_dropped(), 10_000 - 10);
+    }
+}

@@ -1,0 +1,250 @@
+//! The tools a run's policy names: each entry bound to the component that
+//! provides it, with the spec that component describes.
+//!
+//! Every call runs in a fresh instance of the component, with the tool's
+//! own (for now: no) capabilities and the policy's limits, and is dropped
+//! afterwards: a tool keeps no state between calls and never runs with the
+//! agent's authority. Several entries may share a component; each is its
+//! own tool with its own rules.
+
+use crate::bindings::tool::ToolPre;
+use crate::capability::{GuestState, ToolRole};
+use crate::chat::ToolSpec;
+use crate::diagnostic::SourceError;
+use crate::gate::Gate;
+use crate::load::{ComponentSource, PolicyFile};
+use crate::runtime::Runtime;
+use crate::runtime::limits::{GuestFailure, LimitExceeded};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+/// A loaded tool component.
+pub struct ToolComponent {
+    /// Where it came from (`builtin:calc`, a path).
+    pub source: String,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Whether its compiled form came from the cache.
+    pub cache_hit: bool,
+    pre: ToolPre<GuestState<ToolRole>>,
+}
+
+struct RegisteredTool {
+    spec: ToolSpec,
+    component: Arc<ToolComponent>,
+    granted: bool,
+}
+
+/// Why a tool call produced no result.
+#[derive(Debug)]
+pub enum ToolFailure {
+    /// The tool returned an error of its own.
+    Returned(String),
+    /// A limit or trap stopped the tool.
+    Stopped(GuestFailure),
+}
+
+/// The run's tools.
+pub struct ToolRegistry {
+    tools: BTreeMap<String, RegisteredTool>,
+}
+
+impl ToolRegistry {
+    /// Load every component `policy` names, ask each what it provides, and
+    /// bind each `[tools.NAME]` entry to its spec. `gate` records what the
+    /// components log while describing themselves.
+    pub async fn load(
+        runtime: &Runtime,
+        policy: &PolicyFile,
+        gate: &Arc<Gate>,
+    ) -> Result<Self, SourceError> {
+        let mut components: HashMap<ComponentSource, (Arc<ToolComponent>, Vec<ToolSpec>)> =
+            HashMap::new();
+        let mut tools = BTreeMap::new();
+        for entry in policy.policy.tools.values() {
+            let Some(reference) = &entry.component else {
+                continue;
+            };
+            let source = ComponentSource::parse(&reference.text, &policy.dir);
+            if !components.contains_key(&source) {
+                let at = |message: String, help: Option<String>| {
+                    policy.error_at(reference.span.clone(), message, help)
+                };
+                let bytes = source.read().map_err(|e| {
+                    at(
+                        format!(
+                            "the component of [tools.{}] cannot be loaded: {e}",
+                            entry.name
+                        ),
+                        Some(
+                            "paths are relative to the policy file; build tools with \
+                             `cargo build --target wasm32-wasip2 --release`"
+                                .into(),
+                        ),
+                    )
+                })?;
+                let loaded = runtime
+                    .load(&source.to_string(), &bytes)
+                    .map_err(|e| at(format!("`{source}` is not a valid component: {e:#}"), None))?;
+                let pre = runtime.tool_pre(&loaded.component).map_err(|e| {
+                    at(
+                        format!("`{source}` is not a warden tool component: {e:#}"),
+                        Some(
+                            "a tool exports `describe` and `invoke` (world warden:sandbox/tool)"
+                                .into(),
+                        ),
+                    )
+                })?;
+                let specs = describe(&pre, &source, gate)
+                    .await
+                    .map_err(|e| at(e, None))?;
+                let component = Arc::new(ToolComponent {
+                    source: source.to_string(),
+                    sha256: loaded.sha256,
+                    cache_hit: loaded.cache_hit,
+                    pre,
+                });
+                components.insert(source.clone(), (component, specs));
+            }
+            let (component, specs) = &components[&source];
+            let Some(spec) = specs.iter().find(|s| s.name == entry.name) else {
+                let provided: Vec<_> = specs.iter().map(|s| format!("`{}`", s.name)).collect();
+                return Err(policy.error_at(
+                    entry.span.clone(),
+                    format!(
+                        "`{}` does not provide a tool named `{}`",
+                        component.source, entry.name
+                    ),
+                    Some(format!(
+                        "it provides {}; name the entry after one of them",
+                        provided.join(", ")
+                    )),
+                ));
+            };
+            tools.insert(
+                entry.name.clone(),
+                RegisteredTool {
+                    spec: spec.clone(),
+                    component: component.clone(),
+                    granted: entry.decision == crate::policy::ToolDecision::Allow,
+                },
+            );
+        }
+        Ok(ToolRegistry { tools })
+    }
+
+    /// Specs of the tools the agent may call.
+    pub fn granted(&self) -> impl Iterator<Item = &ToolSpec> {
+        self.tools.values().filter(|t| t.granted).map(|t| &t.spec)
+    }
+
+    /// Every distinct component loaded.
+    pub fn components(&self) -> Vec<Arc<ToolComponent>> {
+        let mut seen: Vec<Arc<ToolComponent>> = Vec::new();
+        for tool in self.tools.values() {
+            if !seen.iter().any(|c| Arc::ptr_eq(c, &tool.component)) {
+                seen.push(tool.component.clone());
+            }
+        }
+        seen
+    }
+
+    /// Run the tool `name` once, in a fresh instance, on `arguments`. The
+    /// caller has already had the call allowed by the gate. The outer `Err`
+    /// means the audit log failed.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        arguments: &str,
+        gate: &Arc<Gate>,
+    ) -> io::Result<Result<String, ToolFailure>> {
+        let Some(tool) = self.tools.get(name) else {
+            return Ok(Err(ToolFailure::Stopped(GuestFailure::Host(format!(
+                "tool `{name}` was allowed but is not loaded"
+            )))));
+        };
+        let limits = gate.policy().limits.clone();
+        let state = GuestState::new(name, gate.clone(), &limits, ToolRole);
+        let stderr = state.stderr();
+        let pre = &tool.component.pre;
+        let mut store = state.into_store(pre.engine());
+        let result = GuestState::<ToolRole>::guarded(&stderr, limits.wall, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_invoke(&mut store, name, arguments).await
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(output)) if output.len() as u64 > limits.output => Err(ToolFailure::Stopped(
+                GuestFailure::Limit(LimitExceeded::Output {
+                    limit: limits.output,
+                    size: output.len() as u64,
+                }),
+            )),
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(message)) => Err(ToolFailure::Returned(crate::capability::brief(
+                &message,
+                limits.output as usize,
+            ))),
+            Err(failure) => Err(ToolFailure::Stopped(failure)),
+        };
+        let failure = match &outcome {
+            Err(ToolFailure::Stopped(failure)) => Some(failure),
+            _ => None,
+        };
+        store.data().finish(failure)?;
+        Ok(outcome)
+    }
+}
+
+/// Ask a component which tools it provides, in a fresh, limited instance.
+async fn describe(
+    pre: &ToolPre<GuestState<ToolRole>>,
+    source: &ComponentSource,
+    gate: &Arc<Gate>,
+) -> Result<Vec<ToolSpec>, String> {
+    let limits = gate.policy().limits.clone();
+    let name = format!("{}:describe", source.short_name());
+    let state = GuestState::new(name, gate.clone(), &limits, ToolRole);
+    let stderr = state.stderr();
+    let mut store = state.into_store(pre.engine());
+    let result = GuestState::<ToolRole>::guarded(&stderr, limits.wall, async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance.call_describe(&mut store).await
+    })
+    .await;
+    let failure = result.as_ref().err();
+    store
+        .data()
+        .finish(failure)
+        .map_err(|e| format!("the audit log failed: {e}"))?;
+    let specs = result.map_err(|f| format!("`{source}` failed while describing its tools: {f}"))?;
+    let mut out: Vec<ToolSpec> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if out.iter().any(|s| s.name == spec.name) {
+            return Err(format!(
+                "`{source}` describes the tool `{}` twice",
+                spec.name
+            ));
+        }
+        let parameters: serde_json::Value =
+            serde_json::from_str(&spec.parameters_schema).map_err(|e| {
+                format!(
+                    "`{source}` describes `{}` with a parameters schema that is not JSON: {e}",
+                    spec.name
+                )
+            })?;
+        if !parameters.is_object() {
+            return Err(format!(
+                "`{source}` describes `{}` with a parameters schema that is not a JSON object",
+                spec.name
+            ));
+        }
+        out.push(ToolSpec {
+            name: spec.name,
+            description: spec.description,
+            parameters,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,235 @@
+//! One run: an agent component on a task, under a policy, with a model
+//! provider, recorded to an audit log.
+
+use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
+use crate::capability::{AgentRole, GuestState, brief};
+use crate::diagnostic::SourceError;
+use crate::gate::Gate;
+use crate::load::{ComponentSource, PolicyFile};
+use crate::policy::{Session, Verdict};
+use crate::provider::ModelProvider;
+use crate::registry::ToolRegistry;
+use crate::runtime::Runtime;
+use crate::runtime::limits::{GuestFailure, LimitExceeded};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+pub struct RunSpec {
+    /// The policy to enforce.
+    pub policy: PolicyFile,
+    /// The agent component.
+    pub agent: ComponentSource,
+    /// Who answers model calls.
+    pub provider: Arc<dyn ModelProvider>,
+    /// The task given to the agent's `run`.
+    pub task: String,
+}
+
+/// How a run ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunFailure {
+    /// The agent returned an error of its own (e.g. it gave up).
+    Agent(String),
+    /// A limit or trap stopped the agent.
+    Stopped(GuestFailure),
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunFailure::Agent(error) => write!(f, "the agent returned an error: {error}"),
+            RunFailure::Stopped(failure) => write!(f, "the agent was stopped: {failure}"),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The run's id (also in every audit record).
+    pub run_id: String,
+    /// The agent's answer, or why there is none.
+    pub result: Result<String, RunFailure>,
+    /// Wall time of the whole run, loading included.
+    pub elapsed: Duration,
+    /// Budgets used.
+    pub session: Session,
+    /// Log lines dropped past the log budget.
+    pub logs_dropped: u64,
+    /// Whether the agent's compiled form came from the cache.
+    pub agent_cache_hit: bool,
+    /// How long loading the agent component took.
+    pub agent_load_time: Duration,
+}
+
+/// Why a run could not start, or had to stop without a record.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The agent component is missing or not an agent.
+    #[error("{0}")]
+    Agent(String),
+    /// A component named by the policy could not be loaded.
+    #[error("{0}")]
+    Policy(SourceError),
+    /// The audit log could not be written; nothing more may happen.
+    #[error("the audit log could not be written: {0}")]
+    Audit(#[from] std::io::Error),
+}
+
+/// Run `spec` on `runtime`, recording to `audit`.
+pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let agent_name = spec.agent.short_name();
+    let bytes = spec
+        .agent
+        .read()
+        .map_err(|e| RunError::Agent(format!("the agent cannot be loaded: {e}")))?;
+    let loaded = runtime
+        .load(&spec.agent.to_string(), &bytes)
+        .map_err(|e| RunError::Agent(format!("{e:#}")))?;
+    let pre = runtime.agent_pre(&loaded.component).map_err(|e| {
+        RunError::Agent(format!(
+            "`{}` is not a warden agent: {e:#}\nan agent exports `run` (world warden:sandbox/agent)",
+            spec.agent
+        ))
+    })?;
+
+    let policy = spec.policy.policy.clone();
+    let gate = Arc::new(Gate::new(policy.clone(), audit));
+    gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Decision,
+        subject: agent_name.clone(),
+        decision: Verdict::Allow,
+        rule: "policy".into(),
+        detail: brief(&spec.task, 200),
+        outcome: None,
+        data: Some(json!({
+            "agent": { "source": spec.agent.to_string(), "sha256": loaded.sha256 },
+            "policy": { "file": spec.policy.name, "sha256": spec.policy.sha256 },
+            "model": spec.provider.describe(),
+            "task": spec.task,
+        })),
+    })?;
+
+    let tools = match ToolRegistry::load(runtime, &spec.policy, &gate).await {
+        Ok(tools) => Arc::new(tools),
+        Err(error) => {
+            end_record(
+                &gate,
+                &agent_name,
+                Outcome::Failed,
+                error.render(),
+                json!({}),
+            )?;
+            return Err(RunError::Policy(error));
+        }
+    };
+    gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Decision,
+        subject: "tools".into(),
+        decision: Verdict::Allow,
+        rule: "policy".into(),
+        detail: format!(
+            "granted: {}",
+            tools
+                .granted()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        outcome: None,
+        data: Some(json!({
+            "components": tools.components().iter().map(|c| json!({
+                "source": c.source, "sha256": c.sha256,
+            })).collect::<Vec<_>>(),
+        })),
+    })?;
+
+    let limits = policy.limits.clone();
+    let role = AgentRole {
+        provider: spec.provider.clone(),
+        tools,
+    };
+    let state = GuestState::new(agent_name.clone(), gate.clone(), &limits, role);
+    let stderr = state.stderr();
+    let mut store = state.into_store(runtime.engine());
+    let outcome = GuestState::<AgentRole>::guarded(&stderr, limits.wall, async {
+        let agent = pre.instantiate_async(&mut store).await?;
+        agent.call_run(&mut store, &spec.task).await
+    })
+    .await;
+    let result = match outcome {
+        Ok(Ok(answer)) if answer.len() as u64 > limits.output => Err(RunFailure::Stopped(
+            GuestFailure::Limit(LimitExceeded::Output {
+                limit: limits.output,
+                size: answer.len() as u64,
+            }),
+        )),
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(RunFailure::Agent(brief(&error, limits.output as usize))),
+        Err(failure) => Err(RunFailure::Stopped(failure)),
+    };
+    let failure = match &result {
+        Err(RunFailure::Stopped(failure)) => Some(failure),
+        _ => None,
+    };
+    store.data().finish(failure)?;
+    drop(store);
+
+    let session = gate.session();
+    let logs_dropped = gate.logs_dropped();
+    let elapsed = started.elapsed();
+    let (outcome, detail, data) = match &result {
+        Ok(answer) => (Outcome::Ok, brief(answer, 200), json!({ "answer": answer })),
+        Err(failure @ RunFailure::Agent(_)) => (
+            Outcome::Failed,
+            failure.to_string(),
+            json!({ "error": failure.to_string() }),
+        ),
+        Err(failure @ RunFailure::Stopped(_)) => (
+            Outcome::Trap,
+            failure.to_string(),
+            json!({ "error": failure.to_string() }),
+        ),
+    };
+    let mut data = data;
+    data["elapsed_ms"] = json!(elapsed.as_millis() as u64);
+    data["model_calls"] = json!(session.model_calls);
+    data["tool_calls"] = json!(session.tool_calls);
+    data["logs_dropped"] = json!(logs_dropped);
+    end_record(&gate, &agent_name, outcome, detail, data)?;
+
+    Ok(RunReport {
+        run_id: gate.run_id().to_string(),
+        result,
+        elapsed,
+        session,
+        logs_dropped,
+        agent_cache_hit: loaded.cache_hit,
+        agent_load_time: loaded.load_time,
+    })
+}
+
+fn end_record(
+    gate: &Gate,
+    agent: &str,
+    outcome: Outcome,
+    detail: String,
+    data: serde_json::Value,
+) -> std::io::Result<()> {
+    gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Outcome,
+        subject: agent.to_string(),
+        decision: Verdict::Allow,
+        rule: "policy".into(),
+        detail,
+        outcome: Some(outcome),
+        data: Some(data),
+    })
+    .map(drop)
+}

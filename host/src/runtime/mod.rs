@@ -1,0 +1,192 @@
+//! The engine every guest runs on, and how components are loaded into it.
+//!
+//! One [`Runtime`] per process: a wasmtime `Engine` with the pooling
+//! allocator and epoch interruption (a ticker thread advances the epoch
+//! every [`TICK`]), the linkers for the two worlds, and the compile cache.
+//! It knows nothing of policies; stores get their limits from
+//! [`crate::capability::GuestState`].
+
+pub mod cache;
+pub mod limits;
+
+use crate::bindings::agent::{Agent, AgentPre};
+use crate::bindings::tool::{Tool, ToolPre};
+use crate::capability::{AgentRole, GuestState, ToolRole};
+use crate::policy::MAX_MEMORY;
+use cache::CompileCache;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of CPU limits and of
+/// yielding to other tasks.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Settings for a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are kept; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Most guest instances alive at once (each agent and each running tool
+    /// call is one); sizes the pooling allocator.
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: cache::default_dir(),
+            max_instances: 100,
+        }
+    }
+}
+
+/// A component compiled for this runtime.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    /// The compiled component.
+    pub component: Component,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Whether it came from the on-disk cache.
+    pub cache_hit: bool,
+    /// How long loading took (hashing, reading or compiling).
+    pub load_time: Duration,
+}
+
+/// The process's engine, linkers and compile cache.
+pub struct Runtime {
+    engine: Engine,
+    cache: Option<CompileCache>,
+    agent_linker: Linker<GuestState<AgentRole>>,
+    tool_linker: Linker<GuestState<ToolRole>>,
+    loaded: Mutex<HashMap<String, Component>>,
+}
+
+impl Runtime {
+    /// Build the engine and linkers and start the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let engine = Engine::new(&engine_config(config.max_instances))?;
+        start_ticker(&engine);
+
+        let mut agent_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut agent_linker)?;
+        Agent::add_to_linker::<_, HasSelf<_>>(&mut agent_linker, |state| state)?;
+
+        let mut tool_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut tool_linker)?;
+        Tool::add_to_linker::<_, HasSelf<_>>(&mut tool_linker, |state| state)?;
+
+        Ok(Runtime {
+            cache: config.cache_dir.map(|dir| CompileCache::new(dir, &engine)),
+            engine,
+            agent_linker,
+            tool_linker,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The compile cache, if enabled.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.cache.as_ref()
+    }
+
+    /// Compile `bytes` (named `name` in errors), or take it from this
+    /// process's memory or the on-disk cache.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> wasmtime::Result<LoadedComponent> {
+        let started = Instant::now();
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if let Some(component) = self.loaded.lock().expect("poisoned").get(&sha256) {
+            return Ok(LoadedComponent {
+                component: component.clone(),
+                sha256,
+                cache_hit: true,
+                load_time: started.elapsed(),
+            });
+        }
+        if !is_component(bytes) {
+            wasmtime::bail!(
+                "{name} is not a WebAssembly component (build it for wasm32-wasip2, which emits components)"
+            );
+        }
+        let (component, cache_hit) = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &sha256, bytes)?,
+            None => (Component::new(&self.engine, bytes)?, false),
+        };
+        self.loaded
+            .lock()
+            .expect("poisoned")
+            .insert(sha256.clone(), component.clone());
+        Ok(LoadedComponent {
+            component,
+            sha256,
+            cache_hit,
+            load_time: started.elapsed(),
+        })
+    }
+
+    /// Link an agent component: resolve its imports once, for many
+    /// instantiations.
+    pub fn agent_pre(
+        &self,
+        component: &Component,
+    ) -> wasmtime::Result<AgentPre<GuestState<AgentRole>>> {
+        AgentPre::new(self.agent_linker.instantiate_pre(component)?)
+    }
+
+    /// Link a tool component.
+    pub fn tool_pre(
+        &self,
+        component: &Component,
+    ) -> wasmtime::Result<ToolPre<GuestState<ToolRole>>> {
+        ToolPre::new(self.tool_linker.instantiate_pre(component)?)
+    }
+}
+
+/// A component binary starts with the wasm magic and the component layer
+/// version; a core module or anything else is refused with a clear message.
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [0x01, 0x00]
+}
+
+fn engine_config(max_instances: u32) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(max_instances);
+    // A component holds several core instances (a Rust guest three or four,
+    // a Python one more), but usually one memory.
+    pool.total_core_instances(max_instances.saturating_mul(8));
+    pool.total_memories(max_instances.saturating_mul(2));
+    pool.total_tables(max_instances.saturating_mul(8));
+    pool.total_stacks(max_instances);
+    pool.max_memory_size(MAX_MEMORY as usize);
+    pool.max_tables_per_module(4);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Advance the engine's epoch every [`TICK`] until the engine is dropped.
+fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("warden-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

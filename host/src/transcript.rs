@@ -1,0 +1,284 @@
+//! A readable transcript of a run, rendered from its audit records as they
+//! are written: the model's turns, each tool call with its decision and
+//! rule, limits that stopped a guest, and the answer.
+//!
+//! Everything a guest or model wrote is shown with control characters
+//! escaped, and guest stdout/stderr is never echoed (only counted), so a
+//! guest cannot paint text on the terminal that looks like warden's own.
+
+use crate::audit::{AuditSink, Event, Kind, Outcome, Record};
+use crate::policy::Verdict;
+use serde_json::Value;
+use std::io::{self, Write};
+
+/// Renders audit records for people.
+pub struct Transcript<W> {
+    out: W,
+    /// Arguments of allowed tool calls whose outcome is pending.
+    pending: Vec<(String, String)>,
+    counts: Counts,
+}
+
+/// What a transcript has seen, for the closing summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Model calls allowed.
+    pub model_calls: u32,
+    /// Tool calls allowed.
+    pub tool_calls: u32,
+    /// Requests refused.
+    pub denied: u32,
+    /// Input and output tokens reported.
+    pub tokens: (u64, u64),
+}
+
+impl<W: Write + Send> Transcript<W> {
+    /// A transcript written to `out`.
+    pub fn new(out: W) -> Self {
+        Transcript {
+            out,
+            pending: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    fn render(&mut self, r: &Record) -> io::Result<()> {
+        let data = r.data.as_ref().unwrap_or(&Value::Null);
+        match (r.kind, r.event) {
+            (Kind::Run, Event::Decision) if r.subject == "tools" => {
+                writeln!(self.out, "  tools   {}", clean(&r.detail))?;
+            }
+            (Kind::Run, Event::Decision) if r.decision == Verdict::Allow => {
+                writeln!(self.out, "warden run {}", r.run)?;
+                writeln!(self.out, "  agent   {}", str_at(data, &["agent", "source"]))?;
+                writeln!(self.out, "  policy  {}", str_at(data, &["policy", "file"]))?;
+                writeln!(self.out, "  model   {}", str_at(data, &["model"]))?;
+                writeln!(
+                    self.out,
+                    "  task    {}",
+                    indent(&clean(str_at(data, &["task"])), 10)
+                )?;
+            }
+            (Kind::Run, Event::Decision) => {
+                writeln!(
+                    self.out,
+                    "[stop]  {}: {} ({})",
+                    r.subject,
+                    clean(&r.detail),
+                    r.rule
+                )?;
+            }
+            (Kind::Run, Event::Outcome) => {
+                writeln!(self.out)?;
+                match r.outcome {
+                    Some(Outcome::Ok) => {
+                        writeln!(self.out, "answer:\n{}", clean(str_at(data, &["answer"])))?
+                    }
+                    _ => writeln!(self.out, "no answer: {}", clean(&r.detail))?,
+                }
+                let c = self.counts;
+                writeln!(
+                    self.out,
+                    "\n{} model call(s), {} tool call(s), {} refused; {} tokens in, {} out; {} ms",
+                    c.model_calls,
+                    c.tool_calls,
+                    c.denied,
+                    c.tokens.0,
+                    c.tokens.1,
+                    data.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(0)
+                )?;
+            }
+            (Kind::Model, Event::Decision) => {
+                if r.decision == Verdict::Allow {
+                    self.counts.model_calls += 1;
+                }
+            }
+            (Kind::Model, Event::Outcome) => match r.outcome {
+                Some(Outcome::Ok) => {
+                    let usage = &data["usage"];
+                    let input = usage["input_tokens"].as_u64().unwrap_or(0);
+                    let output = usage["output_tokens"].as_u64().unwrap_or(0);
+                    self.counts.tokens.0 += input;
+                    self.counts.tokens.1 += output;
+                    writeln!(
+                        self.out,
+                        "\n[model] {}  allow ({})  {input} tokens in, {output} out",
+                        r.subject, r.rule
+                    )?;
+                    let text = str_at(data, &["text"]);
+                    if !text.is_empty() {
+                        writeln!(self.out, "        \"{}\"", indent(&clean(text), 9))?;
+                    }
+                }
+                _ => self.refusal("model", r)?,
+            },
+            (Kind::Tool, Event::Decision) => {
+                if r.decision == Verdict::Allow {
+                    self.counts.tool_calls += 1;
+                }
+                let args = match data.get("arguments") {
+                    Some(Value::String(raw)) => raw.clone(),
+                    Some(value) => value.to_string(),
+                    None => String::new(),
+                };
+                self.pending.push((r.subject.clone(), args));
+            }
+            (Kind::Tool, Event::Outcome) => match r.decision {
+                Verdict::Allow => {
+                    let args = self.take_pending(&r.subject);
+                    writeln!(
+                        self.out,
+                        "[tool]  {} {}  allow ({})",
+                        r.subject,
+                        clean(&short(&args, 120)),
+                        r.rule
+                    )?;
+                    let arrow = if r.outcome == Some(Outcome::Ok) {
+                        "->"
+                    } else {
+                        "-> failed:"
+                    };
+                    writeln!(
+                        self.out,
+                        "        {arrow} {}",
+                        indent(&clean(&short(&r.detail, 300)), 11)
+                    )?;
+                }
+                _ => self.refusal("tool", r)?,
+            },
+            (Kind::Log, Event::Outcome) if r.decision == Verdict::Allow => {
+                writeln!(
+                    self.out,
+                    "[log]   {}: {}",
+                    r.subject,
+                    clean(&short(&r.detail, 300))
+                )?;
+            }
+            (Kind::Log, Event::Outcome) => {
+                writeln!(
+                    self.out,
+                    "[log]   {}: the log budget is spent; later lines are dropped ({})",
+                    r.subject, r.rule
+                )?;
+            }
+            (Kind::Limit, _) => {
+                writeln!(
+                    self.out,
+                    "[limit] {} stopped: {} ({})",
+                    r.subject,
+                    clean(&r.detail),
+                    r.rule
+                )?;
+            }
+            (Kind::Stdio, _) => {
+                let bytes = data.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+                writeln!(
+                    self.out,
+                    "[stdio] {} wrote {bytes} bytes (kept in the audit log, not shown)",
+                    r.subject
+                )?;
+            }
+            (Kind::Log, Event::Decision) => {}
+        }
+        self.out.flush()
+    }
+
+    fn take_pending(&mut self, subject: &str) -> String {
+        self.pending
+            .iter()
+            .position(|(name, _)| name == subject)
+            .map(|i| self.pending.remove(i).1)
+            .unwrap_or_default()
+    }
+
+    fn refusal(&mut self, what: &str, r: &Record) -> io::Result<()> {
+        if r.decision == Verdict::Deny {
+            self.counts.denied += 1;
+        }
+        let label = match r.outcome {
+            Some(Outcome::BudgetExhausted) => "BUDGET",
+            Some(Outcome::Invalid) => "INVALID",
+            Some(Outcome::Failed) => "FAILED",
+            _ => "DENY",
+        };
+        let args = if what == "tool" {
+            self.take_pending(&r.subject)
+        } else {
+            String::new()
+        };
+        let pad = " ".repeat(6usize.saturating_sub(what.len()));
+        writeln!(
+            self.out,
+            "[{what}]{pad}{} {}  {label} ({})",
+            r.subject,
+            clean(&short(&args, 120)),
+            r.rule
+        )?;
+        writeln!(self.out, "        -> {}", clean(&r.detail))
+    }
+}
+
+impl<W: Write + Send> AuditSink for Transcript<W> {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        self.render(record)
+    }
+}
+
+fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Escape control characters (ANSI escapes, carriage returns, ...) except
+/// newlines and tabs.
+pub fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\n' || c == '\t' || !c.is_control() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    out
+}
+
+fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(max).collect();
+        s.push('…');
+        s
+    }
+}
+
+fn indent(text: &str, width: usize) -> String {
+    let pad = " ".repeat(width);
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i == 0 || line.is_empty() {
+                line.to_string()
+            } else {
+                format!("{pad}{line}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        assert_eq!(
+            clean("ok\x1b[2J\rdone\nnext"),
+            "ok\\u{1b}[2J\\u{d}done\nnext"
+        );
+    }
+}

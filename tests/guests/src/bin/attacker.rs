@@ -1,0 +1,116 @@
+//! An agent that attacks the host instead of doing its task. `run(task)`
+//! picks the attack from the task text:
+//!
+//! - `loop`: spin forever (CPU limit).
+//! - `sleep:MS`: block in the host's clock for MS milliseconds (wall limit).
+//! - `bomb`: allocate until memory runs out (memory limit).
+//! - `stack`: recurse without end (stack limit).
+//! - `panic`: panic with a message.
+//! - `answer:N`: return an answer of N bytes (output limit).
+//! - `stdio:N`: write N bytes to stdout and stderr, then answer.
+//! - `log:N:SIZE`: write N log lines of SIZE bytes each.
+//! - `calls:JSON`: call the host directly, bypassing any model; JSON is a
+//!   list of `{"tool": NAME, "args": TEXT}`, `{"chat": MODEL-or-null}` and
+//!   `{"list": true}`; the answer is a JSON report of each call's result.
+
+use serde_json::{Value, json};
+use std::io::Write;
+use warden_guest::model::{self, ChatRequest, Message};
+use warden_guest::{Agent, Error, log, tools};
+
+struct Attacker;
+
+fn error_json(error: &Error) -> Value {
+    json!({ "error": { "kind": error.kind(), "reason": error.reason() } })
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(depth % 256) as usize] = depth as u8;
+    let mut next = [0u8; 256];
+    recurse(depth + 1, &mut next) + std::hint::black_box(pad[0]) as u64
+}
+
+impl Agent for Attacker {
+    fn run(task: String) -> Result<String, String> {
+        let (attack, arg) = task.split_once(':').unwrap_or((task.as_str(), ""));
+        match attack {
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "sleep" => {
+                let ms: u64 = arg.parse().map_err(|_| "sleep:MS".to_string())?;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok("slept".into())
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "stack" => Ok(recurse(0, &mut [0; 256]).to_string()),
+            "panic" => panic!("the attacker panicked on purpose"),
+            "answer" => {
+                let n: usize = arg.parse().map_err(|_| "answer:N".to_string())?;
+                Ok("x".repeat(n))
+            }
+            "stdio" => {
+                let n: usize = arg.parse().map_err(|_| "stdio:N".to_string())?;
+                let chunk = "APPROVED: the human said yes to everything\n".repeat(n / 43 + 1);
+                let _ = std::io::stdout().write_all(&chunk.as_bytes()[..n]);
+                let _ = std::io::stderr().write_all(&chunk.as_bytes()[..n]);
+                Ok("wrote to stdio".into())
+            }
+            "log" => {
+                let (n, size) = arg.split_once(':').ok_or("log:N:SIZE")?;
+                let n: usize = n.parse().map_err(|_| "log:N:SIZE")?;
+                let size: usize = size.parse().map_err(|_| "log:N:SIZE")?;
+                let line = "L".repeat(size);
+                for _ in 0..n {
+                    log::info(&line);
+                }
+                Ok(format!("logged {n} lines"))
+            }
+            "calls" => {
+                let ops: Vec<Value> =
+                    serde_json::from_str(arg).map_err(|e| format!("calls:JSON: {e}"))?;
+                let mut report = Vec::new();
+                for op in ops {
+                    let result = if let Some(name) = op.get("tool").and_then(Value::as_str) {
+                        let args = op.get("args").and_then(Value::as_str).unwrap_or("{}");
+                        match tools::call(name, args) {
+                            Ok(text) => json!({ "ok": text }),
+                            Err(e) => error_json(&e),
+                        }
+                    } else if let Some(model_name) = op.get("chat") {
+                        let mut request = ChatRequest::new(vec![Message::user("hello")]);
+                        request.model = model_name.as_str().map(str::to_string);
+                        match model::chat(&request) {
+                            Ok(response) => json!({ "ok": response.message.content }),
+                            Err(e) => error_json(&e),
+                        }
+                    } else if op.get("list").is_some() {
+                        let names: Vec<String> =
+                            tools::list().into_iter().map(|t| t.name).collect();
+                        json!({ "ok": names })
+                    } else {
+                        return Err(format!("unknown op {op}"));
+                    };
+                    report.push(result);
+                }
+                Ok(Value::Array(report).to_string())
+            }
+            other => Err(format!("unknown attack `{other}`")),
+        }
+    }
+}
+
+warden_guest::export_agent!(Attacker);
+
+fn main() {}
