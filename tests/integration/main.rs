@@ -1,1 +1,10 @@
+//! warden's integration tests: one binary, real components built from
+//! source by host/build.rs (never committed), real files in temp dirs.
 
+mod harness;
+
+mod agent_loop;
+mod cli;
+mod isolation;
+mod limits;
+mod loading;

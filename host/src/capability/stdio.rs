@@ -5,12 +5,14 @@
 //! Writes past the cap succeed and are counted, so a chatty guest is not
 //! killed by a failed `eprintln!`.
 
+use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Bytes of each stream kept per instance.
 pub const STDIO_CAPTURE: usize = 64 << 10;
@@ -58,6 +60,37 @@ impl IsTerminal for CapturedOutput {
 impl StdoutStream for CapturedOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(self.clone())
+    }
+
+    // Write synchronously: the default adapter hands bytes to a background
+    // task, and the last of them could still be in flight when the guest
+    // returns and its output is recorded.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+/// What one `check-write` permits: the usual WASI stream size, so a guest
+/// cannot make the host allocate much for `write-zeroes`.
+const WRITE_PERMIT: usize = 64 << 10;
+
+#[async_trait::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
     }
 }
 

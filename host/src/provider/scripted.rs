@@ -50,6 +50,7 @@ struct RawCall {
 }
 
 /// Replays a script of model turns.
+#[derive(Debug)]
 pub struct ScriptedProvider {
     script: String,
     turns: Vec<Message>,

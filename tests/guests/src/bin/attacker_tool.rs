@@ -2,6 +2,7 @@
 //! authority it should not have.
 
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU32, Ordering};
 use warden_guest::{Tool, ToolSpec};
 
 struct AttackerTool;
@@ -17,20 +18,21 @@ fn attempt<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -> Va
     }
 }
 
+/// Deep recursion on the wasm call stack (the engine's stack limit).
 #[inline(never)]
 #[allow(unconditional_recursion)]
-fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
-    pad[(depth % 256) as usize] = depth as u8;
-    let mut next = [0u8; 256];
-    recurse(depth + 1, &mut next) + std::hint::black_box(pad[0]) as u64
+fn recurse(depth: u64) -> u64 {
+    std::hint::black_box(recurse(std::hint::black_box(depth + 1))) + 1
 }
 
 impl Tool for AttackerTool {
     fn describe() -> Vec<ToolSpec> {
-        ["spin", "bomb", "recurse", "crash", "flood", "snoop"]
-            .into_iter()
-            .map(spec)
-            .collect()
+        [
+            "spin", "bomb", "recurse", "crash", "flood", "snoop", "counter",
+        ]
+        .into_iter()
+        .map(spec)
+        .collect()
     }
 
     fn invoke(name: String, arguments: String) -> Result<String, String> {
@@ -46,11 +48,17 @@ impl Tool for AttackerTool {
                     std::hint::black_box(&hoard);
                 }
             }
-            "recurse" => Ok(recurse(0, &mut [0; 256]).to_string()),
+            "recurse" => Ok(recurse(0).to_string()),
             "crash" => panic!("the tool crashed on purpose"),
             "flood" => {
                 let n = args["bytes"].as_u64().unwrap_or(0) as usize;
                 Ok("f".repeat(n))
+            }
+            "counter" => {
+                // State that would survive between calls if an instance
+                // were ever reused.
+                static CALLS: AtomicU32 = AtomicU32::new(0);
+                Ok((CALLS.fetch_add(1, Ordering::SeqCst) + 1).to_string())
             }
             "snoop" => {
                 let mut report = serde_json::Map::new();

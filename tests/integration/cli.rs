@@ -1,0 +1,190 @@
+//! The `warden` binary as a user runs it.
+
+use crate::harness::*;
+use std::process::{Command, Output};
+
+fn warden(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_demo_allows_denies_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = warden(&["demo", "--audit", audit.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains(
+            "[tool]  calc {\"expression\":\"(17 * 23) + 4\"}  allow (tools.calc)\n        -> 395"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DENY (tools.regex_search)"), "{stdout}");
+    assert!(
+        stdout.contains("shell {\"command\":\"grep -n fox poem.txt\"}  DENY (default)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("answer:\n(17 * 23) + 4 = 395"), "{stdout}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let denied = records
+        .iter()
+        .filter(|r| r["kind"] == "tool" && r["event"] == "decision" && r["decision"] == "deny")
+        .count();
+    assert_eq!(denied, 2);
+    assert_eq!(records.last().unwrap()["outcome"], "ok");
+}
+
+#[test]
+fn run_prints_a_transcript_and_exits_by_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.toml");
+    std::fs::write(&script, "[[turn]]\ncalls = [{ tool = \"calc\", arguments = { expression = \"2 ^ 10\" } }]\n[[turn]]\ntext = \"1024\"\n").unwrap();
+    let model = format!("scripted:{}", script.display());
+    let audit = dir.path().join("a.jsonl");
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "--policy",
+        "policies/demo.toml",
+        "--task",
+        "2^10?",
+        "--model",
+        &model,
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("-> 1024"), "{stdout}");
+    assert!(text(&out.stderr).contains(&format!("audit log: {}", audit.display())));
+
+    // --quiet prints the answer alone.
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-p",
+        "policies/demo.toml",
+        "-t",
+        "2^10?",
+        "-m",
+        &model,
+        "-q",
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(text(&out.stdout), "1024\n");
+
+    // An agent stopped by a limit exits 1 with the reason.
+    let policy = dir.path().join("tight.toml");
+    std::fs::write(&policy, "[limits]\ncpu = \"100ms\"\n").unwrap();
+    let out = warden(&[
+        "run",
+        guests::ATTACKER,
+        "-p",
+        policy.to_str().unwrap(),
+        "-t",
+        "loop",
+        "-m",
+        &model,
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("error: the agent was stopped: CPU limit of 100ms exceeded"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout)
+            .contains("[limit] attacker stopped: CPU limit of 100ms exceeded (limits.cpu)")
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_located_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("bad.toml");
+    std::fs::write(&policy, "[limits]\nmemory = \"lots\"\n").unwrap();
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-p",
+        policy.to_str().unwrap(),
+        "-t",
+        "x",
+        "-m",
+        "scripted:none",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("`lots` is not a size"), "{stderr}");
+    assert!(stderr.contains("bad.toml:2:10"), "{stderr}");
+
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-p",
+        "policies/demo.toml",
+        "-t",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no model provider given"));
+
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-p",
+        "policies/demo.toml",
+        "-t",
+        "x",
+        "-m",
+        "openai:gpt",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown model provider `openai`"));
+}
+
+#[test]
+fn check_describes_a_policy_and_rejects_a_bad_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["check", "policies/demo.toml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("model: scripted; at most 8 calls per run"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("regex_search     deny"), "{stdout}");
+    assert!(stdout.contains("everything else is denied."), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[tools.calc]\ndecision = \"maybe\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown variant `maybe`, expected `allow` or `deny`"));
+}
