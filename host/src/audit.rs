@@ -177,6 +177,8 @@ pub struct AuditLog {
 struct Inner {
     seq: u64,
     sinks: Vec<Box<dyn AuditSink>>,
+    /// Set by the first failed write: a log with a gap takes no more records.
+    failed: Option<String>,
 }
 
 impl AuditLog {
@@ -187,6 +189,7 @@ impl AuditLog {
             inner: Mutex::new(Inner {
                 seq: 0,
                 sinks: Vec::new(),
+                failed: None,
             }),
         }
     }
@@ -206,9 +209,15 @@ impl AuditLog {
         &self.run
     }
 
-    /// Write one record to every sink; returns its sequence number.
+    /// Write one record to every sink; returns its sequence number. After
+    /// one failure every later write fails too: the caller must stop.
     pub fn write(&self, entry: Entry) -> io::Result<u64> {
         let mut inner = self.inner.lock().expect("audit log poisoned");
+        if let Some(error) = &inner.failed {
+            return Err(io::Error::other(format!(
+                "the audit log failed earlier: {error}"
+            )));
+        }
         inner.seq += 1;
         let record = Record {
             seq: inner.seq,
@@ -223,8 +232,13 @@ impl AuditLog {
             outcome: entry.outcome,
             data: entry.data,
         };
+        let mut result = Ok(());
         for sink in &mut inner.sinks {
-            sink.write(&record)?;
+            result = result.and(sink.write(&record));
+        }
+        if let Err(error) = result {
+            inner.failed = Some(error.to_string());
+            return Err(error);
         }
         Ok(record.seq)
     }
@@ -276,6 +290,28 @@ mod tests {
         ] {
             assert!(raw.get(key).is_some(), "missing {key}");
         }
+    }
+
+    struct Failing;
+    impl AuditSink for Failing {
+        fn write(&mut self, _: &Record) -> io::Result<()> {
+            Err(io::Error::other("disk full"))
+        }
+    }
+
+    #[test]
+    fn a_failed_log_refuses_later_records() {
+        let sink = MemorySink::default();
+        let log = AuditLog::new("r-1")
+            .with_sink(sink.clone())
+            .with_sink(Failing);
+        assert_eq!(
+            log.write(entry("one")).unwrap_err().to_string(),
+            "disk full"
+        );
+        let later = log.write(entry("two")).unwrap_err();
+        assert_eq!(later.to_string(), "the audit log failed earlier: disk full");
+        assert_eq!(sink.records().len(), 1, "the second record reached no sink");
     }
 
     #[test]

@@ -215,14 +215,14 @@ async fn execute(
         Err(error) => return bad_input(format!("error: {error}")),
     };
     eprintln!(
-        "audit log: {}  (agent {} in {} ms)",
+        "audit log: {}  (agent {} in {:.2?})",
         audit_path.display(),
         if report.agent_cache_hit {
             "loaded from the compile cache"
         } else {
             "compiled"
         },
-        report.agent_load_time.as_millis()
+        report.agent_load_time
     );
     match report.result {
         Ok(answer) => {

@@ -297,3 +297,46 @@ async fn malformed_and_forged_tool_calls_are_refused_without_running_anything() 
     // Only the last calc call was allowed to run.
     assert_eq!(ran.report.session.tool_calls.get("calc"), Some(&1));
 }
+
+/// Accepts records until the first tool decision, then fails like a full
+/// disk.
+struct FailOnToolDecision(std::sync::Arc<std::sync::Mutex<Vec<Record>>>);
+
+impl warden::audit::AuditSink for FailOnToolDecision {
+    fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        if record.kind == warden::audit::Kind::Tool {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.0.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_run_stops_when_the_audit_log_cannot_be_written() {
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = warden::audit::AuditLog::new("r-full").with_sink(FailOnToolDecision(kept.clone()));
+    let model = Recording::new(
+        "[[turn]]\ncalls = [{ tool = \"counter\", arguments = {} }]\n[[turn]]\ntext = \"done\"\n",
+    );
+    let spec = warden::run::RunSpec {
+        policy: policy(&format!(
+            "[model]\nallow = [\"scripted\"]\n[tools.counter]\ncomponent = \"{}\"\n",
+            guests::ATTACKER_TOOL
+        )),
+        agent: warden::load::ComponentSource::Builtin("react".into()),
+        provider: model.clone(),
+        task: "count".into(),
+    };
+    let result = warden::run::run(runtime(), spec, log).await;
+    match result {
+        Err(warden::run::RunError::Audit(error)) => {
+            assert_eq!(error.to_string(), "the audit log failed earlier: disk full")
+        }
+        other => panic!("expected the run to stop, got {other:?}"),
+    }
+    // The tool call was never decided into an effect, and the model was
+    // not asked again.
+    assert_eq!(model.requests.lock().unwrap().len(), 1);
+    assert!(kept.lock().unwrap().iter().all(|r| r.subject != "counter"));
+}

@@ -169,7 +169,8 @@ impl GuestFailure {
             }
             return GuestFailure::Trap(trap.to_string());
         }
-        GuestFailure::Host(format!("{error:#}"))
+        // The root cause, without the wasm backtrace wasmtime attaches.
+        GuestFailure::Host(error.root_cause().to_string())
     }
 
     /// The policy key behind this failure, if a limit.

@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both work on a machine with
+# only rustup and cargo: `setup` installs what else is needed.
+
+CARGO ?= cargo
+TARGET := wasm32-wasip2
+
+.PHONY: setup demo test lint bench clean-cache
+
+## Install the guest target (and the lint tools). Idempotent and quick when done.
+setup:
+	rustup target add $(TARGET)
+	rustup component add rustfmt clippy
+
+## Build guests and host, then run the bundled demo offline (scripted model).
+demo: setup
+	$(CARGO) run -p warden -- demo
+
+## Every test: host unit and integration tests, guest unit tests, doc tests,
+## and a check of every policy in policies/.
+test: setup
+	$(CARGO) test --workspace
+	@for p in policies/*.toml; do \
+		$(CARGO) run -q -p warden -- check $$p > /dev/null || exit 1; \
+	done
+
+## Formatting and lints, as CI runs them.
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Benchmarks (release build): mediated tool call vs raw wasmtime, import
+## round trip, policy decision.
+bench: setup
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation
+
+## Remove compiled components from the cache.
+clean-cache:
+	rm -rf "$${WARDEN_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/warden}/components"
