@@ -14,7 +14,7 @@ use crate::diagnostic::SourceError;
 use crate::gate::Gate;
 use crate::load::{ComponentSource, PolicyFile};
 use crate::runtime::Runtime;
-use crate::runtime::limits::{GuestFailure, LimitExceeded};
+use crate::runtime::limits::{GuestFailure, within_output};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
@@ -174,18 +174,9 @@ impl ToolRegistry {
             instance.call_invoke(&mut store, name, arguments).await
         })
         .await;
-        let outcome = match result {
-            Ok(Ok(output)) if output.len() as u64 > limits.output => Err(ToolFailure::Stopped(
-                GuestFailure::Limit(LimitExceeded::Output {
-                    limit: limits.output,
-                    size: output.len() as u64,
-                }),
-            )),
+        let outcome = match within_output(result, limits.output) {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(message)) => Err(ToolFailure::Returned(crate::capability::brief(
-                &message,
-                limits.output as usize,
-            ))),
+            Ok(Err(message)) => Err(ToolFailure::Returned(message)),
             Err(failure) => Err(ToolFailure::Stopped(failure)),
         };
         let failure = match &outcome {

@@ -10,7 +10,7 @@ use crate::policy::{Session, Verdict};
 use crate::provider::ModelProvider;
 use crate::registry::ToolRegistry;
 use crate::runtime::Runtime;
-use crate::runtime::limits::{GuestFailure, LimitExceeded};
+use crate::runtime::limits::{GuestFailure, within_output};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,15 +162,9 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         agent.call_run(&mut store, &spec.task).await
     })
     .await;
-    let result = match outcome {
-        Ok(Ok(answer)) if answer.len() as u64 > limits.output => Err(RunFailure::Stopped(
-            GuestFailure::Limit(LimitExceeded::Output {
-                limit: limits.output,
-                size: answer.len() as u64,
-            }),
-        )),
+    let result = match within_output(outcome, limits.output) {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(error)) => Err(RunFailure::Agent(brief(&error, limits.output as usize))),
+        Ok(Err(error)) => Err(RunFailure::Agent(error)),
         Err(failure) => Err(RunFailure::Stopped(failure)),
     };
     let failure = match &result {

@@ -55,6 +55,22 @@ impl LimitExceeded {
     }
 }
 
+/// Hold a guest's `result<string, string>` to the output limit: an answer or
+/// error longer than `limit` bytes becomes an output-limit failure.
+pub fn within_output(
+    result: Result<Result<String, String>, GuestFailure>,
+    limit: u64,
+) -> Result<Result<String, String>, GuestFailure> {
+    let size = match &result {
+        Ok(Ok(text)) | Ok(Err(text)) => text.len() as u64,
+        Err(_) => 0,
+    };
+    if size > limit {
+        return Err(GuestFailure::Limit(LimitExceeded::Output { limit, size }));
+    }
+    result
+}
+
 /// Bounds linear memory and tables of one store.
 pub struct StoreLimiter {
     memory: u64,
