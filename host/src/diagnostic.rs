@@ -20,6 +20,8 @@ pub enum Severity {
 pub struct Diagnostic {
     /// Error or warning.
     pub severity: Severity,
+    /// Which of the [`SourceError`]'s files it is about (0 for the first).
+    pub file: usize,
     /// What is wrong, in one line.
     pub message: String,
     /// Byte range in the source the finding is about, if any.
@@ -33,6 +35,7 @@ impl Diagnostic {
     pub fn error(message: impl Into<String>, span: Option<Range<usize>>) -> Self {
         Diagnostic {
             severity: Severity::Error,
+            file: 0,
             message: message.into(),
             span,
             help: None,
@@ -45,6 +48,12 @@ impl Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::error(message, span)
         }
+    }
+
+    /// Say which file it is about.
+    pub fn in_file(mut self, file: usize) -> Self {
+        self.file = file;
+        self
     }
 
     /// Add a hint on how to fix it.
@@ -99,18 +108,36 @@ impl Diagnostic {
     }
 }
 
-/// A file that could not be loaded, with every finding about it.
-#[derive(Debug, Clone)]
-pub struct SourceError {
+/// A file a user wrote: its name as given, and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
     /// The file as the user named it.
-    pub file: String,
+    pub name: String,
     /// Its text (empty when it could not be read).
     pub text: String,
+}
+
+/// Files that could not be loaded, with every finding about them.
+#[derive(Debug, Clone)]
+pub struct SourceError {
+    /// The files the diagnostics point into (`Diagnostic::file` indexes it).
+    pub files: Vec<SourceFile>,
     /// Errors (at least one) and warnings.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl SourceError {
+    /// Findings about one file.
+    pub fn single(file: &str, text: &str, diagnostics: Vec<Diagnostic>) -> Self {
+        SourceError {
+            files: vec![SourceFile {
+                name: file.to_string(),
+                text: text.to_string(),
+            }],
+            diagnostics,
+        }
+    }
+
     /// The errors and warnings rendered one after another.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -118,7 +145,11 @@ impl SourceError {
             if i > 0 {
                 out.push_str("\n\n");
             }
-            out.push_str(&diagnostic.render(&self.file, &self.text));
+            let (name, text) = self
+                .files
+                .get(diagnostic.file)
+                .map_or(("?", ""), |f| (f.name.as_str(), f.text.as_str()));
+            out.push_str(&diagnostic.render(name, text));
         }
         out
     }
@@ -143,6 +174,9 @@ impl std::error::Error for SourceError {}
 /// A TOML or serde error, with a hint for the mistakes people make most.
 pub fn toml_diagnostic(error: &toml::de::Error) -> Diagnostic {
     let message = error.message().trim().to_string();
+    if let Some(suggestion) = did_you_mean(&message) {
+        return Diagnostic::error(message, error.span()).with_help(suggestion);
+    }
     let help = if message.starts_with("unknown field") {
         Some("remove the key or fix its spelling; the expected keys are listed above")
     } else if message.starts_with("unknown variant") {
@@ -159,16 +193,43 @@ pub fn toml_diagnostic(error: &toml::de::Error) -> Diagnostic {
     }
 }
 
+/// For "unknown field `max_cals`, expected one of `a`, `max_calls`": the
+/// expected name closest to the unknown one, if it is close.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|candidate| (edit_distance(unknown, candidate), candidate))
+        .min()?;
+    (best.0 <= 2 && best.0 < unknown.len()).then(|| format!("did you mean `{}`?", best.1))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// Deserialize TOML `text` from `file`, with a diagnostic on failure.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
     file: &str,
     text: &str,
 ) -> Result<T, SourceError> {
-    toml::from_str(text).map_err(|e| SourceError {
-        file: file.to_string(),
-        text: text.to_string(),
-        diagnostics: vec![toml_diagnostic(&e)],
-    })
+    toml::from_str(text).map_err(|e| SourceError::single(file, text, vec![toml_diagnostic(&e)]))
 }
 
 #[cfg(test)]

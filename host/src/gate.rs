@@ -9,10 +9,12 @@
 //! writes to the audit log.
 
 use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
+use crate::chat::Usage;
 use crate::policy::{Decision, DenyKind, Policy, Request, Rule, Session, Verdict, printable};
 use serde_json::{Value, json};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// Why the host did not do what a guest asked: the host side of the WIT
 /// `error` variant. A value the guest receives, never a trap.
@@ -76,6 +78,7 @@ pub struct Gate {
     policy: Arc<Policy>,
     audit: AuditLog,
     state: Mutex<State>,
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -92,6 +95,7 @@ impl Gate {
             policy,
             audit,
             state: Mutex::new(State::default()),
+            started: Instant::now(),
         }
     }
 
@@ -136,6 +140,7 @@ impl Gate {
         // so concurrent calls cannot overspend a budget and the log's order
         // is the order of decisions.
         let mut state = self.lock();
+        state.session.now = self.started.elapsed();
         let decision = self.policy.decide(request, &state.session);
         match decision {
             Decision::Allow { rule } => {
@@ -156,6 +161,14 @@ impl Gate {
                     rule,
                 }))
             }
+            // No approval channel exists yet: an `ask` is refused, saying so.
+            Decision::Ask { rule, reason } => {
+                let error = GuestError::Denied(format!(
+                    "{reason}; this call needs a person's approval and none was given (rule: {rule})"
+                ));
+                self.write_refusal(kind, &subject, Verdict::Ask, &rule, &error, data)?;
+                Ok(Err(error))
+            }
             Decision::Deny {
                 rule,
                 reason,
@@ -165,8 +178,9 @@ impl Gate {
                 let error = match deny {
                     DenyKind::Policy => GuestError::Denied(text),
                     DenyKind::Budget => GuestError::BudgetExhausted(text),
+                    DenyKind::Invalid => GuestError::Invalid(text),
                 };
-                self.write_refusal(kind, &subject, &rule, &error, data)?;
+                self.write_refusal(kind, &subject, Verdict::Deny, &rule, &error, data)?;
                 Ok(Err(error))
             }
         }
@@ -183,7 +197,14 @@ impl Gate {
         data: Option<Value>,
     ) -> io::Result<GuestError> {
         let _order = self.lock();
-        self.write_refusal(kind, &printable(subject), &Rule::new(rule), &error, data)?;
+        self.write_refusal(
+            kind,
+            &printable(subject),
+            Verdict::Deny,
+            &Rule::new(rule),
+            &error,
+            data,
+        )?;
         Ok(error)
     }
 
@@ -191,6 +212,7 @@ impl Gate {
         &self,
         kind: Kind,
         subject: &str,
+        verdict: Verdict,
         rule: &Rule,
         error: &GuestError,
         data: Option<Value>,
@@ -199,7 +221,7 @@ impl Gate {
             kind,
             event: Event::Decision,
             subject: subject.to_string(),
-            decision: Verdict::Deny,
+            decision: verdict,
             rule: rule.to_string(),
             detail: error.reason().to_string(),
             outcome: None,
@@ -209,7 +231,7 @@ impl Gate {
             kind,
             event: Event::Outcome,
             subject: subject.to_string(),
-            decision: Verdict::Deny,
+            decision: verdict,
             rule: rule.to_string(),
             detail: error.to_string(),
             outcome: Some(error.outcome()),
@@ -263,12 +285,52 @@ impl Gate {
         }
     }
 
+    /// The task reached the agent: index it as the `task` source.
+    pub fn observe_task(&self, task: &str) {
+        self.lock().session.observe_task(task);
+    }
+
+    /// A model answer reached the agent: count its usage and cost, label
+    /// and index it. Returns the labels it added to the session.
+    pub fn observe_model_output(&self, model: &str, text: &str, usage: Usage) -> Vec<String> {
+        let mut state = self.lock();
+        let before = state.session.labels.clone();
+        state
+            .session
+            .observe_model_output(&self.policy, text, usage, model);
+        added(&before, &state.session.labels)
+    }
+
+    /// A tool's result reached the agent: label and index it. Returns the
+    /// labels it added to the session.
+    pub fn observe_tool_result(
+        &self,
+        tool: &str,
+        text: &str,
+        extra_labels: &[String],
+    ) -> Vec<String> {
+        let mut state = self.lock();
+        let before = state.session.labels.clone();
+        state
+            .session
+            .observe_tool_result(&self.policy, tool, text, extra_labels);
+        added(&before, &state.session.labels)
+    }
+
     /// Record something that is not a guest request: the run's start and
     /// end, a limit that stopped a guest, captured stdio.
     pub fn note(&self, entry: Entry) -> io::Result<u64> {
         let _order = self.lock();
         self.audit.write(entry)
     }
+}
+
+fn added(before: &[String], after: &[String]) -> Vec<String> {
+    after
+        .iter()
+        .filter(|l| !before.contains(l))
+        .cloned()
+        .collect()
 }
 
 fn kind_of(request: &Request<'_>) -> Kind {
@@ -303,6 +365,7 @@ mod tests {
         let request = Request::Tool {
             name: "calc",
             arguments: &args,
+            schema: None,
         };
         let permit = gate.check("calc", &request, None).unwrap().unwrap();
         gate.complete(permit, Outcome::Ok, "1", None).unwrap();

@@ -44,6 +44,7 @@ pub mod bindings;
 pub mod bundled;
 pub mod capability;
 pub mod chat;
+pub mod check;
 pub mod diagnostic;
 pub mod gate;
 pub mod load;

@@ -3,77 +3,152 @@
 //! text comes from and where `component = "..."` becomes bytes.
 
 use crate::bundled;
-use crate::diagnostic::{Diagnostic, SourceError};
-use crate::policy::Policy;
+use crate::diagnostic::{Diagnostic, SourceError, SourceFile};
+use crate::policy::{Place, Policy};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A policy file, read and validated.
+/// A policy file (and the files it includes), read and validated.
 #[derive(Debug, Clone)]
 pub struct PolicyFile {
     /// The file as the user named it.
     pub name: String,
-    /// The directory relative paths in it are resolved against.
-    pub dir: PathBuf,
-    /// Its text.
-    pub text: String,
-    /// SHA-256 of its text, hex.
+    /// Every file loaded: the policy first, then its includes, in the
+    /// order [`crate::policy::Place::file`] indexes.
+    pub files: Vec<SourceFile>,
+    /// The directory of each file, against which relative paths written
+    /// in it are resolved.
+    pub dirs: Vec<PathBuf>,
+    /// SHA-256 of every file's text, in order, hex.
     pub sha256: String,
     /// The validated policy.
     pub policy: Arc<Policy>,
 }
 
 impl PolicyFile {
-    /// Read and validate the policy file at `path`.
+    /// Read and validate the policy file at `path` and what it includes.
     pub fn read(path: &Path) -> Result<Self, SourceError> {
+        let path = &normalize(path);
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| SourceError {
-            file: name.clone(),
-            text: String::new(),
-            diagnostics: vec![
-                Diagnostic::error(format!("cannot read the policy file: {error}"), None)
-                    .with_help("check the path given to --policy"),
-            ],
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            SourceError::single(
+                &name,
+                "",
+                vec![
+                    Diagnostic::error(format!("cannot read the policy file: {error}"), None)
+                        .with_help("check the path given to --policy"),
+                ],
+            )
         })?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        Self::from_text(name, dir, text)
+        Self::from_text(name, parent_dir(path), text)
     }
 
-    /// Validate policy `text` named `name`, resolving paths against `dir`.
+    /// Validate policy `text` named `name`; relative paths in it (and
+    /// includes) resolve against `dir`.
     pub fn from_text(name: String, dir: PathBuf, text: String) -> Result<Self, SourceError> {
-        let policy = Policy::parse(&name, &text)?;
-        Ok(PolicyFile {
-            sha256: hex::encode(Sha256::digest(text.as_bytes())),
-            name,
-            dir,
+        let root = SourceFile {
+            name: name.clone(),
             text,
+        };
+        // Directory of every file read so far, by name.
+        let mut known: Vec<(String, PathBuf)> = vec![(name.clone(), dir)];
+        let mut read = |from: &SourceFile, include: &str| -> Result<SourceFile, String> {
+            let base = known
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == from.name)
+                .map_or_else(|| PathBuf::from("."), |(_, d)| d.clone());
+            let path = normalize(&base.join(include));
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let name = path.display().to_string();
+            known.push((name.clone(), parent_dir(&path)));
+            Ok(SourceFile { name, text })
+        };
+        let (policy, files) = Policy::load(root, &mut read)?;
+        let dirs = files
+            .iter()
+            .map(|f| {
+                known
+                    .iter()
+                    .find(|(n, _)| *n == f.name)
+                    .map_or_else(|| PathBuf::from("."), |(_, d)| d.clone())
+            })
+            .collect();
+        let mut hasher = Sha256::new();
+        for file in &files {
+            hasher.update(Sha256::digest(file.text.as_bytes()));
+        }
+        Ok(PolicyFile {
+            name,
+            sha256: hex::encode(hasher.finalize()),
+            dirs,
+            files,
             policy: Arc::new(policy),
         })
     }
 
-    /// An error about the text at `span` of this file.
-    pub fn error_at(
-        &self,
-        span: Range<usize>,
-        message: String,
-        help: Option<String>,
-    ) -> SourceError {
-        let mut diagnostic = Diagnostic::error(message, Some(span));
+    /// The directory that paths written in file `file` are relative to.
+    pub fn dir_of(&self, file: usize) -> &Path {
+        self.dirs.get(file).unwrap_or(&self.dirs[0])
+    }
+
+    /// An error about the text at `place`.
+    pub fn error_at(&self, place: &Place, message: String, help: Option<String>) -> SourceError {
+        let mut diagnostic =
+            Diagnostic::error(message, Some(place.span.clone())).in_file(place.file);
         diagnostic.help = help;
         SourceError {
-            file: self.name.clone(),
-            text: self.text.clone(),
+            files: self.files.clone(),
             diagnostics: vec![diagnostic],
         }
     }
+
+    /// Warnings about the policy, rendered.
+    pub fn render_warnings(&self) -> Vec<String> {
+        self.policy
+            .warnings
+            .iter()
+            .map(|w| {
+                let file = &self.files[w.file.min(self.files.len() - 1)];
+                w.render(&file.name, &file.text)
+            })
+            .collect()
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// `a/./b/../c` becomes `a/c`, without touching the file system, so one
+/// file reached by two spellings has one name (and include cycles are seen).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Where a component's bytes come from.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use warden::audit::{AuditLog, JsonlFile, new_run_id};
 use warden::bundled;
 use warden::load::{ComponentSource, PolicyFile};
-use warden::policy::{ByteSize, HumanDuration, Policy, Severity, ToolDecision};
 use warden::provider::{self, ModelProvider, ScriptedProvider};
 use warden::run::{RunError, RunSpec, run};
 use warden::runtime::{Runtime, RuntimeConfig, cache};
@@ -39,11 +38,32 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Check a policy file and print what it grants.
+    /// Check a policy file and print what it grants. Exit 0 when valid, 1
+    /// on errors, 2 with --strict when there are warnings.
     Check {
         /// The policy file.
         policy: PathBuf,
+        /// Treat warnings (risky grants, rules that never apply) as failures.
+        #[arg(long)]
+        strict: bool,
     },
+    /// Tools for policy authors.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run a file of test cases (requests and the decisions they must get)
+    /// against a policy. Exit 0 when all pass, 1 otherwise.
+    Test {
+        /// The policy file.
+        policy: PathBuf,
+        /// The cases file (TOML, `[[case]]` tables).
+        cases: PathBuf,
+    },
+    /// Print the JSON Schema of policy files (for editors).
+    Schema,
 }
 
 #[derive(Args)]
@@ -92,7 +112,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { policy } => check(&policy),
+        Command::Check { policy, strict } => check(&policy, strict),
+        Command::Policy(PolicyCommand::Test { policy, cases }) => policy_test(&policy, &cases),
+        Command::Policy(PolicyCommand::Schema) => {
+            let schema = warden::policy::Policy::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("a schema serializes")
+            );
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => block_on(run_command(args)),
         Command::Demo { output } => block_on(demo(output)),
     }
@@ -247,12 +276,12 @@ fn default_audit_dir() -> Option<PathBuf> {
 }
 
 fn print_warnings(policy: &PolicyFile) {
-    for warning in &policy.policy.warnings {
-        eprintln!("{}\n", warning.render(&policy.name, &policy.text));
+    for warning in policy.render_warnings() {
+        eprintln!("{warning}\n");
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, strict: bool) -> ExitCode {
     let file = match PolicyFile::read(path) {
         Ok(file) => file,
         Err(error) => {
@@ -261,54 +290,54 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     print_warnings(&file);
-    print!("{}", describe_policy(&file.name, &file.policy));
+    print!("{}", warden::check::describe(&file));
+    if strict && !file.policy.warnings.is_empty() {
+        eprintln!("\n--strict: {} warning(s)", file.policy.warnings.len());
+        return ExitCode::from(2);
+    }
     ExitCode::SUCCESS
 }
 
-fn describe_policy(name: &str, policy: &Policy) -> String {
-    let mut out = String::new();
-    let warnings = policy
-        .warnings
-        .iter()
-        .filter(|w| w.severity == Severity::Warning)
-        .count();
-    out.push_str(&format!("{name}: valid, {warnings} warning(s)\n\n"));
-    let l = &policy.limits;
-    out.push_str(&format!(
-        "limits (each instance): memory {}, cpu {}, wall {}, output {}\n",
-        ByteSize(l.memory),
-        HumanDuration(l.cpu),
-        HumanDuration(l.wall),
-        ByteSize(l.output)
-    ));
-    let calls = |max: Option<u32>| match max {
-        Some(n) => format!("at most {n} calls per run"),
-        None => "no call limit".to_string(),
+fn policy_test(policy: &Path, cases: &Path) -> ExitCode {
+    let file = match PolicyFile::read(policy) {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(1);
+        }
     };
-    if policy.model.allow.is_empty() {
-        out.push_str("model: none (every model call is denied)\n");
-    } else {
-        out.push_str(&format!(
-            "model: {}; {}\n",
-            policy.model.allow.join(", "),
-            calls(policy.model.max_calls)
-        ));
-    }
-    out.push_str("tools:\n");
-    if policy.tools.is_empty() {
-        out.push_str("  none\n");
-    }
-    for tool in policy.tools.values() {
-        match tool.decision {
-            ToolDecision::Allow => out.push_str(&format!(
-                "  {:<16} allow  from {}; {}\n",
-                tool.name,
-                tool.component.as_ref().map_or("?", |c| c.text.as_str()),
-                calls(tool.max_calls)
-            )),
-            ToolDecision::Deny => out.push_str(&format!("  {:<16} deny\n", tool.name)),
+    let name = cases.display().to_string();
+    let text = match std::fs::read_to_string(cases) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: cannot read {name}: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let results = match warden::check::run_cases(&file.policy, &name, &text) {
+        Ok(results) => results,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(1);
+        }
+    };
+    let failed = results.iter().filter(|r| r.failure.is_some()).count();
+    for result in &results {
+        match &result.failure {
+            None => println!("PASS {}", result.name),
+            Some(why) => println!("FAIL {}\n  {why}", result.name),
         }
     }
-    out.push_str("everything else is denied.\n");
-    out
+    println!(
+        "\n{}: {} passed, {failed} failed",
+        name,
+        results.len() - failed
+    );
+    if failed > 0 || results.is_empty() {
+        if results.is_empty() {
+            eprintln!("error: {name} has no `[[case]]`");
+        }
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }

@@ -13,8 +13,10 @@ use crate::chat::ToolSpec;
 use crate::diagnostic::SourceError;
 use crate::gate::Gate;
 use crate::load::{ComponentSource, PolicyFile};
+use crate::policy::Verdict;
 use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub struct ToolComponent {
 
 struct RegisteredTool {
     spec: ToolSpec,
+    schema: Arc<jsonschema::Validator>,
     component: Arc<ToolComponent>,
     granted: bool,
 }
@@ -59,20 +62,21 @@ impl ToolRegistry {
         policy: &PolicyFile,
         gate: &Arc<Gate>,
     ) -> Result<Self, SourceError> {
-        let mut components: HashMap<ComponentSource, (Arc<ToolComponent>, Vec<ToolSpec>)> =
-            HashMap::new();
-        let mut tools = BTreeMap::new();
+        // First read every component and check every pin, so no code of
+        // a component that fails its pin ever runs (describing a tool runs
+        // it).
+        let mut sources: Vec<(&crate::policy::ToolPolicy, ComponentSource)> = Vec::new();
+        let mut bytes: HashMap<ComponentSource, std::borrow::Cow<'static, [u8]>> = HashMap::new();
         for entry in policy.policy.tools.values() {
             let Some(reference) = &entry.component else {
                 continue;
             };
-            let source = ComponentSource::parse(&reference.text, &policy.dir);
-            if !components.contains_key(&source) {
-                let at = |message: String, help: Option<String>| {
-                    policy.error_at(reference.span.clone(), message, help)
-                };
-                let bytes = source.read().map_err(|e| {
-                    at(
+            let source =
+                ComponentSource::parse(&reference.text, policy.dir_of(reference.place.file));
+            if !bytes.contains_key(&source) {
+                let read = source.read().map_err(|e| {
+                    policy.error_at(
+                        &reference.place,
                         format!(
                             "the component of [tools.{}] cannot be loaded: {e}",
                             entry.name
@@ -84,8 +88,38 @@ impl ToolRegistry {
                         ),
                     )
                 })?;
+                bytes.insert(source.clone(), read);
+            }
+            if let Some(pin) = &entry.sha256 {
+                let actual = hex::encode(Sha256::digest(&bytes[&source]));
+                if *pin != actual {
+                    return Err(policy.error_at(
+                        &reference.place,
+                        format!(
+                            "`{source}` does not match the pin of [tools.{}]:\n  sha256 in the policy: {pin}\n  sha256 of the file:   {actual}",
+                            entry.name
+                        ),
+                        Some("if the component changed on purpose, review it and update `sha256`; otherwise it was replaced".into()),
+                    ));
+                }
+            }
+            sources.push((entry, source));
+        }
+
+        let mut components: HashMap<ComponentSource, (Arc<ToolComponent>, Vec<ToolSpec>)> =
+            HashMap::new();
+        let mut tools = BTreeMap::new();
+        for (entry, source) in sources {
+            let reference = entry
+                .component
+                .as_ref()
+                .expect("entries with sources have components");
+            if !components.contains_key(&source) {
+                let at = |message: String, help: Option<String>| {
+                    policy.error_at(&reference.place, message, help)
+                };
                 let loaded = runtime
-                    .load(&source.to_string(), &bytes)
+                    .load(&source.to_string(), &bytes[&source])
                     .map_err(|e| at(format!("`{source}` is not a valid component: {e:#}"), None))?;
                 let pre = runtime.tool_pre(&loaded.component).map_err(|e| {
                     at(
@@ -111,7 +145,7 @@ impl ToolRegistry {
             let Some(spec) = specs.iter().find(|s| s.name == entry.name) else {
                 let provided: Vec<_> = specs.iter().map(|s| format!("`{}`", s.name)).collect();
                 return Err(policy.error_at(
-                    entry.span.clone(),
+                    &entry.place,
                     format!(
                         "`{}` does not provide a tool named `{}`",
                         component.source, entry.name
@@ -122,12 +156,25 @@ impl ToolRegistry {
                     )),
                 ));
             };
+            // Arguments are checked against this before any rule, and before
+            // the tool runs. Remote `$ref`s are never fetched.
+            let schema = jsonschema::options().build(&spec.parameters).map_err(|e| {
+                policy.error_at(
+                    &entry.place,
+                    format!(
+                        "`{}` describes `{}` with an invalid JSON Schema: {e}",
+                        component.source, entry.name
+                    ),
+                    Some("fix the tool's `describe`".into()),
+                )
+            })?;
             tools.insert(
                 entry.name.clone(),
                 RegisteredTool {
+                    schema: Arc::new(schema),
                     spec: spec.clone(),
                     component: component.clone(),
-                    granted: entry.decision == crate::policy::ToolDecision::Allow,
+                    granted: entry.decision != Verdict::Deny,
                 },
             );
         }
@@ -137,6 +184,11 @@ impl ToolRegistry {
     /// Specs of the tools the agent may call.
     pub fn granted(&self) -> impl Iterator<Item = &ToolSpec> {
         self.tools.values().filter(|t| t.granted).map(|t| &t.spec)
+    }
+
+    /// The compiled JSON Schema `name` declared for its arguments.
+    pub fn schema(&self, name: &str) -> Option<&jsonschema::Validator> {
+        self.tools.get(name).map(|t| &*t.schema)
     }
 
     /// Every distinct component loaded.

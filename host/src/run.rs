@@ -114,6 +114,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         })),
     })?;
 
+    gate.observe_task(&spec.task);
     let tools = match ToolRegistry::load(runtime, &spec.policy, &gate).await {
         Ok(tools) => Arc::new(tools),
         Err(error) => {

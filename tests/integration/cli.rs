@@ -171,11 +171,14 @@ fn check_describes_a_policy_and_rejects_a_bad_one() {
     assert!(out.status.success());
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("model: scripted; at most 8 calls per run"),
+        stdout.contains("Model: may use scripted; at most 8 calls per run."),
         "{stdout}"
     );
-    assert!(stdout.contains("regex_search     deny"), "{stdout}");
-    assert!(stdout.contains("everything else is denied."), "{stdout}");
+    assert!(
+        stdout.contains("regex_search (builtin:text): denied."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Everything else is denied."), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
@@ -186,5 +189,10 @@ fn check_describes_a_policy_and_rejects_a_bad_one() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("unknown variant `maybe`, expected `allow` or `deny`"));
+    assert!(
+        text(&out.stderr)
+            .contains("unknown variant `maybe`, expected one of `allow`, `ask`, `deny`"),
+        "{}",
+        text(&out.stderr)
+    );
 }

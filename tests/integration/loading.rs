@@ -16,11 +16,10 @@ async fn a_bad_policy_file_names_file_line_and_column() {
     .unwrap_err()
     .render();
     assert!(
-        error.contains(
-            "unknown field `max_cals`, expected one of `component`, `decision`, `max_calls`"
-        ),
+        error.contains("unknown field `max_cals`, expected one of `component`, `sha256`"),
         "{error}"
     );
+    assert!(error.contains("help: did you mean `max_calls`?"), "{error}");
     assert!(error.contains("--> bad.toml:6:1"), "{error}");
     assert!(error.contains("6 | max_cals = 3"), "{error}");
 }

@@ -12,22 +12,49 @@ use crate::provider::ModelProvider;
 use serde_json::json;
 use std::io;
 
-/// Decide and perform one chat request. The outer `Err` means the audit log
-/// failed (the guest must be stopped); the inner one goes to the guest.
+/// Decide and perform one chat request: redact what the policy redacts,
+/// clamp the output allowance, decide (allowed model, deny patterns,
+/// budgets against an estimate), call the provider, count the usage, and
+/// label and index the answer. The outer `Err` means the audit log failed
+/// (the guest must be stopped); the inner one goes to the guest.
 pub async fn chat(
     gate: &Gate,
     provider: &dyn ModelProvider,
-    request: ChatRequest,
+    mut request: ChatRequest,
 ) -> io::Result<Result<ChatResponse, GuestError>> {
+    let policy = &gate.policy().model;
+    let mut redactions = 0;
+    for message in &mut request.messages {
+        let (text, count) = policy.redact(&message.content);
+        if count > 0 {
+            redactions += count;
+            message.content = text.into_owned();
+        }
+        for call in &mut message.tool_calls {
+            let (text, count) = policy.redact(&call.arguments);
+            if count > 0 {
+                redactions += count;
+                call.arguments = text.into_owned();
+            }
+        }
+    }
+    if let Some(cap) = policy.max_tokens_per_call {
+        request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
+    }
+    let estimated = estimate_tokens(&request);
     let decision_data = json!({
         "messages": request.messages.len(),
         "tools": request.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         "max_tokens": request.max_tokens,
+        "estimated_tokens": estimated,
+        "redactions": redactions,
     });
     let permit = match gate.check(
         &request.model,
         &Request::Model {
             model: &request.model,
+            messages: &request.messages,
+            estimated_tokens: estimated,
         },
         Some(decision_data),
     )? {
@@ -37,6 +64,12 @@ pub async fn chat(
     match provider.chat(&request).await {
         Ok(response) => {
             let message = &response.message;
+            let mut seen = message.content.clone();
+            for call in &message.tool_calls {
+                seen.push('\n');
+                seen.push_str(&call.arguments);
+            }
+            let labels = gate.observe_model_output(&request.model, &seen, response.usage);
             let detail = if message.tool_calls.is_empty() {
                 brief(&message.content, 200)
             } else {
@@ -53,6 +86,7 @@ pub async fn chat(
                     "tool_calls": message.tool_calls,
                     "usage": response.usage,
                     "finish_reason": response.finish_reason,
+                    "labels_added": labels,
                 })),
             )?;
             Ok(Ok(response))
@@ -63,6 +97,30 @@ pub async fn chat(
             Ok(Err(error))
         }
     }
+}
+
+/// The most tokens a request could use: its text at four bytes a token,
+/// plus the output it allows (or 1024 when it sets no limit). Budgets are
+/// checked against this before the call, and against the provider's own
+/// count after it.
+pub fn estimate_tokens(request: &ChatRequest) -> u64 {
+    let bytes: usize = request
+        .messages
+        .iter()
+        .map(|m| {
+            m.content.len()
+                + m.tool_calls
+                    .iter()
+                    .map(|c| c.name.len() + c.arguments.len())
+                    .sum::<usize>()
+        })
+        .sum::<usize>()
+        + request
+            .tools
+            .iter()
+            .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+            .sum::<usize>();
+    bytes.div_ceil(4) as u64 + u64::from(request.max_tokens.unwrap_or(1024))
 }
 
 impl wit::Host for GuestState<AgentRole> {

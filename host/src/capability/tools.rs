@@ -37,6 +37,7 @@ pub async fn call(
     let request = Request::Tool {
         name,
         arguments: &parsed,
+        schema: registry.schema(name),
     };
     let permit = match gate.check(name, &request, Some(json!({ "arguments": parsed })))? {
         Ok(permit) => permit,
@@ -44,11 +45,12 @@ pub async fn call(
     };
     match registry.invoke(name, arguments, gate).await? {
         Ok(result) => {
+            let labels = gate.observe_tool_result(name, &result, &[]);
             gate.complete(
                 permit,
                 Outcome::Ok,
                 brief(&result, 200),
-                Some(json!({ "result": result })),
+                Some(json!({ "result": result, "labels_added": labels })),
             )?;
             Ok(Ok(result))
         }

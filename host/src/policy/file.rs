@@ -1,274 +1,653 @@
-//! The policy file as TOML: parsed with spans, then validated into a
-//! [`Policy`]. Every problem becomes a [`Diagnostic`] that points at the text.
+//! The policy file as written: TOML deserialized into "raw" types that keep
+//! every value's place in its file. `compile` turns them into a [`Policy`];
+//! `merge` combines a file with the files it includes. The JSON Schema that
+//! editors use (`policies/policy.schema.json`) is generated from these
+//! types, so it cannot drift from what the parser accepts.
+//!
+//! [`Policy`]: super::Policy
 
 use super::units::{ByteSize, HumanDuration};
-use super::{ComponentRef, Limits, ModelPolicy, Policy, Rule, ToolDecision, ToolPolicy};
-use crate::diagnostic::{Diagnostic, Severity, SourceError, parse_toml};
-use serde::Deserialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Range;
-use std::time::Duration;
 
-/// The largest linear memory a guest may be granted: 32-bit wasm memories
-/// stop at 4 GiB, and the engine's pool reserves no more.
-pub const MAX_MEMORY: u64 = 4 << 30;
+thread_local! {
+    /// The file being deserialized on this thread, stamped into every [`At`]
+    /// so that diagnostics after merging still know which file a value came
+    /// from. Set only by [`parse_raw`], for the duration of one parse.
+    static CURRENT_FILE: Cell<usize> = const { Cell::new(0) };
+}
 
-#[derive(Deserialize)]
+/// A value, where it is (byte range), and in which file (an index into the
+/// files of one policy load).
+#[derive(Debug, Clone)]
+pub struct At<T> {
+    /// The value.
+    pub value: T,
+    /// Its byte range in its file.
+    pub span: Range<usize>,
+    /// Which file.
+    pub file: usize,
+}
+
+impl<T> At<T> {
+    /// The value.
+    pub fn get(&self) -> &T {
+        &self.value
+    }
+
+    /// Where it is.
+    pub fn place(&self) -> Place {
+        Place {
+            file: self.file,
+            span: self.span.clone(),
+        }
+    }
+}
+
+/// A place in one of the files of a policy load.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Place {
+    /// Index of the file.
+    pub file: usize,
+    /// Byte range.
+    pub span: Range<usize>,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<T>::deserialize(deserializer)?;
+        Ok(At {
+            span: spanned.span(),
+            value: spanned.into_inner(),
+            file: CURRENT_FILE.with(Cell::get),
+        })
+    }
+}
+
+// Map keys compare by value only.
+impl<T: PartialEq> PartialEq for At<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+impl<T: Eq> Eq for At<T> {}
+impl<T: PartialOrd> PartialOrd for At<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.value.partial_cmp(&other.value)
+    }
+}
+impl<T: Ord> Ord for At<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.value.cmp(&other.value)
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for At<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: bytes as an integer, or a string with a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. \"64MiB\".",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9][0-9_]*(\\.[0-9]+)?\\s*([KMG]i?B|B)?\\s*$" }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration such as \"500ms\", \"30s\", \"2m\" or \"1h 30m\".",
+            "type": "string"
+        })
+    }
+}
+
+/// What a policy entry or rule answers.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Go ahead.
+    Allow,
+    /// A human must approve.
+    Ask,
+    /// Refused.
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Ask => "ask",
+        })
+    }
+}
+
+/// A warden policy file. Everything not granted here is denied.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawPolicy {
-    limits: Option<RawLimits>,
-    model: Option<RawModel>,
+#[schemars(title = "warden policy")]
+pub struct RawPolicy {
+    /// Policy files this one builds on, relative to this file. This file
+    /// may narrow what they grant; widening needs `widen`.
     #[serde(default)]
-    tools: BTreeMap<Spanned<String>, Spanned<RawTool>>,
+    pub include: Vec<At<String>>,
+    /// Keys (e.g. "limits.memory", "tools.fetch") this file deliberately
+    /// widens relative to its includes. Each use is reported by `warden check`.
+    #[serde(default)]
+    pub widen: Vec<At<String>>,
+    /// Limits on every guest instance.
+    pub limits: Option<RawLimits>,
+    /// What the agent may ask of the model.
+    pub model: Option<RawModel>,
+    /// What the agent itself may touch (files, network, environment).
+    pub agent: Option<RawGrants>,
+    /// The tools the agent may call, by name.
+    #[serde(default)]
+    pub tools: BTreeMap<At<String>, At<RawTool>>,
+    /// Secrets the host reads and injects into granted HTTP requests.
+    #[serde(default)]
+    pub secrets: BTreeMap<At<String>, At<RawSecret>>,
 }
 
-#[derive(Deserialize)]
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
-    memory: Option<Spanned<ByteSize>>,
-    cpu: Option<Spanned<HumanDuration>>,
-    wall: Option<Spanned<HumanDuration>>,
-    output: Option<Spanned<ByteSize>>,
+pub struct RawLimits {
+    /// Linear memory per instance (default "128MiB", at most "4GiB").
+    pub memory: Option<At<ByteSize>>,
+    /// Guest execution time per instance (default "10s").
+    pub cpu: Option<At<HumanDuration>>,
+    /// Wall-clock time: the whole run for the agent, each call for a tool
+    /// (default "120s").
+    pub wall: Option<At<HumanDuration>>,
+    /// Largest answer or tool result; all log lines of a run together
+    /// (default "1MiB").
+    pub output: Option<At<ByteSize>>,
+    /// Most mediated actions (model calls plus tool calls) in a run.
+    pub max_steps: Option<At<u32>>,
 }
 
-#[derive(Deserialize)]
+/// `[model]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawModel {
-    allow: Option<Vec<Spanned<String>>>,
-    max_calls: Option<Spanned<u32>>,
+pub struct RawModel {
+    /// Model names the agent may use; globs (`claude-*`). Empty: none.
+    pub allow: Option<Vec<At<String>>>,
+    /// Most model calls in a run.
+    pub max_calls: Option<At<u32>>,
+    /// Most tokens (input plus output) in a run.
+    pub max_tokens: Option<At<u64>>,
+    /// Most output tokens one call may ask for (requests are clamped).
+    pub max_tokens_per_call: Option<At<u32>>,
+    /// Most spend in a run, in US dollars, priced by `prices`.
+    pub max_cost_usd: Option<At<f64>>,
+    /// Price per million tokens, by model name or glob.
+    #[serde(default)]
+    pub prices: BTreeMap<At<String>, At<RawPrice>>,
+    /// Regular expressions: a request whose text matches one is refused.
+    #[serde(default)]
+    pub deny: Vec<At<String>>,
+    /// Regular expressions: matching text is replaced by `[REDACTED]` before
+    /// a request leaves the host.
+    #[serde(default)]
+    pub redact: Vec<At<String>>,
+    /// Labels every model answer adds to the session.
+    #[serde(default)]
+    pub labels: Vec<At<String>>,
 }
 
-#[derive(Deserialize)]
+/// Price of a model, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawTool {
-    component: Option<Spanned<String>>,
-    decision: Option<Spanned<ToolDecision>>,
-    max_calls: Option<Spanned<u32>>,
+pub struct RawPrice {
+    /// Per million input tokens.
+    pub input: f64,
+    /// Per million output tokens.
+    pub output: f64,
 }
 
-/// Parse and validate `text`, the contents of the policy file `file`.
-pub(super) fn parse(file: &str, text: &str) -> Result<Policy, SourceError> {
-    let raw: RawPolicy = parse_toml(file, text)?;
-    let mut found = Vec::new();
-    let policy = validate(raw, &mut found);
-    if found.iter().any(|d| d.severity == Severity::Error) {
-        return Err(SourceError {
-            file: file.to_string(),
-            text: text.to_string(),
-            diagnostics: found,
-        });
-    }
-    Ok(Policy {
-        warnings: found,
-        ..policy
-    })
+/// `[tools.NAME]`: one tool and its rules.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// The component that provides the tool: a path relative to this file,
+    /// or `builtin:NAME`.
+    pub component: Option<At<String>>,
+    /// SHA-256 (hex) the component's bytes must have.
+    pub sha256: Option<At<String>>,
+    /// allow (default), ask (a human approves each call) or deny.
+    pub decision: Option<At<Verdict>>,
+    /// Most calls in a run.
+    pub max_calls: Option<At<u32>>,
+    /// Most calls in any 60 seconds.
+    pub rate: Option<At<u32>>,
+    /// Rules on the call's JSON arguments, by field.
+    #[serde(default)]
+    pub args: BTreeMap<At<String>, At<RawArgEntry>>,
+    /// Labels this tool's results add to the session.
+    #[serde(default)]
+    pub labels: Vec<At<String>>,
+    /// Deny calls once the session carries any of these labels.
+    #[serde(default)]
+    pub deny_when_labeled: Vec<At<String>>,
+    /// Ask a human once the session carries any of these labels.
+    #[serde(default)]
+    pub ask_when_labeled: Vec<At<String>>,
+    /// Outgoing HTTP the tool may make.
+    pub http: Option<At<RawHttp>>,
+    /// Directories the tool may see, by the path it sees them at.
+    #[serde(default)]
+    pub fs: BTreeMap<At<String>, At<RawMount>>,
+    /// Environment variables the tool sees, with fixed values.
+    #[serde(default)]
+    pub env: BTreeMap<At<String>, At<String>>,
+    /// Environment variables passed through from the host.
+    #[serde(default)]
+    pub inherit_env: Vec<At<String>>,
+    /// Secrets (from `[secrets]`) injected into the tool's HTTP requests.
+    #[serde(default)]
+    pub secrets: Vec<At<String>>,
 }
 
-fn span_of<T>(value: &Spanned<T>) -> Option<Range<usize>> {
-    Some(value.span())
+/// `[agent]`: what the agent component itself may touch.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    /// Outgoing HTTP the agent may make.
+    pub http: Option<At<RawHttp>>,
+    /// Directories the agent may see.
+    #[serde(default)]
+    pub fs: BTreeMap<At<String>, At<RawMount>>,
+    /// Environment variables with fixed values.
+    #[serde(default)]
+    pub env: BTreeMap<At<String>, At<String>>,
+    /// Environment variables passed through from the host.
+    #[serde(default)]
+    pub inherit_env: Vec<At<String>>,
+    /// Secrets injected into the agent's HTTP requests.
+    #[serde(default)]
+    pub secrets: Vec<At<String>>,
 }
 
-fn validate(raw: RawPolicy, found: &mut Vec<Diagnostic>) -> Policy {
-    let limits = validate_limits(raw.limits, found);
-    let model = validate_model(raw.model, found);
-    let mut tools = BTreeMap::new();
-    for (name, entry) in raw.tools {
-        let name_span = name.span();
-        let name = name.into_inner();
-        let entry_span = entry.span();
-        let entry = entry.into_inner();
-        if !is_tool_name(&name) {
-            found.push(
-                Diagnostic::error(
-                    format!("`{name}` is not a valid tool name"),
-                    Some(name_span.clone()),
-                )
-                .with_help("tool names are 1 to 64 letters, digits, `_` or `-` (what model providers accept)"),
-            );
-            continue;
+/// Outgoing HTTP.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// URL patterns: `scheme://host[:port]/path-glob`; host may start with
+    /// `*.`; or tables with `url`, `labels` and `private`.
+    #[serde(default)]
+    pub allow: Vec<At<RawUrlRule>>,
+    /// Methods allowed (default ["GET"]).
+    pub methods: Option<Vec<At<String>>>,
+    /// Largest request body (default "1MiB").
+    pub max_request: Option<At<ByteSize>>,
+    /// Largest response body (default "10MiB").
+    pub max_response: Option<At<ByteSize>>,
+    /// Connect plus transfer time per request (default "30s").
+    pub timeout: Option<At<HumanDuration>>,
+}
+
+/// One URL rule.
+#[derive(Debug, Clone, Default, JsonSchema)]
+#[schemars(
+    description = "A URL pattern string, or a table with `url` and optional `labels` and `private`."
+)]
+pub struct RawUrlRule {
+    /// The pattern.
+    pub url: String,
+    /// Labels responses from matching URLs add to the session.
+    pub labels: Vec<String>,
+    /// Whether the rule may reach loopback, private and link-local addresses.
+    pub private: bool,
+}
+
+impl<'de> Deserialize<'de> for RawUrlRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            #[serde(default)]
+            labels: Vec<String>,
+            #[serde(default)]
+            private: bool,
         }
-        let decision = entry
-            .decision
-            .as_ref()
-            .map_or(ToolDecision::Allow, |d| *d.get_ref());
-        let component = entry.component.map(|c| ComponentRef {
-            span: c.span(),
-            text: c.into_inner(),
-        });
-        if let Some(component) = &component
-            && component.text.trim().is_empty()
-        {
-            found.push(
-                Diagnostic::error("`component` is empty", Some(component.span.clone())).with_help(
-                    "give the path of the tool's .wasm file, relative to this policy file",
-                ),
-            );
-        }
-        if decision == ToolDecision::Allow && component.is_none() {
-            found.push(
-                Diagnostic::error(
-                    format!("tool `{name}` is granted but has no `component`"),
-                    Some(entry_span.clone()),
-                )
-                .with_help(format!(
-                    "add `component = \"path/to/tool.wasm\"` under [tools.{name}], or `decision = \"deny\"`"
-                )),
-            );
-        }
-        if let Some(max) = &entry.max_calls
-            && *max.get_ref() == 0
-            && decision == ToolDecision::Allow
-        {
-            found.push(
-                Diagnostic::warning(
-                    format!(
-                        "tool `{name}` is granted with `max_calls = 0`, so it can never be called"
-                    ),
-                    span_of(max),
-                )
-                .with_help("write `decision = \"deny\"` to deny it, or raise `max_calls`"),
-            );
-        }
-        tools.insert(
-            name.clone(),
-            ToolPolicy {
-                rule: Rule::new(format!("tools.{name}")),
-                max_calls_rule: Rule::new(format!("tools.{name}.max_calls")),
-                name,
-                component,
-                decision,
-                max_calls: entry.max_calls.map(Spanned::into_inner),
-                span: name_span,
-            },
-        );
-    }
-    Policy {
-        limits,
-        model,
-        tools,
-        warnings: Vec::new(),
-        default_rule: Rule::new("default"),
-        output_rule: Rule::new("limits.output"),
-    }
-}
-
-/// What model providers accept as a function name.
-fn is_tool_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-fn validate_limits(raw: Option<RawLimits>, found: &mut Vec<Diagnostic>) -> Limits {
-    let defaults = Limits::default();
-    let Some(raw) = raw else {
-        return defaults;
-    };
-    let memory = match raw.memory {
-        Some(memory) => {
-            let bytes = memory.get_ref().0;
-            if bytes < (1 << 20) {
-                found.push(
-                    Diagnostic::error(
-                        format!(
-                            "`memory` is {}; guests need at least 1MiB",
-                            memory.get_ref()
-                        ),
-                        span_of(&memory),
-                    )
-                    .with_help("Rust guests run in 2MiB; 64MiB suits most agents"),
-                );
-            } else if bytes > MAX_MEMORY {
-                found.push(
-                    Diagnostic::error(
-                        format!(
-                            "`memory` is {}; the most a guest can use is 4GiB",
-                            memory.get_ref()
-                        ),
-                        span_of(&memory),
-                    )
-                    .with_help("wasm32 memories are limited to 4GiB: lower the limit"),
-                );
+        struct RuleVisitor;
+        impl<'de> Visitor<'de> for RuleVisitor {
+            type Value = RawUrlRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL pattern, or a table with `url`, `labels` and `private`")
             }
-            bytes
-        }
-        None => defaults.memory,
-    };
-    let mut duration =
-        |value: Option<Spanned<HumanDuration>>, key: &str, default: Duration| match value {
-            Some(value) if value.get_ref().0.is_zero() => {
-                found.push(
-                    Diagnostic::error(
-                        format!("`{key}` is zero, so no guest could run"),
-                        span_of(&value),
-                    )
-                    .with_help("give a positive duration such as \"10s\""),
-                );
-                default
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUrlRule, E> {
+                Ok(RawUrlRule {
+                    url: v.to_string(),
+                    ..RawUrlRule::default()
+                })
             }
-            Some(value) => value.get_ref().0,
-            None => default,
-        };
-    let cpu_span = raw.cpu.as_ref().map(|c| c.span());
-    let cpu = duration(raw.cpu, "cpu", defaults.cpu);
-    let wall = duration(raw.wall, "wall", defaults.wall);
-    if cpu > wall {
-        found.push(
-            Diagnostic::warning(
-                format!(
-                    "`cpu` ({}) is longer than `wall` ({}), so the wall clock always stops a run first",
-                    HumanDuration(cpu),
-                    HumanDuration(wall)
-                ),
-                cpu_span,
-            )
-            .with_help("make `cpu` at most `wall`"),
-        );
-    }
-    let output = match raw.output {
-        Some(output) if output.get_ref().0 == 0 => {
-            found.push(
-                Diagnostic::error(
-                    "`output` is zero, so no result could be returned",
-                    span_of(&output),
-                )
-                .with_help("give a size such as \"1MiB\""),
-            );
-            defaults.output
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUrlRule, A::Error> {
+                let table = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawUrlRule {
+                    url: table.url,
+                    labels: table.labels,
+                    private: table.private,
+                })
+            }
         }
-        Some(output) => output.get_ref().0,
-        None => defaults.output,
-    };
-    Limits {
-        memory,
-        cpu,
-        wall,
-        output,
+        deserializer.deserialize_any(RuleVisitor)
     }
 }
 
-fn validate_model(raw: Option<RawModel>, found: &mut Vec<Diagnostic>) -> ModelPolicy {
-    let mut model = ModelPolicy {
-        allow: Vec::new(),
-        max_calls: None,
-        allow_rule: Rule::new("model.allow"),
-        max_calls_rule: Rule::new("model.max_calls"),
-    };
-    let Some(raw) = raw else {
-        return model;
-    };
-    for name in raw.allow.unwrap_or_default() {
-        if name.get_ref().trim().is_empty() {
-            found.push(
-                Diagnostic::error("an empty model name in `allow`", span_of(&name))
-                    .with_help("list model names such as \"scripted\" or \"gpt-4o-mini\""),
-            );
-        } else {
-            model.allow.push(name.into_inner());
+/// A directory granted to a guest.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    /// The host directory, relative to the policy file.
+    pub dir: String,
+    /// "ro" (default) or "rw".
+    #[serde(default)]
+    pub mode: MountMode,
+    /// Most bytes the guest may write under it (rw only).
+    pub quota: Option<ByteSize>,
+}
+
+/// Read-only or read-write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MountMode {
+    /// Read only.
+    #[default]
+    Ro,
+    /// Read and write.
+    Rw,
+}
+
+/// `[secrets.NAME]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Read the value from this host environment variable.
+    pub from_env: Option<String>,
+    /// Read the value from this file (relative to the policy file).
+    pub from_file: Option<String>,
+    /// Where the host injects it.
+    pub inject: Option<RawInject>,
+}
+
+/// How a secret is injected into requests.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawInject {
+    /// The only host (exact, or `*.example.com`) that receives it.
+    pub host: String,
+    /// The header it goes in.
+    pub header: String,
+    /// The header's value, with `{}` where the secret goes (default "{}").
+    pub format: Option<String>,
+}
+
+/// The keys of an argument rule; a table with none of them is a level of a
+/// nested field path.
+pub const RULE_KEYS: &[&str] = &[
+    "equals", "one_of", "matches", "glob", "prefix", "min", "max", "max_len", "schema", "from",
+    "required", "decision",
+];
+
+/// A rule on one argument field: the checks it makes and what happens when
+/// one fails.
+#[derive(Debug, Clone, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// The value must equal this.
+    pub equals: Option<At<serde_json::Value>>,
+    /// The value must equal one of these.
+    pub one_of: Option<At<Vec<serde_json::Value>>>,
+    /// The value must match this regular expression (whole value).
+    pub matches: Option<At<String>>,
+    /// The value must match this glob.
+    pub glob: Option<At<String>>,
+    /// The value must start with this.
+    pub prefix: Option<At<String>>,
+    /// The number must be at least this.
+    pub min: Option<At<f64>>,
+    /// The number must be at most this.
+    pub max: Option<At<f64>>,
+    /// The string (characters) or array (items) must be at most this long.
+    pub max_len: Option<At<u64>>,
+    /// The value must validate against this JSON Schema.
+    pub schema: Option<At<serde_json::Value>>,
+    /// The value must occur in data from these sources: "task",
+    /// "unlabeled", "model", "tool:NAME".
+    pub from: Option<At<Vec<At<String>>>>,
+    /// A missing field fails the rule (default: a missing field passes).
+    pub required: Option<At<bool>>,
+    /// What a failed check decides: deny (default) or ask.
+    pub decision: Option<At<Verdict>>,
+}
+
+/// What stands under `args.FIELD`: one rule, a list of rules, or (for a
+/// table without rule keys) the next level of a nested field path.
+#[derive(Debug, Clone)]
+pub enum RawArgEntry {
+    /// Rules on this field.
+    Rules(Vec<At<RawRule>>),
+    /// Deeper fields.
+    Nested(BTreeMap<At<String>, At<RawArgEntry>>),
+    /// Both (only from merging two files, one with rules on this field and
+    /// one with rules on deeper fields).
+    Mixed(Vec<At<RawRule>>, BTreeMap<At<String>, At<RawArgEntry>>),
+}
+
+/// The rules on a field and its deeper fields.
+pub type ArgParts = (Vec<At<RawRule>>, BTreeMap<At<String>, At<RawArgEntry>>);
+
+impl RawArgEntry {
+    /// Split into rules on this field and deeper fields.
+    pub fn into_parts(self) -> ArgParts {
+        match self {
+            RawArgEntry::Rules(rules) => (rules, BTreeMap::new()),
+            RawArgEntry::Nested(nested) => (Vec::new(), nested),
+            RawArgEntry::Mixed(rules, nested) => (rules, nested),
         }
     }
-    model.max_calls = raw.max_calls.map(Spanned::into_inner);
-    model
+
+    /// Join rules and deeper fields.
+    pub fn from_parts(
+        rules: Vec<At<RawRule>>,
+        nested: BTreeMap<At<String>, At<RawArgEntry>>,
+    ) -> Self {
+        match (rules.is_empty(), nested.is_empty()) {
+            (_, true) => RawArgEntry::Rules(rules),
+            (true, false) => RawArgEntry::Nested(nested),
+            (false, false) => RawArgEntry::Mixed(rules, nested),
+        }
+    }
+}
+
+impl JsonSchema for RawArgEntry {
+    fn schema_name() -> Cow<'static, str> {
+        "ArgEntry".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let rule = generator.subschema_for::<RawRule>();
+        let entry = generator.subschema_for::<RawArgEntry>();
+        json_schema!({
+            "description": "A rule on this field, a list of rules, or a table of deeper fields.",
+            "anyOf": [
+                rule,
+                { "type": "array", "items": rule },
+                { "type": "object", "additionalProperties": entry }
+            ]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawArgEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = RawArgEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rule table (e.g. `{ matches = '...' }`), a list of them, or a table of fields")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawArgEntry, A::Error> {
+                let mut rules = Vec::new();
+                while let Some(rule) = seq.next_element::<At<RawRuleTable>>()? {
+                    rules.push(At {
+                        value: rule.value.0,
+                        span: rule.span,
+                        file: rule.file,
+                    });
+                }
+                Ok(RawArgEntry::Rules(rules))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawArgEntry, A::Error> {
+                let mut rule = RawRule::default();
+                let mut has_rule = false;
+                let mut nested = BTreeMap::new();
+                while let Some(key) = map.next_key::<At<String>>()? {
+                    if RULE_KEYS.contains(&key.value.as_str()) {
+                        has_rule = true;
+                        read_rule_key(&mut rule, &key.value, &mut map)?;
+                    } else {
+                        nested.insert(key, map.next_value::<At<RawArgEntry>>()?);
+                    }
+                }
+                match (has_rule, nested.is_empty()) {
+                    (true, true) => Ok(RawArgEntry::Rules(vec![At {
+                        value: rule,
+                        span: 0..0,
+                        file: CURRENT_FILE.with(Cell::get),
+                    }])),
+                    (false, _) => Ok(RawArgEntry::Nested(nested)),
+                    (true, false) => {
+                        let fields: Vec<_> =
+                            nested.keys().map(|k| format!("`{}`", k.value)).collect();
+                        Err(de::Error::custom(format!(
+                            "this table mixes rule keys with {}, which are not rule keys (expected one of {})",
+                            fields.join(", "),
+                            RULE_KEYS
+                                .iter()
+                                .map(|k| format!("`{k}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                    }
+                }
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
+    }
+}
+
+/// A rule table in a list, where every key must be a rule key.
+struct RawRuleTable(RawRule);
+
+impl<'de> Deserialize<'de> for RawRuleTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RuleVisitor;
+        impl<'de> Visitor<'de> for RuleVisitor {
+            type Value = RawRuleTable;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rule table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRuleTable, A::Error> {
+                let mut rule = RawRule::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !RULE_KEYS.contains(&key.as_str()) {
+                        return Err(de::Error::unknown_field(&key, RULE_KEYS));
+                    }
+                    read_rule_key(&mut rule, &key, &mut map)?;
+                }
+                Ok(RawRuleTable(rule))
+            }
+        }
+        deserializer.deserialize_map(RuleVisitor)
+    }
+}
+
+fn read_rule_key<'de, A: MapAccess<'de>>(
+    rule: &mut RawRule,
+    key: &str,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    fn set<T>(slot: &mut Option<T>, value: T, key: &str) -> Result<(), String> {
+        if slot.is_some() {
+            return Err(format!("duplicate key `{key}`"));
+        }
+        *slot = Some(value);
+        Ok(())
+    }
+    let result = match key {
+        "equals" => set(&mut rule.equals, map.next_value()?, key),
+        "one_of" => set(&mut rule.one_of, map.next_value()?, key),
+        "matches" => set(&mut rule.matches, map.next_value()?, key),
+        "glob" => set(&mut rule.glob, map.next_value()?, key),
+        "prefix" => set(&mut rule.prefix, map.next_value()?, key),
+        "min" => set(&mut rule.min, map.next_value()?, key),
+        "max" => set(&mut rule.max, map.next_value()?, key),
+        "max_len" => set(&mut rule.max_len, map.next_value()?, key),
+        "schema" => set(&mut rule.schema, map.next_value()?, key),
+        "from" => set(&mut rule.from, map.next_value()?, key),
+        "required" => set(&mut rule.required, map.next_value()?, key),
+        "decision" => set(&mut rule.decision, map.next_value()?, key),
+        _ => unreachable!("callers pass rule keys only"),
+    };
+    result.map_err(de::Error::custom)
+}
+
+/// Deserialize one file's text as file number `file` of a load.
+pub fn parse_raw(file: usize, text: &str) -> Result<RawPolicy, toml::de::Error> {
+    struct Reset(usize);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT_FILE.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(CURRENT_FILE.with(|c| c.replace(file)));
+    toml::from_str(text)
+}
+
+/// The JSON Schema of a policy file, for editors.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(RawPolicy);
+    serde_json::to_value(schema).expect("a schema serializes")
 }

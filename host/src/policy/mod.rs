@@ -3,54 +3,79 @@
 //!
 //! This module owns the policy file's language and the decisions. It must
 //! stay pure: no I/O, no clocks, no wasmtime or tokio types. The host reads
-//! the file and hands over its text; the gate hands over a [`Request`] and
-//! the [`Session`] counters and gets a [`Decision`] back. Everything that is
-//! not granted is denied.
+//! the files and hands over their text; the gate hands over a [`Request`]
+//! and the [`Session`] (what the run has used and seen) and gets a
+//! [`Decision`] back, naming the rule that made it. Everything that is not
+//! granted is denied.
+//!
+//! Precedence: deny beats ask beats allow. A tool call is decided in this
+//! order: the entry (none: `default` deny; `decision = "deny"`), the
+//! arguments against the tool's own JSON Schema (`invalid`), the labels and
+//! argument rules (the strongest verdict wins, the first rule of that
+//! verdict is named), then the budgets.
 
-mod file;
+pub mod args;
+mod compile;
+pub mod file;
+mod merge;
+pub mod provenance;
 mod units;
 
-pub use crate::diagnostic::{Diagnostic, Severity, SourceError};
-pub use file::MAX_MEMORY;
+pub use crate::diagnostic::{Diagnostic, Severity, SourceError, SourceFile};
+pub use compile::MAX_MEMORY;
+pub use file::{MountMode, Place, Verdict};
 pub use units::{ByteSize, HumanDuration};
 
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use crate::chat::{Message, Usage};
+use args::ArgRule;
+use globset::{GlobMatcher, GlobSet};
+use provenance::{Provenance, Source};
+use regex::{Regex, RegexSet};
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A validated policy file.
+/// A validated policy (one file, or a file merged with its includes).
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Limits on every guest instance.
     pub limits: Limits,
     /// What the agent may ask of the model.
     pub model: ModelPolicy,
+    /// What the agent itself may touch.
+    pub agent: Grants,
     /// Tool entries by name. A tool with no entry is denied.
     pub tools: BTreeMap<String, ToolPolicy>,
-    /// Findings that did not stop the file from loading.
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, SecretPolicy>,
+    /// Findings that did not stop the policy from loading.
     pub warnings: Vec<Diagnostic>,
-    default_rule: Rule,
-    output_rule: Rule,
+    rules: CommonRules,
 }
 
-/// `[limits]`: bounds on each guest instance (the agent's, and each tool
-/// call's).
+#[derive(Debug, Clone)]
+struct CommonRules {
+    default: Rule,
+    output: Rule,
+    max_steps: Rule,
+}
+
+/// `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Most linear memory one instance may grow to, in bytes.
     pub memory: u64,
-    /// Most time one instance may spend executing guest code (time spent
-    /// waiting on the host, such as for the model, does not count).
+    /// Most time one instance may spend executing guest code.
     pub cpu: Duration,
-    /// Most wall-clock time: for the agent, the whole run; for a tool, each
-    /// call.
+    /// Most wall-clock time: the whole run (agent), each call (tool).
     pub wall: Duration,
-    /// Largest result one guest may return (the agent's answer, a tool's
-    /// result), and most bytes of log lines in one run.
+    /// Largest result one guest may return; most log bytes in a run.
     pub output: u64,
+    /// Most model calls plus tool calls in a run.
+    pub max_steps: Option<u32>,
 }
 
 impl Default for Limits {
@@ -60,60 +85,281 @@ impl Default for Limits {
             cpu: Duration::from_secs(10),
             wall: Duration::from_secs(120),
             output: 1 << 20,
+            max_steps: None,
         }
     }
 }
 
-/// `[model]`: which models the agent may call, and how often.
+/// Price of a model, US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    /// Per million input tokens.
+    pub input: f64,
+    /// Per million output tokens.
+    pub output: f64,
+}
+
+impl Price {
+    /// The cost of `usage`.
+    pub fn cost(&self, usage: Usage) -> f64 {
+        (usage.input_tokens as f64 * self.input + usage.output_tokens as f64 * self.output) / 1e6
+    }
+}
+
+/// `[model]`.
 #[derive(Debug, Clone)]
 pub struct ModelPolicy {
-    /// Model names the agent may use; empty means no model calls at all.
+    /// Model name patterns the agent may use; empty means none.
     pub allow: Vec<String>,
+    allow_set: GlobSet,
     /// Most model calls in a run.
     pub max_calls: Option<u32>,
-    allow_rule: Rule,
-    max_calls_rule: Rule,
+    /// Most tokens in a run.
+    pub max_tokens: Option<u64>,
+    /// Most output tokens per call.
+    pub max_tokens_per_call: Option<u32>,
+    /// Most spend in a run.
+    pub max_cost_usd: Option<f64>,
+    /// Prices by model pattern, first match wins.
+    pub prices: Vec<(String, Price)>,
+    price_matchers: Vec<GlobMatcher>,
+    /// Patterns that refuse a request.
+    pub deny: Vec<String>,
+    deny_set: RegexSet,
+    /// Patterns redacted from requests.
+    pub redact: Vec<String>,
+    redact_regexes: Vec<Regex>,
+    /// Labels model answers add.
+    pub labels: Vec<String>,
+    rules: ModelRules,
 }
 
-/// `[tools.NAME]`: one tool the agent may (or may not) call.
+#[derive(Debug, Clone)]
+struct ModelRules {
+    allow: Rule,
+    deny: Rule,
+    max_calls: Rule,
+    max_tokens: Rule,
+    max_cost: Rule,
+    prices: Rule,
+}
+
+/// `[tools.NAME]`.
 #[derive(Debug, Clone)]
 pub struct ToolPolicy {
-    /// The tool's name, as its component describes it.
+    /// The tool's name.
     pub name: String,
-    /// The component that provides the tool.
+    /// The component that provides it.
     pub component: Option<ComponentRef>,
-    /// Whether calls are allowed at all.
-    pub decision: ToolDecision,
+    /// The SHA-256 the component must have (lowercase hex).
+    pub sha256: Option<String>,
+    /// allow, ask or deny.
+    pub decision: Verdict,
     /// Most calls in a run.
     pub max_calls: Option<u32>,
-    /// Where the entry's name is in the policy file.
-    pub span: Range<usize>,
-    rule: Rule,
-    max_calls_rule: Rule,
+    /// Most calls in any 60 seconds.
+    pub rate: Option<u32>,
+    /// Rules on the arguments, in file order.
+    pub args: Vec<ArgRule>,
+    /// Labels its results add to the session.
+    pub labels: Vec<String>,
+    /// Labels that deny it.
+    pub deny_when_labeled: Vec<String>,
+    /// Labels that make it ask.
+    pub ask_when_labeled: Vec<String>,
+    /// What the tool itself may touch.
+    pub grants: Grants,
+    /// Where the entry is.
+    pub place: Place,
+    rules: ToolRules,
 }
 
-/// Where a tool's component comes from, as written in the policy.
+#[derive(Debug, Clone)]
+struct ToolRules {
+    entry: Rule,
+    schema: Rule,
+    max_calls: Rule,
+    rate: Rule,
+    deny_when_labeled: Rule,
+    ask_when_labeled: Rule,
+}
+
+/// Where a component comes from, as written in the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentRef {
-    /// `builtin:NAME`, or a path relative to the policy file.
+    /// `builtin:NAME`, or a path relative to the file it is written in.
     pub text: String,
-    /// Where it is in the policy file.
-    pub span: Range<usize>,
+    /// Where it is written.
+    pub place: Place,
 }
 
-/// `decision` in a tool entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ToolDecision {
-    /// Calls go through, within the entry's other rules.
-    Allow,
-    /// Every call is refused; the tool is not offered to the agent.
-    Deny,
+/// What a guest may touch beyond the gate's imports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grants {
+    /// Outgoing HTTP.
+    pub http: Option<HttpGrant>,
+    /// Directories.
+    pub fs: Vec<Mount>,
+    /// Environment variables with fixed values.
+    pub env: Vec<(String, String)>,
+    /// Environment variables passed through.
+    pub inherit_env: Vec<String>,
+    /// Secrets injected into HTTP requests.
+    pub secrets: Vec<String>,
 }
 
-/// The name of the policy entry that made a decision, e.g. `tools.calc` or
-/// `model.max_calls`; `default` when nothing granted the request. Cheap to
-/// clone: decisions copy it into audit records.
+impl Grants {
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        *self == Grants::default()
+    }
+}
+
+/// Outgoing HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpGrant {
+    /// URL rules; a request must match one.
+    pub rules: Vec<UrlRule>,
+    /// Methods allowed (uppercase).
+    pub methods: Vec<String>,
+    /// Largest request body.
+    pub max_request: u64,
+    /// Largest response body.
+    pub max_response: u64,
+    /// Per-request time limit.
+    pub timeout: Duration,
+}
+
+/// One URL rule: `scheme://host[:port]/path-glob`.
+#[derive(Debug, Clone)]
+pub struct UrlRule {
+    /// As written.
+    pub text: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Which hosts.
+    pub host: HostPattern,
+    /// The port, if the rule names one.
+    pub port: Option<u16>,
+    /// The path glob as written.
+    pub path: String,
+    path_matcher: GlobMatcher,
+    /// Labels responses add.
+    pub labels: Vec<String>,
+    /// Whether private, loopback and link-local addresses may be reached.
+    pub private: bool,
+}
+
+impl PartialEq for UrlRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.labels == other.labels && self.private == other.private
+    }
+}
+
+impl UrlRule {
+    /// Whether a URL's parts match (the caller has parsed and normalized
+    /// the URL; addresses are checked separately, after resolution).
+    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        scheme == self.scheme
+            && self.host.matches(host)
+            && port
+                == self
+                    .port
+                    .unwrap_or(if scheme == "https" { 443 } else { 80 })
+            && self.path_matcher.is_match(path)
+    }
+}
+
+/// A host in a URL rule or a secret's injection target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Any host (`*`).
+    Any,
+    /// This host exactly (lowercase; IP literals as written).
+    Exact(String),
+    /// Any subdomain of this domain (`*.example.com`), not the domain.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (lowercase) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(exact) => host == exact,
+            HostPattern::Subdomains(domain) => host
+                .strip_suffix(domain.as_str())
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+        }
+    }
+
+    /// Whether it matches more than one host.
+    pub fn is_wildcard(&self) -> bool {
+        !matches!(self, HostPattern::Exact(_))
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Subdomains(domain) => write!(f, "*.{domain}"),
+        }
+    }
+}
+
+/// A directory granted to a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where the guest sees it.
+    pub guest_path: String,
+    /// The host directory, relative to the file that grants it.
+    pub dir: String,
+    /// Read-only or read-write.
+    pub mode: MountMode,
+    /// Most bytes written under it.
+    pub quota: Option<u64>,
+    /// Where it is written.
+    pub place: Place,
+}
+
+/// `[secrets.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretPolicy {
+    /// Its name.
+    pub name: String,
+    /// Where the host reads it.
+    pub source: SecretSource,
+    /// Where the host injects it.
+    pub inject: Option<Inject>,
+    /// Where it is written.
+    pub place: Place,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A host environment variable.
+    Env(String),
+    /// A file, relative to the policy file.
+    File(String),
+}
+
+/// How a secret is injected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inject {
+    /// The only hosts that receive it.
+    pub host: HostPattern,
+    /// The header.
+    pub header: String,
+    /// The header value, `{}` standing for the secret.
+    pub format: String,
+}
+
+/// The name of the policy entry that made a decision, e.g. `tools.calc`,
+/// `tools.send_email.args.to` or `model.max_calls`; `default` when nothing
+/// granted the request. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule(Arc<str>);
 
@@ -144,10 +390,15 @@ impl Serialize for Rule {
 /// What a guest asks the host to do, in host terms.
 #[derive(Debug, Clone, Copy)]
 pub enum Request<'a> {
-    /// A model call for the model named `model`.
+    /// A model call.
     Model {
         /// The model that would answer.
         model: &'a str,
+        /// What would be sent.
+        messages: &'a [Message],
+        /// Tokens the call may use at most (input estimate plus the output
+        /// allowance), for budgets checked before the call.
+        estimated_tokens: u64,
     },
     /// A tool call.
     Tool {
@@ -155,72 +406,137 @@ pub enum Request<'a> {
         name: &'a str,
         /// The parsed arguments.
         arguments: &'a serde_json::Value,
+        /// The JSON Schema the tool declared, compiled; checked first.
+        schema: Option<&'a jsonschema::Validator>,
     },
-    /// A log line of `bytes` bytes.
+    /// A log line.
     Log {
-        /// The line's length.
+        /// Its length.
         bytes: u64,
     },
 }
 
-/// What a run has used so far: the state decisions depend on. Only the
-/// host changes it, through [`Session::record`].
+/// What a run has used and seen: the state decisions depend on. The guest
+/// cannot change it; the host updates it through the methods below.
 #[derive(Debug, Clone, Default)]
 pub struct Session {
-    /// Allowed model calls so far.
+    /// Allowed model calls.
     pub model_calls: u32,
-    /// Allowed calls so far, per tool.
+    /// Allowed calls per tool.
     pub tool_calls: HashMap<String, u32>,
-    /// Bytes of log lines accepted so far.
+    /// Allowed model plus tool calls.
+    pub steps: u32,
+    /// Bytes of log lines accepted.
     pub log_bytes: u64,
+    /// Tokens the provider reported.
+    pub tokens: u64,
+    /// Spend, by the price table.
+    pub cost_usd: f64,
+    /// Labels gathered (sorted, no duplicates). They only grow.
+    pub labels: Vec<String>,
+    /// Time since the run started, set by the host before each decision.
+    pub now: Duration,
+    /// Start times of recent calls per tool, for `rate`.
+    recent: HashMap<String, VecDeque<Duration>>,
+    /// Where values came from.
+    pub provenance: Provenance,
 }
+
+/// The window of `rate`.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Session {
     /// Count an allowed request against the run's budgets.
     pub fn record(&mut self, request: &Request<'_>) {
         match request {
-            Request::Model { .. } => self.model_calls += 1,
-            Request::Tool { name, .. } => match self.tool_calls.get_mut(*name) {
-                Some(calls) => *calls += 1,
-                None => {
-                    self.tool_calls.insert((*name).to_string(), 1);
+            Request::Model { .. } => {
+                self.model_calls += 1;
+                self.steps += 1;
+            }
+            Request::Tool { name, .. } => {
+                match self.tool_calls.get_mut(*name) {
+                    Some(calls) => *calls += 1,
+                    None => {
+                        self.tool_calls.insert((*name).to_string(), 1);
+                    }
                 }
-            },
+                self.steps += 1;
+                let now = self.now;
+                let recent = self.recent.entry((*name).to_string()).or_default();
+                recent.push_back(now);
+                while recent
+                    .front()
+                    .is_some_and(|t| now.saturating_sub(*t) >= RATE_WINDOW)
+                {
+                    recent.pop_front();
+                }
+            }
             Request::Log { bytes } => self.log_bytes += bytes,
         }
     }
-}
 
-/// The three answers a policy can give. `Ask` (a human decides) is part of
-/// the audit vocabulary; this policy language does not produce it yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Go ahead.
-    Allow,
-    /// Refused.
-    Deny,
-    /// A human must approve.
-    Ask,
-}
+    /// Add labels (they never go away).
+    pub fn add_labels<'l>(&mut self, labels: impl IntoIterator<Item = &'l String>) {
+        for label in labels {
+            if let Err(at) = self.labels.binary_search(label) {
+                self.labels.insert(at, label.clone());
+            }
+        }
+    }
 
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Verdict::Allow => "allow",
-            Verdict::Deny => "deny",
-            Verdict::Ask => "ask",
-        })
+    fn has_any<'l>(&self, labels: &'l [String]) -> Option<&'l String> {
+        labels.iter().find(|l| self.labels.binary_search(l).is_ok())
+    }
+
+    /// The task reached the agent.
+    pub fn observe_task(&mut self, task: &str) {
+        self.provenance.observe(Source::Task, &[], task);
+    }
+
+    /// A model answer reached the agent: it carries the session's labels
+    /// (the model saw everything) plus `[model] labels`.
+    pub fn observe_model_output(&mut self, policy: &Policy, text: &str, usage: Usage, model: &str) {
+        self.add_labels(&policy.model.labels);
+        let labels = self.labels.clone();
+        self.provenance.observe(Source::Model, &labels, text);
+        self.tokens += u64::from(usage.input_tokens) + u64::from(usage.output_tokens);
+        if let Some(price) = policy.model.price(model) {
+            self.cost_usd += price.cost(usage);
+        }
+    }
+
+    /// A tool's result reached the agent, carrying the tool's labels and
+    /// `extra` ones (e.g. from HTTP rules that served it).
+    pub fn observe_tool_result(
+        &mut self,
+        policy: &Policy,
+        tool: &str,
+        text: &str,
+        extra: &[String],
+    ) {
+        let mut labels: Vec<String> = policy
+            .tools
+            .get(tool)
+            .map(|t| t.labels.clone())
+            .unwrap_or_default();
+        labels.extend(extra.iter().cloned());
+        labels.sort();
+        labels.dedup();
+        self.add_labels(&labels);
+        self.provenance
+            .observe(Source::Tool(tool.to_string()), &labels, text);
     }
 }
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyKind {
-    /// Nothing grants it, or an entry forbids it.
+    /// Nothing grants it, or a rule forbids it.
     Policy,
     /// It is granted, but a budget is spent.
     Budget,
+    /// The request is malformed (its arguments fail the tool's schema).
+    Invalid,
 }
 
 /// The policy's answer to one request, naming the rule that gave it.
@@ -231,57 +547,128 @@ pub enum Decision {
         /// The entry that granted it.
         rule: Rule,
     },
+    /// A human must approve.
+    Ask {
+        /// The rule that asks.
+        rule: Rule,
+        /// Why, for the human and the agent.
+        reason: String,
+    },
     /// Refused.
     Deny {
-        /// The entry that refused it.
+        /// The rule that refused it.
         rule: Rule,
         /// Why, in words fit for the agent (never how to get more).
         reason: String,
-        /// A policy refusal or a spent budget.
+        /// Policy, budget or malformed.
         kind: DenyKind,
     },
 }
 
 impl Decision {
-    /// Allow, deny or ask.
+    /// Allow, ask or deny.
     pub fn verdict(&self) -> Verdict {
         match self {
             Decision::Allow { .. } => Verdict::Allow,
+            Decision::Ask { .. } => Verdict::Ask,
             Decision::Deny { .. } => Verdict::Deny,
         }
     }
 
-    /// The entry that decided.
+    /// The rule that decided.
     pub fn rule(&self) -> &Rule {
         match self {
-            Decision::Allow { rule } | Decision::Deny { rule, .. } => rule,
+            Decision::Allow { rule } | Decision::Ask { rule, .. } | Decision::Deny { rule, .. } => {
+                rule
+            }
         }
     }
 }
 
+impl ModelPolicy {
+    /// The price of `model`, if the table has one.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.price_matchers
+            .iter()
+            .position(|m| m.is_match(model))
+            .map(|i| self.prices[i].1)
+    }
+
+    /// Whether the allow list grants `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.allow_set.is_match(model)
+    }
+
+    /// `text` with every `redact` match replaced by `[REDACTED]`, and how
+    /// many matches there were.
+    pub fn redact<'t>(&self, text: &'t str) -> (Cow<'t, str>, usize) {
+        let mut out = Cow::Borrowed(text);
+        let mut count = 0;
+        for regex in &self.redact_regexes {
+            let found = regex.find_iter(&out).count();
+            if found > 0 {
+                count += found;
+                out = Cow::Owned(regex.replace_all(&out, "[REDACTED]").into_owned());
+            }
+        }
+        (out, count)
+    }
+}
+
 impl Policy {
-    /// Parse and validate a policy file. `file` names it in diagnostics.
+    /// Parse and validate one policy file that includes no others. `file`
+    /// names it in diagnostics.
     pub fn parse(file: &str, text: &str) -> Result<Policy, SourceError> {
-        file::parse(file, text)
+        let root = SourceFile {
+            name: file.to_string(),
+            text: text.to_string(),
+        };
+        Self::load(root, &mut |_, include| {
+            Err(format!("`{include}` cannot be included here: this policy was given as text, with no files around it"))
+        })
+        .map(|(policy, _)| policy)
     }
 
-    /// The tools the agent is offered: every entry whose decision is allow.
+    /// Parse and validate `root` and the files it includes, which `read`
+    /// fetches (given the including file and the include as written).
+    /// Returns the policy and every file loaded, in the order that
+    /// [`Place::file`] indexes.
+    pub fn load(
+        root: SourceFile,
+        read: &mut dyn FnMut(&SourceFile, &str) -> Result<SourceFile, String>,
+    ) -> Result<(Policy, Vec<SourceFile>), SourceError> {
+        merge::load(root, read)
+    }
+
+    /// The JSON Schema of policy files (committed as
+    /// `policies/policy.schema.json`).
+    pub fn json_schema() -> serde_json::Value {
+        file::json_schema()
+    }
+
+    /// The tools the agent is offered: entries that allow or ask.
     pub fn granted_tools(&self) -> impl Iterator<Item = &ToolPolicy> {
-        self.tools
-            .values()
-            .filter(|t| t.decision == ToolDecision::Allow)
+        self.tools.values().filter(|t| t.decision != Verdict::Deny)
     }
 
-    /// Decide `request` given what the run has used so far. Pure and cheap:
-    /// no I/O, and no allocation unless the answer is a refusal.
+    /// Decide `request` given what the run has used and seen. Pure and
+    /// cheap: no I/O, and no allocation unless the answer is a refusal.
     pub fn decide(&self, request: &Request<'_>, session: &Session) -> Decision {
         match *request {
-            Request::Model { model } => self.decide_model(model, session),
-            Request::Tool { name, .. } => self.decide_tool(name, session),
+            Request::Model {
+                model,
+                messages,
+                estimated_tokens,
+            } => self.decide_model(model, messages, estimated_tokens, session),
+            Request::Tool {
+                name,
+                arguments,
+                schema,
+            } => self.decide_tool(name, arguments, schema, session),
             Request::Log { bytes } => {
                 if session.log_bytes.saturating_add(bytes) > self.limits.output {
                     Decision::Deny {
-                        rule: self.output_rule.clone(),
+                        rule: self.rules.output.clone(),
                         reason: format!(
                             "the run's log budget of {} is spent",
                             ByteSize(self.limits.output)
@@ -290,69 +677,233 @@ impl Policy {
                     }
                 } else {
                     Decision::Allow {
-                        rule: self.output_rule.clone(),
+                        rule: self.rules.output.clone(),
                     }
                 }
             }
         }
     }
 
-    fn decide_model(&self, model: &str, session: &Session) -> Decision {
+    fn steps_spent(&self, session: &Session) -> Option<Decision> {
+        let max = self.limits.max_steps?;
+        (session.steps >= max).then(|| Decision::Deny {
+            rule: self.rules.max_steps.clone(),
+            reason: format!("all {max} steps of this run are used"),
+            kind: DenyKind::Budget,
+        })
+    }
+
+    fn decide_model(
+        &self,
+        model: &str,
+        messages: &[Message],
+        estimated: u64,
+        session: &Session,
+    ) -> Decision {
         let policy = &self.model;
-        if !policy.allow.iter().any(|allowed| allowed == model) {
+        let rules = &policy.rules;
+        if !policy.allows(model) {
             let reason = if policy.allow.is_empty() {
                 "no model is granted to this agent".to_string()
             } else {
-                format!("model `{model}` is not allowed")
+                format!("model `{}` is not allowed", printable(model))
             };
             return Decision::Deny {
-                rule: policy.allow_rule.clone(),
+                rule: rules.allow.clone(),
                 reason,
                 kind: DenyKind::Policy,
             };
+        }
+        if !policy.deny.is_empty()
+            && messages.iter().any(|m| {
+                policy.deny_set.is_match(&m.content)
+                    || m.tool_calls
+                        .iter()
+                        .any(|c| policy.deny_set.is_match(&c.arguments))
+            })
+        {
+            return Decision::Deny {
+                rule: rules.deny.clone(),
+                reason: "the request contains text the policy does not let reach the model"
+                    .to_string(),
+                kind: DenyKind::Policy,
+            };
+        }
+        if let Some(denial) = self.steps_spent(session) {
+            return denial;
         }
         if let Some(max) = policy.max_calls
             && session.model_calls >= max
         {
             return Decision::Deny {
-                rule: policy.max_calls_rule.clone(),
+                rule: rules.max_calls.clone(),
                 reason: format!("all {max} model calls of this run are used"),
                 kind: DenyKind::Budget,
             };
         }
-        Decision::Allow {
-            rule: policy.allow_rule.clone(),
-        }
-    }
-
-    fn decide_tool(&self, name: &str, session: &Session) -> Decision {
-        let Some(tool) = self.tools.get(name) else {
+        if let Some(max) = policy.max_tokens
+            && session.tokens.saturating_add(estimated) > max
+        {
             return Decision::Deny {
-                rule: self.default_rule.clone(),
-                reason: format!("tool `{}` is not granted", printable(name)),
-                kind: DenyKind::Policy,
-            };
-        };
-        if tool.decision == ToolDecision::Deny {
-            return Decision::Deny {
-                rule: tool.rule.clone(),
-                reason: format!("tool `{name}` is denied"),
-                kind: DenyKind::Policy,
+                rule: rules.max_tokens.clone(),
+                reason: format!(
+                    "this call could use {estimated} tokens and {} of the run's {max} are used",
+                    session.tokens
+                ),
+                kind: DenyKind::Budget,
             };
         }
-        if let Some(max) = tool.max_calls {
-            let calls = session.tool_calls.get(name).copied().unwrap_or(0);
-            if calls >= max {
+        if let Some(max) = policy.max_cost_usd {
+            let Some(price) = policy.price(model) else {
                 return Decision::Deny {
-                    rule: tool.max_calls_rule.clone(),
-                    reason: format!("all {max} calls of tool `{name}` in this run are used"),
+                    rule: rules.prices.clone(),
+                    reason: format!(
+                        "model `{}` has no price, so the cost budget cannot be kept",
+                        printable(model)
+                    ),
+                    kind: DenyKind::Policy,
+                };
+            };
+            let worst = price
+                .cost(Usage {
+                    input_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
+                    output_tokens: 0,
+                })
+                .max(price.cost(Usage {
+                    input_tokens: 0,
+                    output_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
+                }));
+            if session.cost_usd + worst > max {
+                return Decision::Deny {
+                    rule: rules.max_cost.clone(),
+                    reason: format!(
+                        "this call could cost ${worst:.4} and ${:.4} of the run's ${max:.2} is spent",
+                        session.cost_usd
+                    ),
                     kind: DenyKind::Budget,
                 };
             }
         }
         Decision::Allow {
-            rule: tool.rule.clone(),
+            rule: rules.allow.clone(),
         }
+    }
+
+    fn decide_tool(
+        &self,
+        name: &str,
+        arguments: &serde_json::Value,
+        schema: Option<&jsonschema::Validator>,
+        session: &Session,
+    ) -> Decision {
+        let Some(tool) = self.tools.get(name) else {
+            return Decision::Deny {
+                rule: self.rules.default.clone(),
+                reason: format!("tool `{}` is not granted", printable(name)),
+                kind: DenyKind::Policy,
+            };
+        };
+        let rules = &tool.rules;
+        if tool.decision == Verdict::Deny {
+            return Decision::Deny {
+                rule: rules.entry.clone(),
+                reason: format!("tool `{name}` is denied"),
+                kind: DenyKind::Policy,
+            };
+        }
+        if let Some(schema) = schema
+            && let Some(error) = schema.iter_errors(arguments).next()
+        {
+            let at = error.instance_path().to_string();
+            let at = if at.is_empty() {
+                "the arguments".to_string()
+            } else {
+                format!("`{at}`")
+            };
+            return Decision::Deny {
+                rule: rules.schema.clone(),
+                reason: format!(
+                    "{at} do not match the schema of `{name}`: {}",
+                    printable(&error.to_string())
+                ),
+                kind: DenyKind::Invalid,
+            };
+        }
+
+        // Labels and argument rules: the strongest verdict wins; the first
+        // rule with it is named.
+        let mut ask: Option<Decision> = None;
+        if let Some(label) = session.has_any(&tool.deny_when_labeled) {
+            return Decision::Deny {
+                rule: rules.deny_when_labeled.clone(),
+                reason: format!("tool `{name}` may not run once the session is labeled `{label}`"),
+                kind: DenyKind::Policy,
+            };
+        }
+        if let Some(label) = session.has_any(&tool.ask_when_labeled) {
+            ask = Some(Decision::Ask {
+                rule: rules.ask_when_labeled.clone(),
+                reason: format!("the session is labeled `{label}`"),
+            });
+        }
+        for rule in &tool.args {
+            if let Some(why) = rule.violation(arguments, &session.provenance) {
+                match rule.decision {
+                    Verdict::Deny => {
+                        return Decision::Deny {
+                            rule: rule.rule.clone(),
+                            reason: why,
+                            kind: DenyKind::Policy,
+                        };
+                    }
+                    _ => {
+                        if ask.is_none() {
+                            ask = Some(Decision::Ask {
+                                rule: rule.rule.clone(),
+                                reason: why,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if tool.decision == Verdict::Ask && ask.is_none() {
+            ask = Some(Decision::Ask {
+                rule: rules.entry.clone(),
+                reason: format!("every call of `{name}` needs approval"),
+            });
+        }
+
+        if let Some(denial) = self.steps_spent(session) {
+            return denial;
+        }
+        if let Some(max) = tool.max_calls
+            && session.tool_calls.get(name).copied().unwrap_or(0) >= max
+        {
+            return Decision::Deny {
+                rule: rules.max_calls.clone(),
+                reason: format!("all {max} calls of tool `{name}` in this run are used"),
+                kind: DenyKind::Budget,
+            };
+        }
+        if let Some(rate) = tool.rate {
+            let recent = session.recent.get(name).map_or(0, |times| {
+                times
+                    .iter()
+                    .filter(|t| session.now.saturating_sub(**t) < RATE_WINDOW)
+                    .count()
+            });
+            if recent >= rate as usize {
+                return Decision::Deny {
+                    rule: rules.rate.clone(),
+                    reason: format!("tool `{name}` may be called {rate} times a minute"),
+                    kind: DenyKind::Budget,
+                };
+            }
+        }
+        ask.unwrap_or_else(|| Decision::Allow {
+            rule: rules.entry.clone(),
+        })
     }
 }
 
@@ -371,196 +922,4 @@ pub fn printable(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn policy(text: &str) -> Policy {
-        Policy::parse("test.toml", text).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn error(text: &str) -> String {
-        Policy::parse("test.toml", text).unwrap_err().render()
-    }
-
-    const DEMO: &str = r#"
-[limits]
-memory = "64MiB"
-cpu = "5s"
-wall = "30s"
-
-[model]
-allow = ["scripted"]
-max_calls = 2
-
-[tools.calc]
-component = "builtin:calc"
-max_calls = 1
-
-[tools.regex_search]
-component = "builtin:text"
-decision = "deny"
-"#;
-
-    #[test]
-    fn deny_by_default() {
-        let p = policy("");
-        let args = json!({});
-        let d = p.decide(
-            &Request::Tool {
-                name: "calc",
-                arguments: &args,
-            },
-            &Session::default(),
-        );
-        assert_eq!(d.verdict(), Verdict::Deny);
-        assert_eq!(d.rule().as_str(), "default");
-        let d = p.decide(&Request::Model { model: "scripted" }, &Session::default());
-        assert_eq!(d.verdict(), Verdict::Deny);
-        assert_eq!(d.rule().as_str(), "model.allow");
-        assert_eq!(p.limits, Limits::default());
-    }
-
-    #[test]
-    fn tools_allow_deny_and_budget() {
-        let p = policy(DEMO);
-        let args = json!({"expression": "1+1"});
-        let mut session = Session::default();
-        let call = Request::Tool {
-            name: "calc",
-            arguments: &args,
-        };
-        assert_eq!(
-            p.decide(&call, &session),
-            Decision::Allow {
-                rule: Rule::new("tools.calc")
-            }
-        );
-        session.record(&call);
-        match p.decide(&call, &session) {
-            Decision::Deny { rule, kind, reason } => {
-                assert_eq!(rule.as_str(), "tools.calc.max_calls");
-                assert_eq!(kind, DenyKind::Budget);
-                assert_eq!(reason, "all 1 calls of tool `calc` in this run are used");
-            }
-            other => panic!("{other:?}"),
-        }
-        let denied = Request::Tool {
-            name: "regex_search",
-            arguments: &args,
-        };
-        let d = p.decide(&denied, &session);
-        assert_eq!(
-            (d.verdict(), d.rule().as_str()),
-            (Verdict::Deny, "tools.regex_search")
-        );
-        assert_eq!(
-            p.granted_tools()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>(),
-            ["calc"]
-        );
-    }
-
-    #[test]
-    fn model_names_and_budget() {
-        let p = policy(DEMO);
-        let mut session = Session::default();
-        let ok = Request::Model { model: "scripted" };
-        assert_eq!(p.decide(&ok, &session).verdict(), Verdict::Allow);
-        let other = p.decide(&Request::Model { model: "gpt-4o" }, &session);
-        assert_eq!(other.rule().as_str(), "model.allow");
-        session.record(&ok);
-        session.record(&ok);
-        let d = p.decide(&ok, &session);
-        assert_eq!(d.rule().as_str(), "model.max_calls");
-        assert!(matches!(
-            d,
-            Decision::Deny {
-                kind: DenyKind::Budget,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn log_budget_is_the_output_limit() {
-        let p = policy("[limits]\noutput = \"1KiB\"\n");
-        let mut session = Session::default();
-        assert_eq!(
-            p.decide(&Request::Log { bytes: 1000 }, &session).verdict(),
-            Verdict::Allow
-        );
-        session.record(&Request::Log { bytes: 1000 });
-        assert_eq!(
-            p.decide(&Request::Log { bytes: 100 }, &session).verdict(),
-            Verdict::Deny
-        );
-    }
-
-    #[test]
-    fn forged_names_are_quoted_safely() {
-        let p = policy("");
-        let name = format!("evil\n{}", "x".repeat(500));
-        let args = json!({});
-        match p.decide(
-            &Request::Tool {
-                name: &name,
-                arguments: &args,
-            },
-            &Session::default(),
-        ) {
-            Decision::Deny { reason, .. } => {
-                assert!(!reason.contains('\n'));
-                assert!(reason.len() < 120, "{reason}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_keys_point_at_the_key() {
-        let out = error("[model]\nallow = []\nmax_cals = 3\n");
-        assert!(out.contains("unknown field `max_cals`"), "{out}");
-        assert!(out.contains("--> test.toml:3:1"), "{out}");
-    }
-
-    #[test]
-    fn bad_values_point_at_the_value() {
-        let out = error("[limits]\nmemory = \"64 Mbit\"\n");
-        assert!(out.contains("unknown unit `Mbit`"), "{out}");
-        assert!(out.contains("--> test.toml:2:10"), "{out}");
-        let out = error("[limits]\ncpu = 5\n");
-        assert!(out.contains("ambiguous as a duration"), "{out}");
-        let out = error("[tools.calc]\ncomponent = \"x.wasm\"\ndecision = \"maybe\"\n");
-        assert!(out.contains("unknown variant `maybe`"), "{out}");
-        assert!(out.contains("--> test.toml:3:12"), "{out}");
-        let out = error("[tools.calc]\nmax_calls = -1\ncomponent = \"x\"\n");
-        assert!(out.contains("--> test.toml:2:13"), "{out}");
-    }
-
-    #[test]
-    fn semantic_errors() {
-        let out = error("[tools.calc]\nmax_calls = 3\n");
-        assert!(
-            out.contains("tool `calc` is granted but has no `component`"),
-            "{out}"
-        );
-        let out = error("[tools.\"rm -rf\"]\ncomponent = \"x.wasm\"\n");
-        assert!(out.contains("`rm -rf` is not a valid tool name"), "{out}");
-        assert!(out.contains("--> test.toml:1:8"), "{out}");
-        let out = error("[limits]\nmemory = \"8GiB\"\n");
-        assert!(out.contains("the most a guest can use is 4GiB"), "{out}");
-        let out = error("[limits]\nwall = \"0s\"\n");
-        assert!(out.contains("`wall` is zero"), "{out}");
-    }
-
-    #[test]
-    fn warnings_do_not_stop_loading() {
-        let p = policy(
-            "[limits]\ncpu = \"1m\"\nwall = \"10s\"\n[tools.calc]\ncomponent = \"x\"\nmax_calls = 0\n",
-        );
-        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
-        assert!(p.warnings.iter().all(|w| w.severity == Severity::Warning));
-    }
-}
+mod tests;

@@ -61,11 +61,7 @@ impl ScriptedProvider {
     /// Parse a script; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, SourceError> {
         let raw: RawScript = parse_toml(file, text)?;
-        let fail = |diagnostic: Diagnostic| SourceError {
-            file: file.to_string(),
-            text: text.to_string(),
-            diagnostics: vec![diagnostic],
-        };
+        let fail = |diagnostic: Diagnostic| SourceError::single(file, text, vec![diagnostic]);
         if raw.turn.is_empty() {
             return Err(fail(
                 Diagnostic::error("the script has no turns", None)

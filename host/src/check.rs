@@ -1,0 +1,423 @@
+//! For policy authors: `warden check` (what a policy grants, in plain
+//! words) and `warden policy test` (a file of requests with the decisions
+//! they must get, run against the policy like `opa test`).
+
+use crate::chat::{Message, Role};
+use crate::diagnostic::{SourceError, parse_toml};
+use crate::load::PolicyFile;
+use crate::policy::args::Check;
+use crate::policy::provenance::Source;
+use crate::policy::{
+    ByteSize, Decision, Grants, HumanDuration, MountMode, Policy, Request, SecretSource, Session,
+    Severity, Verdict,
+};
+use serde::Deserialize;
+use std::fmt::Write as _;
+
+/// What `policy` grants, in plain words.
+pub fn describe(file: &PolicyFile) -> String {
+    let policy = &file.policy;
+    let mut out = String::new();
+    let warnings = policy
+        .warnings
+        .iter()
+        .filter(|w| w.severity == Severity::Warning)
+        .count();
+    let files = if file.files.len() > 1 {
+        format!(
+            " (with {})",
+            file.files[1..]
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "{}{files}: valid, {warnings} warning(s)\n", file.name);
+
+    let l = &policy.limits;
+    let _ = write!(
+        out,
+        "Limits, for each guest instance: memory {}, CPU {}, wall clock {}, output {}",
+        ByteSize(l.memory),
+        HumanDuration(l.cpu),
+        HumanDuration(l.wall),
+        ByteSize(l.output)
+    );
+    match l.max_steps {
+        Some(steps) => {
+            let _ = writeln!(out, "; at most {steps} model and tool calls per run.");
+        }
+        None => out.push_str(".\n"),
+    }
+
+    let m = &policy.model;
+    if m.allow.is_empty() {
+        out.push_str("Model: none; every model call is denied.\n");
+    } else {
+        let mut budgets = Vec::new();
+        if let Some(n) = m.max_calls {
+            budgets.push(format!("{n} calls"));
+        }
+        if let Some(n) = m.max_tokens {
+            budgets.push(format!("{n} tokens"));
+        }
+        if let Some(n) = m.max_cost_usd {
+            budgets.push(format!("${n:.2}"));
+        }
+        let budget = if budgets.is_empty() {
+            "no budget".to_string()
+        } else {
+            format!("at most {} per run", budgets.join(", "))
+        };
+        let _ = write!(out, "Model: may use {}; {budget}", m.allow.join(", "));
+        if let Some(n) = m.max_tokens_per_call {
+            let _ = write!(out, "; at most {n} output tokens a call");
+        }
+        out.push_str(".\n");
+        if !m.deny.is_empty() {
+            let _ = writeln!(
+                out,
+                "  Requests matching {} pattern(s) are refused.",
+                m.deny.len()
+            );
+        }
+        if !m.redact.is_empty() {
+            let _ = writeln!(
+                out,
+                "  Text matching {} pattern(s) is redacted before it leaves.",
+                m.redact.len()
+            );
+        }
+        if !m.labels.is_empty() {
+            let _ = writeln!(out, "  Answers label the session: {}.", m.labels.join(", "));
+        }
+    }
+
+    out.push_str("Tools:\n");
+    if policy.tools.is_empty() {
+        out.push_str("  none\n");
+    }
+    for tool in policy.tools.values() {
+        let from = tool
+            .component
+            .as_ref()
+            .map(|c| format!(" ({})", c.text))
+            .unwrap_or_default();
+        let verdict = match tool.decision {
+            Verdict::Allow => "allowed",
+            Verdict::Ask => "allowed when a person approves each call",
+            Verdict::Deny => "denied",
+        };
+        let _ = write!(out, "  {}{from}: {verdict}", tool.name);
+        if tool.decision == Verdict::Deny {
+            out.push_str(".\n");
+            continue;
+        }
+        if let Some(pin) = &tool.sha256 {
+            let _ = write!(out, "; pinned to sha256 {}…", &pin[..12]);
+        }
+        if let Some(n) = tool.max_calls {
+            let _ = write!(out, "; at most {n} calls per run");
+        }
+        if let Some(n) = tool.rate {
+            let _ = write!(out, "; at most {n} a minute");
+        }
+        out.push_str(".\n");
+        for rule in &tool.args {
+            let checks: Vec<String> = rule.checks.iter().map(describe_check).collect();
+            let mut line = checks.join(", ");
+            if rule.required {
+                line = if line.is_empty() {
+                    "required".into()
+                } else {
+                    format!("required, {line}")
+                };
+            }
+            let _ = writeln!(
+                out,
+                "    argument `{}`: {line}; otherwise {}",
+                rule.path,
+                if rule.decision == Verdict::Ask {
+                    "ask a person"
+                } else {
+                    "deny"
+                }
+            );
+        }
+        if !tool.labels.is_empty() {
+            let _ = writeln!(
+                out,
+                "    its results label the session: {}",
+                tool.labels.join(", ")
+            );
+        }
+        if !tool.deny_when_labeled.is_empty() {
+            let _ = writeln!(
+                out,
+                "    denied once the session is labeled: {}",
+                tool.deny_when_labeled.join(", ")
+            );
+        }
+        if !tool.ask_when_labeled.is_empty() {
+            let _ = writeln!(
+                out,
+                "    asks a person once the session is labeled: {}",
+                tool.ask_when_labeled.join(", ")
+            );
+        }
+        describe_grants(&mut out, &tool.grants, policy);
+    }
+    if policy.agent.is_empty() {
+        out.push_str("Agent: no files, network, environment or secrets.\n");
+    } else {
+        out.push_str("Agent:\n");
+        describe_grants(&mut out, &policy.agent, policy);
+    }
+    out.push_str("Everything else is denied.\n");
+    out
+}
+
+fn describe_check(check: &Check) -> String {
+    match check {
+        Check::Equals(v) => format!("equals {v}"),
+        Check::OneOf(options) => format!(
+            "one of {}",
+            options
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Check::Matches(_, pattern) => format!("matches `{pattern}`"),
+        Check::Glob(_, pattern) => format!("matches the glob `{pattern}`"),
+        Check::Prefix(prefix) => format!("starts with `{prefix}`"),
+        Check::Min(n) => format!("at least {n}"),
+        Check::Max(n) => format!("at most {n}"),
+        Check::MaxLen(n) => format!("at most {n} long"),
+        Check::Schema(_) => "valid against a schema".into(),
+        Check::From(_, names) => format!("seen first in {}", names.join(" or ")),
+    }
+}
+
+fn describe_grants(out: &mut String, grants: &Grants, policy: &Policy) {
+    if let Some(http) = &grants.http {
+        for rule in &http.rules {
+            let _ = write!(out, "    network: {} {}", http.methods.join("/"), rule.text);
+            if rule.private {
+                out.push_str(" (private addresses too)");
+            }
+            if !rule.labels.is_empty() {
+                let _ = write!(
+                    out,
+                    "; responses label the session: {}",
+                    rule.labels.join(", ")
+                );
+            }
+            out.push('\n');
+        }
+    }
+    for mount in &grants.fs {
+        let mode = match mount.mode {
+            MountMode::Ro => "read-only".to_string(),
+            MountMode::Rw => match mount.quota {
+                Some(q) => format!("read-write, at most {} written", ByteSize(q)),
+                None => "read-write".to_string(),
+            },
+        };
+        let _ = writeln!(
+            out,
+            "    files: {} is {} ({mode})",
+            mount.guest_path, mount.dir
+        );
+    }
+    if !grants.env.is_empty() || !grants.inherit_env.is_empty() {
+        let mut vars: Vec<String> = grants.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vars.extend(
+            grants
+                .inherit_env
+                .iter()
+                .map(|k| format!("{k} (from the host)")),
+        );
+        let _ = writeln!(out, "    environment: {}", vars.join(", "));
+    }
+    for name in &grants.secrets {
+        let Some(secret) = policy.secrets.get(name) else {
+            continue;
+        };
+        let source = match &secret.source {
+            SecretSource::Env(var) => format!("from ${var}"),
+            SecretSource::File(path) => format!("from {path}"),
+        };
+        match &secret.inject {
+            Some(inject) => {
+                let _ = writeln!(
+                    out,
+                    "    secret {name} ({source}): sent to {} in the {} header",
+                    inject.host, inject.header
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "    secret {name} ({source}): never sent (no `inject`)"
+                );
+            }
+        }
+    }
+}
+
+/// A file of policy test cases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCases {
+    #[serde(default)]
+    case: Vec<RawCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    name: String,
+    tool: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    args: Option<toml::Table>,
+    #[serde(default)]
+    prompt: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    calls: u32,
+    #[serde(default)]
+    steps: u32,
+    #[serde(default)]
+    tokens: u64,
+    #[serde(default)]
+    cost_usd: f64,
+    #[serde(default)]
+    task: String,
+    #[serde(default)]
+    seen: Vec<RawSeen>,
+    expect: Verdict,
+    rule: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeen {
+    tool: Option<String>,
+    #[serde(default)]
+    model: bool,
+    text: String,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+/// One case's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseResult {
+    /// The case's name.
+    pub name: String,
+    /// `None` when it passed; else what differed.
+    pub failure: Option<String>,
+}
+
+/// Run the cases in `text` (the file `file`) against `policy`.
+pub fn run_cases(policy: &Policy, file: &str, text: &str) -> Result<Vec<CaseResult>, SourceError> {
+    let raw: RawCases = parse_toml(file, text)?;
+    let mut results = Vec::new();
+    for case in raw.case {
+        let failure = match run_case(policy, &case) {
+            Err(problem) => Some(problem),
+            Ok(decision) => compare(&case, &decision),
+        };
+        results.push(CaseResult {
+            name: case.name,
+            failure,
+        });
+    }
+    Ok(results)
+}
+
+fn run_case(policy: &Policy, case: &RawCase) -> Result<Decision, String> {
+    let mut session = Session::default();
+    session.steps = case.steps;
+    session.tokens = case.tokens;
+    session.cost_usd = case.cost_usd;
+    let mut labels = case.labels.clone();
+    labels.sort();
+    labels.dedup();
+    session.add_labels(&labels);
+    if !case.task.is_empty() {
+        session.observe_task(&case.task);
+    }
+    for seen in &case.seen {
+        let mut labels = seen.labels.clone();
+        labels.sort();
+        let source = match (&seen.tool, seen.model) {
+            (Some(tool), false) => Source::Tool(tool.clone()),
+            (None, true) => Source::Model,
+            _ => return Err("each `seen` entry names a `tool` or sets `model = true`".into()),
+        };
+        session.add_labels(&labels);
+        session.provenance.observe(source, &labels, &seen.text);
+    }
+    match (&case.tool, &case.model) {
+        (Some(tool), None) => {
+            session.tool_calls.insert(tool.clone(), case.calls);
+            let args = serde_json::to_value(case.args.clone().unwrap_or_default())
+                .map_err(|e| format!("bad `args`: {e}"))?;
+            Ok(policy.decide(
+                &Request::Tool {
+                    name: tool,
+                    arguments: &args,
+                    schema: None,
+                },
+                &session,
+            ))
+        }
+        (None, Some(model)) => {
+            session.model_calls = case.calls;
+            let messages = [Message {
+                role: Role::User,
+                content: case.prompt.clone(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            }];
+            Ok(policy.decide(
+                &Request::Model {
+                    model,
+                    messages: &messages,
+                    estimated_tokens: case.prompt.len().div_ceil(4) as u64,
+                },
+                &session,
+            ))
+        }
+        _ => Err("a case names exactly one of `tool` and `model`".into()),
+    }
+}
+
+fn compare(case: &RawCase, decision: &Decision) -> Option<String> {
+    let got_verdict = decision.verdict();
+    let got_rule = decision.rule().as_str();
+    let rule_ok = case.rule.as_deref().is_none_or(|r| r == got_rule);
+    if got_verdict == case.expect && rule_ok {
+        return None;
+    }
+    let expected = match &case.rule {
+        Some(rule) => format!("{} ({rule})", case.expect),
+        None => case.expect.to_string(),
+    };
+    let reason = match decision {
+        Decision::Allow { .. } => String::new(),
+        Decision::Ask { reason, .. } | Decision::Deny { reason, .. } => {
+            format!("\n  because: {reason}")
+        }
+    };
+    Some(format!(
+        "expected: {expected}\n  got:      {got_verdict} ({got_rule}){reason}"
+    ))
+}

@@ -1,0 +1,276 @@
+//! Rules on a tool call's JSON arguments, compiled once at load: regexes,
+//! globs and schemas are built here, so a decision only matches.
+
+use super::Rule;
+use super::file::{Place, Verdict};
+use super::printable;
+use super::provenance::{Provenance, SourceSpec};
+use globset::GlobMatcher;
+use regex::Regex;
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a field is in the arguments: `to`, `recipient.email` (dotted) or
+/// `/items/0/name` (JSON Pointer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    /// As written in the policy.
+    pub text: String,
+    segments: Vec<String>,
+}
+
+impl FieldPath {
+    /// Parse a dotted path or a JSON Pointer.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let segments: Vec<String> = if let Some(pointer) = text.strip_prefix('/') {
+            pointer
+                .split('/')
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect()
+        } else {
+            text.split('.').map(str::to_string).collect()
+        };
+        if text.is_empty() || segments.iter().any(String::is_empty) {
+            return Err(format!(
+                "`{text}` is not a field path: write `name`, `a.b` or a JSON Pointer such as `/a/0/b`"
+            ));
+        }
+        Ok(FieldPath {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    /// Append the segments of `child` (for nested `args` tables).
+    pub fn join(&self, child: &FieldPath) -> FieldPath {
+        let text = if child.text.starts_with('/') || self.text.starts_with('/') {
+            let mut pointer = String::new();
+            for segment in self.segments.iter().chain(&child.segments) {
+                pointer.push('/');
+                pointer.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+            }
+            pointer
+        } else {
+            format!("{}.{}", self.text, child.text)
+        };
+        FieldPath {
+            text,
+            segments: self
+                .segments
+                .iter()
+                .chain(&child.segments)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The value at this path, if present.
+    pub fn resolve<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
+        for segment in &self.segments {
+            value = match value {
+                Value::Object(map) => map.get(segment)?,
+                Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(value)
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// One check a rule makes.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Equal to this value (numbers compare by value).
+    Equals(Value),
+    /// Equal to one of these.
+    OneOf(Vec<Value>),
+    /// A string matching this regex, whole (the pattern as written).
+    Matches(Regex, String),
+    /// A string matching this glob.
+    Glob(GlobMatcher, String),
+    /// A string starting with this.
+    Prefix(String),
+    /// A number at least this.
+    Min(f64),
+    /// A number at most this.
+    Max(f64),
+    /// A string of at most this many characters, or an array of at most
+    /// this many items.
+    MaxLen(u64),
+    /// Valid against this JSON Schema.
+    Schema(Arc<jsonschema::Validator>),
+    /// Occurring in data from these sources.
+    From(Vec<SourceSpec>, Vec<String>),
+}
+
+impl Check {
+    /// Whether the check applies to each item of an array value rather
+    /// than to the array.
+    fn per_item(&self) -> bool {
+        match self {
+            Check::Equals(expected) => !expected.is_array(),
+            Check::OneOf(options) => !options.iter().any(Value::is_array),
+            Check::MaxLen(_) | Check::Schema(_) => false,
+            _ => true,
+        }
+    }
+
+    fn passes(&self, value: &Value, provenance: &Provenance) -> bool {
+        if let Value::Array(items) = value
+            && self.per_item()
+        {
+            return items.iter().all(|item| self.passes_one(item, provenance));
+        }
+        self.passes_one(value, provenance)
+    }
+
+    fn passes_one(&self, value: &Value, provenance: &Provenance) -> bool {
+        match self {
+            Check::Equals(expected) => json_eq(value, expected),
+            Check::OneOf(options) => options.iter().any(|o| json_eq(value, o)),
+            Check::Matches(regex, _) => text_of(value).is_some_and(|t| regex.is_match(&t)),
+            Check::Glob(glob, _) => text_of(value).is_some_and(|t| glob.is_match(&*t)),
+            Check::Prefix(prefix) => value
+                .as_str()
+                .is_some_and(|s| s.starts_with(prefix.as_str())),
+            Check::Min(min) => value.as_f64().is_some_and(|n| n >= *min),
+            Check::Max(max) => value.as_f64().is_some_and(|n| n <= *max),
+            Check::MaxLen(max) => match value {
+                Value::String(s) => s.chars().count() as u64 <= *max,
+                Value::Array(items) => items.len() as u64 <= *max,
+                _ => false,
+            },
+            Check::Schema(validator) => validator.is_valid(value),
+            Check::From(specs, _) => {
+                text_of(value).is_some_and(|t| provenance.occurs_in(&t, specs))
+            }
+        }
+    }
+
+    /// What the value should have been, for a refusal's reason.
+    fn expectation(&self) -> String {
+        match self {
+            Check::Equals(v) => format!("must equal {v}"),
+            Check::OneOf(options) => format!(
+                "must be one of {}",
+                options
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Check::Matches(_, pattern) => format!("must match `{pattern}`"),
+            Check::Glob(_, pattern) => format!("must match the glob `{pattern}`"),
+            Check::Prefix(prefix) => format!("must start with `{prefix}`"),
+            Check::Min(min) => format!("must be at least {min}"),
+            Check::Max(max) => format!("must be at most {max}"),
+            Check::MaxLen(max) => format!("must be at most {max} long"),
+            Check::Schema(_) => "must match the rule's schema".to_string(),
+            Check::From(_, names) => format!("must come from {}", names.join(" or ")),
+        }
+    }
+}
+
+/// Numbers compare by value (1 equals 1.0); everything else structurally.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// Strings as they are; numbers and booleans in their JSON form.
+fn text_of(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.to_string().into()),
+        Value::Bool(b) => Some(b.to_string().into()),
+        _ => None,
+    }
+}
+
+/// A rule on one field: all its checks must pass, or it decides
+/// `decision`.
+#[derive(Debug, Clone)]
+pub struct ArgRule {
+    /// The field.
+    pub path: FieldPath,
+    /// What it checks.
+    pub checks: Vec<Check>,
+    /// Whether a missing field fails the rule.
+    pub required: bool,
+    /// What a failure decides: deny or ask.
+    pub decision: Verdict,
+    /// Its name, e.g. `tools.send_email.args.to`.
+    pub rule: Rule,
+    /// Where it is written.
+    pub place: Place,
+}
+
+impl ArgRule {
+    /// `None` when the arguments satisfy the rule; otherwise why not.
+    pub fn violation(&self, arguments: &Value, provenance: &Provenance) -> Option<String> {
+        let Some(value) = self.path.resolve(arguments) else {
+            return self
+                .required
+                .then(|| format!("`{}` is required", self.path));
+        };
+        let failed = self.checks.iter().find(|c| !c.passes(value, provenance))?;
+        let shown = match value {
+            Value::String(s) => format!("`{}`", printable(s)),
+            other => printable(&other.to_string()),
+        };
+        Some(format!(
+            "`{}` is {shown}, which {}",
+            self.path,
+            failed.expectation()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_resolve_dotted_and_pointer() {
+        let args = json!({"a": {"b": [10, {"c/d": 5}]}});
+        assert_eq!(
+            FieldPath::parse("a.b.0").unwrap().resolve(&args),
+            Some(&json!(10))
+        );
+        assert_eq!(
+            FieldPath::parse("/a/b/1/c~1d").unwrap().resolve(&args),
+            Some(&json!(5))
+        );
+        assert_eq!(FieldPath::parse("a.x").unwrap().resolve(&args), None);
+        assert!(FieldPath::parse("a..b").is_err());
+        let joined = FieldPath::parse("a")
+            .unwrap()
+            .join(&FieldPath::parse("b").unwrap());
+        assert_eq!(joined.text, "a.b");
+    }
+
+    #[test]
+    fn checks_apply_per_item_of_arrays() {
+        let provenance = Provenance::default();
+        let domain = Check::Matches(
+            Regex::new("^(?:.*@example\\.com)$").unwrap(),
+            ".*@example\\.com".into(),
+        );
+        assert!(domain.passes(&json!(["a@example.com", "b@example.com"]), &provenance));
+        assert!(!domain.passes(&json!(["a@example.com", "eve@evil.test"]), &provenance));
+        assert!(Check::MaxLen(2).passes(&json!([1, 2]), &provenance));
+        assert!(!Check::MaxLen(2).passes(&json!([1, 2, 3]), &provenance));
+        assert!(Check::Equals(json!(1)).passes(&json!(1.0), &provenance));
+        assert!(!Check::Min(0.0).passes(&json!("5"), &provenance));
+    }
+}

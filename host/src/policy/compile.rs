@@ -1,0 +1,1251 @@
+//! From the raw (merged) file to a [`Policy`]: every regex, glob, schema
+//! and URL pattern is compiled here, once; every mistake becomes an error
+//! or warning pointing at the text, with a hint.
+
+use super::args::{ArgRule, Check, FieldPath};
+use super::file::{
+    At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy, RawRule,
+    RawSecret, RawTool, Verdict,
+};
+use super::provenance::SourceSpec;
+use super::{
+    CommonRules, ComponentRef, Grants, HostPattern, HttpGrant, Inject, Limits, ModelPolicy,
+    ModelRules, Mount, Policy, Price, Rule, SecretPolicy, SecretSource, ToolPolicy, ToolRules,
+    UrlRule,
+};
+use crate::diagnostic::Diagnostic;
+use globset::{Glob, GlobBuilder, GlobSetBuilder};
+use regex::{Regex, RegexBuilder, RegexSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest linear memory a guest may be granted: 32-bit wasm memories
+/// stop at 4 GiB, and the engine's pool reserves no more.
+pub const MAX_MEMORY: u64 = 4 << 30;
+
+/// Regexes from policies are bounded, so a policy cannot make the host
+/// build a huge automaton.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Collects findings while compiling.
+pub(super) struct Findings(pub Vec<Diagnostic>);
+
+impl Findings {
+    fn error(&mut self, place: &Place, message: impl Into<String>, help: impl Into<String>) {
+        self.0.push(
+            Diagnostic::error(message, Some(place.span.clone()))
+                .in_file(place.file)
+                .with_help(help),
+        );
+    }
+
+    fn warn(&mut self, place: &Place, message: impl Into<String>, help: impl Into<String>) {
+        self.0.push(
+            Diagnostic::warning(message, Some(place.span.clone()))
+                .in_file(place.file)
+                .with_help(help),
+        );
+    }
+}
+
+pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
+    let limits = limits(raw.limits.unwrap_or_default(), found);
+    let tool_names: BTreeSet<String> = raw.tools.keys().map(|k| k.value.clone()).collect();
+    let secrets = secrets(raw.secrets, found);
+    let model_place = raw
+        .model
+        .as_ref()
+        .and_then(|m| m.allow.as_ref())
+        .and_then(|a| a.first())
+        .map(At::place);
+    let model = model(raw.model.unwrap_or_default(), found);
+    let agent = grants(raw.agent.unwrap_or_default(), "agent", &secrets, found);
+    let mut tools = BTreeMap::new();
+    for (name, entry) in raw.tools {
+        if let Some(tool) = tool(&name, entry, &tool_names, &secrets, found) {
+            tools.insert(name.value, tool);
+        }
+    }
+    check_labels(&model, &tools, found);
+    risks(
+        &model,
+        &agent,
+        &tools,
+        &secrets,
+        model_place.as_ref(),
+        found,
+    );
+    Policy {
+        limits,
+        model,
+        agent,
+        tools,
+        secrets,
+        warnings: Vec::new(),
+        rules: CommonRules {
+            default: Rule::new("default"),
+            output: Rule::new("limits.output"),
+            max_steps: Rule::new("limits.max_steps"),
+        },
+    }
+}
+
+fn limits(raw: RawLimits, found: &mut Findings) -> Limits {
+    let defaults = Limits::default();
+    let memory = match raw.memory {
+        Some(memory) => {
+            let bytes = memory.value.0;
+            if bytes < (1 << 20) {
+                found.error(
+                    &memory.place(),
+                    format!("`memory` is {}; guests need at least 1MiB", memory.value),
+                    "Rust guests run in 2MiB; 64MiB suits most agents",
+                );
+            } else if bytes > MAX_MEMORY {
+                found.error(
+                    &memory.place(),
+                    format!(
+                        "`memory` is {}; the most a guest can use is 4GiB",
+                        memory.value
+                    ),
+                    "wasm32 memories are limited to 4GiB: lower the limit",
+                );
+            }
+            bytes
+        }
+        None => defaults.memory,
+    };
+    let mut duration =
+        |value: Option<At<super::HumanDuration>>, key: &str, default: Duration| match value {
+            Some(value) if value.value.0.is_zero() => {
+                found.error(
+                    &value.place(),
+                    format!("`{key}` is zero, so no guest could run"),
+                    "give a positive duration such as \"10s\"",
+                );
+                default
+            }
+            Some(value) => value.value.0,
+            None => default,
+        };
+    let cpu_place = raw.cpu.as_ref().map(At::place);
+    let cpu = duration(raw.cpu, "cpu", defaults.cpu);
+    let wall = duration(raw.wall, "wall", defaults.wall);
+    if cpu > wall
+        && let Some(place) = cpu_place
+    {
+        found.warn(
+            &place,
+            format!(
+                "`cpu` ({}) is longer than `wall` ({}), so the wall clock always stops a run first",
+                super::HumanDuration(cpu),
+                super::HumanDuration(wall)
+            ),
+            "make `cpu` at most `wall`",
+        );
+    }
+    let output = match raw.output {
+        Some(output) if output.value.0 == 0 => {
+            found.error(
+                &output.place(),
+                "`output` is zero, so no result could be returned",
+                "give a size such as \"1MiB\"",
+            );
+            defaults.output
+        }
+        Some(output) => output.value.0,
+        None => defaults.output,
+    };
+    if let Some(steps) = &raw.max_steps
+        && steps.value == 0
+    {
+        found.warn(
+            &steps.place(),
+            "`max_steps = 0` refuses every model and tool call",
+            "raise it, or remove it for no step limit",
+        );
+    }
+    Limits {
+        memory,
+        cpu,
+        wall,
+        output,
+        max_steps: raw.max_steps.map(|s| s.value),
+    }
+}
+
+fn glob(pattern: &str, literal_separator: bool) -> Result<Glob, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(literal_separator)
+        .build()
+        .map_err(|e| format!("`{pattern}` is not a valid glob: {}", e.kind()))
+}
+
+fn regex(pattern: &str, anchored: bool) -> Result<Regex, String> {
+    let source = if anchored {
+        format!("^(?:{pattern})$")
+    } else {
+        pattern.to_string()
+    };
+    RegexBuilder::new(&source)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::Syntax(text) => format!(
+                "`{pattern}` is not a valid regular expression: {}",
+                text.lines()
+                    .find_map(|l| l.strip_prefix("error: "))
+                    .unwrap_or("syntax error")
+            ),
+            regex::Error::CompiledTooBig(_) => {
+                format!("`{pattern}` compiles to more than 1MiB; simplify it")
+            }
+            other => format!("`{pattern}` is not a valid regular expression: {other}"),
+        })
+}
+
+fn label_ok(label: &str) -> bool {
+    (1..=64).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.:".contains(&b))
+}
+
+fn labels(list: Vec<At<String>>, found: &mut Findings) -> Vec<String> {
+    let mut out = Vec::new();
+    for label in list {
+        if label_ok(&label.value) {
+            out.push(label.value);
+        } else {
+            found.error(
+                &label.place(),
+                format!("`{}` is not a valid label", label.value),
+                "labels are 1 to 64 lowercase letters, digits, `_`, `-`, `.` or `:`, e.g. \"untrusted\"",
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
+    let mut allow = Vec::new();
+    let mut set = GlobSetBuilder::new();
+    for name in raw.allow.unwrap_or_default() {
+        if name.value.trim().is_empty() {
+            found.error(
+                &name.place(),
+                "an empty model name in `allow`",
+                "list model names or globs such as \"gpt-4o-mini\" or \"claude-*\"",
+            );
+            continue;
+        }
+        match glob(&name.value, false) {
+            Ok(g) => {
+                set.add(g);
+                allow.push(name.value);
+            }
+            Err(e) => found.error(
+                &name.place(),
+                e,
+                "fix the pattern: `*` matches any characters",
+            ),
+        }
+    }
+    let mut prices = Vec::new();
+    let mut price_matchers = Vec::new();
+    for (pattern, price) in raw.prices {
+        let RawPriceChecked { input, output } = RawPriceChecked::from(&price.value);
+        if !(input >= 0.0 && output >= 0.0 && input.is_finite() && output.is_finite()) {
+            found.error(
+                &price.place(),
+                format!(
+                    "the price of `{}` must be two non-negative numbers",
+                    pattern.value
+                ),
+                "prices are US dollars per million tokens, e.g. { input = 0.15, output = 0.60 }",
+            );
+            continue;
+        }
+        match glob(&pattern.value, false) {
+            Ok(g) => {
+                price_matchers.push(g.compile_matcher());
+                prices.push((pattern.value, Price { input, output }));
+            }
+            Err(e) => found.error(&pattern.place(), e, "fix the pattern"),
+        }
+    }
+    if let Some(max) = &raw.max_calls
+        && max.value == 0
+    {
+        found.warn(
+            &max.place(),
+            "`max_calls = 0` refuses every model call",
+            "remove the `allow` list instead, or raise it",
+        );
+    }
+    if let Some(cost) = &raw.max_cost_usd {
+        if !(cost.value > 0.0 && cost.value.is_finite()) {
+            found.error(
+                &cost.place(),
+                "`max_cost_usd` must be a positive number of dollars",
+                "e.g. max_cost_usd = 0.50",
+            );
+        } else if prices.is_empty() {
+            found.error(
+                &cost.place(),
+                "`max_cost_usd` needs prices to count against",
+                "add `[model.prices]` entries, e.g. \"gpt-4o-mini\" = { input = 0.15, output = 0.60 }",
+            );
+        } else {
+            for name in &allow {
+                let literal = !name.contains(['*', '?', '[', '{']);
+                if literal && !price_matchers.iter().any(|m| m.is_match(name)) {
+                    found.warn(
+                        &cost.place(),
+                        format!("model `{name}` is allowed but has no price, so every call to it is refused under `max_cost_usd`"),
+                        format!("add a price for \"{name}\" under [model.prices]"),
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(per_call), Some(total)) = (&raw.max_tokens_per_call, &raw.max_tokens)
+        && u64::from(per_call.value) > total.value
+    {
+        found.warn(
+            &per_call.place(),
+            format!(
+                "`max_tokens_per_call` ({}) is more than the run's `max_tokens` ({})",
+                per_call.value, total.value
+            ),
+            "lower it to at most `max_tokens`",
+        );
+    }
+    let mut deny = Vec::new();
+    for pattern in raw.deny {
+        match regex(&pattern.value, false) {
+            Ok(_) => deny.push(pattern.value),
+            Err(e) => found.error(
+                &pattern.place(),
+                e,
+                "regexes use Rust syntax: https://docs.rs/regex",
+            ),
+        }
+    }
+    let mut redact = Vec::new();
+    let mut redact_regexes = Vec::new();
+    for pattern in raw.redact {
+        match regex(&pattern.value, false) {
+            Ok(r) => {
+                redact_regexes.push(r);
+                redact.push(pattern.value);
+            }
+            Err(e) => found.error(
+                &pattern.place(),
+                e,
+                "regexes use Rust syntax: https://docs.rs/regex",
+            ),
+        }
+    }
+    ModelPolicy {
+        allow_set: set
+            .build()
+            .unwrap_or_else(|_| GlobSetBuilder::new().build().expect("empty set")),
+        allow,
+        max_calls: raw.max_calls.map(|v| v.value),
+        max_tokens: raw.max_tokens.map(|v| v.value),
+        max_tokens_per_call: raw.max_tokens_per_call.map(|v| v.value),
+        max_cost_usd: raw.max_cost_usd.map(|v| v.value),
+        prices,
+        price_matchers,
+        deny_set: RegexSet::new(&deny).unwrap_or_else(|_| RegexSet::empty()),
+        deny,
+        redact,
+        redact_regexes,
+        labels: labels(raw.labels, found),
+        rules: ModelRules {
+            allow: Rule::new("model.allow"),
+            deny: Rule::new("model.deny"),
+            max_calls: Rule::new("model.max_calls"),
+            max_tokens: Rule::new("model.max_tokens"),
+            max_cost: Rule::new("model.max_cost_usd"),
+            prices: Rule::new("model.prices"),
+        },
+    }
+}
+
+struct RawPriceChecked {
+    input: f64,
+    output: f64,
+}
+
+impl From<&super::file::RawPrice> for RawPriceChecked {
+    fn from(p: &super::file::RawPrice) -> Self {
+        RawPriceChecked {
+            input: p.input,
+            output: p.output,
+        }
+    }
+}
+
+/// What model providers accept as a function name.
+pub(super) fn is_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn tool(
+    name: &At<String>,
+    entry: At<RawTool>,
+    tool_names: &BTreeSet<String>,
+    secrets: &BTreeMap<String, SecretPolicy>,
+    found: &mut Findings,
+) -> Option<ToolPolicy> {
+    let place = name.place();
+    let name = &name.value;
+    if !is_tool_name(name) {
+        found.error(
+            &place,
+            format!("`{name}` is not a valid tool name"),
+            "tool names are 1 to 64 letters, digits, `_` or `-` (what model providers accept)",
+        );
+        return None;
+    }
+    let entry_place = entry.place();
+    let raw = entry.value;
+    let decision = raw.decision.as_ref().map_or(Verdict::Allow, |d| d.value);
+    let component = raw.component.map(|c| ComponentRef {
+        place: c.place(),
+        text: c.value,
+    });
+    if let Some(component) = &component
+        && component.text.trim().is_empty()
+    {
+        found.error(
+            &component.place,
+            "`component` is empty",
+            "give the path of the tool's .wasm file, relative to this policy file",
+        );
+    }
+    if decision != Verdict::Deny && component.is_none() {
+        found.error(
+            &entry_place,
+            format!("tool `{name}` is granted but has no `component`"),
+            format!("add `component = \"path/to/tool.wasm\"` under [tools.{name}], or `decision = \"deny\"`"),
+        );
+    }
+    let sha256 = raw.sha256.and_then(|pin| {
+        let hex = pin.value.trim().to_ascii_lowercase();
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(hex)
+        } else {
+            found.error(
+                &pin.place(),
+                "`sha256` must be 64 hexadecimal digits",
+                "print a component's hash with `sha256sum TOOL.wasm`",
+            );
+            None
+        }
+    });
+    if let Some(max) = &raw.max_calls
+        && max.value == 0
+        && decision != Verdict::Deny
+    {
+        found.warn(
+            &max.place(),
+            format!("tool `{name}` is granted with `max_calls = 0`, so it can never be called"),
+            "write `decision = \"deny\"` to deny it, or raise `max_calls`",
+        );
+    }
+    if let Some(rate) = &raw.rate
+        && rate.value == 0
+    {
+        found.error(
+            &rate.place(),
+            "`rate = 0` refuses every call",
+            "give calls per minute, or write `decision = \"deny\"`",
+        );
+    }
+
+    let mut args = Vec::new();
+    for (field, entry) in raw.args {
+        match FieldPath::parse(&field.value) {
+            Ok(path) => arg_entry(name, path, entry, tool_names, &mut args, found),
+            Err(e) => found.error(
+                &field.place(),
+                e,
+                "field paths name a key of the tool's arguments",
+            ),
+        }
+    }
+    let tool_labels = labels(raw.labels, found);
+    let deny_when_labeled = labels(raw.deny_when_labeled, found);
+    let ask_when_labeled = labels(raw.ask_when_labeled, found);
+    for label in ask_when_labeled
+        .iter()
+        .filter(|l| deny_when_labeled.contains(l))
+    {
+        found.warn(
+            &entry_place,
+            format!("label `{label}` is in both `deny_when_labeled` and `ask_when_labeled` of `{name}`: deny wins, so the ask never happens"),
+            "keep it in one of the two lists",
+        );
+    }
+    let grants = grants(
+        RawGrants {
+            http: raw.http,
+            fs: raw.fs,
+            env: raw.env,
+            inherit_env: raw.inherit_env,
+            secrets: raw.secrets,
+        },
+        &format!("tools.{name}"),
+        secrets,
+        found,
+    );
+    if decision == Verdict::Deny
+        && (!args.is_empty() || !grants.is_empty() || raw.max_calls.is_some())
+    {
+        found.warn(
+            &entry_place,
+            format!("tool `{name}` is denied, so its other rules and grants never apply"),
+            "remove them, or change `decision`",
+        );
+    }
+    Some(ToolPolicy {
+        rules: ToolRules {
+            entry: Rule::new(format!("tools.{name}")),
+            schema: Rule::new(format!("tools.{name}.schema")),
+            max_calls: Rule::new(format!("tools.{name}.max_calls")),
+            rate: Rule::new(format!("tools.{name}.rate")),
+            deny_when_labeled: Rule::new(format!("tools.{name}.deny_when_labeled")),
+            ask_when_labeled: Rule::new(format!("tools.{name}.ask_when_labeled")),
+        },
+        name: name.clone(),
+        component,
+        sha256,
+        decision,
+        max_calls: raw.max_calls.map(|v| v.value),
+        rate: raw.rate.map(|v| v.value),
+        args,
+        labels: tool_labels,
+        deny_when_labeled,
+        ask_when_labeled,
+        grants,
+        place,
+    })
+}
+
+fn arg_entry(
+    tool: &str,
+    path: FieldPath,
+    entry: At<RawArgEntry>,
+    tool_names: &BTreeSet<String>,
+    out: &mut Vec<ArgRule>,
+    found: &mut Findings,
+) {
+    let entry_place = entry.place();
+    let (rules, children) = entry.value.into_parts();
+    for rule in rules {
+        let place = if rule.span.is_empty() {
+            entry_place.clone()
+        } else {
+            rule.place()
+        };
+        if let Some(compiled) = arg_rule(tool, &path, rule.value, place, tool_names, found) {
+            out.push(compiled);
+        }
+    }
+    for (field, child) in children {
+        match FieldPath::parse(&field.value) {
+            Ok(child_path) => {
+                arg_entry(tool, path.join(&child_path), child, tool_names, out, found)
+            }
+            Err(e) => found.error(
+                &field.place(),
+                e,
+                "field paths name a key of the tool's arguments",
+            ),
+        }
+    }
+}
+
+fn arg_rule(
+    tool: &str,
+    path: &FieldPath,
+    raw: RawRule,
+    place: Place,
+    tool_names: &BTreeSet<String>,
+    found: &mut Findings,
+) -> Option<ArgRule> {
+    let mut checks = Vec::new();
+    let errors_before = found.0.len();
+    let fail = |found: &mut Findings, at: &Place, message: String, help: &str| {
+        found.error(at, message, help);
+    };
+    if let Some(v) = &raw.equals {
+        checks.push(Check::Equals(v.value.clone()));
+    }
+    if let Some(options) = &raw.one_of {
+        if options.value.is_empty() {
+            fail(
+                found,
+                &options.place(),
+                "`one_of` is empty, so the rule can never pass".into(),
+                "list the allowed values",
+            );
+        }
+        if let Some(equals) = &raw.equals
+            && !options.value.contains(&equals.value)
+        {
+            fail(
+                found,
+                &options.place(),
+                format!(
+                    "`equals = {}` is not among `one_of`, so the rule can never pass",
+                    equals.value
+                ),
+                "keep one of `equals` and `one_of`",
+            );
+        }
+        checks.push(Check::OneOf(options.value.clone()));
+    }
+    if let Some(pattern) = &raw.matches {
+        match regex(&pattern.value, true) {
+            Ok(r) => {
+                if let Some(equals) = raw
+                    .equals
+                    .as_ref()
+                    .and_then(|e| e.value.as_str().map(str::to_string))
+                    && !r.is_match(&equals)
+                {
+                    fail(
+                        found,
+                        &pattern.place(),
+                        format!(
+                            "`equals = \"{equals}\"` does not match `{}`, so the rule can never pass",
+                            pattern.value
+                        ),
+                        "keep one of the two",
+                    );
+                }
+                checks.push(Check::Matches(r, pattern.value.clone()));
+            }
+            Err(e) => fail(
+                found,
+                &pattern.place(),
+                e,
+                "regexes use Rust syntax and match the whole value",
+            ),
+        }
+    }
+    if let Some(pattern) = &raw.glob {
+        match glob(&pattern.value, false) {
+            Ok(g) => checks.push(Check::Glob(g.compile_matcher(), pattern.value.clone())),
+            Err(e) => fail(found, &pattern.place(), e, "fix the pattern"),
+        }
+    }
+    if let Some(prefix) = &raw.prefix {
+        checks.push(Check::Prefix(prefix.value.clone()));
+    }
+    match (&raw.min, &raw.max) {
+        (Some(min), Some(max)) if min.value > max.value => {
+            fail(
+                found,
+                &min.place(),
+                format!(
+                    "`min = {}` is more than `max = {}`, so the rule can never pass",
+                    min.value, max.value
+                ),
+                "swap them",
+            );
+        }
+        _ => {}
+    }
+    for bound in [&raw.min, &raw.max].into_iter().flatten() {
+        if !bound.value.is_finite() {
+            fail(
+                found,
+                &bound.place(),
+                "a bound must be a finite number".into(),
+                "e.g. max = 100",
+            );
+        }
+    }
+    if let Some(min) = &raw.min {
+        checks.push(Check::Min(min.value));
+    }
+    if let Some(max) = &raw.max {
+        checks.push(Check::Max(max.value));
+    }
+    if let Some(len) = &raw.max_len {
+        checks.push(Check::MaxLen(len.value));
+    }
+    if let Some(schema) = &raw.schema {
+        match jsonschema::options().build(&schema.value) {
+            Ok(v) => checks.push(Check::Schema(Arc::new(v))),
+            Err(e) => fail(
+                found,
+                &schema.place(),
+                format!("`schema` is not a valid JSON Schema: {e}"),
+                "see https://json-schema.org",
+            ),
+        }
+    }
+    if let Some(from) = &raw.from {
+        if from.value.is_empty() {
+            fail(
+                found,
+                &from.place(),
+                "`from` is empty, so the rule can never pass".into(),
+                "list sources: \"task\", \"unlabeled\", \"model\", \"tool:NAME\"",
+            );
+        }
+        let mut specs = Vec::new();
+        let mut names = Vec::new();
+        for source in &from.value {
+            match SourceSpec::parse(&source.value) {
+                Ok(spec) => {
+                    if let SourceSpec::Tool(name) = &spec
+                        && !tool_names.contains(name)
+                    {
+                        found.warn(
+                            &source.place(),
+                            format!(
+                                "there is no tool `{name}` in this policy, so nothing comes from it"
+                            ),
+                            "name a tool of this policy",
+                        );
+                    }
+                    specs.push(spec);
+                    names.push(source.value.clone());
+                }
+                Err(e) => fail(
+                    found,
+                    &source.place(),
+                    e,
+                    "sources say where a value must have been seen first",
+                ),
+            }
+        }
+        checks.push(Check::From(specs, names));
+    }
+    let decision = raw.decision.as_ref().map_or(Verdict::Deny, |d| d.value);
+    let ok = found.0.len() == errors_before;
+    if decision == Verdict::Allow
+        && let Some(d) = &raw.decision
+    {
+        fail(found, &d.place(), "a rule's `decision` is what a failed check decides; `allow` would make the rule do nothing".into(), "use \"deny\" (the default) or \"ask\"");
+    }
+    if checks.is_empty() && ok {
+        let required = raw.required.as_ref().is_some_and(|r| r.value);
+        if !required {
+            fail(
+                found,
+                &place,
+                format!("the rule on `{path}` checks nothing"),
+                "add a check: equals, one_of, matches, glob, prefix, min, max, max_len, schema or from",
+            );
+        }
+    }
+    let ok = found.0.len() == errors_before;
+    ok.then(|| ArgRule {
+        rule: Rule::new(format!("tools.{tool}.args.{}", path.text)),
+        path: path.clone(),
+        checks,
+        required: raw.required.is_some_and(|r| r.value),
+        decision,
+        place,
+    })
+}
+
+fn secrets(
+    raw: BTreeMap<At<String>, At<RawSecret>>,
+    found: &mut Findings,
+) -> BTreeMap<String, SecretPolicy> {
+    let mut out = BTreeMap::new();
+    for (name, secret) in raw {
+        let place = secret.place();
+        let RawSecret {
+            from_env,
+            from_file,
+            inject,
+        } = secret.value;
+        let source = match (from_env, from_file) {
+            (Some(var), None) => SecretSource::Env(var),
+            (None, Some(path)) => SecretSource::File(path),
+            (Some(_), Some(_)) => {
+                found.error(
+                    &place,
+                    format!(
+                        "secret `{}` has both `from_env` and `from_file`",
+                        name.value
+                    ),
+                    "keep one",
+                );
+                continue;
+            }
+            (None, None) => {
+                found.error(
+                    &place,
+                    format!("secret `{}` says nowhere to read it from", name.value),
+                    "add `from_env = \"VAR\"` or `from_file = \"path\"`",
+                );
+                continue;
+            }
+        };
+        let inject = match inject {
+            None => None,
+            Some(inject) => {
+                let host = match host_pattern(&inject.host) {
+                    Ok(host) => host,
+                    Err(e) => {
+                        found.error(&place, e, "write a host such as \"api.github.com\"");
+                        continue;
+                    }
+                };
+                let format = inject.format.unwrap_or_else(|| "{}".into());
+                if !format.contains("{}") {
+                    found.error(
+                        &place,
+                        format!(
+                            "the `format` of secret `{}` has no `{{}}` for the secret",
+                            name.value
+                        ),
+                        "e.g. format = \"Bearer {}\"",
+                    );
+                    continue;
+                }
+                if inject.header.is_empty()
+                    || !inject
+                        .header
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    found.error(
+                        &place,
+                        format!("`{}` is not a header name", inject.header),
+                        "e.g. header = \"Authorization\"",
+                    );
+                    continue;
+                }
+                Some(Inject {
+                    host,
+                    header: inject.header,
+                    format,
+                })
+            }
+        };
+        out.insert(
+            name.value.clone(),
+            SecretPolicy {
+                name: name.value,
+                source,
+                inject,
+                place,
+            },
+        );
+    }
+    out
+}
+
+fn grants(
+    raw: RawGrants,
+    owner: &str,
+    secrets: &BTreeMap<String, SecretPolicy>,
+    found: &mut Findings,
+) -> Grants {
+    let http = raw.http.map(|h| http(h, found));
+    let mut fs = Vec::new();
+    for (guest, mount) in raw.fs {
+        if !guest.value.starts_with('/') {
+            found.error(
+                &guest.place(),
+                format!("`{}` is not an absolute path", guest.value),
+                "the guest sees granted directories at absolute paths, e.g. \"/workspace\"",
+            );
+            continue;
+        }
+        if mount.value.quota.is_some() && mount.value.mode == MountMode::Ro {
+            found.warn(
+                &mount.place(),
+                "a `quota` on a read-only directory never applies",
+                "remove it, or set mode = \"rw\"",
+            );
+        }
+        fs.push(Mount {
+            guest_path: guest.value,
+            place: mount.place(),
+            dir: mount.value.dir,
+            mode: mount.value.mode,
+            quota: mount.value.quota.map(|q| q.0),
+        });
+    }
+    let env_ok = |name: &str| !name.is_empty() && !name.contains(['=', '\0']);
+    let mut env = Vec::new();
+    for (name, value) in raw.env {
+        if env_ok(&name.value) {
+            env.push((name.value, value.value));
+        } else {
+            found.error(
+                &name.place(),
+                format!("`{}` is not an environment variable name", name.value),
+                "names have no `=`",
+            );
+        }
+    }
+    let mut inherit_env = Vec::new();
+    for name in raw.inherit_env {
+        if env_ok(&name.value) {
+            inherit_env.push(name.value);
+        } else {
+            found.error(
+                &name.place(),
+                format!("`{}` is not an environment variable name", name.value),
+                "names have no `=`",
+            );
+        }
+    }
+    let mut granted_secrets = Vec::new();
+    for name in raw.secrets {
+        match secrets.get(&name.value) {
+            None => found.error(
+                &name.place(),
+                format!("there is no secret `{}`", name.value),
+                format!("define it under [secrets.{}]", name.value),
+            ),
+            Some(secret) => {
+                if let (Some(inject), Some(http)) = (&secret.inject, &http)
+                    && !http.rules.iter().any(|r| match (&inject.host, &r.host) {
+                        (HostPattern::Exact(h), pattern) => pattern.matches(h),
+                        (a, b) => a == b,
+                    })
+                {
+                    found.warn(
+                        &name.place(),
+                        format!(
+                            "secret `{}` goes to {}, which {owner}'s `http.allow` never reaches",
+                            name.value, inject.host
+                        ),
+                        "allow that host, or drop the secret",
+                    );
+                }
+                if http.is_none() {
+                    found.warn(&name.place(), format!("secret `{}` is granted to {owner}, which has no `http` grant to carry it", name.value), "add an `http` grant, or drop the secret");
+                }
+                granted_secrets.push(name.value);
+            }
+        }
+    }
+    Grants {
+        http,
+        fs,
+        env,
+        inherit_env,
+        secrets: granted_secrets,
+    }
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn http(raw: At<RawHttp>, found: &mut Findings) -> HttpGrant {
+    let place = raw.place();
+    let raw = raw.value;
+    let mut rules = Vec::new();
+    for rule in raw.allow {
+        match url_rule(&rule.value.url) {
+            Ok((scheme, host, port, path, matcher)) => {
+                let labels = labels(
+                    rule.value
+                        .labels
+                        .iter()
+                        .map(|l| At {
+                            value: l.clone(),
+                            span: rule.span.clone(),
+                            file: rule.file,
+                        })
+                        .collect(),
+                    found,
+                );
+                rules.push(UrlRule {
+                    text: rule.value.url.clone(),
+                    scheme,
+                    host,
+                    port,
+                    path,
+                    path_matcher: matcher,
+                    labels,
+                    private: rule.value.private,
+                });
+            }
+            Err(e) => found.error(
+                &rule.place(),
+                e,
+                "write `https://host/path-glob`, e.g. \"https://api.github.com/repos/**\"",
+            ),
+        }
+    }
+    if rules.is_empty() {
+        found.warn(
+            &place,
+            "this `http` grant allows no URL",
+            "add patterns to `allow`, or remove the grant",
+        );
+    }
+    let mut methods = Vec::new();
+    for method in raw.methods.unwrap_or_else(|| {
+        vec![At {
+            value: "GET".into(),
+            span: place.span.clone(),
+            file: place.file,
+        }]
+    }) {
+        let upper = method.value.to_ascii_uppercase();
+        if METHODS.contains(&upper.as_str()) {
+            methods.push(upper);
+        } else {
+            found.error(
+                &method.place(),
+                format!("`{}` is not an HTTP method warden knows", method.value),
+                format!("use one of {}", METHODS.join(", ")),
+            );
+        }
+    }
+    HttpGrant {
+        rules,
+        methods,
+        max_request: raw.max_request.map_or(1 << 20, |v| v.value.0),
+        max_response: raw.max_response.map_or(10 << 20, |v| v.value.0),
+        timeout: raw.timeout.map_or(Duration::from_secs(30), |v| v.value.0),
+    }
+}
+
+type ParsedUrl = (
+    String,
+    HostPattern,
+    Option<u16>,
+    String,
+    globset::GlobMatcher,
+);
+
+/// `scheme://host[:port][/path-glob]`, parsed by hand: patterns contain
+/// `*`, which URL parsers reject.
+fn url_rule(text: &str) -> Result<ParsedUrl, String> {
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or_else(|| format!("`{text}` has no scheme (`https://`)"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("`{text}`: the scheme must be http or https"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/**"),
+    };
+    if authority.contains(['@', '\\', '?', '#']) {
+        return Err(format!(
+            "`{text}`: the host part may not contain `@`, `\\`, `?` or `#`"
+        ));
+    }
+    let parse_port = |port: &str| -> Result<u16, String> {
+        port.parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{text}`: `{port}` is not a port"))
+    };
+    let (host, port) = if authority.starts_with('[') {
+        // [IPv6]:port
+        let end = authority
+            .find(']')
+            .ok_or_else(|| format!("`{text}`: `[` without `]`"))?;
+        let (host, after) = authority.split_at(end + 1);
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(parse_port(port)?)),
+            None if after.is_empty() => (host, None),
+            None => return Err(format!("`{text}`: unexpected `{after}` after the address")),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(parse_port(port)?)),
+            None => (authority, None),
+        }
+    };
+    let host = host_pattern(host).map_err(|e| format!("`{text}`: {e}"))?;
+    let matcher = glob(path, true)
+        .map_err(|e| format!("`{text}`: {e}"))?
+        .compile_matcher();
+    Ok((scheme, host, port, path.to_string(), matcher))
+}
+
+/// `*`, `*.example.com`, `example.com`, `10.0.0.1` or `[::1]`.
+pub(super) fn host_pattern(host: &str) -> Result<HostPattern, String> {
+    if host == "*" {
+        return Ok(HostPattern::Any);
+    }
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    if name.starts_with('[') && name.ends_with(']') && !wildcard {
+        let inner = &name[1..name.len() - 1];
+        return inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(|ip| HostPattern::Exact(format!("[{ip}]")))
+            .map_err(|_| format!("`{host}` is not an IPv6 address"));
+    }
+    if !name.is_ascii() {
+        return Err(format!(
+            "`{host}` is not ASCII: write the punycode form (`xn--...`), which is what requests carry"
+        ));
+    }
+    let name = name.to_ascii_lowercase();
+    let labels_ok = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !labels_ok {
+        return Err(format!(
+            "`{host}` is not a host name (`*` may only stand alone or as `*.` at the start)"
+        ));
+    }
+    Ok(if wildcard {
+        HostPattern::Subdomains(name)
+    } else {
+        HostPattern::Exact(name)
+    })
+}
+
+/// Sinks that wait for a label nobody adds never trigger.
+fn check_labels(model: &ModelPolicy, tools: &BTreeMap<String, ToolPolicy>, found: &mut Findings) {
+    let mut produced: BTreeSet<&str> = model.labels.iter().map(String::as_str).collect();
+    for tool in tools.values() {
+        produced.extend(tool.labels.iter().map(String::as_str));
+        if let Some(http) = &tool.grants.http {
+            for rule in &http.rules {
+                produced.extend(rule.labels.iter().map(String::as_str));
+            }
+        }
+    }
+    for tool in tools.values() {
+        for label in tool.deny_when_labeled.iter().chain(&tool.ask_when_labeled) {
+            if !produced.contains(label.as_str()) {
+                found.warn(
+                    &tool.place,
+                    format!("`{}` waits for label `{label}`, which no tool, HTTP rule or the model adds", tool.name),
+                    format!("add `labels = [\"{label}\"]` to the tools whose results should carry it"),
+                );
+            }
+        }
+    }
+}
+
+/// Words in a tool's name that suggest it changes the world.
+const STATE_CHANGING: &[&str] = &[
+    "send", "write", "delete", "remove", "post", "pay", "transfer", "exec", "shell", "run",
+    "create", "update", "deploy", "move", "commit", "push", "email", "mail", "publish", "drop",
+    "kill", "put",
+];
+
+/// Grants that are legal but risky, so `warden check` (and every run) says so.
+fn risks(
+    model: &ModelPolicy,
+    agent: &Grants,
+    tools: &BTreeMap<String, ToolPolicy>,
+    secrets: &BTreeMap<String, SecretPolicy>,
+    model_place: Option<&Place>,
+    found: &mut Findings,
+) {
+    if !model.allow.is_empty()
+        && model.max_calls.is_none()
+        && model.max_tokens.is_none()
+        && model.max_cost_usd.is_none()
+        && let Some(place) = model_place
+    {
+        found.warn(
+            place,
+            "model calls have no budget: a looping agent can call the model without end",
+            "set `max_calls`, `max_tokens` or `max_cost_usd` under [model]",
+        );
+    }
+    for secret in secrets.values() {
+        match &secret.inject {
+            Some(inject) if inject.host.is_wildcard() => found.warn(
+                &secret.place,
+                format!("secret `{}` is sent to every host matching `{}`", secret.name, inject.host),
+                "name the one host that needs it, e.g. host = \"api.github.com\"",
+            ),
+            None => found.warn(
+                &secret.place,
+                format!("secret `{}` has no `inject`, so no request ever carries it", secret.name),
+                "add `inject = { host = \"...\", header = \"Authorization\", format = \"Bearer {}\" }`",
+            ),
+            _ => {}
+        }
+    }
+    let broad_mounts = |owner: &str, grants: &Grants, found: &mut Findings| {
+        for mount in &grants.fs {
+            if mount.mode != MountMode::Rw {
+                continue;
+            }
+            let dir = mount.dir.trim_end_matches('/');
+            let parts = std::path::Path::new(dir).components().count();
+            let broad = dir.is_empty()
+                || dir == "~"
+                || dir.starts_with('$')
+                || dir.split('/').any(|p| p == "..")
+                || (dir.starts_with('/') && parts <= 2);
+            if broad {
+                found.warn(
+                    &mount.place,
+                    format!("{owner} may write anywhere under `{}`", mount.dir),
+                    "grant read-write on a dedicated directory, e.g. dir = \"./workspace\"",
+                );
+            }
+        }
+    };
+    broad_mounts("the agent", agent, found);
+    for tool in tools.values() {
+        broad_mounts(&format!("tool `{}`", tool.name), &tool.grants, found);
+        if tool.decision != Verdict::Allow || !tool.args.is_empty() {
+            continue;
+        }
+        let lower = tool.name.to_ascii_lowercase();
+        let by_name = lower
+            .split(['_', '-'])
+            .any(|word| STATE_CHANGING.contains(&word));
+        let writes = tool.grants.fs.iter().any(|m| m.mode == MountMode::Rw);
+        let posts = tool
+            .grants
+            .http
+            .as_ref()
+            .is_some_and(|h| h.methods.iter().any(|m| m != "GET" && m != "HEAD"));
+        if by_name || writes || posts {
+            let why = if writes {
+                "may write files"
+            } else if posts {
+                "may send HTTP requests that change things"
+            } else {
+                "sounds like it changes things"
+            };
+            found.warn(
+                &tool.place,
+                format!(
+                    "tool `{}` {why}, and is allowed with no argument rules",
+                    tool.name
+                ),
+                "add `args` rules, or `decision = \"ask\"` so a person approves each call",
+            );
+        }
+    }
+}
