@@ -15,12 +15,14 @@ setup:
 demo: setup
 	$(CARGO) run -p warden -- demo
 
-## Every test: host unit and integration tests, guest unit tests, doc tests,
-## and a check of every policy in policies/.
+## Every test: host unit and integration tests, guest unit tests, doc tests;
+## then every policy in policies/ is checked (--strict) and its cases in
+## policies/tests/ run, as a policy author would.
 test: setup
 	$(CARGO) test --workspace
 	@for p in policies/*.toml; do \
-		$(CARGO) run -q -p warden -- check $$p > /dev/null || exit 1; \
+		$(CARGO) run -q -p warden -- check --strict $$p > /dev/null || exit 1; \
+		$(CARGO) run -q -p warden -- policy test $$p policies/tests/$$(basename $$p) | tail -1 || exit 1; \
 	done
 
 ## Formatting and lints, as CI runs them.
@@ -31,7 +33,7 @@ lint: setup
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
 bench: setup
-	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy
 
 ## Remove compiled components from the cache.
 clean-cache:

@@ -7,7 +7,6 @@
 //!   limits and captured stdio, output check, audit record (to a file).
 //! - `import_round_trip`: one guest-to-host import (`list-tools`), derived
 //!   from a guest calling it 10,000 times.
-//! - `policy_decision`: `Policy::decide` for a tool call.
 //!
 //! Run with `make bench` (or `cargo bench -p warden --bench mediation`).
 
@@ -19,7 +18,6 @@ use warden::bindings::tool::{Tool, ToolPre};
 use warden::capability::tools::call;
 use warden::gate::Gate;
 use warden::load::{ComponentSource, PolicyFile};
-use warden::policy::{Request, Session};
 use warden::provider::ScriptedProvider;
 use warden::registry::ToolRegistry;
 use warden::run::{RunSpec, run};
@@ -152,19 +150,6 @@ fn benches(c: &mut Criterion) {
             }
             // Per import call.
             total / (iters.div_ceil(N) * N) as u32 * iters as u32
-        })
-    });
-
-    let decision_policy = policy.policy.clone();
-    let args = serde_json::json!({"text": "hello"});
-    let session = Session::default();
-    c.bench_function("policy_decision", |b| {
-        b.iter(|| {
-            let request = Request::Tool {
-                name: std::hint::black_box("echo"),
-                arguments: &args,
-            };
-            std::hint::black_box(decision_policy.decide(&request, &session))
         })
     });
 }

@@ -192,10 +192,11 @@ impl<W: Write + Send> Transcript<W> {
     }
 
     fn refusal(&mut self, what: &str, r: &Record) -> io::Result<()> {
-        if r.decision == Verdict::Deny {
+        if r.decision != Verdict::Allow {
             self.counts.denied += 1;
         }
         let label = match r.outcome {
+            _ if r.decision == Verdict::Ask => "ASK",
             Some(Outcome::BudgetExhausted) => "BUDGET",
             Some(Outcome::Invalid) => "INVALID",
             Some(Outcome::Failed) => "FAILED",

@@ -8,3 +8,5 @@ mod cli;
 mod isolation;
 mod limits;
 mod loading;
+mod policies;
+mod policy;

@@ -483,6 +483,9 @@ fn tool(
             ),
         }
     }
+    // The first failing rule of the strongest verdict is the one named:
+    // keep the order of the file, not of the field names.
+    args.sort_by_key(|r: &ArgRule| (r.place.file, r.place.span.start));
     let tool_labels = labels(raw.labels, found);
     let deny_when_labeled = labels(raw.deny_when_labeled, found);
     let ask_when_labeled = labels(raw.ask_when_labeled, found);
@@ -1198,13 +1201,19 @@ fn risks(
             if mount.mode != MountMode::Rw {
                 continue;
             }
-            let dir = mount.dir.trim_end_matches('/');
-            let parts = std::path::Path::new(dir).components().count();
-            let broad = dir.is_empty()
-                || dir == "~"
-                || dir.starts_with('$')
-                || dir.split('/').any(|p| p == "..")
-                || (dir.starts_with('/') && parts <= 2);
+            use std::path::Component;
+            let path = std::path::Path::new(mount.dir.as_str());
+            let named = path
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .count();
+            // `/`, `/home`, `..`, `../..`, `.`, `~`, `$HOME`: a directory
+            // that is not one set aside for the guest.
+            let broad = named == 0
+                || (path.is_absolute() && named <= 1)
+                || mount.dir == "~"
+                || mount.dir.starts_with("~/") && named <= 1
+                || mount.dir.starts_with('$');
             if broad {
                 found.warn(
                     &mount.place,

@@ -116,7 +116,7 @@ impl JsonSchema for ByteSize {
             "description": "A size: bytes as an integer, or a string with a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. \"64MiB\".",
             "anyOf": [
                 { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": "^\\s*[0-9][0-9_]*(\\.[0-9]+)?\\s*([KMG]i?B|B)?\\s*$" }
+                { "type": "string", "pattern": "^\\s*[0-9][0-9_]*(\\.[0-9]+)?\\s*([KkMmGg][Ii]?[Bb]|[Bb])?\\s*$" }
             ]
         })
     }
@@ -191,6 +191,7 @@ pub struct RawPolicy {
 /// `[limits]`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Limits")]
 pub struct RawLimits {
     /// Linear memory per instance (default "128MiB", at most "4GiB").
     pub memory: Option<At<ByteSize>>,
@@ -209,6 +210,7 @@ pub struct RawLimits {
 /// `[model]`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Model")]
 pub struct RawModel {
     /// Model names the agent may use; globs (`claude-*`). Empty: none.
     pub allow: Option<Vec<At<String>>>,
@@ -238,6 +240,7 @@ pub struct RawModel {
 /// Price of a model, in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Price")]
 pub struct RawPrice {
     /// Per million input tokens.
     pub input: f64,
@@ -248,6 +251,7 @@ pub struct RawPrice {
 /// `[tools.NAME]`: one tool and its rules.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tool")]
 pub struct RawTool {
     /// The component that provides the tool: a path relative to this file,
     /// or `builtin:NAME`.
@@ -291,6 +295,7 @@ pub struct RawTool {
 /// `[agent]`: what the agent component itself may touch.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Grants")]
 pub struct RawGrants {
     /// Outgoing HTTP the agent may make.
     pub http: Option<At<RawHttp>>,
@@ -311,6 +316,7 @@ pub struct RawGrants {
 /// Outgoing HTTP.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Http")]
 pub struct RawHttp {
     /// URL patterns: `scheme://host[:port]/path-glob`; host may start with
     /// `*.`; or tables with `url`, `labels` and `private`.
@@ -327,10 +333,7 @@ pub struct RawHttp {
 }
 
 /// One URL rule.
-#[derive(Debug, Clone, Default, JsonSchema)]
-#[schemars(
-    description = "A URL pattern string, or a table with `url` and optional `labels` and `private`."
-)]
+#[derive(Debug, Clone, Default)]
 pub struct RawUrlRule {
     /// The pattern.
     pub url: String,
@@ -338,6 +341,30 @@ pub struct RawUrlRule {
     pub labels: Vec<String>,
     /// Whether the rule may reach loopback, private and link-local addresses.
     pub private: bool,
+}
+
+impl JsonSchema for RawUrlRule {
+    fn schema_name() -> Cow<'static, str> {
+        "UrlRule".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A URL pattern `scheme://host[:port]/path-glob` (host may be `*` or start with `*.`), or a table with it as `url`.",
+            "anyOf": [
+                { "type": "string" },
+                {
+                    "type": "object",
+                    "properties": {
+                        "url": { "type": "string" },
+                        "labels": { "type": "array", "items": { "type": "string" }, "description": "Labels responses from matching URLs add to the session." },
+                        "private": { "type": "boolean", "description": "Whether the rule may reach loopback, private and link-local addresses." }
+                    },
+                    "required": ["url"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for RawUrlRule {
@@ -379,6 +406,7 @@ impl<'de> Deserialize<'de> for RawUrlRule {
 /// A directory granted to a guest.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Mount")]
 pub struct RawMount {
     /// The host directory, relative to the policy file.
     pub dir: String,
@@ -403,6 +431,7 @@ pub enum MountMode {
 /// `[secrets.NAME]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Secret")]
 pub struct RawSecret {
     /// Read the value from this host environment variable.
     pub from_env: Option<String>,
@@ -415,6 +444,7 @@ pub struct RawSecret {
 /// How a secret is injected into requests.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Inject")]
 pub struct RawInject {
     /// The only host (exact, or `*.example.com`) that receives it.
     pub host: String,
@@ -435,6 +465,7 @@ pub const RULE_KEYS: &[&str] = &[
 /// one fails.
 #[derive(Debug, Clone, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rule")]
 pub struct RawRule {
     /// The value must equal this.
     pub equals: Option<At<serde_json::Value>>,
@@ -526,7 +557,15 @@ impl<'de> Deserialize<'de> for RawArgEntry {
         impl<'de> Visitor<'de> for EntryVisitor {
             type Value = RawArgEntry;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a rule table (e.g. `{ matches = '...' }`), a list of them, or a table of fields")
+                write!(
+                    f,
+                    "a rule table such as `{{ matches = '...' }}`, a list of them, or a table of deeper fields (any key but the rule keys {} names a deeper field)",
+                    RULE_KEYS
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawArgEntry, A::Error> {
                 let mut rules = Vec::new();

@@ -1,0 +1,145 @@
+//! The policies in `policies/`, the committed JSON Schema, and the golden
+//! diagnostics in `tests/ui/policy/`.
+
+use crate::harness::*;
+use std::path::Path;
+use warden::check::run_cases;
+use warden::load::PolicyFile;
+use warden::policy::Policy;
+
+fn example_policies() -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(repo().join("policies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn every_example_policy_is_clean_and_passes_its_cases() {
+    let policies = example_policies();
+    assert!(policies.len() >= 4, "{policies:?}");
+    for path in policies {
+        let file = PolicyFile::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            file.policy.warnings.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            file.render_warnings()
+        );
+        let cases = repo()
+            .join("policies/tests")
+            .join(path.file_name().unwrap());
+        let text = std::fs::read_to_string(&cases)
+            .unwrap_or_else(|e| panic!("every policy has cases: {}: {e}", cases.display()));
+        let results = run_cases(&file.policy, &cases.display().to_string(), &text).unwrap();
+        assert!(results.len() >= 5, "{}: too few cases", cases.display());
+        for result in results {
+            assert_eq!(result.failure, None, "{}: {}", cases.display(), result.name);
+        }
+    }
+}
+
+#[test]
+fn a_failing_case_says_what_differed() {
+    let policy =
+        Policy::parse("p.toml", "[tools.calc]\ncomponent = \"c\"\nmax_calls = 1\n").unwrap();
+    let cases = "[[case]]\nname = \"wrong\"\ntool = \"calc\"\ncalls = 1\nexpect = \"allow\"\nrule = \"tools.calc\"\n";
+    let results = run_cases(&policy, "c.toml", cases).unwrap();
+    assert_eq!(
+        results[0].failure.as_deref(),
+        Some(
+            "expected: allow (tools.calc)\n  got:      deny (tools.calc.max_calls)\n  because: all 1 calls of tool `calc` in this run are used"
+        )
+    );
+    let error = run_cases(
+        &policy,
+        "c.toml",
+        "[[case]]\nname = \"x\"\ntool = \"calc\"\nexpect = \"maybe\"\n",
+    )
+    .unwrap_err();
+    assert!(error.render().contains("c.toml:4:10"), "{}", error.render());
+}
+
+#[test]
+fn the_committed_json_schema_is_current() {
+    let path = repo().join("policies/policy.schema.json");
+    let generated = serde_json::to_string_pretty(&Policy::json_schema()).unwrap() + "\n";
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed == generated,
+        "policies/policy.schema.json is stale: run `warden policy schema > policies/policy.schema.json` (or BLESS=1 cargo test)"
+    );
+}
+
+#[test]
+fn the_json_schema_accepts_every_example_and_rejects_typos() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("policies/policy.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for path in example_policies() {
+        let value: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let json = serde_json::to_value(value).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+    let typo = serde_json::json!({ "tools": { "calc": { "componnt": "x" } } });
+    assert!(!validator.is_valid(&typo));
+}
+
+/// Each `tests/ui/policy/NAME.toml` beside `NAME.err`, the exact text
+/// `warden check` prints for it. `BLESS=1` rewrites the `.err` files.
+#[test]
+fn golden_policy_diagnostics() {
+    let dir = repo().join("tests/ui/policy");
+    assert_eq!(
+        std::env::current_dir().unwrap(),
+        repo().join("host"),
+        "tests run in host/"
+    );
+    let mut checked = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.extension().is_none_or(|e| e != "toml")
+            || path.file_stem().unwrap().to_string_lossy().starts_with('_')
+        {
+            continue;
+        }
+        // Named as a user in the repository root would name them: tests
+        // run in host/, so read through `../` and print without it.
+        let relative = Path::new("../tests/ui/policy").join(path.file_name().unwrap());
+        let rendered = match PolicyFile::read(&relative) {
+            Err(error) => error.render(),
+            Ok(file) => file.render_warnings().join("\n\n"),
+        };
+        let rendered = rendered.replace("../tests/ui/policy/", "tests/ui/policy/") + "\n";
+        let expected_path = path.with_extension("err");
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&expected_path, &rendered).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} has no .err file (BLESS=1 writes it)", path.display()));
+        assert_eq!(rendered, expected, "{}", path.display());
+        assert!(
+            !rendered.trim().is_empty(),
+            "{}: no diagnostic",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} golden files");
+}
