@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup demo test lint bench clean-cache
+.PHONY: setup demo test lint bench fuzz clean-cache
 
 ## Install the guest target (and the lint tools). Idempotent and quick when done.
 setup:
@@ -38,3 +38,14 @@ bench: setup
 ## Remove compiled components from the cache.
 clean-cache:
 	rm -rf "$${WARDEN_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/warden}/components"
+
+## Fuzz the policy parser and the decision function (nightly; installs
+## cargo-fuzz). FUZZ_SECONDS per target, default 600.
+FUZZ_SECONDS ?= 600
+fuzz:
+	rustup toolchain install nightly --profile minimal
+	cargo install cargo-fuzz --locked
+	for t in policy_parse policy_decide; do \
+		mkdir -p fuzz/corpus/$$t; \
+		cd fuzz && cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; cd ..; \
+	done

@@ -109,6 +109,7 @@ impl<W: Write + Send> Transcript<W> {
                     if !text.is_empty() {
                         writeln!(self.out, "        \"{}\"", indent(&clean(text), 9))?;
                     }
+                    self.labels(data)?;
                 }
                 _ => self.refusal("model", r)?,
             },
@@ -181,6 +182,22 @@ impl<W: Write + Send> Transcript<W> {
             (Kind::Log, Event::Decision) => {}
         }
         self.out.flush()
+    }
+
+    fn labels(&mut self, data: &Value) -> io::Result<()> {
+        let added: Vec<&str> = data
+            .get("labels_added")
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if added.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "        (the session is now labeled {})",
+            clean(&added.join(", "))
+        )
     }
 
     fn take_pending(&mut self, subject: &str) -> String {

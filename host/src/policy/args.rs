@@ -6,7 +6,7 @@ use super::file::{Place, Verdict};
 use super::printable;
 use super::provenance::{Provenance, SourceSpec};
 use globset::GlobMatcher;
-use regex::Regex;
+use regex_automata::meta::Regex;
 use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
@@ -135,7 +135,7 @@ impl Check {
         match self {
             Check::Equals(expected) => json_eq(value, expected),
             Check::OneOf(options) => options.iter().any(|o| json_eq(value, o)),
-            Check::Matches(regex, _) => text_of(value).is_some_and(|t| regex.is_match(&t)),
+            Check::Matches(regex, _) => text_of(value).is_some_and(|t| regex.is_match(&*t)),
             Check::Glob(glob, _) => text_of(value).is_some_and(|t| glob.is_match(&*t)),
             Check::Prefix(prefix) => value
                 .as_str()

@@ -15,7 +15,8 @@ use super::{
 };
 use crate::diagnostic::Diagnostic;
 use globset::{Glob, GlobBuilder, GlobSetBuilder};
-use regex::{Regex, RegexBuilder, RegexSet};
+use regex::RegexBuilder;
+use regex_automata::meta;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,27 +183,55 @@ fn glob(pattern: &str, literal_separator: bool) -> Result<Glob, String> {
         .map_err(|e| format!("`{pattern}` is not a valid glob: {}", e.kind()))
 }
 
-fn regex(pattern: &str, anchored: bool) -> Result<Regex, String> {
+/// Compile a policy regex for matching only, parsing it once. The full DFA
+/// is off: built eagerly for every small pattern, it made loading a policy
+/// three times slower and buys little here; the lazy DFA still matches in
+/// linear time.
+fn regex(pattern: &str, anchored: bool) -> Result<meta::Regex, String> {
     let source = if anchored {
         format!("^(?:{pattern})$")
     } else {
         pattern.to_string()
     };
-    RegexBuilder::new(&source)
+    let hir = parse_regex(pattern, &source)?;
+    meta_regex(&[hir]).map_err(|e| format!("`{pattern}` is not a valid regular expression: {e}"))
+}
+
+fn meta_regex(hirs: &[regex_syntax::hir::Hir]) -> Result<meta::Regex, String> {
+    meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .dfa(false)
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT)),
+        )
+        .build_many_from_hir(hirs)
+        .map_err(|e| e.to_string())
+}
+
+/// Parse `source` (which is `pattern`, perhaps anchored), with the parser's
+/// own message on error, which says what is wrong.
+fn parse_regex(pattern: &str, source: &str) -> Result<regex_syntax::hir::Hir, String> {
+    regex_syntax::Parser::new().parse(source).map_err(|e| {
+        let text = e.to_string();
+        format!(
+            "`{pattern}` is not a valid regular expression: {}",
+            text.lines()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or("syntax error")
+        )
+    })
+}
+
+fn check_regex(pattern: &str) -> Result<(), String> {
+    parse_regex(pattern, pattern).map(drop)
+}
+
+fn redact_regex(pattern: &str) -> Result<regex::Regex, String> {
+    check_regex(pattern)?;
+    RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| match e {
-            regex::Error::Syntax(text) => format!(
-                "`{pattern}` is not a valid regular expression: {}",
-                text.lines()
-                    .find_map(|l| l.strip_prefix("error: "))
-                    .unwrap_or("syntax error")
-            ),
-            regex::Error::CompiledTooBig(_) => {
-                format!("`{pattern}` compiles to more than 1MiB; simplify it")
-            }
-            other => format!("`{pattern}` is not a valid regular expression: {other}"),
-        })
+        .map_err(|e| format!("`{pattern}` is not a valid regular expression: {e}"))
 }
 
 fn label_ok(label: &str) -> bool {
@@ -325,9 +354,14 @@ fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
         );
     }
     let mut deny = Vec::new();
+    let mut deny_hirs = Vec::new();
+    let deny_place = raw.deny.first().map(At::place);
     for pattern in raw.deny {
-        match regex(&pattern.value, false) {
-            Ok(_) => deny.push(pattern.value),
+        match parse_regex(&pattern.value, &pattern.value) {
+            Ok(hir) => {
+                deny_hirs.push(hir);
+                deny.push(pattern.value);
+            }
             Err(e) => found.error(
                 &pattern.place(),
                 e,
@@ -338,7 +372,7 @@ fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
     let mut redact = Vec::new();
     let mut redact_regexes = Vec::new();
     for pattern in raw.redact {
-        match regex(&pattern.value, false) {
+        match redact_regex(&pattern.value) {
             Ok(r) => {
                 redact_regexes.push(r);
                 redact.push(pattern.value);
@@ -361,7 +395,20 @@ fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
         max_cost_usd: raw.max_cost_usd.map(|v| v.value),
         prices,
         price_matchers,
-        deny_set: RegexSet::new(&deny).unwrap_or_else(|_| RegexSet::empty()),
+        // Never fall back to an empty set: that would let everything through.
+        deny_set: match meta_regex(&deny_hirs) {
+            Ok(set) => set,
+            Err(e) => {
+                if let Some(place) = &deny_place {
+                    found.error(
+                        place,
+                        format!("the `deny` patterns together do not compile: {e}"),
+                        "simplify or split the patterns",
+                    );
+                }
+                meta::Regex::new_many(&["[\\s\\S]"]).expect("a match-all regex compiles")
+            }
+        },
         deny,
         redact,
         redact_regexes,

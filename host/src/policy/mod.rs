@@ -30,7 +30,7 @@ use crate::chat::{Message, Usage};
 use args::ArgRule;
 use globset::{GlobMatcher, GlobSet};
 use provenance::{Provenance, Source};
-use regex::{Regex, RegexSet};
+use regex::Regex;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -125,7 +125,7 @@ pub struct ModelPolicy {
     price_matchers: Vec<GlobMatcher>,
     /// Patterns that refuse a request.
     pub deny: Vec<String>,
-    deny_set: RegexSet,
+    deny_set: regex_automata::meta::Regex,
     /// Patterns redacted from requests.
     pub redact: Vec<String>,
     redact_regexes: Vec<Regex>,

@@ -16,6 +16,10 @@
 
 use std::collections::HashMap;
 
+/// Tokens come from guest-controlled data: the index's hash must resist
+/// chosen collisions (keys are random per process), and be fast.
+type TokenMap = HashMap<Box<str>, u64, ahash::RandomState>;
+
 /// Where a piece of data came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -77,7 +81,7 @@ const MAX_CLASSES: usize = 64;
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
     classes: Vec<(Source, Vec<String>)>,
-    tokens: HashMap<Box<str>, u64>,
+    tokens: TokenMap,
 }
 
 impl Provenance {
@@ -85,13 +89,13 @@ impl Provenance {
     pub fn observe(&mut self, source: Source, labels: &[String], text: &str) {
         let class = self.class_of(source, labels);
         let bit = 1u64 << class;
-        let mut buffer = String::new();
+        let mut buffer = Normalized::default();
         for token in tokens(text) {
-            normalize(token, &mut buffer);
-            match self.tokens.get_mut(buffer.as_str()) {
+            let token = buffer.of(token);
+            match self.tokens.get_mut(token) {
                 Some(mask) => *mask |= bit,
                 None => {
-                    self.tokens.insert(buffer.as_str().into(), bit);
+                    self.tokens.insert(token.into(), bit);
                 }
             }
         }
@@ -122,13 +126,15 @@ impl Provenance {
             .enumerate()
             .filter(|(_, (source, labels))| from.iter().any(|spec| spec.accepts(source, labels)))
             .fold(0, |mask, (i, _)| mask | (1 << i));
+        if accepted == 0 {
+            return false;
+        }
         let mut together = accepted;
         let mut any = false;
-        let mut buffer = String::new();
+        let mut buffer = Normalized::default();
         for token in tokens(value) {
             any = true;
-            normalize(token, &mut buffer);
-            together &= self.tokens.get(buffer.as_str()).copied().unwrap_or(0);
+            together &= self.tokens.get(buffer.of(token)).copied().unwrap_or(0);
             if together == 0 {
                 return false;
             }
@@ -166,16 +172,56 @@ pub fn tokens(text: &str) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-fn normalize(token: &str, buffer: &mut String) {
-    buffer.clear();
-    for c in token.chars() {
-        buffer.extend(c.to_lowercase());
+/// Lower-cases tokens without allocating for the common case (short ASCII
+/// tokens), reusing one buffer otherwise.
+struct Normalized {
+    small: [u8; 64],
+    large: String,
+}
+
+impl Default for Normalized {
+    fn default() -> Self {
+        Normalized {
+            small: [0; 64],
+            large: String::new(),
+        }
+    }
+}
+
+impl Normalized {
+    fn of<'a>(&'a mut self, token: &'a str) -> &'a str {
+        let bytes = token.as_bytes();
+        if token.is_ascii() {
+            if !bytes.iter().any(u8::is_ascii_uppercase) {
+                return token;
+            }
+            if bytes.len() <= self.small.len() {
+                let out = &mut self.small[..bytes.len()];
+                out.copy_from_slice(bytes);
+                out.make_ascii_lowercase();
+                return std::str::from_utf8(out).expect("ASCII stays ASCII");
+            }
+        }
+        self.large.clear();
+        for c in token.chars() {
+            self.large.extend(c.to_lowercase());
+        }
+        &self.large
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalization_folds_case_in_every_path() {
+        let mut n = Normalized::default();
+        assert_eq!(n.of("already"), "already");
+        assert_eq!(n.of("MiXeD@Example.COM"), "mixed@example.com");
+        assert_eq!(n.of(&"A".repeat(100)), "a".repeat(100));
+        assert_eq!(n.of("ÉCOLE"), "école");
+    }
 
     fn labels(l: &[&str]) -> Vec<String> {
         l.iter().map(|s| s.to_string()).collect()

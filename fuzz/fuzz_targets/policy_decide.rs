@@ -1,0 +1,48 @@
+//! A policy and a request from the same input: the text before the first
+//! NUL byte is the policy; the rest is a tool call's arguments (as JSON if
+//! it parses, else as a string) and the data the session has seen. Every
+//! tool of the policy, and an unknown one, is decided with it, before and
+//! after the session gathers labels. Deciding must never panic.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use warden::chat::{Message, Role, Usage};
+use warden::policy::{Policy, Request, Session};
+
+fuzz_target!(|data: &[u8]| {
+    let split = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+    let policy_text = String::from_utf8_lossy(&data[..split]);
+    let rest = data.get(split + 1..).unwrap_or_default();
+    let Ok(policy) = Policy::parse("fuzz.toml", &policy_text) else {
+        return;
+    };
+    let rest_text = String::from_utf8_lossy(rest).into_owned();
+    let arguments: serde_json::Value = serde_json::from_slice(rest)
+        .unwrap_or_else(|_| serde_json::Value::String(rest_text.clone()));
+
+    let mut session = Session::default();
+    session.observe_task(&rest_text);
+    let names: Vec<String> = policy.tools.keys().cloned().chain(["unknown".to_string()]).collect();
+    let messages = [Message {
+        role: Role::User,
+        content: rest_text.clone(),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    }];
+    for round in 0..2 {
+        for name in &names {
+            let request = Request::Tool { name, arguments: &arguments, schema: None };
+            if let warden::policy::Decision::Allow { .. } = policy.decide(&request, &session) {
+                session.record(&request);
+            }
+            session.observe_tool_result(&policy, name, &rest_text, &[]);
+        }
+        for model in policy.model.allow.iter().map(String::as_str).chain(["other"]) {
+            let request = Request::Model { model, messages: &messages, estimated_tokens: rest.len() as u64 };
+            let _ = policy.decide(&request, &session);
+            session.observe_model_output(&policy, &rest_text, Usage { input_tokens: 10, output_tokens: round }, model);
+        }
+        let _ = policy.model.redact(&rest_text);
+    }
+});
