@@ -45,7 +45,10 @@ FUZZ_SECONDS ?= 600
 fuzz:
 	rustup toolchain install nightly --profile minimal
 	cargo install cargo-fuzz --locked
+	$(CARGO) build --release --target $(TARGET) --target-dir target/guests \
+		-p react -p calc -p text -p warden-test-guests
 	for t in policy_parse policy_decide; do \
 		mkdir -p fuzz/corpus/$$t; \
-		cd fuzz && cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; cd ..; \
+		(cd fuzz && WARDEN_GUESTS_DIR=$(CURDIR)/target/guests/$(TARGET)/release \
+			cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
 	done

@@ -64,7 +64,7 @@ impl Diagnostic {
 
     /// 1-based line and column (in characters) of the start of the span.
     pub fn line_col(&self, text: &str) -> Option<(usize, usize)> {
-        let start = self.span.as_ref()?.start.min(text.len());
+        let start = visible_span(text, self.span.as_ref()?).start;
         let before = text.get(..start)?;
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -82,12 +82,7 @@ impl Diagnostic {
         let title = level.primary_title(self.message.as_str());
         let mut group: Group<'_> = match &self.span {
             Some(span) => {
-                // Point at something visible: an empty span at the end of the
-                // file widens to its last character.
-                let mut span = span.start.min(text.len())..span.end.min(text.len());
-                if span.is_empty() && span.start > 0 && span.start == text.len() {
-                    span.start -= 1;
-                }
+                let span = visible_span(text, span);
                 title.element(
                     Snippet::source(text)
                         .path(file)
@@ -115,6 +110,28 @@ pub struct SourceFile {
     pub name: String,
     /// Its text (empty when it could not be read).
     pub text: String,
+}
+
+/// `span` inside `text`, on character boundaries (a span from a parser, or
+/// one computed here, may fall inside a multi-byte character; the renderer
+/// must never slice there), and visible: an empty span at the end of the
+/// text widens to its last character.
+fn visible_span(text: &str, span: &Range<usize>) -> Range<usize> {
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = span.end.clamp(start, text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    if start == end && start == text.len() && start > 0 {
+        start = text[..start]
+            .char_indices()
+            .next_back()
+            .map_or(0, |(i, _)| i);
+    }
+    start..end
 }
 
 /// Files that could not be loaded, with every finding about them.
@@ -242,6 +259,19 @@ mod tests {
         let d = Diagnostic::error("x", Some(9..10));
         assert_eq!(d.line_col(text), Some((2, 3)));
         assert_eq!(Diagnostic::error("x", None).line_col(text), None);
+    }
+
+    #[test]
+    fn spans_inside_characters_render() {
+        // Found by fuzzing: a span ending inside a multi-byte character.
+        let text = "a = \"\u{fffd}\u{fffd}";
+        for span in [0..5, 5..6, 6..8, 9..9, 10..10, 100..200] {
+            let d = Diagnostic::error("x", Some(span));
+            let _ = d.render("f.toml", text);
+            let _ = d.line_col(text);
+        }
+        let d = Diagnostic::error("x", Some(text.len()..text.len()));
+        assert!(d.render("f.toml", text).contains("f.toml:1:7"));
     }
 
     #[test]

@@ -196,3 +196,67 @@ fn check_describes_a_policy_and_rejects_a_bad_one() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn check_strict_fails_on_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let risky = dir.path().join("risky.toml");
+    std::fs::write(&risky, "[model]\nallow = [\"scripted\"]\n").unwrap();
+    let check = |strict: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+        command.arg("check");
+        if strict {
+            command.arg("--strict");
+        }
+        command.arg(&risky).output().unwrap()
+    };
+    let out = check(false);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("warning: model calls have no budget"));
+    let out = check(true);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--strict: 1 warning(s)"));
+}
+
+#[test]
+fn policy_test_reports_each_case_and_fails_on_any() {
+    let run = |cases: &str| {
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["policy", "test", "policies/demo.toml", cases])
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let out = run("policies/tests/demo.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("PASS regex_search is denied by its entry"));
+    assert!(text(&out.stdout).ends_with("policies/tests/demo.toml: 7 passed, 0 failed\n"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        "[[case]]\nname = \"shell is allowed\"\ntool = \"shell\"\nexpect = \"allow\"\n\n[[case]]\nname = \"calc\"\ntool = \"calc\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let out = run(cases.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAIL shell is allowed\n  expected: allow\n  got:      deny (default)\n  because: tool `shell` is not granted"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("PASS calc"), "{stdout}");
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn the_schema_command_prints_the_committed_schema() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["policy", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(repo().join("policies/policy.schema.json")).unwrap();
+    assert_eq!(text(&out.stdout), committed);
+}
