@@ -22,7 +22,7 @@ test: setup
 	$(CARGO) test --workspace
 	@for p in policies/*.toml; do \
 		$(CARGO) run -q -p warden -- check --strict $$p > /dev/null || exit 1; \
-		$(CARGO) run -q -p warden -- policy test $$p policies/tests/$$(basename $$p) | tail -1 || exit 1; \
+		$(CARGO) run -q -p warden -- policy test $$p policies/tests/$$(basename $$p) || exit 1; \
 	done
 
 ## Formatting and lints, as CI runs them.
