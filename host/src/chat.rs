@@ -45,6 +45,17 @@ pub struct Message {
 }
 
 impl Message {
+    /// Bytes of text the message carries (content, tool names, arguments):
+    /// what token estimates count.
+    pub fn text_len(&self) -> usize {
+        self.content.len()
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum::<usize>()
+    }
+
     /// An assistant message with plain text.
     pub fn assistant(content: impl Into<String>) -> Self {
         Message {

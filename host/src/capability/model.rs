@@ -107,13 +107,7 @@ pub fn estimate_tokens(request: &ChatRequest) -> u64 {
     let bytes: usize = request
         .messages
         .iter()
-        .map(|m| {
-            m.content.len()
-                + m.tool_calls
-                    .iter()
-                    .map(|c| c.name.len() + c.arguments.len())
-                    .sum::<usize>()
-        })
+        .map(Message::text_len)
         .sum::<usize>()
         + request
             .tools

@@ -276,6 +276,9 @@ pub struct RawTool {
     /// Ask a human once the session carries any of these labels.
     #[serde(default)]
     pub ask_when_labeled: Vec<At<String>>,
+    // The five grant keys below repeat `RawGrants`: serde cannot `flatten`
+    // a struct into one that denies unknown fields, and unknown keys must
+    // stay errors. `compile` turns both into one `Grants`.
     /// Outgoing HTTP the tool may make.
     pub http: Option<At<RawHttp>>,
     /// Directories the tool may see, by the path it sees them at.

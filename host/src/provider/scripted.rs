@@ -145,23 +145,8 @@ impl ModelProvider for ScriptedProvider {
                 asked: index + 1,
             }),
             Some(message) => {
-                let input: usize = request
-                    .messages
-                    .iter()
-                    .map(|m| {
-                        m.content.len()
-                            + m.tool_calls
-                                .iter()
-                                .map(|c| c.name.len() + c.arguments.len())
-                                .sum::<usize>()
-                    })
-                    .sum();
-                let output = message.content.len()
-                    + message
-                        .tool_calls
-                        .iter()
-                        .map(|c| c.name.len() + c.arguments.len())
-                        .sum::<usize>();
+                let input: usize = request.messages.iter().map(Message::text_len).sum();
+                let output = message.text_len();
                 Ok(ChatResponse {
                     message: message.clone(),
                     usage: Usage {
