@@ -104,7 +104,7 @@ pub enum FinishReason {
 }
 
 /// A chat request after the host resolved the model name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     /// The conversation so far.
     pub messages: Vec<Message>,
@@ -119,7 +119,7 @@ pub struct ChatRequest {
 }
 
 /// The model's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
     /// The assistant message, possibly with tool calls.
     pub message: Message,
@@ -129,4 +129,29 @@ pub struct ChatResponse {
     pub finish_reason: FinishReason,
     /// The model that answered.
     pub model: String,
+    /// Whether `usage` is the provider's own count (false: the host
+    /// estimated it, because the provider reported none).
+    #[serde(default = "reported")]
+    pub usage_reported: bool,
+}
+
+fn reported() -> bool {
+    true
+}
+
+impl Usage {
+    /// A rough count for a provider that reports none: four bytes a token
+    /// for the request's messages and the answer.
+    pub fn estimate(request: &ChatRequest, answer: &Message) -> Usage {
+        let tokens = |bytes: usize| u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX);
+        Usage {
+            input_tokens: tokens(request.messages.iter().map(Message::text_len).sum()),
+            output_tokens: tokens(answer.text_len()),
+        }
+    }
+
+    /// Input and output together.
+    pub fn total(&self) -> u64 {
+        u64::from(self.input_tokens) + u64::from(self.output_tokens)
+    }
 }

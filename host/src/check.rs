@@ -94,6 +94,30 @@ pub fn describe(file: &PolicyFile) -> String {
         if !m.labels.is_empty() {
             let _ = writeln!(out, "  Answers label the session: {}.", m.labels.join(", "));
         }
+        if let Some(provider) = &m.provider {
+            let key = match (&provider.api_key_env, &provider.api_key_file) {
+                (Some(var), _) => format!(", key from ${var}"),
+                (None, Some((file, _))) => format!(", key from the file {file}"),
+                (None, None) => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  Provider (unless --model names another): {}{key}.",
+                provider.spec
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  Each provider request: {} to answer, at most {}, {} retr{} on 429/5xx.",
+            HumanDuration(m.limits.timeout),
+            ByteSize(m.limits.max_response),
+            m.limits.max_retries,
+            if m.limits.max_retries == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
     }
 
     out.push_str("Tools:\n");

@@ -11,6 +11,7 @@
 use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
 use crate::chat::Usage;
 use crate::policy::{Decision, DenyKind, Policy, Request, Rule, Session, Verdict, printable};
+use crate::secrets::{Redactions, Secrets};
 use serde_json::{Value, json};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,6 +80,7 @@ pub struct Gate {
     audit: AuditLog,
     state: Mutex<State>,
     started: Instant,
+    secrets: Secrets,
 }
 
 #[derive(Default)]
@@ -96,7 +98,33 @@ impl Gate {
             audit,
             state: Mutex::new(State::default()),
             started: Instant::now(),
+            secrets: Secrets::default(),
         }
+    }
+
+    /// Hold these secret values, to redact them from what leaves the host.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The run's secret values.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Write a record with every secret value scrubbed from it: whatever a
+    /// guest passes around, no secret lands in the audit log.
+    fn write(&self, mut entry: Entry) -> io::Result<u64> {
+        if !self.secrets.is_empty() {
+            let found = &mut Redactions::new();
+            self.secrets.redact_in_place(&mut entry.subject, found);
+            self.secrets.redact_in_place(&mut entry.detail, found);
+            if let Some(data) = &mut entry.data {
+                self.secrets.redact_json(data, found);
+            }
+        }
+        self.audit.write(entry)
     }
 
     /// The policy this gate enforces.
@@ -145,7 +173,7 @@ impl Gate {
         match decision {
             Decision::Allow { rule } => {
                 state.session.record(request);
-                self.audit.write(Entry {
+                self.write(Entry {
                     kind,
                     event: Event::Decision,
                     subject: subject.clone(),
@@ -217,7 +245,7 @@ impl Gate {
         error: &GuestError,
         data: Option<Value>,
     ) -> io::Result<()> {
-        self.audit.write(Entry {
+        self.write(Entry {
             kind,
             event: Event::Decision,
             subject: subject.to_string(),
@@ -227,7 +255,7 @@ impl Gate {
             outcome: None,
             data,
         })?;
-        self.audit.write(Entry {
+        self.write(Entry {
             kind,
             event: Event::Outcome,
             subject: subject.to_string(),
@@ -248,7 +276,7 @@ impl Gate {
         detail: impl Into<String>,
         data: Option<Value>,
     ) -> io::Result<()> {
-        self.audit.write(Entry {
+        self.write(Entry {
             kind: permit.kind,
             event: Event::Outcome,
             subject: permit.subject,
@@ -321,7 +349,7 @@ impl Gate {
     /// end, a limit that stopped a guest, captured stdio.
     pub fn note(&self, entry: Entry) -> io::Result<u64> {
         let _order = self.lock();
-        self.audit.write(entry)
+        self.write(entry)
     }
 }
 

@@ -53,4 +53,5 @@ pub mod provider;
 pub mod registry;
 pub mod run;
 pub mod runtime;
+pub mod secrets;
 pub mod transcript;

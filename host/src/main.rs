@@ -7,7 +7,9 @@ use std::sync::Arc;
 use warden::audit::{AuditLog, JsonlFile, new_run_id};
 use warden::bundled;
 use warden::load::{ComponentSource, PolicyFile};
-use warden::provider::{self, ModelProvider, ScriptedProvider};
+use warden::provider::{
+    self, KeySource, ModelProvider, ProviderOptions, RecordingProvider, ScriptedProvider,
+};
 use warden::run::{RunError, RunSpec, run};
 use warden::runtime::{Runtime, RuntimeConfig, cache};
 use warden::transcript::Transcript;
@@ -76,10 +78,24 @@ struct RunArgs {
     /// The task given to the agent.
     #[arg(long, short)]
     task: String,
-    /// Who answers the agent's model calls: `scripted:FILE` (a file of
-    /// model turns, replayed in order).
+    /// Who answers the agent's model calls [default: the policy's
+    /// `[model] provider`]: `openai:MODEL`, `anthropic:MODEL`,
+    /// `openai-compatible:URL#MODEL` (Ollama, vLLM, llama.cpp, ...),
+    /// `scripted:FILE` (model turns replayed in order) or `replay:FILE` (a
+    /// recording).
     #[arg(long, short)]
     model: Option<String>,
+    /// Read the provider's API key from this environment variable
+    /// [default: OPENAI_API_KEY or ANTHROPIC_API_KEY].
+    #[arg(long, value_name = "VAR", conflicts_with = "api_key_file")]
+    api_key_env: Option<String>,
+    /// Read the provider's API key from this file.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Save every model exchange to FILE (JSON Lines), to replay the run
+    /// later with `--model replay:FILE`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -151,18 +167,70 @@ async fn run_command(args: RunArgs) -> ExitCode {
         Err(error) => return bad_input(error),
     };
     print_warnings(&policy);
-    let Some(model) = args.model else {
-        return bad_input(
-            "error: no model provider given\n\
-             help: pass `--model scripted:FILE` (a file of model turns, replayed in order)",
-        );
-    };
-    let provider = match provider::from_spec(&model) {
+    let provider = match choose_provider(&args, &policy) {
         Ok(provider) => provider,
-        Err(error) => return bad_input(format!("error: {error}")),
+        Err(message) => return bad_input(message),
     };
     let agent = ComponentSource::parse(&args.agent, Path::new("."));
     execute(policy, agent, provider, args.task, args.output).await
+}
+
+/// The provider: `--model`, else the policy's `[model] provider`; the key
+/// from `--api-key-env`/`--api-key-file`, else the policy's source (when
+/// the provider is the policy's), else the provider's usual variable.
+fn choose_provider(args: &RunArgs, policy: &PolicyFile) -> Result<Arc<dyn ModelProvider>, String> {
+    let limits = policy.policy.model.limits;
+    let cli_key = match (&args.api_key_env, &args.api_key_file) {
+        (Some(var), _) => Some(KeySource::Env(var.clone())),
+        (None, Some(file)) => Some(KeySource::File(file.clone())),
+        (None, None) => None,
+    };
+    let options = match (&args.model, &policy.policy.model.provider) {
+        (Some(spec), _) => (
+            spec.clone(),
+            ProviderOptions {
+                key: cli_key.unwrap_or_default(),
+                limits,
+                base_dir: PathBuf::new(),
+            },
+        ),
+        (None, Some(choice)) => {
+            let policy_key = match (&choice.api_key_env, &choice.api_key_file) {
+                (Some(var), _) => KeySource::Env(var.clone()),
+                (None, Some((file, place))) => {
+                    KeySource::File(policy.dir_of(place.file).join(file))
+                }
+                (None, None) => KeySource::Default,
+            };
+            (
+                choice.spec.clone(),
+                ProviderOptions {
+                    key: cli_key.unwrap_or(policy_key),
+                    limits,
+                    base_dir: policy.dir_of(choice.place.file).to_path_buf(),
+                },
+            )
+        }
+        (None, None) => {
+            return Err(format!(
+                "error: no model provider given\n\
+                 help: pass `--model openai:MODEL`, `--model anthropic:MODEL`, `--model openai-compatible:URL#MODEL` or `--model scripted:FILE`, or set `[model] provider` in {}",
+                policy.name
+            ));
+        }
+    };
+    let (spec, options) = options;
+    let provider = provider::from_spec(&spec, &options).map_err(|e| format!("error: {e}"))?;
+    match &args.record {
+        None => Ok(provider),
+        Some(path) => match RecordingProvider::create(provider, path) {
+            Ok(recorder) => Ok(Arc::new(recorder)),
+            Err(error) => Err(format!(
+                "error: cannot create the recording {}: {error}",
+                path.display()
+            )),
+        },
+    }
 }
 
 async fn demo(output: OutputArgs) -> ExitCode {

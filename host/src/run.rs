@@ -11,9 +11,13 @@ use crate::provider::ModelProvider;
 use crate::registry::ToolRegistry;
 use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
+use crate::secrets::Secrets;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The name the model provider's API key is redacted under.
+pub const MODEL_KEY_NAME: &str = "model_api_key";
 
 /// What to run.
 pub struct RunSpec {
@@ -97,7 +101,15 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     })?;
 
     let policy = spec.policy.policy.clone();
-    let gate = Arc::new(Gate::new(policy.clone(), audit));
+    let mut secrets = Secrets::load(&spec.policy);
+    if let Some(key) = spec.provider.api_key() {
+        secrets.add(MODEL_KEY_NAME, key.expose());
+    }
+    let secrets_data = json!({
+        "loaded": secrets.names(),
+        "missing": secrets.missing().iter().map(|(name, why)| json!({ "name": name, "why": why })).collect::<Vec<_>>(),
+    });
+    let gate = Arc::new(Gate::new(policy.clone(), audit).with_secrets(secrets));
     gate.note(Entry {
         kind: Kind::Run,
         event: Event::Decision,
@@ -111,6 +123,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
             "policy": { "file": spec.policy.name, "sha256": spec.policy.sha256 },
             "model": spec.provider.describe(),
             "task": spec.task,
+            "secrets": secrets_data,
         })),
     })?;
 

@@ -92,6 +92,22 @@ impl<W: Write + Send> Transcript<W> {
                 if r.decision == Verdict::Allow {
                     self.counts.model_calls += 1;
                 }
+                let mut removed = Vec::new();
+                if let Some(secrets) = data["secrets_redacted"].as_object() {
+                    for (name, count) in secrets {
+                        removed.push(format!("secret {name} x{}", count.as_u64().unwrap_or(0)));
+                    }
+                }
+                if let Some(n) = data["redactions"].as_u64().filter(|n| *n > 0) {
+                    removed.push(format!("{n} match(es) of [model] redact"));
+                }
+                if !removed.is_empty() {
+                    writeln!(
+                        self.out,
+                        "[redact] removed from the prompt before it left: {}",
+                        clean(&removed.join(", "))
+                    )?;
+                }
             }
             (Kind::Model, Event::Outcome) => match r.outcome {
                 Some(Outcome::Ok) => {
@@ -102,8 +118,14 @@ impl<W: Write + Send> Transcript<W> {
                     self.counts.tokens.1 += output;
                     writeln!(
                         self.out,
-                        "\n[model] {}  allow ({})  {input} tokens in, {output} out",
-                        r.subject, r.rule
+                        "\n[model] {}  allow ({})  {input} tokens in, {output} out{}",
+                        r.subject,
+                        r.rule,
+                        if data["usage_reported"] == Value::Bool(false) {
+                            " (estimated)"
+                        } else {
+                            ""
+                        }
                     )?;
                     let text = str_at(data, &["text"]);
                     if !text.is_empty() {

@@ -155,10 +155,100 @@ fn bad_input_exits_2_with_a_located_message() {
         "-t",
         "x",
         "-m",
-        "openai:gpt",
+        "gpt:4o",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown model provider `openai`"));
+    assert!(text(&out.stderr).contains("unknown model provider `gpt`"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "run",
+            "builtin:react",
+            "-p",
+            "policies/demo.toml",
+            "-t",
+            "x",
+        ])
+        .args(["-m", "openai:gpt-4o-mini"])
+        .env_remove("OPENAI_API_KEY")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("the environment variable OPENAI_API_KEY is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policys_provider_is_recorded_and_replayed_offline() {
+    use crate::mock_model::*;
+    let mock = MockModel::start(vec![
+        openai_call(
+            "c1",
+            "calc",
+            serde_json::json!({"expression": "12 * 12"}),
+            (80, 9),
+        ),
+        openai_text("12 * 12 = 144", Some((90, 7))),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[model]\nprovider = \"openai-compatible:{}/v1#gpt-test\"\nallow = [\"gpt-test\"]\n\n[tools.calc]\ncomponent = \"builtin:calc\"\n",
+            mock.url
+        ),
+    )
+    .unwrap();
+    let recording = dir.path().join("run.jsonl");
+    let (p, r) = (policy.clone(), recording.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        warden(&[
+            "run",
+            "builtin:react",
+            "-q",
+            "-p",
+            p.to_str().unwrap(),
+            "-t",
+            "What is 12 * 12?",
+            "--record",
+            r.to_str().unwrap(),
+            "--audit",
+            "/dev/null",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "12 * 12 = 144\n");
+    assert_eq!(mock.seen().len(), 2);
+
+    let replay = format!("replay:{}", recording.display());
+    let out = tokio::task::spawn_blocking(move || {
+        warden(&[
+            "run",
+            "builtin:react",
+            "-q",
+            "-p",
+            policy.to_str().unwrap(),
+            "-t",
+            "What is 12 * 12?",
+            "-m",
+            &replay,
+            "--audit",
+            "/dev/null",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "12 * 12 = 144\n");
+    assert_eq!(mock.seen().len(), 2, "the replay is offline");
 }
 
 #[test]

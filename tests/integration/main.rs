@@ -8,5 +8,7 @@ mod cli;
 mod isolation;
 mod limits;
 mod loading;
+mod mock_model;
 mod policies;
 mod policy;
+mod providers;

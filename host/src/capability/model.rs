@@ -9,6 +9,7 @@ use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCa
 use crate::gate::{Gate, GuestError};
 use crate::policy::Request;
 use crate::provider::ModelProvider;
+use crate::secrets::Redactions;
 use serde_json::json;
 use std::io;
 
@@ -23,20 +24,29 @@ pub async fn chat(
     mut request: ChatRequest,
 ) -> io::Result<Result<ChatResponse, GuestError>> {
     let policy = &gate.policy().model;
+    // Secret values first (the key, `[secrets]`), then the policy's
+    // patterns: nothing either names leaves the host.
+    let secrets = gate.secrets();
+    let mut secrets_redacted = Redactions::new();
     let mut redactions = 0;
     for message in &mut request.messages {
+        secrets.redact_in_place(&mut message.content, &mut secrets_redacted);
         let (text, count) = policy.redact(&message.content);
         if count > 0 {
             redactions += count;
             message.content = text.into_owned();
         }
         for call in &mut message.tool_calls {
+            secrets.redact_in_place(&mut call.arguments, &mut secrets_redacted);
             let (text, count) = policy.redact(&call.arguments);
             if count > 0 {
                 redactions += count;
                 call.arguments = text.into_owned();
             }
         }
+    }
+    for tool in &mut request.tools {
+        secrets.redact_in_place(&mut tool.description, &mut secrets_redacted);
     }
     if let Some(cap) = policy.max_tokens_per_call {
         request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
@@ -48,6 +58,7 @@ pub async fn chat(
         "max_tokens": request.max_tokens,
         "estimated_tokens": estimated,
         "redactions": redactions,
+        "secrets_redacted": secrets_redacted,
     });
     let permit = match gate.check(
         &request.model,
@@ -85,6 +96,7 @@ pub async fn chat(
                     "text": message.content,
                     "tool_calls": message.tool_calls,
                     "usage": response.usage,
+                    "usage_reported": response.usage_reported,
                     "finish_reason": response.finish_reason,
                     "labels_added": labels,
                 })),

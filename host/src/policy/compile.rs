@@ -384,7 +384,57 @@ fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
             ),
         }
     }
+    if raw.provider.is_none() {
+        for key in [&raw.api_key_env, &raw.api_key_file].into_iter().flatten() {
+            found.error(
+                &key.place(),
+                "an API key source without `provider` is never used",
+                "name the provider it belongs to, e.g. provider = \"openai:gpt-4o-mini\"; on the command line use --api-key-env or --api-key-file",
+            );
+        }
+    }
+    if let (Some(env), Some(_)) = (&raw.api_key_env, &raw.api_key_file) {
+        found.error(
+            &env.place(),
+            "both `api_key_env` and `api_key_file` are set",
+            "keep one of them",
+        );
+    }
+    if let Some(spec) = &raw.provider
+        && let Err(why) = crate::provider::parse_spec(&spec.value)
+    {
+        found.error(
+            &spec.place(),
+            why,
+            "use openai:MODEL, anthropic:MODEL, openai-compatible:URL#MODEL, scripted:FILE or replay:FILE",
+        );
+    }
+    let provider = raw.provider.map(|spec| super::ProviderChoice {
+        place: spec.place(),
+        spec: spec.value,
+        api_key_env: raw.api_key_env.map(|v| v.value),
+        api_key_file: raw.api_key_file.map(|v| (v.value.clone(), v.place())),
+    });
+    let defaults = super::ProviderLimits::default();
+    if let Some(timeout) = &raw.timeout
+        && timeout.value.0.is_zero()
+    {
+        found.error(
+            &timeout.place(),
+            "`timeout` is zero, so no model call could finish",
+            "e.g. timeout = \"60s\"",
+        );
+    }
+    let limits = super::ProviderLimits {
+        timeout: raw.timeout.map_or(defaults.timeout, |t| t.value.0),
+        max_response: raw
+            .max_response
+            .map_or(defaults.max_response, |m| m.value.0),
+        max_retries: raw.max_retries.map_or(defaults.max_retries, |r| r.value),
+    };
     ModelPolicy {
+        provider,
+        limits,
         allow_set: set
             .build()
             .unwrap_or_else(|_| GlobSetBuilder::new().build().expect("empty set")),

@@ -212,6 +212,21 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Model")]
 pub struct RawModel {
+    /// Who answers model calls when the command line names no provider:
+    /// `openai:MODEL`, `anthropic:MODEL`, `openai-compatible:URL#MODEL`,
+    /// `scripted:FILE` or `replay:FILE`.
+    pub provider: Option<At<String>>,
+    /// The environment variable holding the provider's API key (default
+    /// OPENAI_API_KEY or ANTHROPIC_API_KEY).
+    pub api_key_env: Option<At<String>>,
+    /// A file holding the provider's API key, relative to this file.
+    pub api_key_file: Option<At<String>>,
+    /// Time limit per provider request, retries excluded (default "120s").
+    pub timeout: Option<At<HumanDuration>>,
+    /// Largest provider response accepted (default "4MiB").
+    pub max_response: Option<At<ByteSize>>,
+    /// Retries on 429 and 5xx answers (default 3).
+    pub max_retries: Option<At<u32>>,
     /// Model names the agent may use; globs (`claude-*`). Empty: none.
     pub allow: Option<Vec<At<String>>>,
     /// Most model calls in a run.

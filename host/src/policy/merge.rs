@@ -346,7 +346,29 @@ fn merge_model(
         }
         prices.insert(model, price);
     }
+    let same =
+        |n: &mut Narrowing<'_>, key: &str, b: Option<At<String>>, o: Option<At<String>>| match (
+            b, o,
+        ) {
+            (Some(b), Some(o)) => {
+                if b.value != o.value {
+                    n.widening(
+                        key,
+                        &o,
+                        format!("it changes `{}` to `{}`", b.value, o.value),
+                    );
+                }
+                Some(o)
+            }
+            (b, o) => o.or(b),
+        };
     Some(RawModel {
+        provider: same(n, "model.provider", b.provider, o.provider),
+        api_key_env: same(n, "model.api_key_env", b.api_key_env, o.api_key_env),
+        api_key_file: same(n, "model.api_key_file", b.api_key_file, o.api_key_file),
+        timeout: n.at_most("model.timeout", b.timeout, o.timeout),
+        max_response: n.at_most("model.max_response", b.max_response, o.max_response),
+        max_retries: n.at_most("model.max_retries", b.max_retries, o.max_retries),
         allow,
         max_calls: n.at_most("model.max_calls", b.max_calls, o.max_calls),
         max_tokens: n.at_most("model.max_tokens", b.max_tokens, o.max_tokens),

@@ -106,9 +106,48 @@ impl Price {
     }
 }
 
+/// Who answers model calls, as the policy says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderChoice {
+    /// The provider spec, e.g. `openai:gpt-4o-mini`.
+    pub spec: String,
+    /// Where the spec is written (file names in it are relative to that
+    /// file).
+    pub place: Place,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// The file holding the API key (relative to the file that names it).
+    pub api_key_file: Option<(String, Place)>,
+}
+
+/// How the host talks to a model provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderLimits {
+    /// Per request, retries excluded.
+    pub timeout: Duration,
+    /// Largest response body.
+    pub max_response: u64,
+    /// Retries on 429 and 5xx.
+    pub max_retries: u32,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        ProviderLimits {
+            timeout: Duration::from_secs(120),
+            max_response: 4 << 20,
+            max_retries: 3,
+        }
+    }
+}
+
 /// `[model]`.
 #[derive(Debug, Clone)]
 pub struct ModelPolicy {
+    /// The provider the policy names, if any.
+    pub provider: Option<ProviderChoice>,
+    /// Timeouts, size limit and retries for provider requests.
+    pub limits: ProviderLimits,
     /// Model name patterns the agent may use; empty means none.
     pub allow: Vec<String>,
     allow_set: GlobSet,

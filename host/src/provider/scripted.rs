@@ -118,12 +118,6 @@ impl ScriptedProvider {
     }
 }
 
-/// A rough token count (four bytes a token), so budgets see plausible
-/// numbers without a tokenizer.
-fn estimate_tokens(bytes: usize) -> u32 {
-    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
-}
-
 impl ModelProvider for ScriptedProvider {
     fn default_model(&self) -> &str {
         SCRIPTED_MODEL
@@ -144,23 +138,18 @@ impl ModelProvider for ScriptedProvider {
                 turns: self.turns.len(),
                 asked: index + 1,
             }),
-            Some(message) => {
-                let input: usize = request.messages.iter().map(Message::text_len).sum();
-                let output = message.text_len();
-                Ok(ChatResponse {
-                    message: message.clone(),
-                    usage: Usage {
-                        input_tokens: estimate_tokens(input),
-                        output_tokens: estimate_tokens(output),
-                    },
-                    finish_reason: if message.tool_calls.is_empty() {
-                        FinishReason::Stop
-                    } else {
-                        FinishReason::ToolCalls
-                    },
-                    model: request.model.clone(),
-                })
-            }
+            Some(message) => Ok(ChatResponse {
+                message: message.clone(),
+                // No tokenizer: budgets see plausible numbers.
+                usage: Usage::estimate(request, message),
+                finish_reason: if message.tool_calls.is_empty() {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::ToolCalls
+                },
+                model: request.model.clone(),
+                usage_reported: false,
+            }),
         };
         Box::pin(std::future::ready(result))
     }
