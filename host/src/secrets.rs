@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The values shorter than this are not redacted: replacing every `a` of
-/// a prompt would destroy it and protect nothing. `warden check` warns.
+/// a prompt would destroy it and protect nothing.
 pub const MIN_REDACTED_LEN: usize = 4;
 
 /// The values of a run's secrets.
