@@ -21,7 +21,13 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 /// (package, artifact) of the guests embedded in the binary.
-const BUNDLED: &[(&str, &str)] = &[("react", "react"), ("calc", "calc"), ("text", "text")];
+const BUNDLED: &[(&str, &str)] = &[
+    ("react", "react"),
+    ("calc", "calc"),
+    ("text", "text"),
+    ("fetch", "fetch"),
+    ("files", "files"),
+];
 const TEST_GUESTS_PACKAGE: &str = "warden-test-guests";
 
 fn main() {

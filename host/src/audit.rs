@@ -25,6 +25,8 @@ pub enum Kind {
     Tool,
     /// A log line from a guest.
     Log,
+    /// An outgoing HTTP request from a guest.
+    Http,
     /// A limit that stopped a guest.
     Limit,
     /// What a guest wrote to stdout or stderr (captured, never shown raw).

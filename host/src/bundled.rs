@@ -6,7 +6,7 @@
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
 /// Names of the bundled components.
-pub const NAMES: &[&str] = &["react", "calc", "text"];
+pub const NAMES: &[&str] = &["react", "calc", "text", "fetch", "files"];
 
 /// A bundled component's bytes.
 pub fn component(name: &str) -> Option<&'static [u8]> {
@@ -14,6 +14,8 @@ pub fn component(name: &str) -> Option<&'static [u8]> {
         "react" => Some(REACT),
         "calc" => Some(CALC),
         "text" => Some(TEXT),
+        "fetch" => Some(FETCH),
+        "files" => Some(FILES),
         _ => None,
     }
 }

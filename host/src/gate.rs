@@ -81,6 +81,8 @@ pub struct Gate {
     state: Mutex<State>,
     started: Instant,
     secrets: Secrets,
+    /// The directory of each policy file, for relative paths in grants.
+    dirs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -99,7 +101,22 @@ impl Gate {
             state: Mutex::new(State::default()),
             started: Instant::now(),
             secrets: Secrets::default(),
+            dirs: Vec::new(),
         }
+    }
+
+    /// Resolve relative paths in file `i` of the policy against `dirs[i]`.
+    pub fn with_dirs(mut self, dirs: Vec<std::path::PathBuf>) -> Self {
+        self.dirs = dirs;
+        self
+    }
+
+    /// The directory paths written in policy file `file` are relative to.
+    pub fn dir_of(&self, file: usize) -> &std::path::Path {
+        self.dirs
+            .get(file)
+            .or(self.dirs.first())
+            .map_or(std::path::Path::new("."), |d| d.as_path())
     }
 
     /// Hold these secret values, to redact them from what leaves the host.
@@ -366,6 +383,7 @@ fn kind_of(request: &Request<'_>) -> Kind {
         Request::Model { .. } => Kind::Model,
         Request::Tool { .. } => Kind::Tool,
         Request::Log { .. } => Kind::Log,
+        Request::Http { .. } => Kind::Http,
     }
 }
 

@@ -8,7 +8,7 @@
 //! own tool with its own rules.
 
 use crate::bindings::tool::ToolPre;
-use crate::capability::{GuestState, ToolRole};
+use crate::capability::{Grantee, GuestState, ToolRole};
 use crate::chat::ToolSpec;
 use crate::diagnostic::SourceError;
 use crate::gate::Gate;
@@ -202,22 +202,35 @@ impl ToolRegistry {
         seen
     }
 
-    /// Run the tool `name` once, in a fresh instance, on `arguments`. The
-    /// caller has already had the call allowed by the gate. The outer `Err`
-    /// means the audit log failed.
+    /// Run the tool `name` once, in a fresh instance with exactly its own
+    /// grants, on `arguments`. The caller has already had the call allowed
+    /// by the gate. Returns the outcome and the labels of the HTTP rules
+    /// its requests matched. The outer `Err` means the audit log failed.
     pub async fn invoke(
         &self,
         name: &str,
         arguments: &str,
         gate: &Arc<Gate>,
-    ) -> io::Result<Result<String, ToolFailure>> {
+    ) -> io::Result<(Result<String, ToolFailure>, Vec<String>)> {
         let Some(tool) = self.tools.get(name) else {
-            return Ok(Err(ToolFailure::Stopped(GuestFailure::Host(format!(
-                "tool `{name}` was allowed but is not loaded"
-            )))));
+            return Ok((
+                Err(ToolFailure::Stopped(GuestFailure::Host(format!(
+                    "tool `{name}` was allowed but is not loaded"
+                )))),
+                Vec::new(),
+            ));
         };
         let limits = gate.policy().limits.clone();
-        let state = GuestState::new(name, gate.clone(), &limits, ToolRole);
+        let state =
+            match GuestState::new(name, gate.clone(), &limits, ToolRole, Grantee::Tool(name)) {
+                Ok(state) => state,
+                Err(message) => {
+                    return Ok((
+                        Err(ToolFailure::Stopped(GuestFailure::Host(message))),
+                        Vec::new(),
+                    ));
+                }
+            };
         let stderr = state.stderr();
         let pre = &tool.component.pre;
         let mut store = state.into_store(pre.engine());
@@ -236,7 +249,7 @@ impl ToolRegistry {
             _ => None,
         };
         store.data().finish(failure)?;
-        Ok(outcome)
+        Ok((outcome, store.data().http_labels()))
     }
 }
 
@@ -248,7 +261,7 @@ async fn describe(
 ) -> Result<Vec<ToolSpec>, String> {
     let limits = gate.policy().limits.clone();
     let name = format!("{}:describe", source.short_name());
-    let state = GuestState::new(name, gate.clone(), &limits, ToolRole);
+    let state = GuestState::new(name, gate.clone(), &limits, ToolRole, Grantee::Nobody)?;
     let stderr = state.stderr();
     let mut store = state.into_store(pre.engine());
     let result = GuestState::<ToolRole>::guarded(&stderr, limits.wall, async {

@@ -2,7 +2,7 @@
 //! provider, recorded to an audit log.
 
 use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
-use crate::capability::{AgentRole, GuestState, brief};
+use crate::capability::{AgentRole, Grantee, GuestState, brief};
 use crate::diagnostic::SourceError;
 use crate::gate::Gate;
 use crate::load::{ComponentSource, PolicyFile};
@@ -109,7 +109,11 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         "loaded": secrets.names(),
         "missing": secrets.missing().iter().map(|(name, why)| json!({ "name": name, "why": why })).collect::<Vec<_>>(),
     });
-    let gate = Arc::new(Gate::new(policy.clone(), audit).with_secrets(secrets));
+    let gate = Arc::new(
+        Gate::new(policy.clone(), audit)
+            .with_secrets(secrets)
+            .with_dirs(spec.policy.dirs.clone()),
+    );
     gate.note(Entry {
         kind: Kind::Run,
         event: Event::Decision,
@@ -168,7 +172,25 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         provider: spec.provider.clone(),
         tools,
     };
-    let state = GuestState::new(agent_name.clone(), gate.clone(), &limits, role);
+    let state = match GuestState::new(
+        agent_name.clone(),
+        gate.clone(),
+        &limits,
+        role,
+        Grantee::Agent,
+    ) {
+        Ok(state) => state,
+        Err(message) => {
+            end_record(
+                &gate,
+                &agent_name,
+                Outcome::Failed,
+                message.clone(),
+                json!({}),
+            )?;
+            return Err(RunError::Agent(message));
+        }
+    };
     let stderr = state.stderr();
     let mut store = state.into_store(runtime.engine());
     let outcome = GuestState::<AgentRole>::guarded(&stderr, limits.wall, async {

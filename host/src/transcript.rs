@@ -202,6 +202,29 @@ impl<W: Write + Send> Transcript<W> {
                 )?;
             }
             (Kind::Log, Event::Decision) => {}
+            (Kind::Http, Event::Decision) => {
+                let request = format!("{} {}", str_at(data, &["method"]), str_at(data, &["url"]));
+                self.pending.push((format!("http:{}", r.subject), request));
+            }
+            (Kind::Http, Event::Outcome) => {
+                let request = self.take_pending(&format!("http:{}", r.subject));
+                let verdict = match (r.decision, r.outcome) {
+                    (Verdict::Allow, Some(Outcome::Ok)) => "allow".to_string(),
+                    (Verdict::Allow, _) => "allow, then REFUSED".to_string(),
+                    _ => {
+                        self.counts.denied += 1;
+                        "DENY".to_string()
+                    }
+                };
+                writeln!(
+                    self.out,
+                    "[http]  {} {}  {verdict} ({})\n        -> {}",
+                    r.subject,
+                    clean(&short(&request, 160)),
+                    r.rule,
+                    clean(&short(&r.detail, 300))
+                )?;
+            }
         }
         self.out.flush()
     }

@@ -5,6 +5,8 @@ mod harness;
 
 mod agent_loop;
 mod cli;
+mod egress;
+mod files;
 mod isolation;
 mod limits;
 mod loading;
@@ -12,3 +14,4 @@ mod mock_model;
 mod policies;
 mod policy;
 mod providers;
+mod real_tools;

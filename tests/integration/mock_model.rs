@@ -25,6 +25,8 @@ pub struct Reply {
 pub enum ReplyBody {
     Json(Value),
     Raw(Vec<u8>),
+    /// The request's headers, as JSON (an echo server).
+    EchoHeaders,
     /// `count` chunks of `chunk`, one every `every`, with no Content-Length.
     Stream {
         chunk: Vec<u8>,
@@ -104,6 +106,11 @@ impl MockModel {
         MockModel { url, shared }
     }
 
+    /// `127.0.0.1:PORT`.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
@@ -116,6 +123,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let echoed: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+        .collect();
     shared.seen.lock().unwrap().push(Seen {
         path: uri.path().to_string(),
         headers,
@@ -139,6 +150,7 @@ async fn handle(
             Body::from(value.to_string())
         }
         ReplyBody::Raw(bytes) => Body::from(bytes),
+        ReplyBody::EchoHeaders => Body::from(Value::Object(echoed).to_string()),
         ReplyBody::Stream {
             chunk,
             count,

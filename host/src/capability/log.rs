@@ -17,8 +17,7 @@ pub fn level_name(level: Level) -> &'static str {
 
 impl<R: Send + 'static> Host for GuestState<R> {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        self.in_host(async |state| state.gate.log(&state.name, level_name(level), &message))
-            .await?;
+        self.gate.log(&self.name, level_name(level), &message)?;
         Ok(())
     }
 }

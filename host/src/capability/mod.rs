@@ -7,6 +7,7 @@
 //! measures guest execution time, and the run's gate. `R` is the role:
 //! an agent can reach the model and tools, a tool only the log.
 
+pub mod http;
 pub mod log;
 pub mod model;
 pub mod stdio;
@@ -14,7 +15,7 @@ pub mod tools;
 
 use crate::audit::{Entry, Event, Kind, Outcome};
 use crate::gate::{Gate, GuestError};
-use crate::policy::{Limits, Verdict};
+use crate::policy::{Limits, MountMode, Verdict};
 use crate::provider::ModelProvider;
 use crate::registry::ToolRegistry;
 use crate::runtime::limits::{GuestClock, GuestFailure, LimitExceeded, StoreLimiter};
@@ -22,11 +23,12 @@ use serde_json::json;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stdio::{CapturedOutput, STDIO_CAPTURE};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What an agent instance can reach besides the log.
 pub struct AgentRole {
@@ -39,9 +41,65 @@ pub struct AgentRole {
 /// A tool instance reaches nothing but the log.
 pub struct ToolRole;
 
+/// `[reproducible] time`: the wall clock stands still.
+struct FixedClock(Duration);
+
+impl FixedClock {
+    fn at(time: std::time::SystemTime) -> Self {
+        FixedClock(
+            time.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl wasmtime_wasi::HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// With a fixed wall clock, the monotonic clock advances 1 ms per reading:
+/// the same sequence of readings in every run, and a guest waiting for
+/// time to pass still sees it pass.
+#[derive(Default)]
+struct SteppingClock(std::sync::atomic::AtomicU64);
+
+impl wasmtime_wasi::HostMonotonicClock for SteppingClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0
+            .fetch_add(1_000_000, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whose grants an instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grantee<'a> {
+    /// None at all (a component describing its tools).
+    Nobody,
+    /// The policy's `[agent]` grants.
+    Agent,
+    /// The grants of `[tools.NAME]`, and only those.
+    Tool(&'a str),
+}
+
 /// The data of one guest's store.
 pub struct GuestState<R> {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    egress: http::Egress,
     table: ResourceTable,
     limiter: StoreLimiter,
     clock: GuestClock,
@@ -54,31 +112,96 @@ pub struct GuestState<R> {
 }
 
 impl<R: Send + 'static> GuestState<R> {
-    /// A guest with no authority beyond its role's imports, bounded by
-    /// `limits`.
-    pub fn new(name: impl Into<String>, gate: Arc<Gate>, limits: &Limits, role: R) -> Self {
+    /// A guest with its role's imports and exactly `grantee`'s grants
+    /// (environment, directories, HTTP), bounded by `limits`. The error
+    /// says which grant could not be set up (e.g. a missing directory).
+    pub fn new(
+        name: impl Into<String>,
+        gate: Arc<Gate>,
+        limits: &Limits,
+        role: R,
+        grantee: Grantee<'_>,
+    ) -> Result<Self, String> {
+        let name = name.into();
         let stdout = CapturedOutput::new(STDIO_CAPTURE);
         let stderr = CapturedOutput::new(STDIO_CAPTURE);
         // Everything is denied until granted: no preopens, no environment,
-        // no arguments, stdin closed, and no network of any kind.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
+        // no arguments, stdin closed, and no sockets of any kind (HTTP goes
+        // through `wasi:http`, decided per request).
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        GuestState {
-            wasi,
+            .allow_ip_name_lookup(false);
+        let policy = gate.policy();
+        let reproducible = policy.reproducible;
+        if let Some(time) = reproducible.time {
+            wasi.wall_clock(FixedClock::at(time));
+            wasi.monotonic_clock(SteppingClock::default());
+        }
+        if let Some(seed) = reproducible.random_seed {
+            use rand::SeedableRng;
+            // Each guest its own stream, the same in every run.
+            let seed = seed ^ fnv1a(name.as_bytes());
+            wasi.secure_random(rand::rngs::StdRng::seed_from_u64(seed));
+            wasi.insecure_random(rand::rngs::StdRng::seed_from_u64(seed.rotate_left(17)));
+            wasi.insecure_random_seed(u128::from(seed));
+        }
+        let (grants, key) = match grantee {
+            Grantee::Nobody => (None, String::new()),
+            Grantee::Agent => policy.grants_of(None),
+            Grantee::Tool(tool) => policy.grants_of(Some(tool)),
+        };
+        if let Some(grants) = grants {
+            for (var, value) in &grants.env {
+                wasi.env(var, value);
+            }
+            for var in &grants.inherit_env {
+                if let Ok(value) = std::env::var(var) {
+                    wasi.env(var, value);
+                }
+            }
+            for mount in &grants.fs {
+                let host = gate.dir_of(mount.place.file).join(&mount.dir);
+                let perms = match mount.mode {
+                    MountMode::Ro => FsPerms::ReadOnly,
+                    MountMode::Rw => FsPerms::ReadWrite,
+                };
+                wasi.preopened_dir(&host, &mount.guest_path, perms)
+                    .map_err(|e| {
+                        format!(
+                            "cannot grant {} to `{name}` as {} ({key}.fs): {e:#}",
+                            host.display(),
+                            mount.guest_path
+                        )
+                    })?;
+            }
+        }
+        let tool = match grantee {
+            Grantee::Tool(tool) => Some(tool.to_string()),
+            _ => None,
+        };
+        let egress =
+            http::Egress::new(gate.clone(), tool, name.clone(), grantee != Grantee::Nobody);
+        Ok(GuestState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            egress,
             table: ResourceTable::new(),
             limiter: StoreLimiter::new(limits.memory),
             clock: GuestClock::new(limits.cpu),
             stdout,
             stderr,
             gate,
-            name: name.into(),
+            name,
             role,
-        }
+        })
+    }
+
+    /// Labels the responses to this guest's HTTP requests carry.
+    pub fn http_labels(&self) -> Vec<String> {
+        self.egress.labels()
     }
 
     /// A store for this guest: memory limited, and interrupted at every
@@ -86,6 +209,17 @@ impl<R: Send + 'static> GuestState<R> {
     pub fn into_store(self, engine: &Engine) -> Store<Self> {
         let mut store = Store::new(engine, self);
         store.limiter(|state| &mut state.limiter);
+        // Time in any import (a model call, a tool call, a WASI poll waiting
+        // on HTTP) is the host's, not the guest's CPU.
+        store.call_hook(|mut context, hook| {
+            let clock = &mut context.data_mut().clock;
+            if hook.entering_host() {
+                clock.enter_host();
+            } else {
+                clock.exit_host();
+            }
+            Ok(())
+        });
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|context| {
             let clock = context.data().clock;
@@ -165,13 +299,15 @@ impl<R: Send + 'static> GuestState<R> {
         }
         Ok(())
     }
+}
 
-    /// Time a host call so it does not count as guest execution.
-    async fn in_host<T>(&mut self, work: impl AsyncFnOnce(&mut Self) -> T) -> T {
-        let started = Instant::now();
-        let result = work(self).await;
-        self.clock.add_host_time(started.elapsed());
-        result
+impl<R: Send> WasiHttpView for GuestState<R> {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
     }
 }
 

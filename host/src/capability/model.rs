@@ -136,9 +136,7 @@ impl wit::Host for GuestState<AgentRole> {
     ) -> wasmtime::Result<Result<wit::ChatResponse, crate::bindings::WitError>> {
         let provider = self.role.provider.clone();
         let request = decode_request(request, provider.default_model());
-        let result = self
-            .in_host(async |state| chat(&state.gate, &*provider, request).await)
-            .await?;
+        let result = chat(&self.gate, &*provider, request).await?;
         Ok(result.map(encode_response).map_err(to_wit))
     }
 }

@@ -9,6 +9,7 @@ use crate::bindings::agent::warden::sandbox::tools as wit;
 use crate::gate::{Gate, GuestError};
 use crate::policy::{Request, printable};
 use crate::registry::{ToolFailure, ToolRegistry};
+use crate::secrets::Redactions;
 use serde_json::json;
 use std::io;
 use std::sync::Arc;
@@ -43,14 +44,23 @@ pub async fn call(
         Ok(permit) => permit,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    match registry.invoke(name, arguments, gate).await? {
-        Ok(result) => {
-            let labels = gate.observe_tool_result(name, &result, &[]);
+    let (outcome, http_labels) = registry.invoke(name, arguments, gate).await?;
+    match outcome {
+        Ok(mut result) => {
+            // A secret that reached the tool's output (an echoing server,
+            // a file holding a token) goes no further.
+            let mut redacted = Redactions::new();
+            gate.secrets().redact_in_place(&mut result, &mut redacted);
+            let labels = gate.observe_tool_result(name, &result, &http_labels);
             gate.complete(
                 permit,
                 Outcome::Ok,
                 brief(&result, 200),
-                Some(json!({ "result": result, "labels_added": labels })),
+                Some(json!({
+                    "result": result,
+                    "labels_added": labels,
+                    "secrets_redacted": redacted,
+                })),
             )?;
             Ok(Ok(result))
         }
@@ -90,9 +100,7 @@ impl wit::Host for GuestState<AgentRole> {
         arguments: String,
     ) -> wasmtime::Result<Result<String, crate::bindings::WitError>> {
         let registry = self.role.tools.clone();
-        let result = self
-            .in_host(async |state| call(&state.gate, &registry, &name, &arguments).await)
-            .await?;
+        let result = call(&self.gate, &registry, &name, &arguments).await?;
         Ok(result.map_err(to_wit))
     }
 }

@@ -4,8 +4,8 @@
 
 use super::args::{ArgRule, Check, FieldPath};
 use super::file::{
-    At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy, RawRule,
-    RawSecret, RawTool, Verdict,
+    At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy,
+    RawReproducible, RawRule, RawSecret, RawTool, Verdict,
 };
 use super::provenance::SourceSpec;
 use super::{
@@ -52,6 +52,7 @@ impl Findings {
 
 pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
     let limits = limits(raw.limits.unwrap_or_default(), found);
+    let reproducible = reproducible(raw.reproducible.unwrap_or_default(), found);
     let tool_names: BTreeSet<String> = raw.tools.keys().map(|k| k.value.clone()).collect();
     let secrets = secrets(raw.secrets, found);
     let model_place = raw
@@ -79,6 +80,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
     );
     Policy {
         limits,
+        reproducible,
         model,
         agent,
         tools,
@@ -977,6 +979,12 @@ fn grants(
                 "a `quota` on a read-only directory never applies",
                 "remove it, or set mode = \"rw\"",
             );
+        } else if mount.value.quota.is_some() {
+            found.warn(
+                &mount.place(),
+                "`quota` is not enforced yet: a tool may write more than this",
+                "bound writes with the tool's `args` rules (e.g. `content = { max_len = ... }`) and `max_calls` for now",
+            );
         }
         fs.push(Mount {
             guest_path: guest.value,
@@ -1052,6 +1060,26 @@ fn grants(
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+fn reproducible(raw: RawReproducible, found: &mut Findings) -> super::Reproducible {
+    let time = raw
+        .time
+        .and_then(|time| match humantime::parse_rfc3339_weak(&time.value) {
+            Ok(when) => Some(when),
+            Err(e) => {
+                found.error(
+                    &time.place(),
+                    format!("`{}` is not a time: {e}", time.value),
+                    "write RFC 3339, e.g. \"2026-01-01T00:00:00Z\"",
+                );
+                None
+            }
+        });
+    super::Reproducible {
+        time,
+        random_seed: raw.random_seed.map(|s| s.value),
+    }
+}
 
 fn http(raw: At<RawHttp>, found: &mut Findings) -> HttpGrant {
     let place = raw.place();

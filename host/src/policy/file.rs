@@ -186,6 +186,20 @@ pub struct RawPolicy {
     /// Secrets the host reads and injects into granted HTTP requests.
     #[serde(default)]
     pub secrets: BTreeMap<At<String>, At<RawSecret>>,
+    /// A fixed clock and seeded randomness for every guest, so runs repeat.
+    pub reproducible: Option<RawReproducible>,
+}
+
+/// `[reproducible]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Reproducible")]
+pub struct RawReproducible {
+    /// The wall-clock time every guest sees, RFC 3339 (e.g.
+    /// "2026-01-01T00:00:00Z"); it does not advance.
+    pub time: Option<At<String>>,
+    /// Seed of every guest's random numbers (`wasi:random`).
+    pub random_seed: Option<At<u64>>,
 }
 
 /// `[limits]`.

@@ -13,8 +13,8 @@
 
 use super::compile::{Findings, compile};
 use super::file::{
-    At, MountMode, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy, RawTool,
-    parse_raw,
+    At, MountMode, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy,
+    RawReproducible, RawTool, parse_raw,
 };
 use super::{Policy, SourceError, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity, toml_diagnostic};
@@ -253,6 +253,14 @@ fn overlay(
         include: Vec::new(),
         widen: Vec::new(),
         limits: merge_limits(below.limits, over.limits, &mut n),
+        // Neither wider nor narrower: the including file's choice wins.
+        reproducible: match (below.reproducible, over.reproducible) {
+            (Some(b), Some(o)) => Some(RawReproducible {
+                time: o.time.or(b.time),
+                random_seed: o.random_seed.or(b.random_seed),
+            }),
+            (b, o) => o.or(b),
+        },
         model: merge_model(below.model, over.model, &mut n),
         agent: merge_grants_opt("agent", below.agent, over.agent, &mut n),
         tools: merge_tools(below.tools, over.tools, &mut n),

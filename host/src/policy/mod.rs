@@ -51,6 +51,8 @@ pub struct Policy {
     pub tools: BTreeMap<String, ToolPolicy>,
     /// Secrets by name.
     pub secrets: BTreeMap<String, SecretPolicy>,
+    /// A fixed clock and seeded randomness, when asked for.
+    pub reproducible: Reproducible,
     /// Findings that did not stop the policy from loading.
     pub warnings: Vec<Diagnostic>,
     rules: CommonRules,
@@ -61,6 +63,15 @@ struct CommonRules {
     default: Rule,
     output: Rule,
     max_steps: Rule,
+}
+
+/// `[reproducible]`: what makes runs repeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reproducible {
+    /// The wall-clock time guests see (it does not advance).
+    pub time: Option<std::time::SystemTime>,
+    /// The seed of guests' random numbers.
+    pub random_seed: Option<u64>,
 }
 
 /// `[limits]`.
@@ -453,6 +464,39 @@ pub enum Request<'a> {
         /// Its length.
         bytes: u64,
     },
+    /// An outgoing HTTP request from a tool (or, with `None`, the agent).
+    Http {
+        /// The tool making it; `None` for the agent.
+        tool: Option<&'a str>,
+        /// The method (uppercase).
+        method: &'a str,
+        /// Where it goes.
+        target: &'a HttpTarget,
+    },
+}
+
+/// Where an outgoing HTTP request goes, as the host parsed and normalized
+/// its URL (lowercase scheme and host, no trailing dot, explicit port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The host name, or an IP literal (IPv6 in brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The path, without the query.
+    pub path: String,
+}
+
+impl fmt::Display for HttpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}:{}{}",
+            self.scheme, self.host, self.port, self.path
+        )
+    }
 }
 
 /// What a run has used and seen: the state decisions depend on. The guest
@@ -511,6 +555,7 @@ impl Session {
                 }
             }
             Request::Log { bytes } => self.log_bytes += bytes,
+            Request::Http { .. } => {}
         }
     }
 
@@ -704,6 +749,11 @@ impl Policy {
                 arguments,
                 schema,
             } => self.decide_tool(name, arguments, schema, session),
+            Request::Http {
+                tool,
+                method,
+                target,
+            } => self.decide_http(tool, method, target),
             Request::Log { bytes } => {
                 if session.log_bytes.saturating_add(bytes) > self.limits.output {
                     Decision::Deny {
@@ -720,6 +770,66 @@ impl Policy {
                     }
                 }
             }
+        }
+    }
+
+    /// The grants of a tool (or, with `None`, the agent) and the policy key
+    /// they are written under.
+    pub fn grants_of(&self, tool: Option<&str>) -> (Option<&Grants>, String) {
+        match tool {
+            None => (Some(&self.agent), "agent".to_string()),
+            Some(name) => (
+                self.tools.get(name).map(|t| &t.grants),
+                format!("tools.{}", printable(name)),
+            ),
+        }
+    }
+
+    /// The first URL rule of `tool`'s HTTP grant matching `target`, and
+    /// its index.
+    pub fn http_rule(&self, tool: Option<&str>, target: &HttpTarget) -> Option<(usize, &UrlRule)> {
+        let (grants, _) = self.grants_of(tool);
+        grants?
+            .http
+            .as_ref()?
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.matches(&target.scheme, &target.host, target.port, &target.path))
+    }
+
+    fn decide_http(&self, tool: Option<&str>, method: &str, target: &HttpTarget) -> Decision {
+        let (grants, key) = self.grants_of(tool);
+        let who = match tool {
+            Some(name) => format!("tool `{}`", printable(name)),
+            None => "the agent".to_string(),
+        };
+        let deny = |rule: String, reason: String| Decision::Deny {
+            rule: Rule::new(rule),
+            reason,
+            kind: DenyKind::Policy,
+        };
+        let Some(http) = grants.and_then(|g| g.http.as_ref()) else {
+            return deny(format!("{key}.http"), format!("{who} has no HTTP grant"));
+        };
+        if !http.methods.iter().any(|m| m == method) {
+            return deny(
+                format!("{key}.http.methods"),
+                format!(
+                    "{who} may not use {} (allowed: {})",
+                    printable(method),
+                    http.methods.join(", ")
+                ),
+            );
+        }
+        match self.http_rule(tool, target) {
+            Some((index, _)) => Decision::Allow {
+                rule: Rule::new(format!("{key}.http.allow[{index}]")),
+            },
+            None => deny(
+                format!("{key}.http.allow"),
+                format!("{who} may not reach {}", printable(&target.to_string())),
+            ),
         }
     }
 

@@ -124,27 +124,43 @@ impl wasmtime::ResourceLimiter for StoreLimiter {
 pub struct GuestClock {
     started: Instant,
     in_host: Duration,
+    /// Since when the host has been running (between a call into the host
+    /// and its return, or before the guest was first entered).
+    host_since: Option<Instant>,
     cpu_limit: Duration,
 }
 
 impl GuestClock {
     /// A clock starting now, for a guest allowed `cpu_limit` of execution.
     pub fn new(cpu_limit: Duration) -> Self {
+        let started = Instant::now();
         GuestClock {
-            started: Instant::now(),
+            started,
             in_host: Duration::ZERO,
+            host_since: Some(started),
             cpu_limit,
         }
     }
 
-    /// Add time spent in a host call.
-    pub fn add_host_time(&mut self, spent: Duration) {
-        self.in_host += spent;
+    /// The guest called the host (any import: warden's, WASI's, HTTP), or
+    /// returned to it. Driven by the store's call hook.
+    pub fn enter_host(&mut self) {
+        if self.host_since.is_none() {
+            self.host_since = Some(Instant::now());
+        }
+    }
+
+    /// The host returned to guest code.
+    pub fn exit_host(&mut self) {
+        if let Some(since) = self.host_since.take() {
+            self.in_host += since.elapsed();
+        }
     }
 
     /// Time spent executing guest code so far.
     pub fn guest_time(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.in_host)
+        let in_host = self.in_host + self.host_since.map_or(Duration::ZERO, |s| s.elapsed());
+        self.started.elapsed().saturating_sub(in_host)
     }
 
     /// The guest's CPU limit.

@@ -75,10 +75,12 @@ impl Runtime {
 
         let mut agent_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut agent_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut agent_linker)?;
         Agent::add_to_linker::<_, HasSelf<_>>(&mut agent_linker, |state| state)?;
 
         let mut tool_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut tool_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut tool_linker)?;
         Tool::add_to_linker::<_, HasSelf<_>>(&mut tool_linker, |state| state)?;
 
         Ok(Runtime {

@@ -1,0 +1,170 @@
+//! Directories granted per tool: preopens, read-only or read-write, and
+//! nothing outside them, whatever path tricks the guest or a planted link
+//! tries.
+
+use crate::harness::*;
+use serde_json::{Value, json};
+
+/// Run the probe with `fs` grants and `args`; what it reported.
+async fn probe_fs(fs: &str, args: Value) -> Value {
+    let policy = format!(
+        "[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\nfs = {fs}\n",
+        guests::PROBE_TOOL
+    );
+    let script = format!(
+        "[[turn]]\ncalls = [{{ tool = \"probe\", arguments_json = {:?} }}]\n[[turn]]\ntext = \"done\"\n",
+        args.to_string()
+    );
+    let ran = run_agent("builtin:react", &policy, Recording::new(&script), "probe").await;
+    let outcome = ran
+        .find("tool", "outcome")
+        .into_iter()
+        .find(|r| r.subject == "probe")
+        .cloned()
+        .expect("the probe ran");
+    let data = outcome.data.unwrap_or(Value::Null);
+    serde_json::from_str(data["result"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+}
+
+fn mount(dir: &std::path::Path, mode: &str) -> String {
+    format!(
+        "{{ \"/work\" = {{ dir = {:?}, mode = \"{mode}\" }} }}",
+        dir.display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_directory_is_all_a_tool_sees() {
+    let root = tempfile::tempdir().unwrap();
+    let inside = root.path().join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::write(inside.join("notes.txt"), "granted").unwrap();
+    std::fs::write(root.path().join("secret.txt"), "outside the grant").unwrap();
+    // Planted by someone else: links pointing out of the directory.
+    std::os::unix::fs::symlink(root.path().join("secret.txt"), inside.join("link")).unwrap();
+    std::os::unix::fs::symlink(root.path(), inside.join("parent")).unwrap();
+    let ro = mount(&inside, "ro");
+
+    let read = |path: &str| json!({ "op": "read", "path": path });
+    assert_eq!(
+        probe_fs(&ro, read("/work/notes.txt")).await,
+        json!({ "ok": "granted" })
+    );
+    for path in [
+        "/work/../secret.txt",
+        "/work/link",
+        "/work/parent/secret.txt",
+        "/secret.txt",
+        "secret.txt",
+        "/etc/passwd",
+        &root.path().join("secret.txt").display().to_string(),
+    ] {
+        let result = probe_fs(&ro, read(path)).await;
+        assert!(result["error"].is_string(), "{path}: {result}");
+        assert!(!result.to_string().contains("outside the grant"), "{path}");
+    }
+    // Listing shows the directory's own entries only.
+    let listed = probe_fs(&ro, json!({ "op": "list", "path": "/work" })).await;
+    let mut names: Vec<String> = serde_json::from_value(listed["ok"].clone()).unwrap();
+    names.sort();
+    assert_eq!(names, ["link", "notes.txt", "parent"]);
+    let result = probe_fs(&ro, json!({ "op": "list", "path": "/" })).await;
+    assert!(
+        result["error"].is_string() || result["ok"] == json!(["work"]),
+        "{result}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_means_no_writes_and_read_write_stays_inside() {
+    let root = tempfile::tempdir().unwrap();
+    let inside = root.path().join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::write(inside.join("keep.txt"), "original").unwrap();
+    std::fs::write(root.path().join("target.txt"), "outside").unwrap();
+
+    let write = |path: &str| json!({ "op": "write", "path": path, "content": "changed" });
+    let result = probe_fs(&mount(&inside, "ro"), write("/work/keep.txt")).await;
+    assert!(result["error"].is_string(), "{result}");
+    let result = probe_fs(&mount(&inside, "ro"), write("/work/new.txt")).await;
+    assert!(result["error"].is_string(), "{result}");
+    assert_eq!(
+        std::fs::read_to_string(inside.join("keep.txt")).unwrap(),
+        "original"
+    );
+    assert!(!inside.join("new.txt").exists());
+
+    let rw = mount(&inside, "rw");
+    assert_eq!(
+        probe_fs(&rw, write("/work/new.txt")).await,
+        json!({ "ok": true })
+    );
+    assert_eq!(
+        std::fs::read_to_string(inside.join("new.txt")).unwrap(),
+        "changed"
+    );
+    for path in ["/work/../target.txt", "/target.txt"] {
+        let result = probe_fs(&rw, write(path)).await;
+        assert!(result["error"].is_string(), "{path}: {result}");
+    }
+    // A hard link to a file outside cannot be made from inside.
+    let link = json!({ "op": "hardlink", "target": "/work/../target.txt", "link": "/work/stolen" });
+    let result = probe_fs(&rw, link).await;
+    assert!(result["error"].is_string(), "{result}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("target.txt")).unwrap(),
+        "outside"
+    );
+    assert!(!inside.join("stolen").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_grants_are_exactly_the_listed_variables() {
+    let policy = format!(
+        "[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\nenv = {{ LANG = \"C.UTF-8\" }}\ninherit_env = [\"PATH\", \"WARDEN_SURELY_UNSET\"]\n",
+        guests::PROBE_TOOL
+    );
+    let script = "[[turn]]\ncalls = [{ tool = \"probe\", arguments_json = '{\"op\":\"env\"}' }]\n[[turn]]\ntext = \"done\"\n";
+    let ran = run_agent("builtin:react", &policy, Recording::new(script), "env").await;
+    let outcome = ran
+        .find("tool", "outcome")
+        .into_iter()
+        .find(|r| r.subject == "probe")
+        .cloned()
+        .unwrap();
+    let result: Vec<(String, String)> =
+        serde_json::from_str(outcome.data.unwrap()["result"].as_str().unwrap()).unwrap();
+    let mut names: Vec<&str> = result.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["LANG", "PATH"]);
+    assert_eq!(
+        result.iter().find(|(k, _)| k == "PATH").unwrap().1,
+        std::env::var("PATH").unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reproducible_policy_fixes_the_clock_and_seeds_randomness() {
+    let entropy = |reproducible: &'static str| async move {
+        let policy = format!(
+            "{reproducible}\n[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\n",
+            guests::PROBE_TOOL
+        );
+        let script = "[[turn]]\ncalls = [{ tool = \"probe\", arguments_json = '{\"op\":\"entropy\"}' }]\n[[turn]]\ntext = \"done\"\n";
+        let ran = run_agent("builtin:react", &policy, Recording::new(script), "t").await;
+        let outcome = ran
+            .find("tool", "outcome")
+            .into_iter()
+            .find(|r| r.subject == "probe")
+            .cloned()
+            .unwrap();
+        serde_json::from_str::<Value>(outcome.data.unwrap()["result"].as_str().unwrap()).unwrap()
+    };
+    let fixed = "[reproducible]\ntime = \"2026-01-01T00:00:00Z\"\nrandom_seed = 7\n";
+    let (a, b) = (entropy(fixed).await, entropy(fixed).await);
+    assert_eq!(a, b, "the same policy gives the same time and random bytes");
+    assert_eq!(a["now"], 1_767_225_600u64);
+    let (c, d) = (entropy("").await, entropy("").await);
+    assert_ne!(c["random"], d["random"], "without it, randomness is fresh");
+    assert_ne!(c["random"], a["random"]);
+}
