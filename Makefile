@@ -33,7 +33,7 @@ lint: setup
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
 bench: setup
-	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress
 
 ## Remove compiled components from the cache.
 clean-cache:
