@@ -18,11 +18,14 @@ demo: setup
 ## Every test: host unit and integration tests, guest unit tests, doc tests;
 ## then every policy in policies/ is checked (--strict) and its cases in
 ## policies/tests/ run, as a policy author would.
+## The policy loop uses the binary `cargo test` just built: `cargo run -p
+## warden` would resolve features for one package and rebuild the host.
+WARDEN := $(or $(CARGO_TARGET_DIR),target)/debug/warden
 test: setup
 	$(CARGO) test --workspace
 	@for p in policies/*.toml; do \
-		$(CARGO) run -q -p warden -- check --strict $$p > /dev/null || exit 1; \
-		$(CARGO) run -q -p warden -- policy test $$p policies/tests/$$(basename $$p) || exit 1; \
+		$(WARDEN) check --strict $$p > /dev/null || exit 1; \
+		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \
 	done
 
 ## Formatting and lints, as CI runs them.
@@ -33,7 +36,7 @@ lint: setup
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
 bench: setup
-	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress --bench audit
 
 ## Remove compiled components from the cache.
 clean-cache:
@@ -46,7 +49,7 @@ fuzz:
 	rustup toolchain install nightly --profile minimal
 	cargo install cargo-fuzz --locked
 	$(CARGO) build --release --target $(TARGET) --target-dir target/guests \
-		-p react -p calc -p text -p warden-test-guests
+		-p react -p calc -p text -p fetch -p files -p warden-test-guests
 	for t in policy_parse policy_decide; do \
 		mkdir -p fuzz/corpus/$$t; \
 		(cd fuzz && WARDEN_GUESTS_DIR=$(CURDIR)/target/guests/$(TARGET)/release \

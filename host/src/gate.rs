@@ -81,6 +81,8 @@ pub struct Gate {
     state: Mutex<State>,
     started: Instant,
     secrets: Secrets,
+    /// Decision records by kind and verdict, for the run's summary.
+    tally: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>>,
     /// The directory of each policy file, for relative paths in grants.
     dirs: Vec<std::path::PathBuf>,
 }
@@ -101,6 +103,7 @@ impl Gate {
             state: Mutex::new(State::default()),
             started: Instant::now(),
             secrets: Secrets::default(),
+            tally: Mutex::default(),
             dirs: Vec::new(),
         }
     }
@@ -133,6 +136,18 @@ impl Gate {
     /// Write a record with every secret value scrubbed from it: whatever a
     /// guest passes around, no secret lands in the audit log.
     fn write(&self, mut entry: Entry) -> io::Result<u64> {
+        if entry.event == Event::Decision && entry.kind != Kind::Run {
+            let kind = serde_json::to_value(entry.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let verdict = serde_json::to_value(entry.decision)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+            *tally.entry(kind).or_default().entry(verdict).or_default() += 1;
+        }
         if !self.secrets.is_empty() {
             let found = &mut Redactions::new();
             self.secrets.redact_in_place(&mut entry.subject, found);
@@ -142,6 +157,14 @@ impl Gate {
             }
         }
         self.audit.write(entry)
+    }
+
+    /// Make the audit log durable and return its head (the hash of the
+    /// last record), at the end of a run.
+    pub fn finish_audit(&self) -> io::Result<String> {
+        let _order = self.lock();
+        self.audit.sync()?;
+        Ok(self.audit.head())
     }
 
     /// The policy this gate enforces.
@@ -157,6 +180,13 @@ impl Gate {
     /// What the run has used so far.
     pub fn session(&self) -> Session {
         self.lock().session.clone()
+    }
+
+    /// Decisions so far, by kind (`model`, `tool`, `http`, `log`) and verdict.
+    pub fn tally(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Log lines dropped because the log budget was spent.

@@ -66,6 +66,9 @@ pub struct RunReport {
     pub agent_cache_hit: bool,
     /// How long loading the agent component took.
     pub agent_load_time: Duration,
+    /// The hash of the run's last audit record: keep it to check the log
+    /// later (`warden audit verify --head`).
+    pub audit_head: String,
 }
 
 /// Why a run could not start, or had to stop without a record.
@@ -231,9 +234,21 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     data["model_calls"] = json!(session.model_calls);
     data["tool_calls"] = json!(session.tool_calls);
     data["logs_dropped"] = json!(logs_dropped);
+    data["decisions"] = json!(gate.tally());
+    data["tokens"] = json!(session.tokens);
+    data["cost_usd"] = json!(session.cost_usd);
+    data["labels"] = json!(session.labels);
+    let model = &policy.model;
+    data["budgets"] = json!({
+        "max_calls": model.max_calls,
+        "max_tokens": model.max_tokens,
+        "max_cost_usd": model.max_cost_usd,
+    });
     end_record(&gate, &agent_name, outcome, detail, data)?;
+    let audit_head = gate.finish_audit()?;
 
     Ok(RunReport {
+        audit_head,
         run_id: gate.run_id().to_string(),
         result,
         elapsed,

@@ -87,6 +87,7 @@ impl<W: Write + Send> Transcript<W> {
                     c.tokens.1,
                     data.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(0)
                 )?;
+                self.summary(data)?;
             }
             (Kind::Model, Event::Decision) => {
                 if r.decision == Verdict::Allow {
@@ -227,6 +228,46 @@ impl<W: Write + Send> Transcript<W> {
             }
         }
         self.out.flush()
+    }
+
+    /// Decisions by kind, budgets against their limits, labels.
+    fn summary(&mut self, data: &Value) -> io::Result<()> {
+        if let Some(decisions) = data["decisions"].as_object() {
+            let kinds: Vec<String> = decisions
+                .iter()
+                .map(|(kind, verdicts)| {
+                    let parts: Vec<String> = verdicts
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(verdict, n)| format!("{} {verdict}", n.as_u64().unwrap_or(0)))
+                        .collect();
+                    format!("{kind} {}", parts.join(" / "))
+                })
+                .collect();
+            writeln!(self.out, "decisions: {}", kinds.join("; "))?;
+        }
+        if data.get("tokens").is_some() {
+            let of = |key: &str| {
+                data["budgets"][key]
+                    .as_f64()
+                    .map(|max| format!(" of {max}"))
+                    .unwrap_or_default()
+            };
+            writeln!(
+                self.out,
+                "budgets: {} tokens{}, ${:.4}{}",
+                data["tokens"].as_u64().unwrap_or(0),
+                of("max_tokens"),
+                data["cost_usd"].as_f64().unwrap_or(0.0),
+                of("max_cost_usd"),
+            )?;
+        }
+        if let Some(labels) = data["labels"].as_array().filter(|l| !l.is_empty()) {
+            let names: Vec<&str> = labels.iter().filter_map(Value::as_str).collect();
+            writeln!(self.out, "labels: {}", clean(&names.join(", ")))?;
+        }
+        Ok(())
     }
 
     fn labels(&mut self, data: &Value) -> io::Result<()> {

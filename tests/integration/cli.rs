@@ -350,3 +350,144 @@ fn the_schema_command_prints_the_committed_schema() {
     let committed = std::fs::read_to_string(repo().join("policies/policy.schema.json")).unwrap();
     assert_eq!(text(&out.stdout), committed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_leaves_a_verifiable_log_and_tampering_is_found() {
+    use crate::mock_model::*;
+    // A model that keeps calling calc, slowly, so the host is mid-run.
+    let turns: Vec<Reply> = (0..40)
+        .map(|i| {
+            openai_call(
+                &format!("c{i}"),
+                "calc",
+                serde_json::json!({"expression": "1 + 1"}),
+                (10, 2),
+            )
+            .after(std::time::Duration::from_millis(100))
+        })
+        .collect();
+    let mock = MockModel::start(turns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "run",
+            "builtin:react",
+            "-q",
+            "-p",
+            "policies/demo.toml",
+            "-t",
+            "loop",
+        ])
+        .args(["-m", &format!("openai-compatible:{}#scripted", mock.url)])
+        .arg("--audit")
+        .arg(&audit)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until a few model calls have happened, then SIGKILL.
+    let started = std::time::Instant::now();
+    while mock.seen().len() < 4 && started.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let verify = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["audit", "verify"])
+            .arg(&audit)
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("chain intact"), "{out}");
+    assert!(out.contains("has no end record"), "{out}");
+
+    // Edit one record in the middle: the next line says so.
+    let original = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() >= 6, "{original}");
+    let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    edited[3] = edited[3].replace("\"allow\"", "\"deny\"");
+    assert_ne!(edited[3], lines[3], "the edit changed something");
+    std::fs::write(&audit, edited.join("\n") + "\n").unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(":5: line 5"), "{out}");
+    assert!(out.contains("line 4 was edited"), "{out}");
+
+    // Cutting the end is found against the head.
+    std::fs::write(
+        &audit,
+        original
+            .lines()
+            .take(lines.len() - 1)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let head = warden::audit::verify(original.as_bytes()).unwrap().head;
+    let (code, out) = verify(&["--head", &head[..16]]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("records were cut from or edited at the end"),
+        "{out}"
+    );
+}
+
+#[test]
+fn audit_show_renders_and_filters_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = warden(&["demo", "-q", "--audit", audit.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("audit head: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let show = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["audit", "show"])
+            .arg(&audit)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        text(&out.stdout)
+    };
+    let all = show(&[]);
+    assert!(
+        all.contains("[tool]  calc {\"expression\":\"(17 * 23) + 4\"}  allow (tools.calc)"),
+        "{all}"
+    );
+    assert!(all.contains("answer:\n(17 * 23) + 4 = 395"), "{all}");
+    let denied = show(&["--decision", "deny"]);
+    assert!(
+        denied.contains("regex_search") && !denied.contains("[model]"),
+        "{denied}"
+    );
+    let calc = show(&["--tool", "calc", "--kind", "tool"]);
+    assert!(
+        calc.contains("calc") && !calc.contains("word_count"),
+        "{calc}"
+    );
+    let (code, out) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["audit", "verify"])
+            .arg(&audit)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout))
+    };
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -4,9 +4,22 @@
 //! `subject`), what the policy answered (`decision`, `rule`), and, for
 //! outcome records, what happened. A record that cannot be written stops the
 //! run (the capability traps): warden never acts without a record.
+//!
+//! Records are hash-chained: each carries `prev`, the SHA-256 of the
+//! previous line's bytes (64 zeros for the first line of a file), so an
+//! edited, deleted, reordered or inserted record breaks the chain at the
+//! next line ([`verify`]). A log file shared by several runs is one chain.
+//! Each record is one `write` of a whole line, straight to the kernel: a
+//! host killed at any moment loses at most the record it was writing, and
+//! [`verify`] reports such a torn last line as incomplete, not tampered.
+
+pub mod verify;
+
+pub use verify::{VerifyReport, verify};
 
 use crate::policy::Verdict;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
@@ -66,6 +79,10 @@ pub enum Outcome {
 pub struct Record {
     /// Position in the run, from 1.
     pub seq: u64,
+    /// SHA-256 (hex) of the previous line of the log file; 64 zeros for
+    /// the first.
+    #[serde(default)]
+    pub prev: String,
     /// When it was written (RFC 3339, UTC).
     pub ts: String,
     /// The run's id.
@@ -115,37 +132,130 @@ pub struct Entry {
 pub trait AuditSink: Send {
     /// Take one record; an error stops the run.
     fn write(&mut self, record: &Record) -> io::Result<()>;
+
+    /// Take one record and its serialized line (no newline), whose hash the
+    /// next record's `prev` carries. Sinks that store lines use `line`.
+    fn write_line(&mut self, record: &Record, line: &[u8]) -> io::Result<()> {
+        let _ = line;
+        self.write(record)
+    }
+
+    /// Make everything written so far durable (end of a run).
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `prev` of the first line of a file.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 of a line's bytes (without its newline), hex.
+pub fn line_hash(line: &[u8]) -> String {
+    hex::encode(Sha256::digest(line))
 }
 
 /// Appends JSON Lines to a file, one `write` per record.
 pub struct JsonlFile {
     file: File,
     line: Vec<u8>,
+    head: String,
 }
 
 impl JsonlFile {
-    /// Open (creating, appending) the file at `path`.
+    /// Open (creating, appending) the file at `path`. If it already holds
+    /// records, the chain continues from its last complete line; a torn last
+    /// line (a host killed mid-write) is closed with a newline first, so it
+    /// stays visible to `verify` and the new records start on a line of
+    /// their own.
     pub fn open(path: &Path) -> io::Result<Self> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        let (head, torn) = last_complete_line_hash(&mut file)?;
+        if torn {
+            file.write_all(b"\n")?;
+        }
         Ok(JsonlFile {
             file,
             line: Vec::with_capacity(512),
+            head,
         })
+    }
+
+    /// The hash the next record's `prev` must carry.
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+}
+
+/// The hash of the last complete line of `file` (or [`GENESIS`]), and
+/// whether the file ends in a torn line. Reads only the tail.
+fn last_complete_line_hash(file: &mut File) -> io::Result<(String, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok((GENESIS.to_string(), false));
+    }
+    // Grow the window until it holds a whole last line.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        file.take(len - start).read_to_end(&mut tail)?;
+        let torn = tail.last() != Some(&b'\n');
+        let body = if torn {
+            // Drop the torn part: the complete lines end at the last newline.
+            match tail.iter().rposition(|b| *b == b'\n') {
+                Some(i) => &tail[..=i],
+                None if start == 0 => return Ok((GENESIS.to_string(), true)),
+                None => {
+                    window *= 4;
+                    continue;
+                }
+            }
+        } else {
+            &tail[..]
+        };
+        let body = &body[..body.len() - 1];
+        match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => return Ok((line_hash(&body[i + 1..]), torn)),
+            None if start == 0 => return Ok((line_hash(body), torn)),
+            None => window *= 4,
+        }
     }
 }
 
 impl AuditSink for JsonlFile {
     fn write(&mut self, record: &Record) -> io::Result<()> {
+        let line = serde_json::to_vec(record)?;
+        self.write_line(record, &line)
+    }
+
+    fn write_line(&mut self, _record: &Record, line: &[u8]) -> io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
+        self.line.extend_from_slice(line);
         self.line.push(b'\n');
-        // One write per line: a reader never sees half a record from us.
-        self.file.write_all(&self.line)
+        // One write per line, no user-space buffer: once `write` returns,
+        // the line is the kernel's and survives the process being killed.
+        self.file.write_all(&self.line)?;
+        self.head = line_hash(line);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        // A pipe or /dev/null cannot be synced, and need not be.
+        if !self.file.metadata()?.is_file() {
+            return Ok(());
+        }
+        self.file.sync_data()
     }
 }
 
@@ -178,6 +288,8 @@ pub struct AuditLog {
 
 struct Inner {
     seq: u64,
+    /// The hash of the last line written: the next record's `prev`.
+    head: String,
     sinks: Vec<Box<dyn AuditSink>>,
     /// Set by the first failed write: a log with a gap takes no more records.
     failed: Option<String>,
@@ -190,6 +302,7 @@ impl AuditLog {
             run: run.into(),
             inner: Mutex::new(Inner {
                 seq: 0,
+                head: GENESIS.to_string(),
                 sinks: Vec::new(),
                 failed: None,
             }),
@@ -206,9 +319,31 @@ impl AuditLog {
         self
     }
 
+    /// Continue the chain of a file that already holds records (see
+    /// [`JsonlFile::head`]).
+    pub fn with_head(self, head: &str) -> Self {
+        self.inner.lock().expect("audit log poisoned").head = head.to_string();
+        self
+    }
+
     /// The run's id.
     pub fn run(&self) -> &str {
         &self.run
+    }
+
+    /// Make every sink durable (fsync for files): at the end of a run.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut inner = self.inner.lock().expect("audit log poisoned");
+        for sink in &mut inner.sinks {
+            sink.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The hash of the last record written: publish it to anchor the log
+    /// (`warden audit verify --head`).
+    pub fn head(&self) -> String {
+        self.inner.lock().expect("audit log poisoned").head.clone()
     }
 
     /// Write one record to every sink; returns its sequence number. After
@@ -223,6 +358,7 @@ impl AuditLog {
         inner.seq += 1;
         let record = Record {
             seq: inner.seq,
+            prev: inner.head.clone(),
             ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             run: self.run.clone(),
             kind: entry.kind,
@@ -234,14 +370,22 @@ impl AuditLog {
             outcome: entry.outcome,
             data: entry.data,
         };
+        let line = match serde_json::to_vec(&record) {
+            Ok(line) => line,
+            Err(error) => {
+                inner.failed = Some(error.to_string());
+                return Err(error.into());
+            }
+        };
         let mut result = Ok(());
         for sink in &mut inner.sinks {
-            result = result.and(sink.write(&record));
+            result = result.and(sink.write_line(&record, &line));
         }
         if let Err(error) = result {
             inner.failed = Some(error.to_string());
             return Err(error);
         }
+        inner.head = line_hash(&line);
         Ok(record.seq)
     }
 }
