@@ -133,6 +133,8 @@ fn benches(c: &mut Criterion) {
             agent: ComponentSource::File(guests::ROUNDTRIP_AGENT.into()),
             provider: Arc::new(ScriptedProvider::parse("s", "[[turn]]\ntext = \"x\"\n").unwrap()),
             task: n.to_string(),
+            approver: None,
+            approve: Vec::new(),
         };
         let started = Instant::now();
         let report = rt

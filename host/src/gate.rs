@@ -65,12 +65,59 @@ pub struct Permit {
     kind: Kind,
     subject: String,
     rule: Rule,
+    /// `allow`, or `ask` when a person approved it.
+    verdict: Verdict,
 }
 
 impl Permit {
     /// The rule that allowed the request.
     pub fn rule(&self) -> &Rule {
         &self.rule
+    }
+}
+
+/// What a person said about an `ask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    /// Go ahead, this once.
+    Once,
+    /// Go ahead, and with every later request under the same rule.
+    ForRun,
+    /// No.
+    Deny,
+}
+
+/// A request the policy wants a person to approve.
+#[derive(Debug)]
+pub struct Question<'a> {
+    /// What kind of request.
+    pub kind: Kind,
+    /// The tool, model or guest.
+    pub subject: &'a str,
+    /// The rule that asks.
+    pub rule: &'a str,
+    /// Why it asks.
+    pub reason: &'a str,
+    /// The request's data (e.g. the tool's arguments).
+    pub data: Option<&'a Value>,
+    /// The session's labels.
+    pub labels: &'a [String],
+}
+
+/// Who answers `ask` decisions: a person at a terminal, never a guest or
+/// the model (they have no channel to it).
+pub trait Approver: Send + Sync {
+    /// Ask about one request; `None` when nobody can be asked.
+    fn ask(&self, question: &Question<'_>) -> Option<Approval>;
+}
+
+/// Run a blocking `ask` without stalling the async runtime's other tasks.
+fn block_while<T>(ask: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(ask)
+        }
+        _ => ask(),
     }
 }
 
@@ -81,6 +128,10 @@ pub struct Gate {
     state: Mutex<State>,
     started: Instant,
     secrets: Secrets,
+    /// Who is asked about `ask` decisions.
+    approver: Option<Arc<dyn Approver>>,
+    /// Rules approved for the rest of the run, and by whom.
+    approved: Mutex<std::collections::HashMap<String, String>>,
     /// Decision records by kind and verdict, for the run's summary.
     tally: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>>,
     /// The directory of each policy file, for relative paths in grants.
@@ -104,8 +155,26 @@ impl Gate {
             started: Instant::now(),
             secrets: Secrets::default(),
             tally: Mutex::default(),
+            approver: None,
+            approved: Mutex::default(),
             dirs: Vec::new(),
         }
+    }
+
+    /// Ask `approver` about `ask` decisions; treat the rules in
+    /// `pre_approved` (from `--approve RULE`) as approved for the run.
+    pub fn with_approvals(
+        mut self,
+        approver: Option<Arc<dyn Approver>>,
+        pre_approved: &[String],
+    ) -> Self {
+        self.approver = approver;
+        let mut approved = self.approved.lock().unwrap_or_else(|e| e.into_inner());
+        for rule in pre_approved {
+            approved.insert(rule.clone(), format!("--approve {rule}"));
+        }
+        drop(approved);
+        self
     }
 
     /// Resolve relative paths in file `i` of the policy against `dirs[i]`.
@@ -234,15 +303,113 @@ impl Gate {
                     kind,
                     subject,
                     rule,
+                    verdict: Verdict::Allow,
                 }))
             }
-            // No approval channel exists yet: an `ask` is refused, saying so.
             Decision::Ask { rule, reason } => {
-                let error = GuestError::Denied(format!(
-                    "{reason}; this call needs a person's approval and none was given (rule: {rule})"
-                ));
-                self.write_refusal(kind, &subject, Verdict::Ask, &rule, &error, data)?;
-                Ok(Err(error))
+                // Approved already for this run (`--approve`, or a person
+                // who said "always")?
+                let standing = self
+                    .approved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(rule.as_str())
+                    .cloned();
+                let by = match standing {
+                    Some(by) => by,
+                    None => {
+                        // Ask without holding the lock: a person takes time.
+                        drop(state);
+                        let labels = self.session().labels;
+                        let question = Question {
+                            kind,
+                            subject: &subject,
+                            rule: rule.as_str(),
+                            reason: &reason,
+                            data: data.as_ref(),
+                            labels: &labels,
+                        };
+                        let answer = match &self.approver {
+                            Some(approver) => block_while(|| approver.ask(&question)),
+                            None => None,
+                        };
+                        state = self.lock();
+                        match answer {
+                            Some(Approval::Once) => "a person, once".to_string(),
+                            Some(Approval::ForRun) => {
+                                self.approved
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(
+                                        rule.to_string(),
+                                        "a person, for the rest of the run".into(),
+                                    );
+                                "a person, for the rest of the run".to_string()
+                            }
+                            Some(Approval::Deny) => {
+                                let error = GuestError::Denied(format!(
+                                    "{reason}; a person refused this call (rule: {rule})"
+                                ));
+                                self.write_refusal(
+                                    kind,
+                                    &subject,
+                                    Verdict::Ask,
+                                    &rule,
+                                    &error,
+                                    data,
+                                )?;
+                                return Ok(Err(error));
+                            }
+                            None => {
+                                let error = GuestError::Denied(format!(
+                                    "{reason}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve {rule} (rule: {rule})"
+                                ));
+                                self.write_refusal(
+                                    kind,
+                                    &subject,
+                                    Verdict::Ask,
+                                    &rule,
+                                    &error,
+                                    data,
+                                )?;
+                                return Ok(Err(error));
+                            }
+                        }
+                    }
+                };
+                // Budgets may have moved while a person was asked: decide
+                // again, and go ahead only if it is still this question.
+                state.session.now = self.started.elapsed();
+                match self.policy.decide(request, &state.session) {
+                    Decision::Ask { rule: again, .. } if again == rule => {}
+                    Decision::Allow { .. } => {}
+                    _ => {
+                        let error = GuestError::BudgetExhausted(format!(
+                            "{reason}; approved, but a budget ran out meanwhile (rule: {rule})"
+                        ));
+                        self.write_refusal(kind, &subject, Verdict::Deny, &rule, &error, data)?;
+                        return Ok(Err(error));
+                    }
+                }
+                state.session.record(request);
+                let mut data = data.unwrap_or_else(|| json!({}));
+                data["approved_by"] = json!(by);
+                self.write(Entry {
+                    kind,
+                    event: Event::Decision,
+                    subject: subject.clone(),
+                    decision: Verdict::Ask,
+                    rule: rule.to_string(),
+                    detail: format!("{reason}; approved by {by}"),
+                    outcome: None,
+                    data: Some(data),
+                })?;
+                Ok(Ok(Permit {
+                    kind,
+                    subject,
+                    rule,
+                    verdict: Verdict::Ask,
+                }))
             }
             Decision::Deny {
                 rule,
@@ -327,7 +494,7 @@ impl Gate {
             kind: permit.kind,
             event: Event::Outcome,
             subject: permit.subject,
-            decision: Verdict::Allow,
+            decision: permit.verdict,
             rule: permit.rule.to_string(),
             detail: detail.into(),
             outcome: Some(outcome),

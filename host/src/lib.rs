@@ -32,6 +32,8 @@
 //!     agent: load::ComponentSource::Builtin("react".into()),
 //!     provider,
 //!     task: "What is 6 * 7?".into(),
+//!     approver: None,
+//!     approve: Vec::new(),
 //! };
 //! let report = run::run(&runtime, spec, log).await?;
 //! println!("{:?}", report.result);

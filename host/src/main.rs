@@ -1,11 +1,13 @@
 //! The `warden` command line.
 
 use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use warden::audit::{AuditLog, JsonlFile, new_run_id};
 use warden::bundled;
+use warden::gate::{Approval, Approver, Question};
 use warden::load::{ComponentSource, PolicyFile};
 use warden::provider::{
     self, KeySource, ModelProvider, ProviderOptions, RecordingProvider, ScriptedProvider,
@@ -130,6 +132,10 @@ struct RunArgs {
     /// Read the provider's API key from this file.
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
+    /// Approve in advance every request the rule RULE asks about (e.g.
+    /// `tools.send_email`, `tools.pay.args.amount`); repeatable.
+    #[arg(long, value_name = "RULE")]
+    approve: Vec<String>,
     /// Save every model exchange to FILE (JSON Lines), to replay the run
     /// later with `--model replay:FILE`.
     #[arg(long, value_name = "FILE")]
@@ -228,7 +234,15 @@ async fn run_command(args: RunArgs) -> ExitCode {
         Err(message) => return bad_input(message),
     };
     let agent = ComponentSource::parse(&args.agent, Path::new("."));
-    execute(policy, agent, provider, args.task, args.output).await
+    execute(
+        policy,
+        agent,
+        provider,
+        args.task,
+        args.approve,
+        args.output,
+    )
+    .await
 }
 
 /// The provider: `--model`, else the policy's `[model] provider`; the key
@@ -303,7 +317,15 @@ async fn demo(output: OutputArgs) -> ExitCode {
         Err(error) => return bad_input(error),
     };
     let agent = ComponentSource::Builtin("react".into());
-    execute(policy, agent, provider, bundled::DEMO_TASK.into(), output).await
+    execute(
+        policy,
+        agent,
+        provider,
+        bundled::DEMO_TASK.into(),
+        Vec::new(),
+        output,
+    )
+    .await
 }
 
 async fn execute(
@@ -311,6 +333,7 @@ async fn execute(
     agent: ComponentSource,
     provider: Arc<dyn ModelProvider>,
     task: String,
+    approve: Vec<String>,
     output: OutputArgs,
 ) -> ExitCode {
     let cache_dir = if output.no_cache {
@@ -351,11 +374,21 @@ async fn execute(
     if !output.quiet {
         log = log.with_sink(Transcript::new(std::io::stdout()));
     }
+    // A person is asked only when one is at the terminal; stdin is the
+    // host's (guests have none), and guests' stdout is never shown.
+    let approver: Option<Arc<dyn Approver>> =
+        if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+            Some(Arc::new(TerminalApprover))
+        } else {
+            None
+        };
     let spec = RunSpec {
         policy,
         agent,
         provider,
         task,
+        approver,
+        approve,
     };
     let report = match run(&runtime, spec, log).await {
         Ok(report) => report,
@@ -594,4 +627,44 @@ fn audit_show(path: &Path, filter: &Filter, follow: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Asks the person at the terminal (stderr and stdin, which no guest can
+/// reach) about each `ask` decision.
+struct TerminalApprover;
+
+impl Approver for TerminalApprover {
+    fn ask(&self, question: &Question<'_>) -> Option<Approval> {
+        use std::io::{BufRead, Write};
+        let clean = warden::transcript::clean;
+        let what = question
+            .data
+            .map(|d| d.get("arguments").unwrap_or(d).to_string())
+            .unwrap_or_default();
+        let labels = if question.labels.is_empty() {
+            "none".to_string()
+        } else {
+            question.labels.join(", ")
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\n\x1b[1mwarden: approval needed\x1b[0m\n  {}  {}\n  rule: {}\n  why: {}\n  session labels: {}\n  [y] allow once  [a] allow for the rest of the run  [N] deny: ",
+            clean(question.subject),
+            clean(&what),
+            clean(question.rule),
+            clean(question.reason),
+            clean(&labels),
+        );
+        let _ = err.flush();
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        Some(match line.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => Approval::Once,
+            "a" | "always" => Approval::ForRun,
+            _ => Approval::Deny,
+        })
+    }
 }

@@ -4,7 +4,7 @@
 use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
 use crate::capability::{AgentRole, Grantee, GuestState, brief};
 use crate::diagnostic::SourceError;
-use crate::gate::Gate;
+use crate::gate::{Approver, Gate};
 use crate::load::{ComponentSource, PolicyFile};
 use crate::policy::{Session, Verdict};
 use crate::provider::ModelProvider;
@@ -29,6 +29,11 @@ pub struct RunSpec {
     pub provider: Arc<dyn ModelProvider>,
     /// The task given to the agent's `run`.
     pub task: String,
+    /// Who is asked about `ask` decisions (a person at a terminal); `None`:
+    /// nobody, so they are refused unless pre-approved.
+    pub approver: Option<Arc<dyn Approver>>,
+    /// Rules approved in advance (`--approve RULE`).
+    pub approve: Vec<String>,
 }
 
 /// How a run ended without an answer.
@@ -114,6 +119,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     });
     let gate = Arc::new(
         Gate::new(policy.clone(), audit)
+            .with_approvals(spec.approver.clone(), &spec.approve)
             .with_secrets(secrets)
             .with_dirs(spec.policy.dirs.clone()),
     );

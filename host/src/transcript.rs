@@ -137,8 +137,12 @@ impl<W: Write + Send> Transcript<W> {
                 _ => self.refusal("model", r)?,
             },
             (Kind::Tool, Event::Decision) => {
-                if r.decision == Verdict::Allow {
+                let approved = data.get("approved_by").and_then(Value::as_str);
+                if r.decision == Verdict::Allow || approved.is_some() {
                     self.counts.tool_calls += 1;
+                }
+                if let Some(by) = approved {
+                    writeln!(self.out, "[ask]   {} approved by {}", r.subject, clean(by))?;
                 }
                 let args = match data.get("arguments") {
                     Some(Value::String(raw)) => raw.clone(),
@@ -148,11 +152,21 @@ impl<W: Write + Send> Transcript<W> {
                 self.pending.push((r.subject.clone(), args));
             }
             (Kind::Tool, Event::Outcome) => match r.decision {
-                Verdict::Allow => {
+                Verdict::Allow | Verdict::Ask
+                    if !matches!(
+                        r.outcome,
+                        Some(Outcome::Denied | Outcome::BudgetExhausted | Outcome::Invalid)
+                    ) =>
+                {
                     let args = self.take_pending(&r.subject);
+                    let verdict = if r.decision == Verdict::Ask {
+                        "approved"
+                    } else {
+                        "allow"
+                    };
                     writeln!(
                         self.out,
-                        "[tool]  {} {}  allow ({})",
+                        "[tool]  {} {}  {verdict} ({})",
                         r.subject,
                         clean(&short(&args, 120)),
                         r.rule

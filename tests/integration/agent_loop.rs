@@ -327,6 +327,8 @@ async fn a_run_stops_when_the_audit_log_cannot_be_written() {
         agent: warden::load::ComponentSource::Builtin("react".into()),
         provider: model.clone(),
         task: "count".into(),
+        approver: None,
+        approve: Vec::new(),
     };
     let result = warden::run::run(runtime(), spec, log).await;
     match result {

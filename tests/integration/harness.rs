@@ -113,6 +113,18 @@ pub async fn try_run(
     provider: Arc<dyn ModelProvider>,
     task: &str,
 ) -> (Result<RunReport, RunError>, Vec<Record>) {
+    try_run_with(agent, policy_text, provider, task, None, &[]).await
+}
+
+/// Like [`try_run`], with an approver and pre-approved rules.
+pub async fn try_run_with(
+    agent: &str,
+    policy_text: &str,
+    provider: Arc<dyn ModelProvider>,
+    task: &str,
+    approver: Option<Arc<dyn warden::gate::Approver>>,
+    approve: &[&str],
+) -> (Result<RunReport, RunError>, Vec<Record>) {
     let sink = MemorySink::default();
     let log = AuditLog::new(new_run_id()).with_sink(sink.clone());
     let spec = RunSpec {
@@ -120,6 +132,8 @@ pub async fn try_run(
         agent: ComponentSource::parse(agent, &repo()),
         provider,
         task: task.into(),
+        approver,
+        approve: approve.iter().map(|r| r.to_string()).collect(),
     };
     let result = run(runtime(), spec, log).await;
     (result, sink.records())

@@ -4,6 +4,7 @@
 mod harness;
 
 mod agent_loop;
+mod approvals;
 mod cli;
 mod egress;
 mod files;

@@ -192,7 +192,7 @@ text = "done"
     let requests = model.requests.lock().unwrap();
     assert_eq!(
         requests[3].messages.last().unwrap().content,
-        "error: denied by policy: the session is labeled `untrusted`; this call needs a person's approval and none was given (rule: tools.send_email.ask_when_labeled)"
+        "error: denied by policy: the session is labeled `untrusted`; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve tools.send_email.ask_when_labeled (rule: tools.send_email.ask_when_labeled)"
     );
 }
 

@@ -12,7 +12,7 @@
 //! - `log:N:SIZE`: write N log lines of SIZE bytes each.
 //! - `calls:JSON`: call the host directly, bypassing any model; JSON is a
 //!   list of `{"tool": NAME, "args": TEXT}`, `{"chat": MODEL-or-null}` and
-//!   `{"list": true}`; the answer is a JSON report of each call's result.
+//!   `{"list": true}` and `{"print": TEXT}` (to stdout and stderr); the answer is a JSON report of each call's result.
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -107,6 +107,12 @@ impl Agent for Attacker {
                             Ok(response) => json!({ "ok": response.message.content }),
                             Err(e) => error_json(&e),
                         }
+                    } else if let Some(text) = op.get("print").and_then(Value::as_str) {
+                        // Try to answer a prompt the host might show.
+                        let _ = std::io::stdout().write_all(text.as_bytes());
+                        let _ = std::io::stdout().flush();
+                        let _ = std::io::stderr().write_all(text.as_bytes());
+                        json!({ "ok": "printed" })
                     } else if op.get("list").is_some() {
                         let names: Vec<String> =
                             tools::list().into_iter().map(|t| t.name).collect();
