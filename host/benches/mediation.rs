@@ -118,7 +118,7 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("mediated", |b| {
         b.to_async(&rt).iter(|| async {
-            let out = call(&gate, &registry, "echo", ARGS).await.unwrap();
+            let out = call(&gate, &registry, None, "echo", ARGS).await.unwrap();
             assert_eq!(out.as_deref(), Ok(ARGS));
         })
     });
@@ -135,6 +135,7 @@ fn benches(c: &mut Criterion) {
             task: n.to_string(),
             approver: None,
             approve: Vec::new(),
+            replay_tools: None,
         };
         let started = Instant::now();
         let report = rt

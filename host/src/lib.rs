@@ -34,6 +34,7 @@
 //!     task: "What is 6 * 7?".into(),
 //!     approver: None,
 //!     approve: Vec::new(),
+//!     replay_tools: None,
 //! };
 //! let report = run::run(&runtime, spec, log).await?;
 //! println!("{:?}", report.result);
@@ -53,6 +54,7 @@ pub mod load;
 pub mod policy;
 pub mod provider;
 pub mod registry;
+pub mod replay;
 pub mod run;
 pub mod runtime;
 pub mod secrets;

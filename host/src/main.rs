@@ -54,6 +54,26 @@ enum Command {
     /// Tools for policy authors.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Re-run a recorded run from its audit log: the model's answers and the
+    /// tools' results come from the record (nothing is sent, no tool runs),
+    /// the policy is enforced again, and the first divergence is reported.
+    /// Exit 0 when the run went the same way, 1 when it diverged.
+    Replay {
+        /// The audit log of the run.
+        log: PathBuf,
+        /// Which run in the log [default: the last].
+        #[arg(long)]
+        run: Option<String>,
+        /// Enforce this policy instead of the recorded one.
+        #[arg(long, short)]
+        policy: Option<PathBuf>,
+        /// Run this agent instead of the recorded one.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print only the verdict, not the transcript.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Read audit logs: check their hash chain, or show them as a timeline.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -183,6 +203,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => block_on(run_command(args)),
+        Command::Replay {
+            log,
+            run,
+            policy,
+            agent,
+            quiet,
+        } => block_on(replay(log, run, policy, agent, quiet)),
         Command::Audit(AuditCommand::Verify { file, head }) => audit_verify(&file, head.as_deref()),
         Command::Audit(AuditCommand::Show {
             file,
@@ -389,6 +416,7 @@ async fn execute(
         task,
         approver,
         approve,
+        replay_tools: None,
     };
     let report = match run(&runtime, spec, log).await {
         Ok(report) => report,
@@ -666,5 +694,116 @@ impl Approver for TerminalApprover {
             "a" | "always" => Approval::ForRun,
             _ => Approval::Deny,
         })
+    }
+}
+
+async fn replay(
+    log: PathBuf,
+    run_id: Option<String>,
+    policy: Option<PathBuf>,
+    agent: Option<String>,
+    quiet: bool,
+) -> ExitCode {
+    use warden::audit::{MemorySink, Record};
+    use warden::replay::{Divergence, ReplayModel, ReplayTools};
+    let text = match std::fs::read_to_string(&log) {
+        Ok(text) => text,
+        Err(error) => return bad_input(format!("error: cannot read {}: {error}", log.display())),
+    };
+    let records: Vec<Record> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let recorded = match warden::replay::read(&records, run_id.as_deref()) {
+        Ok(recorded) => recorded,
+        Err(error) => return bad_input(format!("error: {}: {error}", log.display())),
+    };
+    let policy_path = policy.unwrap_or_else(|| PathBuf::from(&recorded.policy));
+    let policy_file = match PolicyFile::read(&policy_path) {
+        Ok(policy) => policy,
+        Err(error) => {
+            return bad_input(format!(
+                "{error}\nhelp: the run used {}; pass --policy FILE if it moved",
+                recorded.policy
+            ));
+        }
+    };
+    if policy_file.sha256 != recorded.policy_sha256 {
+        eprintln!(
+            "note: {} has changed since run {} (sha256 {} then, {} now): differences may come from the policy",
+            policy_path.display(),
+            recorded.run,
+            &recorded.policy_sha256[..recorded.policy_sha256.len().min(12)],
+            &policy_file.sha256[..12]
+        );
+    }
+    let agent = ComponentSource::parse(agent.as_deref().unwrap_or(&recorded.agent), Path::new("."));
+    let runtime = match Runtime::new(RuntimeConfig {
+        cache_dir: cache::default_dir(),
+        ..RuntimeConfig::default()
+    }) {
+        Ok(runtime) => runtime,
+        Err(error) => return bad_input(format!("error: cannot start the engine: {error:#}")),
+    };
+    let divergence = Arc::new(Divergence::default());
+    let tools = Arc::new(ReplayTools::new(&recorded, divergence.clone()));
+    let sink = MemorySink::default();
+    let mut audit = AuditLog::new(new_run_id()).with_sink(sink.clone());
+    if !quiet {
+        audit = audit.with_sink(Transcript::new(std::io::stdout()));
+    }
+    let spec = RunSpec {
+        policy: policy_file,
+        agent,
+        provider: Arc::new(ReplayModel::new(&recorded, divergence.clone())),
+        task: recorded.task.clone(),
+        approver: None,
+        approve: recorded.approved.clone(),
+        replay_tools: Some(tools.clone()),
+    };
+    let report = match run(&runtime, spec, audit).await {
+        Ok(report) => report,
+        Err(error) => return bad_input(format!("error: {error}")),
+    };
+    if let Some(sha) = sink.records().first().and_then(|r| {
+        r.data
+            .as_ref()?
+            .pointer("/agent/sha256")?
+            .as_str()
+            .map(str::to_string)
+    }) && sha != recorded.agent_sha256
+    {
+        eprintln!(
+            "note: the agent component has changed since run {} (sha256 differs)",
+            recorded.run
+        );
+    }
+    let answer = report.result.as_ref().ok().cloned();
+    let verdict = match divergence.first() {
+        Some(what) => Some(what),
+        None if tools.left() > 0 => Some(format!(
+            "the agent stopped with {} recorded tool call(s) not made",
+            tools.left()
+        )),
+        None if answer != recorded.answer => Some(format!(
+            "the answer differs: recorded {:?}, now {:?}",
+            recorded.answer, answer
+        )),
+        None => None,
+    };
+    match verdict {
+        Some(what) => {
+            println!("DIVERGED from run {}: {what}", recorded.run);
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+        None => {
+            println!(
+                "SAME as run {}: {} model answer(s) and {} tool result(s) replayed, same answer",
+                recorded.run,
+                recorded.model.len(),
+                recorded.tools.len()
+            );
+            ExitCode::SUCCESS
+        }
     }
 }

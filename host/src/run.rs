@@ -34,6 +34,8 @@ pub struct RunSpec {
     pub approver: Option<Arc<dyn Approver>>,
     /// Rules approved in advance (`--approve RULE`).
     pub approve: Vec<String>,
+    /// In a replay, the recorded tool results: no tool runs.
+    pub replay_tools: Option<Arc<crate::replay::ReplayTools>>,
 }
 
 /// How a run ended without an answer.
@@ -180,6 +182,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     let role = AgentRole {
         provider: spec.provider.clone(),
         tools,
+        replay: spec.replay_tools.clone(),
     };
     let state = match GuestState::new(
         agent_name.clone(),

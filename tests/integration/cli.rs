@@ -491,3 +491,49 @@ fn audit_show_renders_and_filters_a_log() {
     };
     assert_eq!(code, Some(0), "{out}");
 }
+
+#[test]
+fn replay_reruns_a_recorded_run_offline_and_finds_the_first_divergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = warden(&["demo", "-q", "--audit", audit.to_str().unwrap()]);
+    assert!(out.status.success());
+    let replay = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["replay", "-q"])
+            .arg(&audit)
+            .args(extra)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = replay(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("SAME as run r-"), "{out}");
+    assert!(
+        out.contains("4 model answer(s) and 2 tool result(s) replayed"),
+        "{out}"
+    );
+
+    // The same run under a policy that now denies calc goes another way.
+    let policy = dir.path().join("stricter.toml");
+    let demo = std::fs::read_to_string(repo().join("policies/demo.toml")).unwrap();
+    std::fs::write(
+        &policy,
+        demo.replace(
+            "[tools.calc]\ncomponent = \"builtin:calc\"",
+            "[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"deny\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = replay(&["--policy", policy.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("DIVERGED")
+            && out.contains("tool call 1: the agent called `word_count`")
+            && out.contains("the recorded run called `calc`"),
+        "{out}"
+    );
+    assert!(err.contains("has changed since run"), "{err}");
+}

@@ -134,6 +134,7 @@ pub async fn try_run_with(
         task: task.into(),
         approver,
         approve: approve.iter().map(|r| r.to_string()).collect(),
+        replay_tools: None,
     };
     let result = run(runtime(), spec, log).await;
     (result, sink.records())

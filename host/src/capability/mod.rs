@@ -36,6 +36,8 @@ pub struct AgentRole {
     pub provider: Arc<dyn ModelProvider>,
     /// The tools the policy names.
     pub tools: Arc<ToolRegistry>,
+    /// In a replay, the recorded tool results (no tool runs).
+    pub replay: Option<Arc<crate::replay::ReplayTools>>,
 }
 
 /// A tool instance reaches nothing but the log.

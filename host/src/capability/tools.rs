@@ -19,6 +19,7 @@ use std::sync::Arc;
 pub async fn call(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
+    replay: Option<&crate::replay::ReplayTools>,
     name: &str,
     arguments: &str,
 ) -> io::Result<Result<String, GuestError>> {
@@ -44,7 +45,14 @@ pub async fn call(
         Ok(permit) => permit,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let (outcome, http_labels) = registry.invoke(name, arguments, gate).await?;
+    let (outcome, http_labels) = match replay {
+        // A replay returns what the tool returned then; nothing runs.
+        Some(replay) => (
+            replay.next(name, &parsed).map_err(ToolFailure::Returned),
+            Vec::new(),
+        ),
+        None => registry.invoke(name, arguments, gate).await?,
+    };
     match outcome {
         Ok(mut result) => {
             // A secret that reached the tool's output (an echoing server,
@@ -100,7 +108,8 @@ impl wit::Host for GuestState<AgentRole> {
         arguments: String,
     ) -> wasmtime::Result<Result<String, crate::bindings::WitError>> {
         let registry = self.role.tools.clone();
-        let result = call(&self.gate, &registry, &name, &arguments).await?;
+        let replay = self.role.replay.clone();
+        let result = call(&self.gate, &registry, replay.as_deref(), &name, &arguments).await?;
         Ok(result.map_err(to_wit))
     }
 }

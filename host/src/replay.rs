@@ -1,0 +1,304 @@
+//! Whole-run replay: re-run an agent with the model answers and tool
+//! results taken from a run's audit log, and report the first place where
+//! the agent now does something else. For debugging agents and reviewing
+//! incidents: nothing is sent to a model and no tool runs.
+//!
+//! The policy is enforced again, so refusals happen as they did (or
+//! differently, if the policy changed: that is a divergence too). `ask`
+//! decisions that were approved in the recorded run are approved again.
+
+use crate::audit::{Event, Kind, Outcome, Record};
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, Usage};
+use crate::policy::Verdict;
+use crate::provider::{BoxFuture, ModelProvider, ProviderError};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// A recorded run, read from its audit log.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The run's id.
+    pub run: String,
+    /// The agent component's source (`builtin:react`, a path).
+    pub agent: String,
+    /// Its SHA-256 then.
+    pub agent_sha256: String,
+    /// The policy file's name then.
+    pub policy: String,
+    /// Its SHA-256 then.
+    pub policy_sha256: String,
+    /// The task.
+    pub task: String,
+    /// The answers the provider gave, in order.
+    pub model: Vec<ModelStep>,
+    /// The tool calls that ran, in order.
+    pub tools: Vec<ToolStep>,
+    /// Rules a person approved during the run.
+    pub approved: Vec<String>,
+    /// The run's answer, if it gave one.
+    pub answer: Option<String>,
+}
+
+/// One model call that reached the provider.
+#[derive(Debug, Clone)]
+pub struct ModelStep {
+    /// Messages in the request.
+    pub messages: u64,
+    /// The answer, or the provider's error.
+    pub answer: Result<ChatResponse, String>,
+}
+
+/// One tool call that ran.
+#[derive(Debug, Clone)]
+pub struct ToolStep {
+    /// The tool.
+    pub name: String,
+    /// Its arguments.
+    pub arguments: Value,
+    /// What it returned, or how it failed.
+    pub result: Result<String, String>,
+}
+
+/// Read run `run` (default: the last) from the records of an audit log.
+pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
+    let run = match run {
+        Some(run) => run.to_string(),
+        None => records
+            .iter()
+            .rev()
+            .find(|r| r.kind == Kind::Run && r.event == Event::Decision && r.seq == 1)
+            .map(|r| r.run.clone())
+            .ok_or("the log holds no run")?,
+    };
+    let mine: Vec<&Record> = records.iter().filter(|r| r.run == run).collect();
+    let start = mine
+        .iter()
+        .find(|r| r.seq == 1)
+        .ok_or(format!("run {run} has no start record"))?;
+    let data = start.data.clone().unwrap_or(Value::Null);
+    let text = |pointer: &str| {
+        data.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut recorded = Recorded {
+        run: run.clone(),
+        agent: text("/agent/source"),
+        agent_sha256: text("/agent/sha256"),
+        policy: text("/policy/file"),
+        policy_sha256: text("/policy/sha256"),
+        task: text("/task"),
+        model: Vec::new(),
+        tools: Vec::new(),
+        approved: Vec::new(),
+        answer: None,
+    };
+    let mut model_requests: VecDeque<u64> = VecDeque::new();
+    let mut tool_arguments: Vec<(String, Value)> = Vec::new();
+    for record in &mine {
+        let data = record.data.clone().unwrap_or(Value::Null);
+        let permitted = matches!(record.decision, Verdict::Allow)
+            || data.get("approved_by").is_some()
+            || (record.event == Event::Outcome
+                && record.decision == Verdict::Ask
+                && !matches!(
+                    record.outcome,
+                    Some(Outcome::Denied | Outcome::BudgetExhausted | Outcome::Invalid)
+                ));
+        if data.get("approved_by").is_some() && !recorded.approved.contains(&record.rule) {
+            recorded.approved.push(record.rule.clone());
+        }
+        match (record.kind, record.event) {
+            (Kind::Run, Event::Outcome) if record.outcome == Some(Outcome::Ok) => {
+                recorded.answer = data["answer"].as_str().map(str::to_string);
+            }
+            (Kind::Model, Event::Decision) if permitted => {
+                model_requests.push_back(data["messages"].as_u64().unwrap_or(0));
+            }
+            (Kind::Model, Event::Outcome) if permitted => {
+                let messages = model_requests.pop_front().unwrap_or(0);
+                let answer = match record.outcome {
+                    Some(Outcome::Ok) => Ok(response(&data)?),
+                    _ => Err(record.detail.clone()),
+                };
+                recorded.model.push(ModelStep { messages, answer });
+            }
+            (Kind::Tool, Event::Decision) if permitted => {
+                tool_arguments.push((record.subject.clone(), data["arguments"].clone()));
+            }
+            (Kind::Tool, Event::Outcome) if permitted => {
+                let position = tool_arguments
+                    .iter()
+                    .position(|(name, _)| *name == record.subject)
+                    .ok_or(format!(
+                        "seq {}: an outcome of `{}` with no decision",
+                        record.seq, record.subject
+                    ))?;
+                let (name, arguments) = tool_arguments.remove(position);
+                let result = match record.outcome {
+                    Some(Outcome::Ok) => {
+                        Ok(data["result"].as_str().unwrap_or_default().to_string())
+                    }
+                    _ => Err(record.detail.clone()),
+                };
+                recorded.tools.push(ToolStep {
+                    name,
+                    arguments,
+                    result,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(recorded)
+}
+
+fn response(data: &Value) -> Result<ChatResponse, String> {
+    let calls: Vec<ToolCall> = serde_json::from_value(data["tool_calls"].clone())
+        .map_err(|e| format!("a model record's tool calls cannot be read: {e}"))?;
+    Ok(ChatResponse {
+        message: Message {
+            role: Role::Assistant,
+            content: data["text"].as_str().unwrap_or_default().to_string(),
+            tool_calls: calls,
+            tool_call_id: None,
+        },
+        usage: serde_json::from_value::<Usage>(data["usage"].clone()).unwrap_or_default(),
+        finish_reason: serde_json::from_value::<FinishReason>(data["finish_reason"].clone())
+            .unwrap_or(FinishReason::Stop),
+        model: data["model"].as_str().unwrap_or_default().to_string(),
+        usage_reported: data["usage_reported"].as_bool().unwrap_or(true),
+    })
+}
+
+/// The first place a replay went differently, shared by the model and the
+/// tools of one replay.
+#[derive(Debug, Default)]
+pub struct Divergence(Mutex<Option<String>>);
+
+impl Divergence {
+    /// Note `what`, unless something diverged earlier.
+    pub fn note(&self, what: String) {
+        let mut first = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(what);
+        }
+    }
+
+    /// The first divergence, if any.
+    pub fn first(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Answers model calls from a recorded run.
+pub struct ReplayModel {
+    steps: Mutex<VecDeque<ModelStep>>,
+    total: usize,
+    default_model: String,
+    divergence: std::sync::Arc<Divergence>,
+}
+
+impl ReplayModel {
+    /// Answer from `recorded`'s model steps.
+    pub fn new(recorded: &Recorded, divergence: std::sync::Arc<Divergence>) -> Self {
+        ReplayModel {
+            steps: Mutex::new(recorded.model.iter().cloned().collect()),
+            total: recorded.model.len(),
+            default_model: recorded
+                .model
+                .iter()
+                .find_map(|s| s.answer.as_ref().ok().map(|a| a.model.clone()))
+                .unwrap_or_default(),
+            divergence,
+        }
+    }
+}
+
+impl ModelProvider for ReplayModel {
+    fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    fn describe(&self) -> String {
+        format!("replay of {} recorded model answer(s)", self.total)
+    }
+
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let call = self.total - steps.len() + 1;
+        let result = match steps.pop_front() {
+            None => {
+                let what = format!(
+                    "model call {call}: the agent asked the model again; the recorded run made {} call(s)",
+                    self.total
+                );
+                self.divergence.note(what.clone());
+                Err(ProviderError::Other(format!("replay diverged: {what}")))
+            }
+            Some(step) => {
+                if step.messages != request.messages.len() as u64 {
+                    self.divergence.note(format!(
+                        "model call {call}: the agent sent {} message(s); the recorded run sent {}",
+                        request.messages.len(),
+                        step.messages
+                    ));
+                }
+                step.answer.map_err(ProviderError::Other)
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Tool results from a recorded run, in order.
+pub struct ReplayTools {
+    steps: Mutex<VecDeque<ToolStep>>,
+    total: usize,
+    divergence: std::sync::Arc<Divergence>,
+}
+
+impl ReplayTools {
+    /// Results from `recorded`'s tool steps.
+    pub fn new(recorded: &Recorded, divergence: std::sync::Arc<Divergence>) -> Self {
+        ReplayTools {
+            steps: Mutex::new(recorded.tools.iter().cloned().collect()),
+            total: recorded.tools.len(),
+            divergence,
+        }
+    }
+
+    /// The recorded result of the next tool call, if it is this call;
+    /// otherwise the divergence, as an error for the agent.
+    pub fn next(&self, name: &str, arguments: &Value) -> Result<String, String> {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let call = self.total - steps.len() + 1;
+        let Some(step) = steps.pop_front() else {
+            let what = format!(
+                "tool call {call}: the agent called `{name}` {arguments}; the recorded run made {} tool call(s)",
+                self.total
+            );
+            self.divergence.note(what.clone());
+            return Err(format!("replay diverged: {what}"));
+        };
+        if step.name != name || step.arguments != *arguments {
+            let what = format!(
+                "tool call {call}: the agent called `{name}` {arguments}; the recorded run called `{}` {}",
+                step.name, step.arguments
+            );
+            self.divergence.note(what.clone());
+            return Err(format!("replay diverged: {what}"));
+        }
+        step.result
+    }
+
+    /// Recorded tool calls the replay never reached.
+    pub fn left(&self) -> usize {
+        self.steps.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
