@@ -537,3 +537,49 @@ fn replay_reruns_a_recorded_run_offline_and_finds_the_first_divergence() {
     );
     assert!(err.contains("has changed since run"), "{err}");
 }
+
+#[test]
+fn audit_show_follow_prints_records_as_they_arrive_and_stops_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.jsonl");
+    assert!(
+        warden(&["demo", "-q", "--audit", full.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let text = std::fs::read_to_string(&full).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let live = dir.path().join("live.jsonl");
+    let half = lines.len() / 2;
+    std::fs::write(&live, lines[..half].join("\n") + "\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["audit", "show", "--follow"])
+        .arg(&live)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it waits for the run to end"
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&live)
+        .unwrap();
+    std::io::Write::write_all(&mut file, (lines[half..].join("\n") + "\n").as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "it stops at the run's end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("[tool]  calc") && shown.contains("answer:"),
+        "{shown}"
+    );
+}
