@@ -547,8 +547,8 @@ fn audit_show_follow_prints_records_as_they_arrive_and_stops_at_the_end() {
             .status
             .success()
     );
-    let text = std::fs::read_to_string(&full).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
+    let recorded = std::fs::read_to_string(&full).unwrap();
+    let lines: Vec<&str> = recorded.lines().collect();
     let live = dir.path().join("live.jsonl");
     let half = lines.len() / 2;
     std::fs::write(&live, lines[..half].join("\n") + "\n").unwrap();
