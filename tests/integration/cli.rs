@@ -583,3 +583,69 @@ fn audit_show_follow_prints_records_as_they_arrive_and_stops_at_the_end() {
         "{shown}"
     );
 }
+
+/// `warden run` in a pseudo-terminal (`script`, from util-linux), with
+/// `answer` typed at the prompt; the audit records.
+fn run_in_terminal(dir: &std::path::Path, answer: &str) -> (String, Vec<serde_json::Value>) {
+    let script = dir.join("s.toml");
+    std::fs::write(&script, "[[turn]]\ncalls = [{ tool = \"calc\", arguments = { expression = \"6 * 7\" } }]\n[[turn]]\ntext = \"done\"\n").unwrap();
+    let policy = dir.join("p.toml");
+    std::fs::write(&policy, "[model]\nallow = [\"scripted\"]\nmax_calls = 4\n[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"ask\"\n").unwrap();
+    let audit = dir.join(format!("{answer}.jsonl"));
+    let command = format!(
+        "{} run builtin:react -p {} -t x -m scripted:{} --audit {} --cache-dir {}",
+        env!("CARGO_BIN_EXE_warden"),
+        policy.display(),
+        script.display(),
+        audit.display(),
+        cache_dir().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs the host in a pseudo-terminal");
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        format!("{answer}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let records = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (text(&out.stdout), records)
+}
+
+#[test]
+fn a_person_at_the_terminal_approves_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shown, records) = run_in_terminal(dir.path(), "y");
+    assert!(shown.contains("warden: approval needed"), "{shown}");
+    assert!(shown.contains("rule: tools.calc"), "{shown}");
+    assert!(
+        shown.contains("[ask]   calc approved by a person, once"),
+        "{shown}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["data"]["approved_by"] == "a person, once")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["subject"] == "calc" && r["outcome"] == "ok")
+    );
+
+    let (shown, records) = run_in_terminal(dir.path(), "n");
+    assert!(shown.contains("a person refused this call"), "{shown}");
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["subject"] == "calc" && r["outcome"] == "ok")
+    );
+}
