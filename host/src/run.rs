@@ -139,6 +139,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
             "model": spec.provider.describe(),
             "task": spec.task,
             "secrets": secrets_data,
+            "components": tool_component_hashes(&spec.policy),
         })),
     })?;
 
@@ -266,6 +267,28 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         agent_cache_hit: loaded.cache_hit,
         agent_load_time: loaded.load_time,
     })
+}
+
+/// Every tool component the policy names, with the SHA-256 of its bytes,
+/// for the run's first record (a component that cannot be read says why;
+/// loading it fails next, with a located error).
+fn tool_component_hashes(policy: &PolicyFile) -> Vec<serde_json::Value> {
+    use sha2::{Digest, Sha256};
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in policy.policy.tools.values() {
+        let Some(reference) = &entry.component else {
+            continue;
+        };
+        let source = ComponentSource::parse(&reference.text, policy.dir_of(reference.place.file));
+        seen.entry(source.to_string())
+            .or_insert_with(|| match source.read() {
+                Ok(bytes) => json!(hex::encode(Sha256::digest(&bytes))),
+                Err(error) => json!({ "unreadable": error }),
+            });
+    }
+    seen.into_iter()
+        .map(|(source, sha256)| json!({ "source": source, "sha256": sha256 }))
+        .collect()
 }
 
 fn end_record(

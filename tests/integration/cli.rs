@@ -47,6 +47,13 @@ fn the_demo_allows_denies_and_answers() {
         .count();
     assert_eq!(denied, 2);
     assert_eq!(records.last().unwrap()["outcome"], "ok");
+    // The first record names the policy's and every component's hash.
+    let first = &records[0]["data"];
+    assert_eq!(first["policy"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(first["agent"]["sha256"].as_str().unwrap().len(), 64);
+    let components = first["components"].as_array().unwrap();
+    assert_eq!(components[0]["source"], "builtin:calc");
+    assert_eq!(components[0]["sha256"].as_str().unwrap().len(), 64);
 }
 
 #[test]
