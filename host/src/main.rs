@@ -74,9 +74,33 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Tools for people plugging in third-party tools.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Read audit logs: check their hash chain, or show them as a timeline.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Print a tool component's tools (names, descriptions, JSON Schemas),
+    /// the imports it asks for and what each needs from a policy, and the
+    /// SHA-256 to pin it with. Only its `describe` runs, with no grants.
+    Inspect {
+        /// The component: a .wasm file or `builtin:NAME`.
+        component: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keep compiled components here [default: $WARDEN_CACHE_DIR, or
+        /// ~/.cache/warden].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Compile afresh; do not read or write the cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +227,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => block_on(run_command(args)),
+        Command::Tools(ToolsCommand::Inspect {
+            component,
+            json,
+            cache_dir,
+            no_cache,
+        }) => {
+            let cache_dir = if no_cache {
+                None
+            } else {
+                cache_dir.or_else(cache::default_dir)
+            };
+            block_on(tools_inspect(component, json, cache_dir))
+        }
         Command::Replay {
             log,
             run,
@@ -806,4 +843,47 @@ async fn replay(
             ExitCode::SUCCESS
         }
     }
+}
+
+async fn tools_inspect(component: String, json: bool, cache_dir: Option<PathBuf>) -> ExitCode {
+    let source = ComponentSource::parse(&component, Path::new("."));
+    let runtime = match Runtime::new(RuntimeConfig {
+        cache_dir,
+        ..RuntimeConfig::default()
+    }) {
+        Ok(runtime) => runtime,
+        Err(error) => return bad_input(format!("error: cannot start the engine: {error:#}")),
+    };
+    let inspection = match warden::registry::inspect(&runtime, &source).await {
+        Ok(inspection) => inspection,
+        Err(error) => return bad_input(format!("error: {error}")),
+    };
+    let clean = warden::transcript::clean;
+    if json {
+        let value = serde_json::json!({
+            "source": inspection.source,
+            "sha256": inspection.sha256,
+            "tools": inspection.tools,
+            "imports": inspection.imports.iter().map(|(name, needs)| serde_json::json!({ "name": name, "needs": needs })).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON serializes")
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{}\n  sha256 = \"{}\"\n",
+        inspection.source, inspection.sha256
+    );
+    println!("tools:");
+    for tool in &inspection.tools {
+        println!("  {}: {}", clean(&tool.name), clean(&tool.description));
+        println!("    parameters: {}", clean(&tool.parameters.to_string()));
+    }
+    println!("\nimports:");
+    for (name, needs) in &inspection.imports {
+        println!("  {name:<45} {needs}");
+    }
+    ExitCode::SUCCESS
 }

@@ -304,3 +304,71 @@ async fn describe(
     }
     Ok(out)
 }
+
+/// What a tool component is, before anyone grants it anything.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// Where it came from.
+    pub source: String,
+    /// SHA-256 of its bytes (what a policy's `sha256` pins).
+    pub sha256: String,
+    /// The tools it describes.
+    pub tools: Vec<ToolSpec>,
+    /// Its imports: interface name and what a policy must grant for it.
+    pub imports: Vec<(String, &'static str)>,
+}
+
+/// What an import asks of the host, in a policy's words.
+pub fn capability_of(import: &str) -> &'static str {
+    let interface = import.split('@').next().unwrap_or(import);
+    match interface {
+        i if i.starts_with("wasi:http/") => "outgoing HTTP: needs an `http` grant",
+        i if i.starts_with("wasi:filesystem/") => "files: sees only `fs` grants (none by default)",
+        "wasi:cli/environment" => "environment: sees only `env`/`inherit_env` (none by default)",
+        i if i.starts_with("wasi:sockets/") => "raw sockets: never granted (calls fail)",
+        i if i.starts_with("wasi:random/") => "randomness (seeded under [reproducible])",
+        i if i.starts_with("wasi:clocks/") => "clocks (fixed under [reproducible])",
+        "wasi:cli/stdin" | "wasi:cli/terminal-stdin" => "stdin: closed, nothing to read",
+        i if i.starts_with("wasi:cli/std") || i.starts_with("wasi:cli/terminal") => {
+            "stdio: captured into the audit log, never shown"
+        }
+        i if i.starts_with("wasi:cli/") || i.starts_with("wasi:io/") => {
+            "always available, harmless"
+        }
+        i if i.starts_with("warden:sandbox/") => "warden's own interface",
+        _ => "unknown to warden: the component will not load",
+    }
+}
+
+/// Load `source` as a tool component, run its `describe` with no grants,
+/// and list what it imports. Nothing else of it runs.
+pub async fn inspect(runtime: &Runtime, source: &ComponentSource) -> Result<Inspection, String> {
+    let bytes = source.read()?;
+    let loaded = runtime
+        .load(&source.to_string(), &bytes)
+        .map_err(|e| format!("`{source}` is not a valid component: {e:#}"))?;
+    let mut imports: Vec<(String, &'static str)> = loaded
+        .component
+        .component_type()
+        .imports(runtime.engine())
+        .map(|(name, _)| (name.to_string(), capability_of(name)))
+        .collect();
+    imports.sort();
+    let pre = runtime.tool_pre(&loaded.component).map_err(|e| {
+        format!(
+            "`{source}` is not a warden tool component (a tool exports `describe` and `invoke`, world warden:sandbox/tool): {e:#}"
+        )
+    })?;
+    let policy = crate::policy::Policy::parse("inspect", "").map_err(|e| e.render())?;
+    let gate = Arc::new(Gate::new(
+        Arc::new(policy),
+        crate::audit::AuditLog::new(crate::audit::new_run_id()),
+    ));
+    let tools = describe(&pre, source, &gate).await?;
+    Ok(Inspection {
+        source: source.to_string(),
+        sha256: loaded.sha256,
+        tools,
+        imports,
+    })
+}

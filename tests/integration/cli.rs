@@ -656,3 +656,41 @@ fn a_person_at_the_terminal_approves_or_refuses() {
             .any(|r| r["subject"] == "calc" && r["outcome"] == "ok")
     );
 }
+
+#[test]
+fn tools_inspect_shows_specs_imports_and_the_pin() {
+    let out = warden(&["tools", "inspect", guests::PROBE_TOOL, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    use sha2::Digest;
+    let bytes = std::fs::read(guests::PROBE_TOOL).unwrap();
+    assert_eq!(report["sha256"], hex::encode(sha2::Sha256::digest(&bytes)));
+    assert_eq!(report["tools"][0]["name"], "probe");
+    let imports = report["imports"].as_array().unwrap();
+    let needs = |prefix: &str| {
+        imports
+            .iter()
+            .find(|i| i["name"].as_str().unwrap().starts_with(prefix))
+            .map(|i| i["needs"].as_str().unwrap().to_string())
+    };
+    assert!(
+        needs("wasi:http/outgoing-handler")
+            .unwrap()
+            .contains("`http` grant")
+    );
+    assert!(
+        needs("wasi:filesystem/preopens")
+            .unwrap()
+            .contains("`fs` grants")
+    );
+
+    let out = warden(&["tools", "inspect", "builtin:calc"]);
+    assert!(text(&out.stdout).contains("calc: Evaluate an arithmetic expression"));
+    let out = warden(&["tools", "inspect", "builtin:react"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not a warden tool component"),
+        "{}",
+        text(&out.stderr)
+    );
+}
