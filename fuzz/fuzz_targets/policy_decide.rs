@@ -44,5 +44,18 @@ fuzz_target!(|data: &[u8]| {
             session.observe_model_output(&policy, &rest_text, Usage { input_tokens: 10, output_tokens: round }, model);
         }
         let _ = policy.model.redact(&rest_text);
+        // Egress decisions on a URL made of the input.
+        let target = warden::policy::HttpTarget {
+            scheme: if round == 0 { "https".into() } else { "http".into() },
+            host: rest_text.chars().take(64).collect::<String>().to_ascii_lowercase(),
+            port: 443,
+            path: format!("/{rest_text}"),
+        };
+        for name in &names {
+            for method in ["GET", "POST"] {
+                let request = Request::Http { tool: Some(name), method, target: &target };
+                let _ = policy.decide(&request, &session);
+            }
+        }
     }
 });
