@@ -189,7 +189,8 @@ impl JsonlFile {
         })
     }
 
-    /// The hash the next record's `prev` must carry.
+    /// The hash of the file's last complete line when it was opened: the
+    /// `prev` its next record must carry ([`AuditLog::with_head`]).
     pub fn head(&self) -> &str {
         &self.head
     }
@@ -245,9 +246,7 @@ impl AuditSink for JsonlFile {
         self.line.push(b'\n');
         // One write per line, no user-space buffer: once `write` returns,
         // the line is the kernel's and survives the process being killed.
-        self.file.write_all(&self.line)?;
-        self.head = line_hash(line);
-        Ok(())
+        self.file.write_all(&self.line)
     }
 
     fn sync(&mut self) -> io::Result<()> {
