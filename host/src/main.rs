@@ -297,6 +297,18 @@ async fn run_command(args: RunArgs) -> ExitCode {
         Ok(provider) => provider,
         Err(message) => return bad_input(message),
     };
+    for rule in &args.approve {
+        let names_a_tool = rule
+            .strip_prefix("tools.")
+            .and_then(|rest| rest.split('.').next())
+            .is_some_and(|tool| policy.policy.tools.contains_key(tool));
+        if !names_a_tool {
+            eprintln!(
+                "warning: --approve {rule} names no tool of {}: rules that ask look like `tools.NAME`, `tools.NAME.args.FIELD` or `tools.NAME.ask_when_labeled`",
+                policy.name
+            );
+        }
+    }
     let agent = ComponentSource::parse(&args.agent, Path::new("."));
     execute(
         policy,

@@ -694,3 +694,28 @@ fn tools_inspect_shows_specs_imports_and_the_pin() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn approving_a_rule_the_policy_does_not_have_is_a_warning() {
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-q",
+        "-p",
+        "policies/demo.toml",
+        "-t",
+        "x",
+        "-m",
+        "scripted:agents/react/demo.script.toml",
+        "--audit",
+        "/dev/null",
+        "--approve",
+        "tools.shell",
+    ]);
+    assert!(
+        text(&out.stderr)
+            .contains("warning: --approve tools.shell names no tool of policies/demo.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
