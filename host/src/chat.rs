@@ -139,6 +139,37 @@ fn reported() -> bool {
     true
 }
 
+impl ChatResponse {
+    /// An answer as a provider gave it: its token counts when it reported
+    /// both (else an estimate, marked as one), and the model that answered
+    /// (else the one asked for).
+    pub fn from_provider(
+        request: &ChatRequest,
+        message: Message,
+        finish_reason: FinishReason,
+        usage: Option<(u32, u32)>,
+        model: Option<String>,
+    ) -> Self {
+        let (usage, usage_reported) = match usage {
+            Some((input_tokens, output_tokens)) => (
+                Usage {
+                    input_tokens,
+                    output_tokens,
+                },
+                true,
+            ),
+            None => (Usage::estimate(request, &message), false),
+        };
+        ChatResponse {
+            message,
+            usage,
+            finish_reason,
+            model: model.unwrap_or_else(|| request.model.clone()),
+            usage_reported,
+        }
+    }
+}
+
 impl Usage {
     /// A rough count for a provider that reports none: four bytes a token
     /// for the request's messages and the answer.

@@ -76,6 +76,10 @@ impl Permit {
     }
 }
 
+/// Decision records by kind and verdict (`{"tool": {"allow": 2}}`).
+pub type Tally =
+    std::collections::BTreeMap<&'static str, std::collections::BTreeMap<&'static str, u32>>;
+
 /// What a person said about an `ask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Approval {
@@ -133,7 +137,7 @@ pub struct Gate {
     /// Rules approved for the rest of the run, and by whom.
     approved: Mutex<std::collections::HashMap<String, String>>,
     /// Decision records by kind and verdict, for the run's summary.
-    tally: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>>,
+    tally: Mutex<Tally>,
     /// The directory of each policy file, for relative paths in grants.
     dirs: Vec<std::path::PathBuf>,
 }
@@ -206,16 +210,12 @@ impl Gate {
     /// guest passes around, no secret lands in the audit log.
     fn write(&self, mut entry: Entry) -> io::Result<u64> {
         if entry.event == Event::Decision && entry.kind != Kind::Run {
-            let kind = serde_json::to_value(entry.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let verdict = serde_json::to_value(entry.decision)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
-            *tally.entry(kind).or_default().entry(verdict).or_default() += 1;
+            *tally
+                .entry(entry.kind.as_str())
+                .or_default()
+                .entry(entry.decision.as_str())
+                .or_default() += 1;
         }
         if !self.secrets.is_empty() {
             let found = &mut Redactions::new();
@@ -252,9 +252,7 @@ impl Gate {
     }
 
     /// Decisions so far, by kind (`model`, `tool`, `http`, `log`) and verdict.
-    pub fn tally(
-        &self,
-    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> {
+    pub fn tally(&self) -> Tally {
         self.tally.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -308,7 +306,8 @@ impl Gate {
             }
             Decision::Ask { rule, reason } => {
                 // Approved already for this run (`--approve`, or a person
-                // who said "always")?
+                // who said "always")? Otherwise ask, without holding the
+                // lock: a person takes time.
                 let standing = self
                     .approved
                     .lock()
@@ -316,65 +315,21 @@ impl Gate {
                     .get(rule.as_str())
                     .cloned();
                 let by = match standing {
-                    Some(by) => by,
+                    Some(by) => Ok(by),
                     None => {
-                        // Ask without holding the lock: a person takes time.
+                        let labels = state.session.labels.clone();
                         drop(state);
-                        let labels = self.session().labels;
-                        let question = Question {
-                            kind,
-                            subject: &subject,
-                            rule: rule.as_str(),
-                            reason: &reason,
-                            data: data.as_ref(),
-                            labels: &labels,
-                        };
-                        let answer = match &self.approver {
-                            Some(approver) => block_while(|| approver.ask(&question)),
-                            None => None,
-                        };
+                        let answer =
+                            self.ask_person(kind, &subject, &rule, &reason, &data, &labels);
                         state = self.lock();
-                        match answer {
-                            Some(Approval::Once) => "a person, once".to_string(),
-                            Some(Approval::ForRun) => {
-                                self.approved
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .insert(
-                                        rule.to_string(),
-                                        "a person, for the rest of the run".into(),
-                                    );
-                                "a person, for the rest of the run".to_string()
-                            }
-                            Some(Approval::Deny) => {
-                                let error = GuestError::Denied(format!(
-                                    "{reason}; a person refused this call (rule: {rule})"
-                                ));
-                                self.write_refusal(
-                                    kind,
-                                    &subject,
-                                    Verdict::Ask,
-                                    &rule,
-                                    &error,
-                                    data,
-                                )?;
-                                return Ok(Err(error));
-                            }
-                            None => {
-                                let error = GuestError::Denied(format!(
-                                    "{reason}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve {rule} (rule: {rule})"
-                                ));
-                                self.write_refusal(
-                                    kind,
-                                    &subject,
-                                    Verdict::Ask,
-                                    &rule,
-                                    &error,
-                                    data,
-                                )?;
-                                return Ok(Err(error));
-                            }
-                        }
+                        answer
+                    }
+                };
+                let by = match by {
+                    Ok(by) => by,
+                    Err(error) => {
+                        self.write_refusal(kind, &subject, Verdict::Ask, &rule, &error, data)?;
+                        return Ok(Err(error));
                     }
                 };
                 // Budgets may have moved while a person was asked: decide
@@ -425,6 +380,48 @@ impl Gate {
                 self.write_refusal(kind, &subject, Verdict::Deny, &rule, &error, data)?;
                 Ok(Err(error))
             }
+        }
+    }
+
+    /// Ask the approver about an `ask`: who approved it, or the refusal
+    /// for the guest (a person said no, or nobody could be asked).
+    fn ask_person(
+        &self,
+        kind: Kind,
+        subject: &str,
+        rule: &Rule,
+        reason: &str,
+        data: &Option<Value>,
+        labels: &[String],
+    ) -> Result<String, GuestError> {
+        let question = Question {
+            kind,
+            subject,
+            rule: rule.as_str(),
+            reason,
+            data: data.as_ref(),
+            labels,
+        };
+        let answer = match &self.approver {
+            Some(approver) => block_while(|| approver.ask(&question)),
+            None => None,
+        };
+        match answer {
+            Some(Approval::Once) => Ok("a person, once".to_string()),
+            Some(Approval::ForRun) => {
+                let by = "a person, for the rest of the run".to_string();
+                self.approved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(rule.to_string(), by.clone());
+                Ok(by)
+            }
+            Some(Approval::Deny) => Err(GuestError::Denied(format!(
+                "{reason}; a person refused this call (rule: {rule})"
+            ))),
+            None => Err(GuestError::Denied(format!(
+                "{reason}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve {rule} (rule: {rule})"
+            ))),
         }
     }
 

@@ -639,13 +639,11 @@ struct Filter {
 
 impl Filter {
     fn keeps(&self, record: &warden::audit::Record) -> bool {
-        let text = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        self.kind
-            .as_ref()
-            .is_none_or(|k| text(serde_json::to_value(record.kind).unwrap_or_default()) == *k)
-            && self.decision.as_ref().is_none_or(|d| {
-                text(serde_json::to_value(record.decision).unwrap_or_default()) == *d
-            })
+        self.kind.as_ref().is_none_or(|k| record.kind.as_str() == k)
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| record.decision.as_str() == d)
             && self.tool.as_ref().is_none_or(|t| record.subject == *t)
             && self.run.as_ref().is_none_or(|r| record.run == *r)
     }

@@ -2,7 +2,7 @@
 //! provides it, with the spec that component describes.
 //!
 //! Every call runs in a fresh instance of the component, with the tool's
-//! own (for now: no) capabilities and the policy's limits, and is dropped
+//! own grants (never the agent's) and the policy's limits, and is dropped
 //! afterwards: a tool keeps no state between calls and never runs with the
 //! agent's authority. Several entries may share a component; each is its
 //! own tool with its own rules.
@@ -53,20 +53,21 @@ pub struct ToolRegistry {
     tools: BTreeMap<String, RegisteredTool>,
 }
 
-impl ToolRegistry {
-    /// Load every component `policy` names, ask each what it provides, and
-    /// bind each `[tools.NAME]` entry to its spec. `gate` records what the
-    /// components log while describing themselves.
-    pub async fn load(
-        runtime: &Runtime,
-        policy: &PolicyFile,
-        gate: &Arc<Gate>,
-    ) -> Result<Self, SourceError> {
-        // First read every component and check every pin, so no code of
-        // a component that fails its pin ever runs (describing a tool runs
-        // it).
-        let mut sources: Vec<(&crate::policy::ToolPolicy, ComponentSource)> = Vec::new();
-        let mut bytes: HashMap<ComponentSource, std::borrow::Cow<'static, [u8]>> = HashMap::new();
+/// Every tool component a policy names, read and checked against its
+/// `sha256` pin. No code of any of them has run yet.
+pub struct ToolSources<'p> {
+    entries: Vec<(&'p crate::policy::ToolPolicy, ComponentSource)>,
+    /// Each distinct component's bytes and SHA-256.
+    bytes: HashMap<ComponentSource, (std::borrow::Cow<'static, [u8]>, String)>,
+}
+
+impl<'p> ToolSources<'p> {
+    /// Read every component `policy` names and check every pin, so no code
+    /// of a component that fails its pin ever runs (describing a tool runs
+    /// it).
+    pub fn read(policy: &'p PolicyFile) -> Result<Self, SourceError> {
+        let mut entries = Vec::new();
+        let mut bytes = HashMap::new();
         for entry in policy.policy.tools.values() {
             let Some(reference) = &entry.component else {
                 continue;
@@ -88,11 +89,12 @@ impl ToolRegistry {
                         ),
                     )
                 })?;
-                bytes.insert(source.clone(), read);
+                let sha256 = hex::encode(Sha256::digest(&read));
+                bytes.insert(source.clone(), (read, sha256));
             }
             if let Some(pin) = &entry.sha256 {
-                let actual = hex::encode(Sha256::digest(&bytes[&source]));
-                if *pin != actual {
+                let actual = &bytes[&source].1;
+                if pin != actual {
                     return Err(policy.error_at(
                         &reference.place,
                         format!(
@@ -103,9 +105,48 @@ impl ToolRegistry {
                     ));
                 }
             }
-            sources.push((entry, source));
+            entries.push((entry, source));
         }
+        Ok(ToolSources { entries, bytes })
+    }
 
+    /// Each distinct component and its SHA-256, sorted by source.
+    pub fn hashes(&self) -> Vec<(String, String)> {
+        let mut hashes: Vec<(String, String)> = self
+            .bytes
+            .iter()
+            .map(|(source, (_, sha256))| (source.to_string(), sha256.clone()))
+            .collect();
+        hashes.sort();
+        hashes
+    }
+}
+
+impl ToolRegistry {
+    /// Read, check and load every component `policy` names (see
+    /// [`ToolSources::read`] and [`ToolRegistry::load_sources`]).
+    pub async fn load(
+        runtime: &Runtime,
+        policy: &PolicyFile,
+        gate: &Arc<Gate>,
+    ) -> Result<Self, SourceError> {
+        let sources = ToolSources::read(policy)?;
+        Self::load_sources(runtime, policy, sources, gate).await
+    }
+
+    /// Compile the components read, ask each what it provides, and bind
+    /// each `[tools.NAME]` entry to its spec. `gate` records what the
+    /// components log while describing themselves.
+    pub async fn load_sources(
+        runtime: &Runtime,
+        policy: &PolicyFile,
+        sources: ToolSources<'_>,
+        gate: &Arc<Gate>,
+    ) -> Result<Self, SourceError> {
+        let ToolSources {
+            entries: sources,
+            bytes,
+        } = sources;
         let mut components: HashMap<ComponentSource, (Arc<ToolComponent>, Vec<ToolSpec>)> =
             HashMap::new();
         let mut tools = BTreeMap::new();
@@ -119,7 +160,7 @@ impl ToolRegistry {
                     policy.error_at(&reference.place, message, help)
                 };
                 let loaded = runtime
-                    .load(&source.to_string(), &bytes[&source])
+                    .load(&source.to_string(), &bytes[&source].0)
                     .map_err(|e| at(format!("`{source}` is not a valid component: {e:#}"), None))?;
                 let pre = runtime.tool_pre(&loaded.component).map_err(|e| {
                     at(

@@ -8,7 +8,7 @@ use crate::gate::{Approver, Gate};
 use crate::load::{ComponentSource, PolicyFile};
 use crate::policy::{Session, Verdict};
 use crate::provider::ModelProvider;
-use crate::registry::ToolRegistry;
+use crate::registry::{ToolRegistry, ToolSources};
 use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
 use crate::secrets::Secrets;
@@ -111,6 +111,13 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     })?;
 
     let policy = spec.policy.policy.clone();
+    // Read every tool component and check its pin first: the run's first
+    // record names them all.
+    let sources = ToolSources::read(&spec.policy);
+    let component_hashes = sources
+        .as_ref()
+        .map(ToolSources::hashes)
+        .unwrap_or_default();
     let mut secrets = Secrets::load(&spec.policy);
     if let Some(key) = spec.provider.api_key() {
         secrets.add(MODEL_KEY_NAME, key.expose());
@@ -139,12 +146,18 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
             "model": spec.provider.describe(),
             "task": spec.task,
             "secrets": secrets_data,
-            "components": tool_component_hashes(&spec.policy),
+            "components": component_hashes.iter().map(|(source, sha256)| json!({
+                "source": source, "sha256": sha256,
+            })).collect::<Vec<_>>(),
         })),
     })?;
 
     gate.observe_task(&spec.task);
-    let tools = match ToolRegistry::load(runtime, &spec.policy, &gate).await {
+    let registry = match sources {
+        Ok(sources) => ToolRegistry::load_sources(runtime, &spec.policy, sources, &gate).await,
+        Err(error) => Err(error),
+    };
+    let tools = match registry {
         Ok(tools) => Arc::new(tools),
         Err(error) => {
             end_record(
@@ -267,28 +280,6 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         agent_cache_hit: loaded.cache_hit,
         agent_load_time: loaded.load_time,
     })
-}
-
-/// Every tool component the policy names, with the SHA-256 of its bytes,
-/// for the run's first record (a component that cannot be read says why;
-/// loading it fails next, with a located error).
-fn tool_component_hashes(policy: &PolicyFile) -> Vec<serde_json::Value> {
-    use sha2::{Digest, Sha256};
-    let mut seen = std::collections::BTreeMap::new();
-    for entry in policy.policy.tools.values() {
-        let Some(reference) = &entry.component else {
-            continue;
-        };
-        let source = ComponentSource::parse(&reference.text, policy.dir_of(reference.place.file));
-        seen.entry(source.to_string())
-            .or_insert_with(|| match source.read() {
-                Ok(bytes) => json!(hex::encode(Sha256::digest(&bytes))),
-                Err(error) => json!({ "unreadable": error }),
-            });
-    }
-    seen.into_iter()
-        .map(|(source, sha256)| json!({ "source": source, "sha256": sha256 }))
-        .collect()
 }
 
 fn end_record(

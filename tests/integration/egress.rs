@@ -12,28 +12,9 @@ use warden::audit::{Outcome, Record};
 use warden::policy::Verdict;
 
 /// Run the probe tool once with `args` under `grants` (TOML lines under
-/// `[tools.probe]`, plus any extra tables); returns what it reported and
-/// the run.
+/// `[tools.probe]`, plus any extra tables); what it reported, and the run.
 async fn probe(grants: &str, args: Value) -> (Value, Ran) {
-    let policy = format!(
-        "[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\n{grants}\n",
-        guests::PROBE_TOOL
-    );
-    let script = format!(
-        "[[turn]]\ncalls = [{{ tool = \"probe\", arguments_json = {:?} }}]\n[[turn]]\ntext = \"done\"\n",
-        args.to_string()
-    );
-    let ran = run_agent("builtin:react", &policy, Recording::new(&script), "probe").await;
-    let outcome = ran
-        .find("tool", "outcome")
-        .into_iter()
-        .find(|r| r.subject == "probe")
-        .cloned()
-        .expect("the probe ran");
-    let result = outcome.data.as_ref().map_or(Value::Null, |d| {
-        serde_json::from_str(d["result"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
-    });
-    (result, ran)
+    run_probe(&probe_policy(grants), args).await
 }
 
 fn http_records(ran: &Ran) -> Vec<&Record> {

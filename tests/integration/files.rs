@@ -7,23 +7,9 @@ use serde_json::{Value, json};
 
 /// Run the probe with `fs` grants and `args`; what it reported.
 async fn probe_fs(fs: &str, args: Value) -> Value {
-    let policy = format!(
-        "[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\nfs = {fs}\n",
-        guests::PROBE_TOOL
-    );
-    let script = format!(
-        "[[turn]]\ncalls = [{{ tool = \"probe\", arguments_json = {:?} }}]\n[[turn]]\ntext = \"done\"\n",
-        args.to_string()
-    );
-    let ran = run_agent("builtin:react", &policy, Recording::new(&script), "probe").await;
-    let outcome = ran
-        .find("tool", "outcome")
-        .into_iter()
-        .find(|r| r.subject == "probe")
-        .cloned()
-        .expect("the probe ran");
-    let data = outcome.data.unwrap_or(Value::Null);
-    serde_json::from_str(data["result"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+    run_probe(&probe_policy(&format!("fs = {fs}")), args)
+        .await
+        .0
 }
 
 fn mount(dir: &std::path::Path, mode: &str) -> String {
@@ -120,20 +106,11 @@ async fn read_only_means_no_writes_and_read_write_stays_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_grants_are_exactly_the_listed_variables() {
-    let policy = format!(
-        "[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\nenv = {{ LANG = \"C.UTF-8\" }}\ninherit_env = [\"PATH\", \"WARDEN_SURELY_UNSET\"]\n",
-        guests::PROBE_TOOL
+    let policy = probe_policy(
+        "env = { LANG = \"C.UTF-8\" }\ninherit_env = [\"PATH\", \"WARDEN_SURELY_UNSET\"]",
     );
-    let script = "[[turn]]\ncalls = [{ tool = \"probe\", arguments_json = '{\"op\":\"env\"}' }]\n[[turn]]\ntext = \"done\"\n";
-    let ran = run_agent("builtin:react", &policy, Recording::new(script), "env").await;
-    let outcome = ran
-        .find("tool", "outcome")
-        .into_iter()
-        .find(|r| r.subject == "probe")
-        .cloned()
-        .unwrap();
-    let result: Vec<(String, String)> =
-        serde_json::from_str(outcome.data.unwrap()["result"].as_str().unwrap()).unwrap();
+    let (result, _) = run_probe(&policy, json!({ "op": "env" })).await;
+    let result: Vec<(String, String)> = serde_json::from_value(result).unwrap();
     let mut names: Vec<&str> = result.iter().map(|(k, _)| k.as_str()).collect();
     names.sort();
     assert_eq!(names, ["LANG", "PATH"]);
@@ -146,19 +123,8 @@ async fn environment_grants_are_exactly_the_listed_variables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reproducible_policy_fixes_the_clock_and_seeds_randomness() {
     let entropy = |reproducible: &'static str| async move {
-        let policy = format!(
-            "{reproducible}\n[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\n",
-            guests::PROBE_TOOL
-        );
-        let script = "[[turn]]\ncalls = [{ tool = \"probe\", arguments_json = '{\"op\":\"entropy\"}' }]\n[[turn]]\ntext = \"done\"\n";
-        let ran = run_agent("builtin:react", &policy, Recording::new(script), "t").await;
-        let outcome = ran
-            .find("tool", "outcome")
-            .into_iter()
-            .find(|r| r.subject == "probe")
-            .cloned()
-            .unwrap();
-        serde_json::from_str::<Value>(outcome.data.unwrap()["result"].as_str().unwrap()).unwrap()
+        let policy = format!("{reproducible}\n{}", probe_policy(""));
+        run_probe(&policy, json!({ "op": "entropy" })).await.0
     };
     let fixed = "[reproducible]\ntime = \"2026-01-01T00:00:00Z\"\nrandom_seed = 7\n";
     let (a, b) = (entropy(fixed).await, entropy(fixed).await);

@@ -167,3 +167,65 @@ pub fn no_model() -> Arc<dyn ModelProvider> {
 pub fn calls_report(ran: &Ran) -> Vec<serde_json::Value> {
     serde_json::from_str(ran.answer()).unwrap()
 }
+
+/// Run the react agent under `policy` with a scripted model that asks for
+/// `calls` (tool, JSON arguments) in one turn and then answers "done".
+/// Returns each call's result as its outcome record holds it (`Err` with
+/// the record's detail when the call was refused or failed), and the run.
+pub async fn run_calls(
+    policy: &str,
+    calls: &[(&str, serde_json::Value)],
+) -> (Vec<Result<String, String>>, Ran) {
+    let calls: Vec<String> = calls
+        .iter()
+        .map(|(tool, args)| {
+            format!(
+                "{{ tool = {tool:?}, arguments_json = {:?} }}",
+                args.to_string()
+            )
+        })
+        .collect();
+    let script = format!(
+        "[[turn]]\ncalls = [{}]\n[[turn]]\ntext = \"done\"\n",
+        calls.join(", ")
+    );
+    let ran = run_agent(
+        "builtin:react",
+        policy,
+        Recording::new(&script),
+        "use the tools",
+    )
+    .await;
+    let results = ran
+        .find("tool", "outcome")
+        .into_iter()
+        .map(|r| match r.outcome {
+            Some(warden::audit::Outcome::Ok) => Ok(r.data.as_ref().unwrap()["result"]
+                .as_str()
+                .unwrap()
+                .to_string()),
+            _ => Err(r.detail.clone()),
+        })
+        .collect();
+    (results, ran)
+}
+
+/// A policy granting the `probe` guest as a tool, with `grants` (TOML
+/// lines, and any further tables) under `[tools.probe]`.
+pub fn probe_policy(grants: &str) -> String {
+    format!(
+        "[model]\nallow = [\"scripted\"]\n\n[tools.probe]\ncomponent = {:?}\n{grants}\n",
+        guests::PROBE_TOOL
+    )
+}
+
+/// Run the probe once with `args` under `policy`: what it reported (JSON),
+/// and the run.
+pub async fn run_probe(policy: &str, args: serde_json::Value) -> (serde_json::Value, Ran) {
+    let (results, ran) = run_calls(policy, &[("probe", args)]).await;
+    let result = match &results[0] {
+        Ok(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
+    (result, ran)
+}

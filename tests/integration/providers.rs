@@ -35,6 +35,15 @@ fn provider(spec: &str, key: Option<PathBuf>, limits: ProviderLimits) -> Arc<dyn
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A keyless `openai-compatible` provider for the mock server.
+fn compatible(mock: &MockModel, limits: ProviderLimits) -> Arc<dyn ModelProvider> {
+    provider(
+        &format!("openai-compatible:{}#gpt-test", mock.url),
+        None,
+        limits,
+    )
+}
+
 /// Limits that keep failing tests fast.
 fn quick() -> ProviderLimits {
     ProviderLimits {
@@ -196,11 +205,7 @@ async fn a_429_is_retried_after_the_time_it_asks_for() {
         openai_text("ok", Some((5, 1))),
     ])
     .await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     let started = Instant::now();
     let answer = model.chat(&request("hi")).await.unwrap();
     assert_eq!(answer.message.content, "ok");
@@ -218,11 +223,7 @@ async fn a_500_then_success_is_retried_and_persistent_errors_give_up() {
         openai_text("recovered", Some((5, 1))),
     ])
     .await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     assert_eq!(
         model.chat(&request("hi")).await.unwrap().message.content,
         "recovered"
@@ -232,11 +233,7 @@ async fn a_500_then_success_is_retried_and_persistent_errors_give_up() {
     let overloaded =
         Reply::json(503, json!({"error": {"message": "overloaded"}})).header("retry-after", "0");
     let mock = MockModel::start(vec![overloaded.clone(), overloaded.clone(), overloaded]).await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     let error = model.chat(&request("hi")).await.unwrap_err().to_string();
     assert_eq!(
         error,
@@ -251,11 +248,7 @@ async fn a_provider_asking_for_a_long_wait_is_not_waited_for() {
         Reply::json(429, json!({"error": {"message": "quota"}})).header("retry-after", "3600"),
     ])
     .await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     let started = Instant::now();
     let error = model.chat(&request("hi")).await.unwrap_err().to_string();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -288,11 +281,7 @@ async fn a_4xx_says_what_the_provider_said_and_is_not_retried() {
 #[tokio::test]
 async fn malformed_answers_fail_the_call_not_the_host() {
     let mock = MockModel::start(vec![Reply::raw(200, "{\"choices\": [oops")]).await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     let ran = run_agent("builtin:react", CALC_POLICY, model, "hi").await;
     match &ran.report.result {
         Err(RunFailure::Agent(error)) => {
@@ -310,11 +299,7 @@ async fn malformed_answers_fail_the_call_not_the_host() {
 
     // Valid JSON of the wrong shape is as clear.
     let mock = MockModel::start(vec![Reply::json(200, json!({"choices": [{"message": 7}]}))]).await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     let error = model.chat(&request("hi")).await.unwrap_err().to_string();
     assert!(
         error.contains("not a valid response: invalid type: integer `7`"),
@@ -332,11 +317,7 @@ async fn a_slow_provider_times_out() {
         timeout: Duration::from_millis(300),
         ..quick()
     };
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        limits,
-    );
+    let model = compatible(&mock, limits);
     let started = Instant::now();
     let error = model.chat(&request("hi")).await.unwrap_err().to_string();
     assert!(
@@ -366,11 +347,7 @@ async fn a_slow_provider_times_out() {
         delay: Duration::ZERO,
     };
     let mock = MockModel::start(vec![trickle]).await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        limits,
-    );
+    let model = compatible(&mock, limits);
     let error = model.chat(&request("hi")).await.unwrap_err().to_string();
     assert!(error.contains("did not answer within 300ms"), "{error}");
 }
@@ -396,11 +373,7 @@ async fn an_oversized_answer_is_refused_unread() {
     };
     for reply in [big, stream] {
         let mock = MockModel::start(vec![reply]).await;
-        let model = provider(
-            &format!("openai-compatible:{}#gpt-test", mock.url),
-            None,
-            limits,
-        );
+        let model = compatible(&mock, limits);
         let error = model.chat(&request("hi")).await.unwrap_err().to_string();
         assert_eq!(
             error,
@@ -483,11 +456,7 @@ component = "builtin:calc"
         openai_text("never sent", Some((1, 1))),
     ])
     .await;
-    let model = provider(
-        &format!("openai-compatible:{}#gpt-test", mock.url),
-        None,
-        quick(),
-    );
+    let model = compatible(&mock, quick());
     let ran = run_agent("builtin:react", policy, model, "add").await;
     match &ran.report.result {
         Err(RunFailure::Agent(error)) => {

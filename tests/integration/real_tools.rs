@@ -6,44 +6,6 @@ use crate::harness::*;
 use crate::mock_model::*;
 use serde_json::{Value, json};
 
-/// One scripted turn of calls (tool, arguments), then "done"; the results
-/// of the calls, in order, as the tool outcome records hold them.
-async fn call_tools(policy: &str, calls: &[(&str, Value)]) -> (Vec<Result<String, String>>, Ran) {
-    let calls: Vec<String> = calls
-        .iter()
-        .map(|(tool, args)| {
-            format!(
-                "{{ tool = {tool:?}, arguments_json = {:?} }}",
-                args.to_string()
-            )
-        })
-        .collect();
-    let script = format!(
-        "[[turn]]\ncalls = [{}]\n[[turn]]\ntext = \"done\"\n",
-        calls.join(", ")
-    );
-    let ran = run_agent(
-        "builtin:react",
-        policy,
-        Recording::new(&script),
-        "use the tools",
-    )
-    .await;
-    // The tool results as the model saw them, in the second request.
-    let results = ran
-        .find("tool", "outcome")
-        .into_iter()
-        .map(|r| match r.outcome {
-            Some(warden::audit::Outcome::Ok) => Ok(r.data.as_ref().unwrap()["result"]
-                .as_str()
-                .unwrap()
-                .to_string()),
-            _ => Err(r.detail.clone()),
-        })
-        .collect();
-    (results, ran)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_reads_a_granted_page_as_text_and_labels_it() {
     let page = "<html><head><title>Warden &amp; friends</title><style>p{}</style></head>\
@@ -57,7 +19,7 @@ async fn fetch_reads_a_granted_page_as_text_and_labels_it() {
         "[model]\nallow = [\"scripted\"]\n\n[tools.fetch]\ncomponent = \"builtin:fetch\"\nhttp = {{ allow = [{{ url = \"{}/**\", private = true, labels = [\"untrusted\"] }}] }}\n",
         server.url
     );
-    let (results, ran) = call_tools(
+    let (results, ran) = run_calls(
         &policy,
         &[
             ("fetch", json!({ "url": format!("{}/page", server.url) })),
@@ -109,7 +71,7 @@ fs = {{ "/workspace" = {{ dir = {dir:?}, mode = "rw" }} }}
 args.path = {{ prefix = "/workspace/" }}
 "#
     );
-    let (results, _) = call_tools(
+    let (results, _) = run_calls(
         &policy,
         &[
             ("read_file", json!({ "path": "/workspace/todo.md" })),

@@ -46,6 +46,21 @@ pub enum Kind {
     Stdio,
 }
 
+impl Kind {
+    /// The name records carry (`tool`, `http`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Run => "run",
+            Kind::Model => "model",
+            Kind::Tool => "tool",
+            Kind::Log => "log",
+            Kind::Http => "http",
+            Kind::Limit => "limit",
+            Kind::Stdio => "stdio",
+        }
+    }
+}
+
 /// Whether a record is the decision on a request or what came of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

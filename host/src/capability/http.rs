@@ -188,7 +188,15 @@ async fn send(
     let deadline = Instant::now() + http.timeout;
     let result = tokio::time::timeout_at(
         deadline,
-        exchange(gate, tool, rule, &target, &mut request, http.max_request),
+        exchange(
+            gate,
+            tool,
+            rule,
+            &target,
+            &mut request,
+            http.max_request,
+            deadline,
+        ),
     )
     .await
     .unwrap_or_else(|_| {
@@ -283,6 +291,7 @@ async fn exchange(
     target: &HttpTarget,
     request: &mut http::Request<WasiBody>,
     max_request: u64,
+    deadline: Instant,
 ) -> Result<
     (
         http::Response<hyper::body::Incoming>,
@@ -359,7 +368,9 @@ async fn exchange(
         inner: body,
         left: max_request,
         limit: max_request,
-        deadline: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+        // The upload streams from the connection task: it too must be done
+        // by the deadline.
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
     };
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = request.method().clone();

@@ -2,7 +2,7 @@
 
 use super::http::{ApiKey, Auth, Endpoint};
 use super::{BoxFuture, ModelProvider, ProviderError};
-use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, Usage};
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall};
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -246,26 +246,16 @@ pub fn decode(body: &Value, request: &ChatRequest) -> Result<ChatResponse, Provi
         tool_calls,
         tool_call_id: None,
     };
-    let (usage, usage_reported) = match wire.usage {
-        Some(WireUsage {
-            input_tokens: Some(input),
-            output_tokens: Some(output),
-        }) => (
-            Usage {
-                input_tokens: input,
-                output_tokens: output,
-            },
-            true,
-        ),
-        _ => (Usage::estimate(request, &message), false),
-    };
-    Ok(ChatResponse {
+    let usage = wire
+        .usage
+        .and_then(|u| Some((u.input_tokens?, u.output_tokens?)));
+    Ok(ChatResponse::from_provider(
+        request,
         message,
-        usage,
         finish_reason,
-        model: wire.model.unwrap_or_else(|| request.model.clone()),
-        usage_reported,
-    })
+        usage,
+        wire.model,
+    ))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::http::{ApiKey, Auth, Endpoint};
 use super::{BoxFuture, ModelProvider, ProviderError};
-use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, Usage};
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall};
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -248,26 +248,16 @@ pub fn decode(body: &Value, request: &ChatRequest) -> Result<ChatResponse, Provi
         tool_calls,
         tool_call_id: None,
     };
-    let (usage, usage_reported) = match completion.usage {
-        Some(WireUsage {
-            prompt_tokens: Some(input),
-            completion_tokens: Some(output),
-        }) => (
-            Usage {
-                input_tokens: input,
-                output_tokens: output,
-            },
-            true,
-        ),
-        _ => (Usage::estimate(request, &message), false),
-    };
-    Ok(ChatResponse {
+    let usage = completion
+        .usage
+        .and_then(|u| Some((u.prompt_tokens?, u.completion_tokens?)));
+    Ok(ChatResponse::from_provider(
+        request,
         message,
-        usage,
         finish_reason,
-        model: completion.model.unwrap_or_else(|| request.model.clone()),
-        usage_reported,
-    })
+        usage,
+        completion.model,
+    ))
 }
 
 #[cfg(test)]

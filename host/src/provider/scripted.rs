@@ -15,7 +15,7 @@
 //! what a host does with malformed arguments).
 
 use super::{BoxFuture, ModelProvider, ProviderError};
-use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, Usage};
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall};
 use crate::diagnostic::{Diagnostic, SourceError, parse_toml};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -138,18 +138,18 @@ impl ModelProvider for ScriptedProvider {
                 turns: self.turns.len(),
                 asked: index + 1,
             }),
-            Some(message) => Ok(ChatResponse {
-                message: message.clone(),
-                // No tokenizer: budgets see plausible numbers.
-                usage: Usage::estimate(request, message),
-                finish_reason: if message.tool_calls.is_empty() {
+            // No usage reported: budgets see the host's estimate.
+            Some(message) => Ok(ChatResponse::from_provider(
+                request,
+                message.clone(),
+                if message.tool_calls.is_empty() {
                     FinishReason::Stop
                 } else {
                     FinishReason::ToolCalls
                 },
-                model: request.model.clone(),
-                usage_reported: false,
-            }),
+                None,
+                None,
+            )),
         };
         Box::pin(std::future::ready(result))
     }
