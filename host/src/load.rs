@@ -1,10 +1,12 @@
 //! Reading what a run is made of from disk: the policy file and the
 //! components it names. The policy itself stays pure; this is where its
-//! text comes from and where `component = "..."` becomes bytes.
+//! text comes from and where `component = "..."` becomes bytes (read, or
+//! downloaded by [`crate::remote`]).
 
 use crate::bundled;
 use crate::diagnostic::{Diagnostic, SourceError, SourceFile};
 use crate::policy::{Place, Policy};
+use crate::remote::{self, Downloader, FetchError};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fmt;
@@ -158,11 +160,22 @@ pub enum ComponentSource {
     Builtin(String),
     /// A `.wasm` file.
     File(PathBuf),
+    /// A `.wasm` file to download (tools only, with a `sha256` pin; see
+    /// [`crate::remote`]).
+    Url(url::Url),
 }
 
 impl ComponentSource {
-    /// `builtin:NAME`, or a path resolved against `base` when relative.
+    /// `builtin:NAME`, a URL, or a path resolved against `base` when
+    /// relative. Whether a URL may be downloaded from is checked when it
+    /// is ([`crate::remote::check_url`]; the policy compiler checks it
+    /// first).
     pub fn parse(text: &str, base: &Path) -> Self {
+        if remote::is_url(text)
+            && let Ok(url) = url::Url::parse(text)
+        {
+            return ComponentSource::Url(url);
+        }
         match text.strip_prefix("builtin:") {
             Some(name) => ComponentSource::Builtin(name.to_string()),
             None => {
@@ -190,6 +203,25 @@ impl ComponentSource {
             ComponentSource::File(path) => std::fs::read(path)
                 .map(Cow::Owned)
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            ComponentSource::Url(url) => Err(format!(
+                "{url} is a URL: only tools are downloaded (named in a policy with a `sha256` pin); download it and give its path"
+            )),
+        }
+    }
+
+    /// The component's bytes, downloading a URL with `downloader` (through
+    /// its cache, checked against `pin` before they are used or kept).
+    pub async fn fetch(
+        &self,
+        downloader: &Downloader,
+        pin: Option<&str>,
+    ) -> Result<Cow<'static, [u8]>, FetchError> {
+        match self {
+            ComponentSource::Url(url) => downloader
+                .fetch(url, pin)
+                .await
+                .map(|fetched| Cow::Owned(fetched.bytes)),
+            _ => self.read().map_err(FetchError::Failed),
         }
     }
 
@@ -201,6 +233,13 @@ impl ComponentSource {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.display().to_string()),
+            ComponentSource::Url(url) => url
+                .path_segments()
+                .and_then(|mut segments| segments.next_back())
+                .and_then(|last| Path::new(last).file_stem())
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .filter(|stem| !stem.is_empty())
+                .unwrap_or_else(|| url.host_str().unwrap_or("component").to_string()),
         }
     }
 }
@@ -210,6 +249,7 @@ impl fmt::Display for ComponentSource {
         match self {
             ComponentSource::Builtin(name) => write!(f, "builtin:{name}"),
             ComponentSource::File(path) => write!(f, "{}", path.display()),
+            ComponentSource::Url(url) => write!(f, "{url}"),
         }
     }
 }

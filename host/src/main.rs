@@ -80,6 +80,39 @@ enum Command {
     /// Read audit logs: check their hash chain, or show them as a timeline.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Serve the policy's tools to an MCP client over stdio (JSON-RPC, one
+    /// message per line). Every call is decided, limited and audited
+    /// exactly like an agent's; a refusal is an error result naming the
+    /// rule. Ends when the client closes stdin.
+    Mcp(McpArgs),
+}
+
+#[derive(Args)]
+struct McpArgs {
+    /// The policy whose tools are served.
+    #[arg(long, short)]
+    policy: PathBuf,
+    /// Approve in advance every request the rule RULE asks about;
+    /// repeatable. Nobody else is asked: stdin is the protocol.
+    #[arg(long, value_name = "RULE")]
+    approve: Vec<String>,
+    /// Most tool calls running at once; more wait their turn.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// Show every decision on stderr as it happens (stdout is the protocol).
+    #[arg(long, short)]
+    verbose: bool,
+    /// Write the audit log (JSON Lines) here [default: a new file under
+    /// $XDG_STATE_HOME/warden/runs/].
+    #[arg(long)]
+    audit: Option<PathBuf>,
+    /// Keep compiled components here [default: $WARDEN_CACHE_DIR, or
+    /// ~/.cache/warden].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component afresh; do not read or write the cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 #[derive(Subcommand)]
@@ -88,7 +121,7 @@ enum ToolsCommand {
     /// the imports it asks for and what each needs from a policy, and the
     /// SHA-256 to pin it with. Only its `describe` runs, with no grants.
     Inspect {
-        /// The component: a .wasm file or `builtin:NAME`.
+        /// The component: a .wasm file, `builtin:NAME`, or an https:// URL.
         component: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -266,6 +299,7 @@ fn main() -> ExitCode {
             follow,
         ),
         Command::Demo { output } => block_on(demo(output)),
+        Command::Mcp(args) => block_on(mcp(args)),
     }
 }
 
@@ -412,41 +446,14 @@ async fn execute(
     approve: Vec<String>,
     output: OutputArgs,
 ) -> ExitCode {
-    let cache_dir = if output.no_cache {
-        None
-    } else {
-        output.cache_dir.or_else(cache::default_dir)
-    };
-    let runtime = match Runtime::new(RuntimeConfig {
-        cache_dir,
-        ..RuntimeConfig::default()
-    }) {
+    let runtime = match start_runtime(output.cache_dir, output.no_cache) {
         Ok(runtime) => runtime,
-        Err(error) => return bad_input(format!("error: cannot start the engine: {error:#}")),
+        Err(code) => return code,
     };
-    let run_id = new_run_id();
-    let audit_path = match output.audit {
-        Some(path) => path,
-        None => match default_audit_dir() {
-            Some(dir) => dir.join(format!("{run_id}.jsonl")),
-            None => {
-                return bad_input(
-                    "error: no place for the audit log: set HOME or XDG_STATE_HOME, or pass --audit FILE",
-                );
-            }
-        },
+    let (audit_path, mut log) = match open_audit(output.audit) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
-    let file = match JsonlFile::open(&audit_path) {
-        Ok(file) => file,
-        Err(error) => {
-            return bad_input(format!(
-                "error: cannot open the audit log {}: {error}",
-                audit_path.display()
-            ));
-        }
-    };
-    let head = file.head().to_string();
-    let mut log = AuditLog::new(run_id).with_head(&head).with_sink(file);
     if !output.quiet {
         log = log.with_sink(Transcript::new(std::io::stdout()));
     }
@@ -502,6 +509,129 @@ async fn execute(
             eprintln!("error: {failure}");
             ExitCode::from(EXIT_NO_ANSWER)
         }
+    }
+}
+
+/// The engine, with the compile cache `--cache-dir`/`--no-cache` ask for.
+fn start_runtime(cache_dir: Option<PathBuf>, no_cache: bool) -> Result<Runtime, ExitCode> {
+    let cache_dir = if no_cache {
+        None
+    } else {
+        cache_dir.or_else(cache::default_dir)
+    };
+    Runtime::new(RuntimeConfig {
+        cache_dir,
+        ..RuntimeConfig::default()
+    })
+    .map_err(|error| bad_input(format!("error: cannot start the engine: {error:#}")))
+}
+
+/// The audit log of a new run or session: `path`, else a new file under
+/// [`default_audit_dir`]; a file that exists is continued (one chain).
+fn open_audit(path: Option<PathBuf>) -> Result<(PathBuf, AuditLog), ExitCode> {
+    let run_id = new_run_id();
+    let audit_path = match path {
+        Some(path) => path,
+        None => match default_audit_dir() {
+            Some(dir) => dir.join(format!("{run_id}.jsonl")),
+            None => {
+                return Err(bad_input(
+                    "error: no place for the audit log: set HOME or XDG_STATE_HOME, or pass --audit FILE",
+                ));
+            }
+        },
+    };
+    let file = JsonlFile::open(&audit_path).map_err(|error| {
+        bad_input(format!(
+            "error: cannot open the audit log {}: {error}",
+            audit_path.display()
+        ))
+    })?;
+    let head = file.head().to_string();
+    Ok((
+        audit_path,
+        AuditLog::new(run_id).with_head(&head).with_sink(file),
+    ))
+}
+
+/// `warden mcp`: serve until the client closes stdin or a stop signal.
+async fn mcp(args: McpArgs) -> ExitCode {
+    let policy = match PolicyFile::read(&args.policy) {
+        Ok(policy) => policy,
+        Err(error) => return bad_input(error),
+    };
+    print_warnings(&policy);
+    let runtime = match start_runtime(args.cache_dir, args.no_cache) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let (audit_path, mut log) = match open_audit(args.audit) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    if args.verbose {
+        log = log.with_sink(Transcript::new(std::io::stderr()));
+    }
+    let spec = warden::mcp::ServeSpec {
+        policy,
+        approve: args.approve,
+        concurrency: usize::from(args.concurrency),
+    };
+    let input = tokio::io::BufReader::new(tokio::io::stdin());
+    let report = warden::mcp::serve(
+        &runtime,
+        spec,
+        log,
+        input,
+        tokio::io::stdout(),
+        stop_signal(),
+    )
+    .await;
+    match report {
+        Ok(report) => {
+            eprintln!(
+                "warden mcp: {} tool calls in {:.1?}; audit log: {}\naudit head: {}  (check: warden audit verify {} --head {})",
+                report.calls,
+                report.elapsed,
+                audit_path.display(),
+                report.audit_head,
+                audit_path.display(),
+                &report.audit_head[..16],
+            );
+            ExitCode::SUCCESS
+        }
+        Err(RunError::Audit(error)) => {
+            eprintln!(
+                "error: the audit log {} could not be written, so warden mcp stopped: {error}",
+                audit_path.display()
+            );
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+        Err(error) => bad_input(format!("error: {error}")),
+    }
+}
+
+/// Completes at SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

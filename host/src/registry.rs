@@ -14,6 +14,7 @@ use crate::diagnostic::SourceError;
 use crate::gate::Gate;
 use crate::load::{ComponentSource, PolicyFile};
 use crate::policy::Verdict;
+use crate::remote::{Downloader, FetchError};
 use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
 use sha2::{Digest, Sha256};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 /// A loaded tool component.
 pub struct ToolComponent {
-    /// Where it came from (`builtin:calc`, a path).
+    /// Where it came from (`builtin:calc`, a path, a URL).
     pub source: String,
     /// SHA-256 of its bytes, hex.
     pub sha256: String,
@@ -62,10 +63,14 @@ pub struct ToolSources<'p> {
 }
 
 impl<'p> ToolSources<'p> {
-    /// Read every component `policy` names and check every pin, so no code
-    /// of a component that fails its pin ever runs (describing a tool runs
-    /// it).
-    pub fn read(policy: &'p PolicyFile) -> Result<Self, SourceError> {
+    /// Read (or download, with `downloader`) every component `policy`
+    /// names and check every pin, so no code of a component that fails its
+    /// pin ever runs (describing a tool runs it). A URL component's pin is
+    /// checked before its bytes are used or cached.
+    pub async fn read(
+        policy: &'p PolicyFile,
+        downloader: &Downloader,
+    ) -> Result<Self, SourceError> {
         let mut entries = Vec::new();
         let mut bytes = HashMap::new();
         for entry in policy.policy.tools.values() {
@@ -75,33 +80,25 @@ impl<'p> ToolSources<'p> {
             let source =
                 ComponentSource::parse(&reference.text, policy.dir_of(reference.place.file));
             if !bytes.contains_key(&source) {
-                let read = source.read().map_err(|e| {
-                    policy.error_at(
-                        &reference.place,
-                        format!(
-                            "the component of [tools.{}] cannot be loaded: {e}",
-                            entry.name
-                        ),
-                        Some(
-                            "paths are relative to the policy file; build tools with \
-                             `cargo build --target wasm32-wasip2 --release`"
-                                .into(),
-                        ),
-                    )
-                })?;
+                let read = source
+                    .fetch(downloader, entry.sha256.as_deref())
+                    .await
+                    .map_err(|e| read_error(policy, entry, &source, e))?;
                 let sha256 = hex::encode(Sha256::digest(&read));
                 bytes.insert(source.clone(), (read, sha256));
             }
             if let Some(pin) = &entry.sha256 {
                 let actual = &bytes[&source].1;
                 if pin != actual {
-                    return Err(policy.error_at(
-                        &reference.place,
-                        format!(
-                            "`{source}` does not match the pin of [tools.{}]:\n  sha256 in the policy: {pin}\n  sha256 of the file:   {actual}",
-                            entry.name
-                        ),
-                        Some("if the component changed on purpose, review it and update `sha256`; otherwise it was replaced".into()),
+                    return Err(read_error(
+                        policy,
+                        entry,
+                        &source,
+                        FetchError::Mismatch {
+                            url: source.to_string(),
+                            pinned: pin.clone(),
+                            actual: actual.clone(),
+                        },
                     ));
                 }
             }
@@ -122,6 +119,47 @@ impl<'p> ToolSources<'p> {
     }
 }
 
+/// Why the component of `entry` could not be had, at its `component`.
+fn read_error(
+    policy: &PolicyFile,
+    entry: &crate::policy::ToolPolicy,
+    source: &ComponentSource,
+    error: FetchError,
+) -> SourceError {
+    let reference = entry
+        .component
+        .as_ref()
+        .expect("entries with sources have components");
+    let name = &entry.name;
+    let (message, help) = match (error, source) {
+        (FetchError::Mismatch { pinned, actual, .. }, ComponentSource::Url(url)) => (
+            format!(
+                "`{url}` does not match the pin of [tools.{name}]:\n  sha256 in the policy:   {pinned}\n  sha256 of the download: {actual}\nnone of its code ran, and it was not kept"
+            ),
+            format!(
+                "if the component at that URL changed on purpose (a new release), review it with `warden tools inspect {url}` and update `sha256`; otherwise it was replaced, or the pin is wrong"
+            ),
+        ),
+        (FetchError::Mismatch { pinned, actual, .. }, _) => (
+            format!(
+                "`{source}` does not match the pin of [tools.{name}]:\n  sha256 in the policy: {pinned}\n  sha256 of the file:   {actual}"
+            ),
+            "if the component changed on purpose, review it and update `sha256`; otherwise it was replaced".into(),
+        ),
+        (FetchError::Failed(why), ComponentSource::Url(url)) => (
+            format!("the component of [tools.{name}] cannot be downloaded from {url}: {why}"),
+            "check the URL and the network; once downloaded and matched against its pin, a component is kept in the cache and later runs need no network".into(),
+        ),
+        (FetchError::Failed(why), _) => (
+            format!("the component of [tools.{name}] cannot be loaded: {why}"),
+            "paths are relative to the policy file; build tools with \
+             `cargo build --target wasm32-wasip2 --release`"
+                .into(),
+        ),
+    };
+    policy.error_at(&reference.place, message, Some(help))
+}
+
 impl ToolRegistry {
     /// Read, check and load every component `policy` names (see
     /// [`ToolSources::read`] and [`ToolRegistry::load_sources`]).
@@ -130,7 +168,7 @@ impl ToolRegistry {
         policy: &PolicyFile,
         gate: &Arc<Gate>,
     ) -> Result<Self, SourceError> {
-        let sources = ToolSources::read(policy)?;
+        let sources = ToolSources::read(policy, runtime.downloader()).await?;
         Self::load_sources(runtime, policy, sources, gate).await
     }
 
@@ -384,7 +422,11 @@ pub fn capability_of(import: &str) -> &'static str {
 /// Load `source` as a tool component, run its `describe` with no grants,
 /// and list what it imports. Nothing else of it runs.
 pub async fn inspect(runtime: &Runtime, source: &ComponentSource) -> Result<Inspection, String> {
-    let bytes = source.read()?;
+    // A URL is downloaded without a pin: this is how the pin is learned.
+    let bytes = source
+        .fetch(runtime.downloader(), None)
+        .await
+        .map_err(|e| e.to_string())?;
     let loaded = runtime
         .load(&source.to_string(), &bytes)
         .map_err(|e| format!("`{source}` is not a valid component: {e:#}"))?;

@@ -111,86 +111,24 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     })?;
 
     let policy = spec.policy.policy.clone();
-    // Read every tool component and check its pin first: the run's first
-    // record names them all.
-    let sources = ToolSources::read(&spec.policy);
-    let component_hashes = sources
-        .as_ref()
-        .map(ToolSources::hashes)
-        .unwrap_or_default();
     let mut secrets = Secrets::load(&spec.policy);
     if let Some(key) = spec.provider.api_key() {
         secrets.add(MODEL_KEY_NAME, key.expose());
     }
-    let secrets_data = json!({
-        "loaded": secrets.names(),
-        "missing": secrets.missing().iter().map(|(name, why)| json!({ "name": name, "why": why })).collect::<Vec<_>>(),
-    });
-    let gate = Arc::new(
-        Gate::new(policy.clone(), audit)
-            .with_approvals(spec.approver.clone(), &spec.approve)
-            .with_secrets(secrets)
-            .with_dirs(spec.policy.dirs.clone()),
-    );
-    gate.note(Entry {
-        kind: Kind::Run,
-        event: Event::Decision,
+    let gate = Gate::new(policy.clone(), audit)
+        .with_approvals(spec.approver.clone(), &spec.approve)
+        .with_secrets(secrets);
+    gate.observe_task(&spec.task);
+    let opening = Opening {
         subject: agent_name.clone(),
-        decision: Verdict::Allow,
-        rule: "policy".into(),
         detail: brief(&spec.task, 200),
-        outcome: None,
-        data: Some(json!({
+        data: json!({
             "agent": { "source": spec.agent.to_string(), "sha256": loaded.sha256 },
-            "policy": { "file": spec.policy.name, "sha256": spec.policy.sha256 },
             "model": spec.provider.describe(),
             "task": spec.task,
-            "secrets": secrets_data,
-            "components": component_hashes.iter().map(|(source, sha256)| json!({
-                "source": source, "sha256": sha256,
-            })).collect::<Vec<_>>(),
-        })),
-    })?;
-
-    gate.observe_task(&spec.task);
-    let registry = match sources {
-        Ok(sources) => ToolRegistry::load_sources(runtime, &spec.policy, sources, &gate).await,
-        Err(error) => Err(error),
+        }),
     };
-    let tools = match registry {
-        Ok(tools) => Arc::new(tools),
-        Err(error) => {
-            end_record(
-                &gate,
-                &agent_name,
-                Outcome::Failed,
-                error.render(),
-                json!({}),
-            )?;
-            return Err(RunError::Policy(error));
-        }
-    };
-    gate.note(Entry {
-        kind: Kind::Run,
-        event: Event::Decision,
-        subject: "tools".into(),
-        decision: Verdict::Allow,
-        rule: "policy".into(),
-        detail: format!(
-            "granted: {}",
-            tools
-                .granted()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        outcome: None,
-        data: Some(json!({
-            "components": tools.components().iter().map(|c| json!({
-                "source": c.source, "sha256": c.sha256,
-            })).collect::<Vec<_>>(),
-        })),
-    })?;
+    let (gate, tools) = open_session(runtime, &spec.policy, gate, opening).await?;
 
     let limits = policy.limits.clone();
     let role = AgentRole {
@@ -253,20 +191,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         ),
     };
     let mut data = data;
-    data["elapsed_ms"] = json!(elapsed.as_millis() as u64);
-    data["model_calls"] = json!(session.model_calls);
-    data["tool_calls"] = json!(session.tool_calls);
-    data["logs_dropped"] = json!(logs_dropped);
-    data["decisions"] = json!(gate.tally());
-    data["tokens"] = json!(session.tokens);
-    data["cost_usd"] = json!(session.cost_usd);
-    data["labels"] = json!(session.labels);
-    let model = &policy.model;
-    data["budgets"] = json!({
-        "max_calls": model.max_calls,
-        "max_tokens": model.max_tokens,
-        "max_cost_usd": model.max_cost_usd,
-    });
+    summary(&gate, elapsed, &mut data);
     end_record(&gate, &agent_name, outcome, detail, data)?;
     let audit_head = gate.finish_audit()?;
 
@@ -282,7 +207,117 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     })
 }
 
-fn end_record(
+/// The first record of a session: who it is for and what it was given.
+pub(crate) struct Opening {
+    /// The record's subject (the agent's name, `mcp`).
+    pub subject: String,
+    /// One line saying what the session is for.
+    pub detail: String,
+    /// A JSON object; the policy's, the secrets' and the components'
+    /// identities are added to it.
+    pub data: serde_json::Value,
+}
+
+/// Start a session (a run, or an MCP server's life) on `gate`: read every
+/// tool component and check its pin, write the first record naming the
+/// policy, the secrets loaded and every component's hash, load the tools,
+/// and record what is granted. A tool that cannot be loaded ends the
+/// session with a failed end record.
+pub(crate) async fn open_session(
+    runtime: &Runtime,
+    policy: &PolicyFile,
+    gate: Gate,
+    opening: Opening,
+) -> Result<(Arc<Gate>, Arc<ToolRegistry>), RunError> {
+    let sources = ToolSources::read(policy, runtime.downloader()).await;
+    let component_hashes = sources
+        .as_ref()
+        .map(ToolSources::hashes)
+        .unwrap_or_default();
+    let gate = Arc::new(gate.with_dirs(policy.dirs.clone()));
+    let secrets = gate.secrets();
+    let mut data = opening.data;
+    data["policy"] = json!({ "file": policy.name, "sha256": policy.sha256 });
+    data["secrets"] = json!({
+        "loaded": secrets.names(),
+        "missing": secrets.missing().iter().map(|(name, why)| json!({ "name": name, "why": why })).collect::<Vec<_>>(),
+    });
+    data["components"] = component_hashes
+        .iter()
+        .map(|(source, sha256)| json!({ "source": source, "sha256": sha256 }))
+        .collect();
+    gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Decision,
+        subject: opening.subject.clone(),
+        decision: Verdict::Allow,
+        rule: "policy".into(),
+        detail: opening.detail,
+        outcome: None,
+        data: Some(data),
+    })?;
+
+    let registry = match sources {
+        Ok(sources) => ToolRegistry::load_sources(runtime, policy, sources, &gate).await,
+        Err(error) => Err(error),
+    };
+    let tools = match registry {
+        Ok(tools) => Arc::new(tools),
+        Err(error) => {
+            end_record(
+                &gate,
+                &opening.subject,
+                Outcome::Failed,
+                error.render(),
+                json!({}),
+            )?;
+            return Err(RunError::Policy(error));
+        }
+    };
+    gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Decision,
+        subject: "tools".into(),
+        decision: Verdict::Allow,
+        rule: "policy".into(),
+        detail: format!(
+            "granted: {}",
+            tools
+                .granted()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        outcome: None,
+        data: Some(json!({
+            "components": tools.components().iter().map(|c| json!({
+                "source": c.source, "sha256": c.sha256,
+            })).collect::<Vec<_>>(),
+        })),
+    })?;
+    Ok((gate, tools))
+}
+
+/// The session's numbers for its end record: decisions, calls, budgets.
+pub(crate) fn summary(gate: &Gate, elapsed: Duration, data: &mut serde_json::Value) {
+    let session = gate.session();
+    data["elapsed_ms"] = json!(elapsed.as_millis() as u64);
+    data["model_calls"] = json!(session.model_calls);
+    data["tool_calls"] = json!(session.tool_calls);
+    data["logs_dropped"] = json!(gate.logs_dropped());
+    data["decisions"] = json!(gate.tally());
+    data["tokens"] = json!(session.tokens);
+    data["cost_usd"] = json!(session.cost_usd);
+    data["labels"] = json!(session.labels);
+    let model = &gate.policy().model;
+    data["budgets"] = json!({
+        "max_calls": model.max_calls,
+        "max_tokens": model.max_tokens,
+        "max_cost_usd": model.max_cost_usd,
+    });
+}
+
+pub(crate) fn end_record(
     gate: &Gate,
     agent: &str,
     outcome: Outcome,

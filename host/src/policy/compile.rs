@@ -531,6 +531,23 @@ fn tool(
             "give the path of the tool's .wasm file, relative to this policy file",
         );
     }
+    if let Some(component) = &component
+        && crate::remote::is_url(&component.text)
+    {
+        match crate::remote::check_url(&component.text) {
+            Err(refused) => found.error(&component.place, refused.message, refused.help),
+            // The pin is what makes a download safe: without it, whoever
+            // controls the server (or its name) chooses the code.
+            Ok(url) if raw.sha256.is_none() => found.error(
+                &component.place,
+                format!("[tools.{name}] downloads its component but has no `sha256` pin"),
+                format!(
+                    "add `sha256 = \"...\"` under [tools.{name}]; `warden tools inspect {url}` prints it (review what it describes first)"
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
     if decision != Verdict::Deny && component.is_none() {
         found.error(
             &entry_place,

@@ -290,7 +290,7 @@ pub struct RawPrice {
 #[schemars(rename = "Tool")]
 pub struct RawTool {
     /// The component that provides the tool: a path relative to this file,
-    /// or `builtin:NAME`.
+    /// `builtin:NAME`, or an https:// URL (downloaded; needs `sha256`).
     pub component: Option<At<String>>,
     /// SHA-256 (hex) the component's bytes must have.
     pub sha256: Option<At<String>>,

@@ -237,7 +237,8 @@ struct ToolRules {
 /// Where a component comes from, as written in the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentRef {
-    /// `builtin:NAME`, or a path relative to the file it is written in.
+    /// `builtin:NAME`, a path relative to the file it is written in, or a
+    /// URL to download from (checked by [`crate::remote::check_url`]).
     pub text: String,
     /// Where it is written.
     pub place: Place,

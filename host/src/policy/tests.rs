@@ -504,6 +504,45 @@ fn semantic_errors() {
 }
 
 #[test]
+fn url_components_are_pinned_https_without_credentials() {
+    let pin = "ab".repeat(32);
+    let url_tool =
+        |component: &str, pin: &str| format!("[tools.t]\ncomponent = \"{component}\"\n{pin}");
+    let out = error(&url_tool("https://example.com/t.wasm", ""));
+    assert!(
+        out.contains("[tools.t] downloads its component but has no `sha256` pin"),
+        "{out}"
+    );
+    assert!(out.contains("--> test.toml:2:13"), "{out}");
+    assert!(
+        out.contains("`warden tools inspect https://example.com/t.wasm` prints it"),
+        "{out}"
+    );
+    let pinned = format!("sha256 = \"{pin}\"\n");
+    policy(&url_tool("https://example.com/t.wasm", &pinned));
+    policy(&url_tool("http://127.0.0.1:8000/t.wasm", &pinned));
+    let out = error(&url_tool("http://example.com/t.wasm", &pinned));
+    assert!(out.contains("not downloaded over plain http"), "{out}");
+    let out = error(&url_tool("file:///t.wasm", &pinned));
+    assert!(out.contains("`file:` URLs are not supported"), "{out}");
+    let out = error(&url_tool("https://u:p@example.com/t.wasm", &pinned));
+    assert!(out.contains("user name or password"), "{out}");
+    // A malformed pin is reported once, as itself.
+    let out = error(&url_tool(
+        "https://example.com/t.wasm",
+        "sha256 = \"xyz\"\n",
+    ));
+    assert!(
+        out.contains("`sha256` must be 64 hexadecimal digits"),
+        "{out}"
+    );
+    assert!(!out.contains("has no `sha256` pin"), "{out}");
+    // Paths and built-ins are not URLs.
+    policy("[tools.t]\ncomponent = \"builtin:calc\"\n");
+    policy("[tools.t]\ncomponent = \"C:\\\\tools\\\\t.wasm\"\n");
+}
+
+#[test]
 fn risky_grants_are_warnings() {
     let p = policy(
         r#"

@@ -101,7 +101,8 @@ impl CompileCache {
     }
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Create `dir` (and its parents), readable only by the user.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

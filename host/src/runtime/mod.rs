@@ -13,6 +13,7 @@ use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::tool::{Tool, ToolPre};
 use crate::capability::{AgentRole, GuestState, ToolRole};
 use crate::policy::MAX_MEMORY;
+use crate::remote::Downloader;
 use cache::CompileCache;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// Settings for a [`Runtime`].
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Where compiled components are kept; `None` disables the cache.
+    /// Where compiled components are kept, and verified downloads of URL
+    /// components (in `downloads/`); `None` disables both caches.
     pub cache_dir: Option<PathBuf>,
     /// Most guest instances alive at once (each agent and each running tool
     /// call is one); sizes the pooling allocator.
@@ -65,6 +67,7 @@ pub struct Runtime {
     agent_linker: Linker<GuestState<AgentRole>>,
     tool_linker: Linker<GuestState<ToolRole>>,
     loaded: Mutex<HashMap<String, Component>>,
+    downloader: Downloader,
 }
 
 impl Runtime {
@@ -84,6 +87,9 @@ impl Runtime {
         Tool::add_to_linker::<_, HasSelf<_>>(&mut tool_linker, |state| state)?;
 
         Ok(Runtime {
+            // Verified downloads of URL components live beside the compiled
+            // ones; no cache dir (`--no-cache`) means downloads stay in memory.
+            downloader: Downloader::new(config.cache_dir.as_ref().map(|d| d.join("downloads"))),
             cache: config.cache_dir.map(|dir| CompileCache::new(dir, &engine)),
             engine,
             agent_linker,
@@ -100,6 +106,19 @@ impl Runtime {
     /// The compile cache, if enabled.
     pub fn cache(&self) -> Option<&CompileCache> {
         self.cache.as_ref()
+    }
+
+    /// How URL components are downloaded, and where they are kept
+    /// (`<cache_dir>/downloads`).
+    pub fn downloader(&self) -> &Downloader {
+        &self.downloader
+    }
+
+    /// Download URL components with `downloader` instead (another cache
+    /// directory, other limits).
+    pub fn with_downloader(mut self, downloader: Downloader) -> Self {
+        self.downloader = downloader;
+        self
     }
 
     /// Compile `bytes` (named `name` in errors), or take it from this

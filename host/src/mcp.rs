@@ -1,0 +1,567 @@
+//! `warden mcp`: the policy's tools served to any MCP client over stdio.
+//!
+//! The client takes the agent's place: `tools/list` lists what the policy
+//! grants, and every `tools/call` goes through [`capability::tools::call`],
+//! the same path an agent's call takes (argument schema, rules, budgets,
+//! labels, approvals, a fresh instance under the tool's own limits and
+//! grants, secret redaction, audit records). A refusal is a tool result
+//! with `isError: true` the model can read; a malformed message is a
+//! JSON-RPC error. Nothing a client sends can crash or stall the server:
+//! messages are size-limited, calls run concurrently up to a bound, and
+//! the end of input (or a stop signal) ends the session with an end record.
+//!
+//! Transport: JSON-RPC 2.0, one message per line (the MCP stdio transport).
+//! Versions: the `initialize` handshake of the revisions in
+//! [`SUPPORTED_VERSIONS`]; a client asking for another gets [`LATEST`] (the
+//! client decides whether it can speak it). Clients that first probe the
+//! stateless 2026-07-28 `server/discover` get "method not found" and fall
+//! back to `initialize`, as the revision prescribes.
+//!
+//! [`capability::tools::call`]: crate::capability::tools::call
+
+use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
+use crate::capability::{brief, tools};
+use crate::gate::{Gate, GuestError};
+use crate::load::PolicyFile;
+use crate::policy::Verdict;
+use crate::registry::ToolRegistry;
+use crate::run::{Opening, RunError, end_record, open_session, summary};
+use crate::runtime::Runtime;
+use crate::secrets::Secrets;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+/// The protocol revisions negotiated at `initialize`, oldest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// What a client asking for an unknown revision is offered.
+pub const LATEST: &str = "2025-11-25";
+/// The largest message read; a longer line is answered with an error and
+/// skipped (it is never held in memory whole).
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+// JSON-RPC error codes.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_PARAMS: i64 = -32602;
+const INTERNAL_ERROR: i64 = -32603;
+
+/// What to serve.
+pub struct ServeSpec {
+    /// The policy whose tools are served and enforced.
+    pub policy: PolicyFile,
+    /// Rules approved in advance (`--approve RULE`). Nobody is asked
+    /// otherwise: stdin is the protocol, so `ask` decisions are refused.
+    pub approve: Vec<String>,
+    /// Most tool calls running at once; more wait their turn.
+    pub concurrency: usize,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub struct ServeReport {
+    /// The session's id (in every audit record).
+    pub run_id: String,
+    /// Tool calls answered.
+    pub calls: u64,
+    /// How long the session lasted.
+    pub elapsed: Duration,
+    /// The hash of the session's last audit record.
+    pub audit_head: String,
+}
+
+/// Serve the policy's tools over `input`/`output` until `input` ends or
+/// `stop` completes; then wait for the calls in flight, write the end
+/// record and return. `Err` when the session could not start (a tool
+/// failed to load) or the audit log failed.
+pub async fn serve<R, W>(
+    runtime: &Runtime,
+    spec: ServeSpec,
+    audit: AuditLog,
+    input: R,
+    output: W,
+    stop: impl Future<Output = ()>,
+) -> Result<ServeReport, RunError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
+    let gate = Gate::new(spec.policy.policy.clone(), audit)
+        .with_approvals(None, &spec.approve)
+        .with_secrets(Secrets::load(&spec.policy));
+    let opening = Opening {
+        subject: "mcp".into(),
+        detail: format!("serving the tools of {} over MCP", spec.policy.name),
+        data: json!({ "server": "mcp", "versions": SUPPORTED_VERSIONS }),
+    };
+    let (gate, registry) = open_session(runtime, &spec.policy, gate, opening).await?;
+
+    let (sender, receiver) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(write_messages(output, receiver));
+    let server = Arc::new(Server {
+        gate: gate.clone(),
+        registry,
+        out: sender,
+        in_flight: Mutex::default(),
+        failed: Notify::new(),
+        policy_name: spec.policy.name.clone(),
+        version: Mutex::new(None),
+        calls: Semaphore::new(spec.concurrency.max(1)),
+        answered: Mutex::new(0),
+    });
+
+    let mut calls = JoinSet::new();
+    let ended = read_messages(&server, input, &mut calls, stop).await;
+    // Every call admitted is answered before the session ends.
+    let mut failure = ended.err();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok(Err(error)) = joined {
+            failure.get_or_insert(error);
+        }
+    }
+    let calls_answered = *server.answered.lock().unwrap_or_else(|e| e.into_inner());
+    drop(server);
+    // The writer ends when the last sender is gone.
+    let _ = writer.await;
+
+    let elapsed = started.elapsed();
+    let (outcome, detail) = match &failure {
+        None => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
+        Some(error) => (Outcome::Failed, format!("stopped: {error}")),
+    };
+    let mut data = json!({ "calls_answered": calls_answered });
+    summary(&gate, elapsed, &mut data);
+    end_record(&gate, "mcp", outcome, detail, data)?;
+    let audit_head = gate.finish_audit()?;
+    if let Some(error) = failure {
+        return Err(RunError::Audit(error));
+    }
+    Ok(ServeReport {
+        run_id: gate.run_id().to_string(),
+        calls: calls_answered,
+        elapsed,
+        audit_head,
+    })
+}
+
+struct Server {
+    gate: Arc<Gate>,
+    registry: Arc<ToolRegistry>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    /// Calls in flight by request id, and whether the client cancelled
+    /// each (a cancelled call's answer is not sent).
+    in_flight: Mutex<HashMap<String, bool>>,
+    /// Set when a call could not write its audit record.
+    failed: Notify,
+    policy_name: String,
+    /// The negotiated revision, once initialized.
+    version: Mutex<Option<&'static str>>,
+    calls: Semaphore,
+    answered: Mutex<u64>,
+}
+
+/// Read messages until the input ends, `stop` completes or the audit log
+/// fails. Tool calls are spawned into `calls`; everything else is
+/// answered in order.
+async fn read_messages<R: AsyncBufRead + Unpin>(
+    server: &Arc<Server>,
+    mut input: R,
+    calls: &mut JoinSet<io::Result<()>>,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut stop = std::pin::pin!(stop);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = tokio::select! {
+            read = read_line(&mut input, &mut line, MAX_MESSAGE) => read,
+            () = &mut stop => return Ok(()),
+            // A call could not write its audit record: nothing more may happen.
+            () = server.failed.notified() => return Ok(()),
+        };
+        match read {
+            Ok(Line::End) => return Ok(()),
+            Ok(Line::TooLong) => server.send_error(
+                Value::Null,
+                INVALID_REQUEST,
+                format!("message longer than {MAX_MESSAGE} bytes; it was skipped"),
+                None,
+            ),
+            Ok(Line::Message) => {
+                server.handle(&line, calls)?;
+                // Reap finished calls as we go; a long session keeps none.
+                while let Some(joined) = calls.try_join_next() {
+                    if let Ok(Err(error)) = joined {
+                        return Err(error);
+                    }
+                }
+            }
+            // Not UTF-8 or a broken pipe: nothing more can be read.
+            Err(error) => {
+                tracing::warn!("mcp: stopped reading: {error}");
+                return Ok(());
+            }
+        }
+    }
+}
+
+enum Line {
+    Message,
+    TooLong,
+    End,
+}
+
+/// Read one line into `buf` (without its newline), never holding more than
+/// `limit` bytes: a longer line is read to its end and dropped.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<Line> {
+    let mut too_long = false;
+    loop {
+        let available = input.fill_buf().await?;
+        if available.is_empty() {
+            // The last line may lack its newline.
+            return Ok(if too_long {
+                Line::TooLong
+            } else if buf.iter().all(u8::is_ascii_whitespace) {
+                Line::End
+            } else {
+                Line::Message
+            });
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], Some(at + 1)),
+            None => (available, None),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > limit {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let consumed = done.unwrap_or(available.len());
+        input.consume(consumed);
+        if done.is_some() {
+            if too_long {
+                return Ok(Line::TooLong);
+            }
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                // Blank lines between messages are skipped.
+                buf.clear();
+                continue;
+            }
+            return Ok(Line::Message);
+        }
+    }
+}
+
+async fn write_messages<W: AsyncWrite + Unpin>(
+    mut output: W,
+    mut receiver: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(mut message) = receiver.recv().await {
+        // Answers ready together go out in one write.
+        while let Ok(more) = receiver.try_recv() {
+            message.extend_from_slice(&more);
+        }
+        if output.write_all(&message).await.is_err() || output.flush().await.is_err() {
+            // The client is gone; the reader sees the end of input.
+            return;
+        }
+    }
+}
+
+impl Server {
+    fn send(&self, message: Value) {
+        let mut bytes = serde_json::to_vec(&message).expect("a JSON value serializes");
+        bytes.push(b'\n');
+        // Fails only when the writer is gone, i.e. the client left.
+        let _ = self.out.send(bytes);
+    }
+
+    fn send_result(&self, id: Value, result: Value) {
+        self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }));
+    }
+
+    fn send_error(&self, id: Value, code: i64, message: String, data: Option<Value>) {
+        let mut error = json!({ "code": code, "message": message });
+        if let Some(data) = data {
+            error["data"] = data;
+        }
+        self.send(json!({ "jsonrpc": "2.0", "id": id, "error": error }));
+    }
+
+    /// Answer one message; tool calls are spawned into `calls`.
+    fn handle(
+        self: &Arc<Self>,
+        line: &[u8],
+        calls: &mut JoinSet<io::Result<()>>,
+    ) -> io::Result<()> {
+        let message: Value = match serde_json::from_slice(line) {
+            Ok(message) => message,
+            Err(error) => {
+                self.send_error(Value::Null, PARSE_ERROR, format!("not JSON: {error}"), None);
+                return Ok(());
+            }
+        };
+        let Value::Object(message) = message else {
+            let what = if message.is_array() {
+                "batches are not supported; send one message per line"
+            } else {
+                "a message is a JSON object"
+            };
+            self.send_error(Value::Null, INVALID_REQUEST, what.into(), None);
+            return Ok(());
+        };
+        let id = message.get("id").cloned();
+        if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            self.send_error(
+                id.unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                "not JSON-RPC 2.0: `\"jsonrpc\": \"2.0\"` is missing".into(),
+                None,
+            );
+            return Ok(());
+        }
+        let Some(method) = message.get("method").and_then(Value::as_str) else {
+            // A response to a request of ours: the server sends none.
+            if message.contains_key("result") || message.contains_key("error") {
+                return Ok(());
+            }
+            self.send_error(
+                id.unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                "a request needs a string `method`".into(),
+                None,
+            );
+            return Ok(());
+        };
+        let params = message.get("params").cloned().unwrap_or(Value::Null);
+        let Some(id) = id else {
+            self.notification(method, &params);
+            return Ok(());
+        };
+        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+            self.send_error(
+                Value::Null,
+                INVALID_REQUEST,
+                "`id` must be a string or an integer".into(),
+                None,
+            );
+            return Ok(());
+        }
+        if !(params.is_object() || params.is_null()) {
+            self.send_error(
+                id,
+                INVALID_PARAMS,
+                "`params` must be an object".into(),
+                None,
+            );
+            return Ok(());
+        }
+        match method {
+            "initialize" => self.initialize(id, &params)?,
+            "ping" => self.send_result(id, json!({})),
+            "tools/list" => self.send_result(id, json!({ "tools": self.tool_list() })),
+            "tools/call" => {
+                let (name, arguments) = match self.call_params(&params) {
+                    Ok(call) => call,
+                    Err(message) => {
+                        self.send_error(id, INVALID_PARAMS, message, None);
+                        return Ok(());
+                    }
+                };
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), false);
+                let server = self.clone();
+                calls.spawn(async move { server.call(id, name, arguments).await });
+            }
+            other => self.send_error(
+                id,
+                METHOD_NOT_FOUND,
+                format!("method not found: `{}`", brief(other, 100)),
+                Some(json!({ "supported": ["initialize", "ping", "tools/list", "tools/call"] })),
+            ),
+        }
+        Ok(())
+    }
+
+    fn notification(&self, method: &str, params: &Value) {
+        if method == "notifications/cancelled"
+            && let Some(id) = params.get("requestId")
+        {
+            // Only calls in flight are remembered: a client cannot grow
+            // this by cancelling ids that never were.
+            if let Some(cancelled) = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&id.to_string())
+            {
+                *cancelled = true;
+            }
+        }
+        // `notifications/initialized` and anything else: nothing to do.
+    }
+
+    fn initialize(&self, id: Value, params: &Value) -> io::Result<()> {
+        let asked = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let version = SUPPORTED_VERSIONS
+            .iter()
+            .find(|v| **v == asked)
+            .copied()
+            .unwrap_or(LATEST);
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+        let client = params.get("clientInfo").cloned().unwrap_or(Value::Null);
+        let client_name = client.get("name").and_then(Value::as_str).unwrap_or("?");
+        self.gate.note(Entry {
+            kind: Kind::Run,
+            event: Event::Decision,
+            subject: "mcp".into(),
+            decision: Verdict::Allow,
+            rule: "policy".into(),
+            detail: format!(
+                "client {} connected (protocol {version})",
+                brief(client_name, 100)
+            ),
+            outcome: None,
+            data: Some(json!({ "client": client, "asked": asked, "protocol": version })),
+        })?;
+        self.send_result(
+            id,
+            json!({
+                "protocolVersion": version,
+                "capabilities": { "tools": { "listChanged": false } },
+                "serverInfo": {
+                    "name": "warden",
+                    "title": "warden: sandboxed tools",
+                    "version": env!("CARGO_PKG_VERSION"),
+                },
+                "instructions": format!(
+                    "Tools run in a WebAssembly sandbox under the policy {}; a refused call returns an error result naming the rule.",
+                    self.policy_name
+                ),
+            }),
+        );
+        Ok(())
+    }
+
+    fn tool_list(&self) -> Vec<Value> {
+        self.registry
+            .granted()
+            .map(|spec| {
+                json!({
+                    "name": spec.name,
+                    "description": spec.description,
+                    "inputSchema": spec.parameters,
+                })
+            })
+            .collect()
+    }
+
+    /// The tool name and arguments (as JSON text) of a `tools/call`.
+    fn call_params(&self, params: &Value) -> Result<(String, String), String> {
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            return Err("tools/call needs a string `name`".into());
+        };
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => "{}".to_string(),
+            Some(arguments @ Value::Object(_)) => arguments.to_string(),
+            Some(_) => {
+                return Err(format!(
+                    "the `arguments` of `{}` must be an object",
+                    brief(name, 100)
+                ));
+            }
+        };
+        Ok((name.to_string(), arguments))
+    }
+
+    /// One `tools/call`, mediated exactly like an agent's.
+    async fn call(self: Arc<Self>, id: Value, name: String, arguments: String) -> io::Result<()> {
+        let name = name.as_str();
+        let Ok(_turn) = self.calls.acquire().await else {
+            return Ok(());
+        };
+        let result = tools::call(&self.gate, &self.registry, None, name, &arguments).await;
+        let cancelled = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id.to_string())
+            .unwrap_or(false);
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => {
+                self.send_error(
+                    id,
+                    INTERNAL_ERROR,
+                    format!("the audit log could not be written, so warden stopped: {error}"),
+                    None,
+                );
+                self.failed.notify_one();
+                return Err(error);
+            }
+        };
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        if cancelled {
+            return Ok(());
+        }
+        let structured = self
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|v| v >= "2025-06-18");
+        match result {
+            Ok(text) => self.send_result(
+                id,
+                json!({ "content": [{ "type": "text", "text": text }], "isError": false }),
+            ),
+            // A name the policy does not know is the client's mistake, not
+            // the model's: a protocol error (the refusal is audited all
+            // the same).
+            Err(GuestError::Denied(message)) if self.registry.schema(name).is_none() => self
+                .send_error(
+                    id,
+                    INVALID_PARAMS,
+                    format!("unknown tool `{}`: {message}", brief(name, 100)),
+                    Some(json!({ "tools": self.registry.granted().map(|s| s.name.clone()).collect::<Vec<_>>() })),
+                ),
+            Err(error) => {
+                let kind = match &error {
+                    GuestError::Denied(_) => "denied",
+                    GuestError::BudgetExhausted(_) => "budget-exhausted",
+                    GuestError::Invalid(_) => "invalid",
+                    GuestError::Failed(_) => "failed",
+                };
+                let mut result = json!({
+                    "content": [{ "type": "text", "text": error.to_string() }],
+                    "isError": true,
+                });
+                if structured {
+                    result["structuredContent"] =
+                        json!({ "error": kind, "message": error.reason() });
+                }
+                self.send_result(id, result);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! `warden mcp`: the policy's tools served over MCP. A real client (the
+//! official Python SDK) drives the binary; protocol edge cases drive the
+//! server in-process over in-memory pipes.
+
+use crate::harness::{cache_dir, guests, policy, repo, runtime};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Command;
+use tokio::io::AsyncReadExt;
+use warden::audit::{AuditLog, MemorySink, Record, new_run_id};
+use warden::mcp::{LATEST, MAX_MESSAGE, ServeSpec, serve};
+
+const DEMO_LIKE: &str = r#"
+[model]
+allow = ["scripted"]
+
+[tools.calc]
+component = "builtin:calc"
+max_calls = 3
+
+[tools.regex_search]
+component = "builtin:text"
+decision = "deny"
+"#;
+
+/// Serve `policy_text` to a client that sends `input` (one message per
+/// line) and then closes its end: the answers, and the audit records.
+async fn session(policy_text: &str, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
+    let memory = MemorySink::default();
+    let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
+    let spec = ServeSpec {
+        policy: policy(policy_text),
+        approve: Vec::new(),
+        concurrency: 4,
+    };
+    let (output, mut client_end) = tokio::io::duplex(64 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        client_end.read_to_end(&mut out).await.unwrap();
+        out
+    });
+    let input = tokio::io::BufReader::new(input);
+    let report = serve(
+        runtime(),
+        spec,
+        audit,
+        input,
+        output,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let out = reader.await.unwrap();
+    let answers = out
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).expect("every answer is one JSON line"))
+        .collect();
+    assert!(!report.audit_head.is_empty());
+    (answers, memory.records())
+}
+
+fn lines(messages: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for message in messages {
+        out.extend(serde_json::to_vec(message).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn initialize(version: &str) -> Value {
+    json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {},
+        "clientInfo": { "name": "test-client", "version": "1" } } })
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": { "name": tool, "arguments": arguments } })
+}
+
+fn answer(answers: &[Value], id: u64) -> &Value {
+    answers
+        .iter()
+        .find(|a| a["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no answer to request {id} in {answers:#?}"))
+}
+
+fn python() -> PathBuf {
+    let python = std::env::var_os("WARDEN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: the MCP client test needs the pinned `mcp` package; run `make setup` (or set WARDEN_PYTHON)",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn the_official_python_sdk_lists_and_calls_tools_through_warden_mcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        DEMO_LIKE.replace("max_calls = 3", "max_calls = 20"),
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let out = Command::new(python())
+        .arg(repo().join("tests/mcp/client.py"))
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .arg(&policy_path)
+        .arg(&audit)
+        .env("WARDEN_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let what = |w: &str| -> Vec<&Value> { seen.iter().filter(|s| s["what"] == w).collect() };
+
+    // The SDK probes the stateless 2026 revision first, is told "method
+    // not found", and falls back to the handshake at its newest revision.
+    assert_eq!(what("connected")[0]["version"], LATEST);
+    assert_eq!(what("connected")[0]["server"], "warden");
+    let tools = &what("tools")[0]["tools"];
+    let names: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["calc"], "only granted tools are listed");
+    assert_eq!(tools[0]["schema"]["required"], json!(["expression"]));
+
+    let calls = what("call");
+    assert_eq!(calls[0]["text"], "42");
+    assert_eq!(calls[0]["is_error"], false);
+    assert_eq!(calls[1]["is_error"], true, "a denial is an error result");
+    assert!(
+        calls[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("rule: tools.regex_search")
+    );
+    assert_eq!(calls[1]["structured"]["error"], "denied");
+    assert_eq!(calls[2]["is_error"], true);
+    assert_eq!(calls[2]["structured"]["error"], "invalid");
+    assert!(
+        calls[2]["text"]
+            .as_str()
+            .unwrap()
+            .contains("tools.calc.schema")
+    );
+    let texts: Vec<&str> = what("concurrent")[0]["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["0", "2", "4", "6", "8", "10", "12", "14"]);
+    assert!(
+        what("unknown")[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool `no_such_tool`")
+    );
+
+    // Every call is in the audit log, which verifies.
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let report = warden::audit::verify(log.as_bytes()).unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decisions = |verdict: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "tool" && r["event"] == "decision" && r["decision"] == verdict)
+            .count()
+    };
+    assert_eq!(decisions("allow"), 9, "calc once, then eight at once");
+    assert_eq!(
+        decisions("deny"),
+        3,
+        "regex_search, bad arguments, unknown tool"
+    );
+    let end = records.last().unwrap();
+    assert_eq!(end["event"], "outcome");
+    assert_eq!(end["subject"], "mcp");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["detail"].as_str().unwrap_or("").contains("client mcp"))
+    );
+}
+
+#[tokio::test]
+async fn mcp_negotiates_the_revision_the_client_asks_for() {
+    for (asked, expected) in [
+        ("2024-11-05", "2024-11-05"),
+        ("2025-03-26", "2025-03-26"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-11-25", "2025-11-25"),
+        ("1999-01-01", LATEST),
+    ] {
+        let input = lines(&[
+            initialize(asked),
+            json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+            call(1, "regex_search", json!({})),
+        ]);
+        let (answers, records) = session(DEMO_LIKE, &input).await;
+        assert_eq!(
+            answers.len(),
+            2,
+            "a notification gets no answer: {answers:?}"
+        );
+        let init = &answer(&answers, 0)["result"];
+        assert_eq!(init["protocolVersion"], expected, "asked {asked}");
+        assert_eq!(
+            init["capabilities"],
+            json!({ "tools": { "listChanged": false } })
+        );
+        assert_eq!(init["serverInfo"]["name"], "warden");
+        let denied = &answer(&answers, 1)["result"];
+        assert_eq!(denied["isError"], true);
+        // structuredContent exists from 2025-06-18 on.
+        assert_eq!(
+            denied.get("structuredContent").is_some(),
+            expected >= "2025-06-18",
+            "{expected}: {denied}"
+        );
+        let connected = records
+            .iter()
+            .find(|r| r.detail.starts_with("client test-client connected"))
+            .expect("the client is recorded");
+        assert_eq!(connected.data.as_ref().unwrap()["asked"], asked);
+    }
+}
+
+#[tokio::test]
+async fn mcp_answers_malformed_messages_with_json_rpc_errors_and_keeps_serving() {
+    let mut input = Vec::new();
+    for line in [
+        "this is not json",
+        "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]",
+        "42",
+        r#"{"jsonrpc":"2.0","id":2}"#,
+        r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping","params":[1]}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"resources/list"}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{}}"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"calc","arguments":[1]}}"#,
+        r#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#,
+        "",
+        "   ",
+    ] {
+        input.extend_from_slice(line.as_bytes());
+        input.push(b'\n');
+    }
+    // A line longer than the limit is skipped, never held whole.
+    input.extend(std::iter::repeat_n(b'x', MAX_MESSAGE + 10));
+    input.push(b'\n');
+    input.extend(lines(&[
+        json!({ "jsonrpc": "2.0", "id": 8, "method": "ping" }),
+        call(9, "calc", json!({ "expression": "1 + 1" })),
+    ]));
+    let (answers, _) = session(DEMO_LIKE, &input).await;
+    let codes: Vec<i64> = answers
+        .iter()
+        .filter_map(|a| a["error"]["code"].as_i64())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            -32700, // not JSON
+            -32600, // batch
+            -32600, // not an object
+            -32600, // no method
+            -32600, // bad id
+            -32602, // params not an object
+            -32601, // unknown method
+            -32602, // tools/call without a name
+            -32602, // arguments not an object
+            -32600, // not JSON-RPC 2.0
+            -32600, // too long
+        ]
+    );
+    assert!(
+        answers[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batches")
+    );
+    assert_eq!(
+        answer(&answers, 4)["error"]["message"],
+        "method not found: `resources/list`"
+    );
+    assert_eq!(answer(&answers, 8)["result"], json!({}));
+    assert_eq!(answer(&answers, 9)["result"]["content"][0]["text"], "2");
+}
+
+#[tokio::test]
+async fn mcp_calls_are_budgeted_limited_and_audited_like_an_agents() {
+    let text = format!(
+        "{DEMO_LIKE}\n[tools.echo]\ncomponent = {:?}\n\n[tools.spin]\ncomponent = {:?}\n\n[limits]\ncpu = \"500ms\"\n",
+        guests::ECHO_TOOL,
+        guests::ATTACKER_TOOL
+    );
+    let input = lines(&[
+        initialize(LATEST),
+        call(1, "calc", json!({ "expression": "1" })),
+        call(2, "calc", json!({ "expression": "2" })),
+        call(3, "calc", json!({ "expression": "3" })),
+        call(4, "calc", json!({ "expression": "4" })),
+        // A tool that spins is stopped at its CPU limit; the server lives on.
+        call(5, "spin", json!({})),
+        json!({ "jsonrpc": "2.0", "id": 6, "method": "tools/list" }),
+    ]);
+    let (answers, records) = session(&text, &input).await;
+    for id in 1..=3 {
+        assert_eq!(
+            answer(&answers, id)["result"]["isError"],
+            false,
+            "call {id}"
+        );
+    }
+    let fourth = &answer(&answers, 4)["result"];
+    assert_eq!(fourth["isError"], true);
+    assert_eq!(fourth["structuredContent"]["error"], "budget-exhausted");
+    let spun = &answer(&answers, 5)["result"];
+    assert_eq!(spun["isError"], true, "{spun}");
+    assert_eq!(spun["structuredContent"]["error"], "failed");
+    let listed: Vec<&str> = answer(&answers, 6)["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["calc", "echo", "spin"]);
+
+    let tool_outcomes = records
+        .iter()
+        .filter(|r| r.kind == warden::audit::Kind::Tool && r.event == warden::audit::Event::Outcome)
+        .count();
+    assert_eq!(tool_outcomes, 5, "every call is recorded");
+    let end = records.last().unwrap();
+    assert_eq!(end.subject, "mcp");
+    assert_eq!(end.data.as_ref().unwrap()["calls_answered"], 5);
+}
+
+#[tokio::test]
+async fn mcp_does_not_answer_a_call_the_client_cancelled() {
+    let input = lines(&[
+        initialize(LATEST),
+        call(1, "calc", json!({ "expression": "1" })),
+        json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": { "requestId": 1, "reason": "user pressed stop" } }),
+        // Cancelling an id that is not in flight changes nothing.
+        json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": { "requestId": 99 } }),
+        call(2, "calc", json!({ "expression": "2" })),
+    ]);
+    let (answers, records) = session(DEMO_LIKE, &input).await;
+    assert!(answers.iter().all(|a| a["id"] != json!(1)), "{answers:?}");
+    assert_eq!(answer(&answers, 2)["result"]["content"][0]["text"], "2");
+    // The cancelled call still ran to its end and is on the record.
+    assert_eq!(
+        records
+            .iter()
+            .filter(
+                |r| r.kind == warden::audit::Kind::Tool && r.event == warden::audit::Event::Outcome
+            )
+            .count(),
+        2
+    );
+}
