@@ -4,18 +4,36 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup demo test lint bench fuzz clean-cache
+.PHONY: setup setup-rust demo test lint bench fuzz clean-cache
 
-## Install the guest target (and the lint tools). Idempotent and quick when done.
-setup:
+## Install the guest target (and the lint tools), componentize-py and the
+## MCP SDK (pinned, in target/venv) and componentize-js (pinned, npm ci).
+## Idempotent and quick when done. Needs python3 (3.10+) and node (20+).
+VENV := target/venv
+setup: setup-rust $(VENV)/.installed guest-sdk/js/node_modules/.installed
+
+## What the demo needs: the Rust guest target.
+setup-rust:
 	rustup target add $(TARGET)
 	rustup component add rustfmt clippy
 
+$(VENV)/.installed: guest-sdk/python/requirements.txt
+	@command -v python3 > /dev/null || { echo "error: python3 is needed to build Python guests: install Python 3.10 or newer" >&2; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r guest-sdk/python/requirements.txt
+	touch $@
+
+guest-sdk/js/node_modules/.installed: guest-sdk/js/package-lock.json
+	@command -v npm > /dev/null || { echo "error: node and npm are needed to build JavaScript guests: install Node.js 20 or newer" >&2; exit 1; }
+	cd guest-sdk/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## Build guests and host, then run the bundled demo offline (scripted model).
-demo: setup
+demo: setup-rust
 	$(CARGO) run -p warden -- demo
 
-## Every test: host unit and integration tests, guest unit tests, doc tests;
+## Every test: host unit and integration tests, guest unit tests (Rust and
+## JavaScript), doc tests;
 ## then every policy in policies/ is checked (--strict) and its cases in
 ## policies/tests/ run, as a policy author would.
 ## The policy loop uses the binary `cargo test` just built: `cargo run -p
@@ -23,6 +41,7 @@ demo: setup
 WARDEN := $(or $(CARGO_TARGET_DIR),target)/debug/warden
 test: setup
 	$(CARGO) test --workspace
+	node --import ./guest-sdk/js/node/register.mjs --test tools/jsonpath-js/
 	@for p in policies/*.toml; do \
 		$(WARDEN) check --strict $$p > /dev/null || exit 1; \
 		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \

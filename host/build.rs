@@ -30,6 +30,16 @@ const BUNDLED: &[(&str, &str)] = &[
 ];
 const TEST_GUESTS_PACKAGE: &str = "warden-test-guests";
 
+/// Python guests, built with componentize-py: (source dir, module, world,
+/// artifact).
+const PYTHON_GUESTS: &[(&str, &str, &str, &str)] = &[
+    ("tools/wordfreq-py", "app", "tool", "wordfreq_py"),
+    ("agents/react-py", "app", "agent", "react_py"),
+];
+/// JavaScript guests, built with componentize-js: (source file, world,
+/// artifact).
+const JS_GUESTS: &[(&str, &str, &str)] = &[("tools/jsonpath-js/tool.js", "tool", "jsonpath_js")];
+
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir =
@@ -39,7 +49,21 @@ fn main() {
         .expect("host/ lives in the workspace root")
         .to_path_buf();
 
-    for watched in ["guest-sdk", "agents", "tools", "tests/guests", "Cargo.lock"] {
+    // Not guest-sdk/js itself: its node_modules is large, and the JS build
+    // makes a scratch directory there.
+    for watched in [
+        "guest-sdk/wit",
+        "guest-sdk/rust",
+        "guest-sdk/python/warden_sdk",
+        "guest-sdk/js/warden-tool.js",
+        "guest-sdk/js/componentize.mjs",
+        "guest-sdk/js/disabled",
+        "guest-sdk/js/package-lock.json",
+        "agents",
+        "tools",
+        "tests/guests",
+        "Cargo.lock",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -47,20 +71,153 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=WARDEN_GUEST_TARGET_DIR");
     println!("cargo:rerun-if-env-changed=WARDEN_GUESTS_DIR");
+    println!("cargo:rerun-if-env-changed=WARDEN_COMPONENTIZE_PY");
     let test_guests = test_guest_names(&workspace.join("tests/guests/src/bin"));
-    let artifacts = match env::var_os("WARDEN_GUESTS_DIR") {
-        Some(prebuilt) => PathBuf::from(prebuilt),
-        None => build_guests(&out_dir, &workspace),
+    let (artifacts, other) = match env::var_os("WARDEN_GUESTS_DIR") {
+        Some(prebuilt) => (PathBuf::from(prebuilt.clone()), PathBuf::from(prebuilt)),
+        None => {
+            let artifacts = build_guests(&out_dir, &workspace);
+            let other = guest_target_dir(&out_dir).join("other");
+            build_python_guests(&workspace, &other);
+            build_js_guests(&workspace, &other);
+            (artifacts, other)
+        }
     };
-    write_outputs(&out_dir, &artifacts, test_guests);
+    write_outputs(&out_dir, &artifacts, test_guests, &other);
+}
+
+/// Build the Python guests with componentize-py, installed by `make setup`
+/// into `target/venv` (or named by `WARDEN_COMPONENTIZE_PY`). Without it,
+/// a warning: the tests that need these guests say to run `make setup`.
+fn build_python_guests(workspace: &Path, out: &Path) {
+    let tool = env::var_os("WARDEN_COMPONENTIZE_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/venv/bin/componentize-py"));
+    let sdk = workspace.join("guest-sdk/python");
+    for (dir, module, world, artifact) in PYTHON_GUESTS {
+        let output = out.join(format!("{artifact}.wasm"));
+        let sources = [
+            workspace.join(dir),
+            sdk.clone(),
+            workspace.join("guest-sdk/wit"),
+        ];
+        if is_fresh(&output, &sources) {
+            continue;
+        }
+        if !tool.exists() {
+            println!(
+                "cargo:warning=not building the Python guest {dir}: {} is missing (run `make setup`)",
+                tool.display()
+            );
+            continue;
+        }
+        std::fs::create_dir_all(out).expect("create the guests directory");
+        let mut command = Command::new(&tool);
+        command
+            .current_dir(workspace)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .args([
+                "-d",
+                "guest-sdk/wit",
+                "-w",
+                world,
+                "componentize",
+                "-p",
+                dir,
+                "-p",
+            ])
+            .arg(&sdk)
+            .arg(module)
+            .arg("-o")
+            .arg(&output);
+        run_builder(command, dir);
+    }
+}
+
+/// Build the JavaScript guests with componentize-js, installed by `make
+/// setup` into `guest-sdk/js/node_modules`.
+fn build_js_guests(workspace: &Path, out: &Path) {
+    let sdk = workspace.join("guest-sdk/js");
+    for (source, world, artifact) in JS_GUESTS {
+        let output = out.join(format!("{artifact}.wasm"));
+        let dir = Path::new(source)
+            .parent()
+            .expect("a source file has a directory");
+        let sources = [
+            workspace.join(dir),
+            sdk.join("warden-tool.js"),
+            sdk.join("componentize.mjs"),
+            sdk.join("disabled"),
+            sdk.join("package-lock.json"),
+            workspace.join("guest-sdk/wit"),
+        ];
+        if is_fresh(&output, &sources) {
+            continue;
+        }
+        if !sdk
+            .join("node_modules/@bytecodealliance/componentize-js")
+            .is_dir()
+        {
+            println!(
+                "cargo:warning=not building the JavaScript guest {source}: componentize-js is not installed (run `make setup`)"
+            );
+            continue;
+        }
+        std::fs::create_dir_all(out).expect("create the guests directory");
+        let mut command = Command::new("node");
+        command
+            .current_dir(workspace)
+            .arg(sdk.join("componentize.mjs"))
+            .args([source, "guest-sdk/wit", world])
+            .arg(&output);
+        run_builder(command, source);
+    }
+}
+
+fn run_builder(mut command: Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("could not run the builder of {what}: {e}"));
+    if !output.status.success() {
+        panic!(
+            "building {what} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// Whether `output` exists and is newer than every file under `sources`.
+fn is_fresh(output: &Path, sources: &[PathBuf]) -> bool {
+    let Ok(built) = output.metadata().and_then(|m| m.modified()) else {
+        return false;
+    };
+    sources
+        .iter()
+        .all(|source| newest(source).is_none_or(|t| t <= built))
+}
+
+fn newest(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            !(name.starts_with('.') || name == "__pycache__" || name == "node_modules")
+        })
+        .filter_map(|entry| newest(&entry.path()))
+        .max()
 }
 
 /// Build every guest; returns the directory holding the `.wasm` files.
 fn build_guests(out_dir: &Path, workspace: &Path) -> PathBuf {
     check_target_installed();
-    let target_dir = env::var_os("WARDEN_GUEST_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cargo_target_dir(out_dir).join("guests"));
+    let target_dir = guest_target_dir(out_dir);
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
@@ -97,7 +254,7 @@ fn build_guests(out_dir: &Path, workspace: &Path) -> PathBuf {
     target_dir.join(TARGET).join("release")
 }
 
-fn write_outputs(out_dir: &Path, artifacts: &Path, test_guests: Vec<String>) {
+fn write_outputs(out_dir: &Path, artifacts: &Path, test_guests: Vec<String>, other: &Path) {
     let mut bundled = String::from("// Generated by host/build.rs.\n");
     for (_, artifact) in BUNDLED {
         let path = artifacts.join(format!("{artifact}.wasm"));
@@ -129,7 +286,29 @@ fn write_outputs(out_dir: &Path, artifacts: &Path, test_guests: Vec<String>) {
         )
         .expect("writing to a String");
     }
+    // Python and JavaScript guests: their paths, built or not (a test that
+    // needs a missing one says to run `make setup`).
+    let others = PYTHON_GUESTS
+        .iter()
+        .map(|(_, _, _, artifact)| *artifact)
+        .chain(JS_GUESTS.iter().map(|(_, _, artifact)| *artifact));
+    for name in others {
+        writeln!(
+            paths,
+            "#[allow(dead_code)]\npub const {}: &str = {:?};",
+            name.to_uppercase(),
+            other.join(format!("{name}.wasm"))
+        )
+        .expect("writing to a String");
+    }
     std::fs::write(out_dir.join("guests.rs"), paths).expect("write guests.rs");
+}
+
+/// Where guests are built: `WARDEN_GUEST_TARGET_DIR`, else `<target>/guests`.
+fn guest_target_dir(out_dir: &Path) -> PathBuf {
+    env::var_os("WARDEN_GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cargo_target_dir(out_dir).join("guests"))
 }
 
 /// The target directory of the build running this script: the nearest

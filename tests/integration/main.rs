@@ -9,6 +9,7 @@ mod cli;
 mod egress;
 mod files;
 mod isolation;
+mod languages;
 mod limits;
 mod loading;
 mod mcp;

@@ -59,7 +59,7 @@ async fn arguments_that_fail_the_tools_schema_never_reach_the_tool() {
     let reason = report[0]["error"]["reason"].as_str().unwrap();
     assert!(
         reason.starts_with(
-            "`/account` do not match the schema of `pay`: 5 is not of type \"string\""
+            "`/account` does not match the schema of `pay`: 5 is not of type \"string\""
         ),
         "{reason}"
     );

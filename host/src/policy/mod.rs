@@ -966,14 +966,14 @@ impl Policy {
         {
             let at = error.instance_path().to_string();
             let at = if at.is_empty() {
-                "the arguments".to_string()
+                "the arguments do".to_string()
             } else {
-                format!("`{at}`")
+                format!("`{at}` does")
             };
             return Decision::Deny {
                 rule: rules.schema.clone(),
                 reason: format!(
-                    "{at} do not match the schema of `{name}`: {}",
+                    "{at} not match the schema of `{name}`: {}",
                     printable(&error.to_string())
                 ),
                 kind: DenyKind::Invalid,

@@ -360,7 +360,7 @@ fn the_tools_own_schema_comes_first() {
                 ("tools.calc.schema", DenyKind::Invalid)
             );
             assert!(
-                reason.starts_with("`/expression` do not match the schema of `calc`"),
+                reason.starts_with("`/expression` does not match the schema of `calc`"),
                 "{reason}"
             );
         }

@@ -1,0 +1,36 @@
+"""The componentize-py bindings, imported once, when ``warden_sdk`` is.
+
+componentize-py runs the app's imports at build time and snapshots the
+interpreter; the component carries no ``.py`` files, so a module imported
+for the first time inside a function at run time fails with ``ImportError``
+(componentize-py issue #23). The bindings are therefore imported here,
+eagerly, each one optional: the ``tool`` world has no ``model`` or
+``tools``, and plain CPython (unit tests) has no bindings at all.
+"""
+
+import importlib
+
+
+def _optional(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+_types_module = _optional("componentize_py_types")
+Err = getattr(_types_module, "Err", None)
+types = _optional("wit_world.imports.types")
+log = _optional("wit_world.imports.log")
+model = _optional("wit_world.imports.model")
+tools = _optional("wit_world.imports.tools")
+
+
+def need(module, what: str):
+    """Return ``module``, or fail clearly when this world does not have it."""
+    if module is None:
+        raise RuntimeError(
+            f"{what} is not in this component's bindings: build it with "
+            "componentize-py for the right world (-w agent or -w tool)"
+        )
+    return module
