@@ -55,7 +55,7 @@ lint: setup
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
 bench: setup
-	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages
 
 ## Remove compiled components from the cache.
 clean-cache:

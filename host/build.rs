@@ -49,26 +49,16 @@ fn main() {
         .expect("host/ lives in the workspace root")
         .to_path_buf();
 
-    // Not guest-sdk/js itself: its node_modules is large, and the JS build
-    // makes a scratch directory there.
-    for watched in [
-        "guest-sdk/wit",
-        "guest-sdk/rust",
-        "guest-sdk/python/warden_sdk",
-        "guest-sdk/js/warden-tool.js",
-        "guest-sdk/js/componentize.mjs",
-        "guest-sdk/js/disabled",
-        "guest-sdk/js/package-lock.json",
-        "agents",
-        "tools",
-        "tests/guests",
-        "Cargo.lock",
-    ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+    // Every source file, not whole directories: the Python builder writes
+    // `__pycache__` into its source directories, guest-sdk/js holds a
+    // large node_modules, and the JS build makes a scratch directory there.
+    for watched in ["guest-sdk", "agents", "tools", "tests/guests"] {
+        watch(&workspace.join(watched));
     }
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
     println!("cargo:rerun-if-env-changed=WARDEN_GUEST_TARGET_DIR");
     println!("cargo:rerun-if-env-changed=WARDEN_GUESTS_DIR");
     println!("cargo:rerun-if-env-changed=WARDEN_COMPONENTIZE_PY");
@@ -187,6 +177,41 @@ fn run_builder(mut command: Command, what: &str) {
     }
 }
 
+/// Tell cargo to rerun this script when a source file under `dir` changes.
+/// A directory is watched as a whole (which also notices files added to
+/// it) only when nothing generated lives anywhere under it, since cargo
+/// would scan that too. Returns whether `dir` was watched whole.
+fn watch(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut files = Vec::new();
+    let mut whole = true;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if skipped(&entry.file_name().to_string_lossy()) {
+            whole = false;
+        } else if path.is_dir() {
+            whole &= watch(&path);
+        } else {
+            files.push(path);
+        }
+    }
+    if whole {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    } else {
+        for file in files {
+            println!("cargo:rerun-if-changed={}", file.display());
+        }
+    }
+    whole
+}
+
+/// Directories that are generated or installed, not sources.
+fn skipped(name: &str) -> bool {
+    name.starts_with('.') || name == "__pycache__" || name == "node_modules" || name == "target"
+}
+
 /// Whether `output` exists and is newer than every file under `sources`.
 fn is_fresh(output: &Path, sources: &[PathBuf]) -> bool {
     let Ok(built) = output.metadata().and_then(|m| m.modified()) else {
@@ -205,11 +230,7 @@ fn newest(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::read_dir(path)
         .ok()?
         .filter_map(|entry| entry.ok())
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            !(name.starts_with('.') || name == "__pycache__" || name == "node_modules")
-        })
+        .filter(|entry| !skipped(&entry.file_name().to_string_lossy()))
         .filter_map(|entry| newest(&entry.path()))
         .max()
 }
