@@ -149,17 +149,20 @@ fn main() {
         .unwrap();
 
     let mut bare = Peer::start(Command::new(std::env::current_exe().unwrap()).env(BARE, "1"));
-    let mut mcp = Peer::start(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
+    let warden_mcp = |audit: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+        command
             .arg("mcp")
             .arg("--policy")
             .arg(&policy_path)
             .arg("--audit")
-            .arg(dir.path().join("mcp.jsonl"))
+            .arg(dir.path().join(audit))
             .arg("--cache-dir")
             .arg(&cache)
-            .env_remove("RUST_BACKTRACE"),
-    );
+            .env_remove("RUST_BACKTRACE");
+        command
+    };
+    let mut mcp = Peer::start(&mut warden_mcp("mcp.jsonl"));
     mcp.ask(INITIALIZE);
 
     // In-process on its own (alternating with the pipes would evict its
@@ -195,17 +198,7 @@ fn main() {
     let mut start_t = Vec::new();
     for _ in 0..starts {
         let started = Instant::now();
-        let mut server = Peer::start(
-            Command::new(env!("CARGO_BIN_EXE_warden"))
-                .arg("mcp")
-                .arg("--policy")
-                .arg(&policy_path)
-                .arg("--audit")
-                .arg(dir.path().join("starts.jsonl"))
-                .arg("--cache-dir")
-                .arg(&cache)
-                .env_remove("RUST_BACKTRACE"),
-        );
+        let mut server = Peer::start(&mut warden_mcp("starts.jsonl"));
         server.ask(INITIALIZE);
         start_t.push(started.elapsed());
         server.stop();

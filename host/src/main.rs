@@ -304,26 +304,21 @@ fn main() -> ExitCode {
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(future),
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            ExitCode::from(EXIT_BAD_INPUT)
-        }
-    }
+    block_on_with(tokio::runtime::Builder::new_multi_thread(), future)
 }
 
 /// `warden mcp` answers one client: on one thread, a call's answer needs no
 /// hand-off between worker threads (about 10 us less per call). Calls still
 /// run concurrently, taking turns at every 10 ms epoch tick.
 fn block_on_one_thread(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_with(tokio::runtime::Builder::new_current_thread(), future)
+}
+
+fn block_on_with(
+    mut builder: tokio::runtime::Builder,
+    future: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(future),
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
