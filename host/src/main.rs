@@ -1057,24 +1057,48 @@ async fn tools_inspect(component: String, json: bool, cache_dir: Option<PathBuf>
             "tools": inspection.tools,
             "imports": inspection.imports.iter().map(|(name, needs)| serde_json::json!({ "name": name, "needs": needs })).collect::<Vec<_>>(),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON serializes")
-        );
-        return ExitCode::SUCCESS;
+        let text = serde_json::to_string_pretty(&value).expect("JSON serializes");
+        return print_all(&format!("{text}\n"));
     }
-    println!(
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "{}\n  sha256 = \"{}\"\n",
         inspection.source, inspection.sha256
     );
-    println!("tools:");
+    text.push_str("tools:\n");
     for tool in &inspection.tools {
-        println!("  {}: {}", clean(&tool.name), clean(&tool.description));
-        println!("    parameters: {}", clean(&tool.parameters.to_string()));
+        let _ = writeln!(
+            text,
+            "  {}: {}",
+            clean(&tool.name),
+            clean(&tool.description)
+        );
+        let _ = writeln!(
+            text,
+            "    parameters: {}",
+            clean(&tool.parameters.to_string())
+        );
     }
-    println!("\nimports:");
+    text.push_str("\nimports:\n");
     for (name, needs) in &inspection.imports {
-        println!("  {name:<45} {needs}");
+        let _ = writeln!(text, "  {name:<45} {needs}");
     }
-    ExitCode::SUCCESS
+    print_all(&text)
+}
+
+/// Print `text` to stdout; a reader that went away (`| head`) is not an
+/// error.
+fn print_all(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: cannot write to stdout: {error}");
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
 }

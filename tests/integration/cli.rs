@@ -696,6 +696,27 @@ fn tools_inspect_shows_specs_imports_and_the_pin() {
 }
 
 #[test]
+fn inspect_into_a_closed_pipe_is_not_a_crash() {
+    // `warden tools inspect TOOL | head -1`: the reader is gone before
+    // warden writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["tools", "inspect", "builtin:text", "--cache-dir"])
+        .arg(cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn approving_a_rule_the_policy_does_not_have_is_a_warning() {
     let out = warden(&[
         "run",
