@@ -102,6 +102,10 @@ struct McpArgs {
     /// Show every decision on stderr as it happens (stdout is the protocol).
     #[arg(long, short)]
     verbose: bool,
+    /// Serve MCP's streamable-HTTP transport at http://ADDR/mcp instead of
+    /// stdio (e.g. `127.0.0.1:8931`; port 0 picks one). Loopback only.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
     /// Write the audit log (JSON Lines) here [default: a new file under
     /// $XDG_STATE_HOME/warden/runs/].
     #[arg(long)]
@@ -590,16 +594,37 @@ async fn mcp(args: McpArgs) -> ExitCode {
         approve: args.approve,
         concurrency: usize::from(args.concurrency),
     };
-    let (input, output) = stdio();
-    let report = warden::mcp::serve(
-        &runtime,
-        spec,
-        log,
-        tokio::io::BufReader::new(input),
-        output,
-        stop_signal(),
-    )
-    .await;
+    let report = match args.http {
+        Some(address) => {
+            if !address.ip().is_loopback() {
+                return bad_input(format!(
+                    "error: --http {address}: warden mcp listens only on loopback addresses (127.0.0.1, [::1]), as MCP over HTTP has no authentication here"
+                ));
+            }
+            let listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    return bad_input(format!("error: cannot listen on {address}: {error}"));
+                }
+            };
+            if let Ok(bound) = listener.local_addr() {
+                eprintln!("warden mcp: listening on http://{bound}/mcp");
+            }
+            warden::mcp::serve_http(&runtime, spec, log, listener, stop_signal()).await
+        }
+        None => {
+            let (input, output) = stdio();
+            warden::mcp::serve(
+                &runtime,
+                spec,
+                log,
+                tokio::io::BufReader::new(input),
+                output,
+                stop_signal(),
+            )
+            .await
+        }
+    };
     match report {
         Ok(report) => {
             eprintln!(
@@ -662,27 +687,34 @@ fn stdio() -> (Input, Output) {
     }
 }
 
-/// Completes at SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Completes at SIGINT or SIGTERM. The handlers are installed at once
+/// (not when first polled), so a signal while the tools load still ends
+/// the session cleanly, with its end record.
+fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        let signals = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match signals {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
+                _ => std::future::pending().await,
             }
-            _ => std::future::pending().await,
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -117,6 +117,62 @@ fn the_official_python_sdk_lists_and_calls_tools_through_warden_mcp() {
         .env("WARDEN_CACHE_DIR", cache_dir())
         .output()
         .unwrap();
+    check_what_the_client_saw(&out);
+    check_the_audit_log(&audit);
+}
+
+#[test]
+fn the_official_python_sdk_works_over_streamable_http() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        DEMO_LIKE.replace("max_calls = 3", "max_calls = 20"),
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["mcp", "--http", "127.0.0.1:0", "--policy"])
+        .arg(&policy_path)
+        .arg("--audit")
+        .arg(&audit)
+        .env("WARDEN_CACHE_DIR", cache_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    // Policy warnings may come first.
+    let mut url = None;
+    let mut line = String::new();
+    while url.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
+        url = line
+            .trim()
+            .strip_prefix("warden mcp: listening on ")
+            .map(str::to_string);
+        line.clear();
+    }
+    let url = url.expect("warden mcp says where it listens");
+    let out = Command::new(python())
+        .arg(repo().join("tests/mcp/client.py"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    // SIGTERM: the server finishes and writes its end record.
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    check_what_the_client_saw(&out);
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("audit head:"), "{rest}");
+    check_the_audit_log(&audit);
+}
+
+fn check_what_the_client_saw(out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -175,9 +231,12 @@ fn the_official_python_sdk_lists_and_calls_tools_through_warden_mcp() {
             .unwrap()
             .contains("unknown tool `no_such_tool`")
     );
+}
 
-    // Every call is in the audit log, which verifies.
-    let log = std::fs::read_to_string(&audit).unwrap();
+/// Every call is in the audit log, which verifies and ends with the
+/// session's end record.
+fn check_the_audit_log(audit: &std::path::Path) {
+    let log = std::fs::read_to_string(audit).unwrap();
     let report = warden::audit::verify(log.as_bytes()).unwrap();
     assert!(report.is_intact(), "{:?}", report.problems);
     let records: Vec<Value> = log
@@ -203,6 +262,136 @@ fn the_official_python_sdk_lists_and_calls_tools_through_warden_mcp() {
         records
             .iter()
             .any(|r| r["detail"].as_str().unwrap_or("").contains("client mcp"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_refuses_other_origins_unknown_sessions_and_streams() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let memory = MemorySink::default();
+    let spec = ServeSpec {
+        policy: policy(DEMO_LIKE),
+        approve: Vec::new(),
+        concurrency: 4,
+    };
+    let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
+    let server = tokio::spawn(async move {
+        warden::mcp::serve_http(runtime(), spec, audit, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post = |body: Value, session: Option<&str>, origin: Option<&str>| {
+        let mut request = client.post(&url).json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+
+    // A web page elsewhere cannot drive the tools through the browser.
+    let refused = post(initialize(LATEST), None, Some("http://attacker.example"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let refused = post(
+        initialize(LATEST),
+        None,
+        Some("http://127.0.0.1.attacker.example:8080"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 403);
+    let opened = post(initialize(LATEST), None, Some("http://localhost:3000"))
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(session.len(), 32);
+    let init: Value = opened.json().await.unwrap();
+    assert_eq!(init["result"]["protocolVersion"], LATEST);
+
+    let called = post(
+        call(1, "calc", json!({ "expression": "6 * 7" })),
+        Some(&session),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(called.status(), 200);
+    let called: Value = called.json().await.unwrap();
+    assert_eq!(called["result"]["content"][0]["text"], "42");
+
+    let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    assert_eq!(
+        post(note, Some(&session), None).await.unwrap().status(),
+        202
+    );
+    let ping = json!({ "jsonrpc": "2.0", "id": 2, "method": "ping" });
+    assert_eq!(post(ping.clone(), None, None).await.unwrap().status(), 400);
+    assert_eq!(
+        post(ping.clone(), Some("0123"), None)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 405);
+    let huge = client
+        .post(&url)
+        .header("mcp-session-id", &session)
+        .body(vec![b' '; MAX_MESSAGE + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let ended = client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    assert_eq!(
+        post(ping, Some(&session), None).await.unwrap().status(),
+        404
+    );
+
+    stop.send(()).unwrap();
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(report.calls, 1);
+    let records = memory.records();
+    assert_eq!(records.last().unwrap().subject, "mcp");
+    assert!(records[0].detail.contains("over MCP (http)"));
+
+    // No listening beyond this machine.
+    let open = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let spec = ServeSpec {
+        policy: policy(DEMO_LIKE),
+        approve: Vec::new(),
+        concurrency: 1,
+    };
+    let refused = warden::mcp::serve_http(
+        runtime(),
+        spec,
+        AuditLog::new(new_run_id()),
+        open,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("only on loopback"),
+        "{refused}"
     );
 }
 

@@ -1,9 +1,11 @@
 """Drive `warden mcp` with the official MCP Python SDK (the `mcp` package).
 
 Usage: client.py WARDEN_BINARY POLICY AUDIT_LOG [MODE]
+       client.py http://127.0.0.1:PORT/mcp [MODE]
 
 Starts `warden mcp` as a stdio server the way MCP clients (Claude Desktop,
-IDEs, agent frameworks) do, and prints one JSON object per line describing
+IDEs, agent frameworks) do, or connects to one serving streamable HTTP, and
+prints one JSON object per line describing
 what the client saw: the negotiated version, the tool list, and the results
 of a few calls. The Rust integration test reads and checks them.
 """
@@ -27,10 +29,7 @@ def result_fields(result):
     }
 
 
-async def main(warden, policy, audit, mode):
-    server = StdioServerParameters(
-        command=warden, args=["mcp", "--policy", policy, "--audit", audit]
-    )
+async def main(server, mode):
     async with Client(server, mode=mode) as client:
         session = client.session
         emit("connected", version=session.protocol_version,
@@ -59,5 +58,12 @@ async def main(warden, policy, audit, mode):
 
 
 if __name__ == "__main__":
-    mode = sys.argv[4] if len(sys.argv) > 4 else "auto"
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], mode))
+    if sys.argv[1].startswith("http"):
+        server, rest = sys.argv[1], sys.argv[2:]
+    else:
+        warden, policy, audit = sys.argv[1:4]
+        server = StdioServerParameters(
+            command=warden, args=["mcp", "--policy", policy, "--audit", audit]
+        )
+        rest = sys.argv[4:]
+    asyncio.run(main(server, rest[0] if rest else "auto"))

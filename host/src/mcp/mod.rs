@@ -38,6 +38,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+mod http;
+pub use http::serve_http;
+
 /// The protocol revisions negotiated at `initialize`, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 /// What a client asking for an unknown revision is offered.
@@ -94,29 +97,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
-    let gate = Gate::new(spec.policy.policy.clone(), audit)
-        .with_approvals(None, &spec.approve)
-        .with_secrets(Secrets::load(&spec.policy));
-    let opening = Opening {
-        subject: "mcp".into(),
-        detail: format!("serving the tools of {} over MCP", spec.policy.name),
-        data: json!({ "server": "mcp", "versions": SUPPORTED_VERSIONS }),
-    };
-    let (gate, registry) = open_session(runtime, &spec.policy, gate, opening).await?;
-
     let (sender, receiver) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(write_messages(output, receiver));
-    let server = Arc::new(Server {
-        gate: gate.clone(),
-        registry,
-        out: sender,
-        in_flight: Mutex::default(),
-        failed: Notify::new(),
-        policy_name: spec.policy.name.clone(),
-        version: Mutex::new(None),
-        calls: Semaphore::new(spec.concurrency.max(1)),
-        answered: Mutex::new(0),
-    });
+    let server = begin(runtime, spec, audit, Sink(sender), "stdio").await?;
+    let gate = server.gate.clone();
 
     let mut calls = JoinSet::new();
     let ended = read_messages(&server, input, &mut calls, stop).await;
@@ -131,15 +115,57 @@ where
     drop(server);
     // The writer ends when the last sender is gone.
     let _ = writer.await;
+    finish(&gate, started, calls_answered, failure)
+}
 
+/// Open the session: the tools loaded, the first records written.
+async fn begin(
+    runtime: &Runtime,
+    spec: ServeSpec,
+    audit: AuditLog,
+    out: Sink,
+    transport: &str,
+) -> Result<Arc<Server>, RunError> {
+    let gate = Gate::new(spec.policy.policy.clone(), audit)
+        .with_approvals(None, &spec.approve)
+        .with_secrets(Secrets::load(&spec.policy));
+    let opening = Opening {
+        subject: "mcp".into(),
+        detail: format!(
+            "serving the tools of {} over MCP ({transport})",
+            spec.policy.name
+        ),
+        data: json!({ "server": "mcp", "transport": transport, "versions": SUPPORTED_VERSIONS }),
+    };
+    let (gate, registry) = open_session(runtime, &spec.policy, gate, opening).await?;
+    Ok(Arc::new(Server {
+        gate,
+        registry,
+        out,
+        in_flight: Mutex::default(),
+        failed: Notify::new(),
+        policy_name: spec.policy.name.clone(),
+        version: Mutex::new(None),
+        calls: Semaphore::new(spec.concurrency.max(1)),
+        answered: Mutex::new(0),
+    }))
+}
+
+/// End the session: the end record, the log synced, the report.
+fn finish(
+    gate: &Gate,
+    started: Instant,
+    calls_answered: u64,
+    failure: Option<io::Error>,
+) -> Result<ServeReport, RunError> {
     let elapsed = started.elapsed();
     let (outcome, detail) = match &failure {
         None => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
         Some(error) => (Outcome::Failed, format!("stopped: {error}")),
     };
     let mut data = json!({ "calls_answered": calls_answered });
-    summary(&gate, elapsed, &mut data);
-    end_record(&gate, "mcp", outcome, detail, data)?;
+    summary(gate, elapsed, &mut data);
+    end_record(gate, "mcp", outcome, detail, data)?;
     let audit_head = gate.finish_audit()?;
     if let Some(error) = failure {
         return Err(RunError::Audit(error));
@@ -155,7 +181,8 @@ where
 struct Server {
     gate: Arc<Gate>,
     registry: Arc<ToolRegistry>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    /// The stdio transport's answers.
+    out: Sink,
     /// Calls in flight by request id, and whether the client cancelled
     /// each (a cancelled call's answer is not sent).
     in_flight: Mutex<HashMap<String, bool>>,
@@ -189,14 +216,14 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
         };
         match read {
             Ok(Line::End) => return Ok(()),
-            Ok(Line::TooLong) => server.send_error(
+            Ok(Line::TooLong) => server.out.error(
                 Value::Null,
                 INVALID_REQUEST,
                 format!("message longer than {MAX_MESSAGE} bytes; it was skipped"),
                 None,
             ),
             Ok(Line::Message) => {
-                server.handle(&line, calls)?;
+                server.handle(&line, &server.out, calls)?;
                 // Reap finished calls as we go; a long session keeps none.
                 while let Some(joined) = calls.try_join_next() {
                     if let Ok(Err(error)) = joined {
@@ -283,36 +310,43 @@ async fn write_messages<W: AsyncWrite + Unpin>(
     }
 }
 
-impl Server {
+/// Where a message's answer goes: the stdio writer, or one HTTP response.
+#[derive(Clone)]
+struct Sink(mpsc::UnboundedSender<Vec<u8>>);
+
+impl Sink {
     fn send(&self, message: Value) {
         let mut bytes = serde_json::to_vec(&message).expect("a JSON value serializes");
         bytes.push(b'\n');
         // Fails only when the writer is gone, i.e. the client left.
-        let _ = self.out.send(bytes);
+        let _ = self.0.send(bytes);
     }
 
-    fn send_result(&self, id: Value, result: Value) {
+    fn result(&self, id: Value, result: Value) {
         self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }));
     }
 
-    fn send_error(&self, id: Value, code: i64, message: String, data: Option<Value>) {
+    fn error(&self, id: Value, code: i64, message: String, data: Option<Value>) {
         let mut error = json!({ "code": code, "message": message });
         if let Some(data) = data {
             error["data"] = data;
         }
         self.send(json!({ "jsonrpc": "2.0", "id": id, "error": error }));
     }
+}
 
+impl Server {
     /// Answer one message; tool calls are spawned into `calls`.
     fn handle(
         self: &Arc<Self>,
         line: &[u8],
+        out: &Sink,
         calls: &mut JoinSet<io::Result<()>>,
     ) -> io::Result<()> {
         let message: Value = match serde_json::from_slice(line) {
             Ok(message) => message,
             Err(error) => {
-                self.send_error(Value::Null, PARSE_ERROR, format!("not JSON: {error}"), None);
+                out.error(Value::Null, PARSE_ERROR, format!("not JSON: {error}"), None);
                 return Ok(());
             }
         };
@@ -322,12 +356,12 @@ impl Server {
             } else {
                 "a message is a JSON object"
             };
-            self.send_error(Value::Null, INVALID_REQUEST, what.into(), None);
+            out.error(Value::Null, INVALID_REQUEST, what.into(), None);
             return Ok(());
         };
         let id = message.get("id").cloned();
         if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            self.send_error(
+            out.error(
                 id.unwrap_or(Value::Null),
                 INVALID_REQUEST,
                 "not JSON-RPC 2.0: `\"jsonrpc\": \"2.0\"` is missing".into(),
@@ -340,7 +374,7 @@ impl Server {
             if message.contains_key("result") || message.contains_key("error") {
                 return Ok(());
             }
-            self.send_error(
+            out.error(
                 id.unwrap_or(Value::Null),
                 INVALID_REQUEST,
                 "a request needs a string `method`".into(),
@@ -354,7 +388,7 @@ impl Server {
             return Ok(());
         };
         if !(id.is_string() || id.is_i64() || id.is_u64()) {
-            self.send_error(
+            out.error(
                 Value::Null,
                 INVALID_REQUEST,
                 "`id` must be a string or an integer".into(),
@@ -363,7 +397,7 @@ impl Server {
             return Ok(());
         }
         if !(params.is_object() || params.is_null()) {
-            self.send_error(
+            out.error(
                 id,
                 INVALID_PARAMS,
                 "`params` must be an object".into(),
@@ -372,14 +406,14 @@ impl Server {
             return Ok(());
         }
         match method {
-            "initialize" => self.initialize(id, &params)?,
-            "ping" => self.send_result(id, json!({})),
-            "tools/list" => self.send_result(id, json!({ "tools": self.tool_list() })),
+            "initialize" => self.initialize(out, id, &params)?,
+            "ping" => out.result(id, json!({})),
+            "tools/list" => out.result(id, json!({ "tools": self.tool_list() })),
             "tools/call" => {
                 let (name, arguments) = match self.call_params(&params) {
                     Ok(call) => call,
                     Err(message) => {
-                        self.send_error(id, INVALID_PARAMS, message, None);
+                        out.error(id, INVALID_PARAMS, message, None);
                         return Ok(());
                     }
                 };
@@ -388,9 +422,10 @@ impl Server {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id.to_string(), false);
                 let server = self.clone();
-                calls.spawn(async move { server.call(id, name, arguments).await });
+                let out = out.clone();
+                calls.spawn(async move { server.call(out, id, name, arguments).await });
             }
-            other => self.send_error(
+            other => out.error(
                 id,
                 METHOD_NOT_FOUND,
                 format!("method not found: `{}`", brief(other, 100)),
@@ -418,7 +453,7 @@ impl Server {
         // `notifications/initialized` and anything else: nothing to do.
     }
 
-    fn initialize(&self, id: Value, params: &Value) -> io::Result<()> {
+    fn initialize(&self, out: &Sink, id: Value, params: &Value) -> io::Result<()> {
         let asked = params
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -444,7 +479,7 @@ impl Server {
             outcome: None,
             data: Some(json!({ "client": client, "asked": asked, "protocol": version })),
         })?;
-        self.send_result(
+        out.result(
             id,
             json!({
                 "protocolVersion": version,
@@ -495,7 +530,13 @@ impl Server {
     }
 
     /// One `tools/call`, mediated exactly like an agent's.
-    async fn call(self: Arc<Self>, id: Value, name: String, arguments: String) -> io::Result<()> {
+    async fn call(
+        self: Arc<Self>,
+        out: Sink,
+        id: Value,
+        name: String,
+        arguments: String,
+    ) -> io::Result<()> {
         let name = name.as_str();
         let Ok(_turn) = self.calls.acquire().await else {
             return Ok(());
@@ -510,7 +551,7 @@ impl Server {
         let result = match result {
             Ok(result) => result,
             Err(error) => {
-                self.send_error(
+                out.error(
                     id,
                     INTERNAL_ERROR,
                     format!("the audit log could not be written, so warden stopped: {error}"),
@@ -530,15 +571,15 @@ impl Server {
             .unwrap_or_else(|e| e.into_inner())
             .is_none_or(|v| v >= "2025-06-18");
         match result {
-            Ok(text) => self.send_result(
+            Ok(text) => out.result(
                 id,
                 json!({ "content": [{ "type": "text", "text": text }], "isError": false }),
             ),
             // A name the policy does not know is the client's mistake, not
             // the model's: a protocol error (the refusal is audited all
             // the same).
-            Err(GuestError::Denied(message)) if self.registry.schema(name).is_none() => self
-                .send_error(
+            Err(GuestError::Denied(message)) if self.registry.schema(name).is_none() => out
+                .error(
                     id,
                     INVALID_PARAMS,
                     format!("unknown tool `{}`: {message}", brief(name, 100)),
@@ -559,7 +600,7 @@ impl Server {
                     result["structuredContent"] =
                         json!({ "error": kind, "message": error.reason() });
                 }
-                self.send_result(id, result);
+                out.result(id, result);
             }
         }
         Ok(())
