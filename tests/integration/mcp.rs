@@ -101,14 +101,7 @@ fn python() -> PathBuf {
 
 #[test]
 fn the_official_python_sdk_lists_and_calls_tools_through_warden_mcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy_path = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy_path,
-        DEMO_LIKE.replace("max_calls = 3", "max_calls = 20"),
-    )
-    .unwrap();
-    let audit = dir.path().join("audit.jsonl");
+    let (_dir, policy_path, audit) = sdk_files();
     let out = Command::new(python())
         .arg(repo().join("tests/mcp/client.py"))
         .arg(env!("CARGO_BIN_EXE_warden"))
@@ -124,14 +117,7 @@ fn the_official_python_sdk_lists_and_calls_tools_through_warden_mcp() {
 #[test]
 fn the_official_python_sdk_works_over_streamable_http() {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let policy_path = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy_path,
-        DEMO_LIKE.replace("max_calls = 3", "max_calls = 20"),
-    )
-    .unwrap();
-    let audit = dir.path().join("audit.jsonl");
+    let (_dir, policy_path, audit) = sdk_files();
     let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["mcp", "--http", "127.0.0.1:0", "--policy"])
         .arg(&policy_path)
@@ -170,6 +156,20 @@ fn the_official_python_sdk_works_over_streamable_http() {
     assert!(status.success(), "{rest}");
     assert!(rest.contains("audit head:"), "{rest}");
     check_the_audit_log(&audit);
+}
+
+/// The SDK tests' policy file, in a new directory, and where the audit log
+/// goes.
+fn sdk_files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        DEMO_LIKE.replace("max_calls = 3", "max_calls = 20"),
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    (dir, policy_path, audit)
 }
 
 fn check_what_the_client_saw(out: &std::process::Output) {
