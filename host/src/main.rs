@@ -596,10 +596,8 @@ async fn mcp(args: McpArgs) -> ExitCode {
     };
     let report = match args.http {
         Some(address) => {
-            if !address.ip().is_loopback() {
-                return bad_input(format!(
-                    "error: --http {address}: warden mcp listens only on loopback addresses (127.0.0.1, [::1]), as MCP over HTTP has no authentication here"
-                ));
+            if let Err(message) = warden::mcp::check_address(address) {
+                return bad_input(format!("error: {message}"));
             }
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => listener,

@@ -36,9 +36,22 @@ pub async fn call(
                 .map(Err);
         }
     };
+    call_parsed(gate, registry, replay, name, &parsed, arguments).await
+}
+
+/// [`call`] with the arguments already parsed (`parsed` is `arguments`
+/// as JSON), as an MCP request carries them.
+pub async fn call_parsed(
+    gate: &Arc<Gate>,
+    registry: &ToolRegistry,
+    replay: Option<&crate::replay::ReplayTools>,
+    name: &str,
+    parsed: &serde_json::Value,
+    arguments: &str,
+) -> io::Result<Result<String, GuestError>> {
     let request = Request::Tool {
         name,
-        arguments: &parsed,
+        arguments: parsed,
         schema: registry.schema(name),
     };
     let permit = match gate.check(name, &request, Some(json!({ "arguments": parsed })))? {
@@ -48,7 +61,7 @@ pub async fn call(
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
         Some(replay) => (
-            replay.next(name, &parsed).map_err(ToolFailure::Returned),
+            replay.next(name, parsed).map_err(ToolFailure::Returned),
             Vec::new(),
         ),
         None => registry.invoke(name, arguments, gate).await?,

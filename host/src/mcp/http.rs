@@ -51,17 +51,9 @@ pub async fn serve_http(
     listener: tokio::net::TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServeReport, RunError> {
-    let address = listener.local_addr()?;
-    if !address.ip().is_loopback() {
-        return Err(RunError::Agent(format!(
-            "warden mcp --http listens only on loopback addresses (127.0.0.1, [::1]); {address} is not one: MCP over HTTP has no authentication here"
-        )));
-    }
+    check_address(listener.local_addr()?).map_err(RunError::Agent)?;
     let started = Instant::now();
-    // Answers go to each request's own sink; this one is never read.
-    let (unused, _) = mpsc::unbounded_channel();
-    let server = begin(runtime, spec, audit, Sink(unused), "http").await?;
-    let gate = server.gate.clone();
+    let server = begin(runtime, spec, audit, "http").await?;
     let shared = Arc::new(Shared {
         server,
         sessions: Mutex::default(),
@@ -80,18 +72,24 @@ pub async fn serve_http(
             }
         })
         .await;
-    let calls_answered = *shared
-        .server
-        .answered
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
     let failure = shared
         .failure
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .or(served.err());
-    finish(&gate, started, calls_answered, failure)
+    finish(&shared.server, started, failure)
+}
+
+/// Refuse a listen address that is not loopback: the transport has no
+/// authentication.
+pub fn check_address(address: std::net::SocketAddr) -> Result<(), String> {
+    if address.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "warden mcp --http listens only on loopback addresses (127.0.0.1, [::1]); {address} is not one: MCP over HTTP has no authentication here"
+    ))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,15 +112,7 @@ fn local_origin(headers: &HeaderMap) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    let Ok(url) = url::Url::parse(origin) else {
-        return false;
-    };
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
+    url::Url::parse(origin).is_ok_and(|url| crate::remote::is_loopback(&url))
 }
 
 async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {

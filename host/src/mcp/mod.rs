@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,7 +40,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 mod http;
-pub use http::serve_http;
+pub use http::{check_address, serve_http};
 
 /// The protocol revisions negotiated at `initialize`, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -99,11 +100,11 @@ where
     let started = Instant::now();
     let (sender, receiver) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(write_messages(output, receiver));
-    let server = begin(runtime, spec, audit, Sink(sender), "stdio").await?;
-    let gate = server.gate.clone();
+    let out = Sink(sender);
+    let server = begin(runtime, spec, audit, "stdio").await?;
 
     let mut calls = JoinSet::new();
-    let ended = read_messages(&server, input, &mut calls, stop).await;
+    let ended = read_messages(&server, &out, input, &mut calls, stop).await;
     // Every call admitted is answered before the session ends.
     let mut failure = ended.err();
     while let Some(joined) = calls.join_next().await {
@@ -111,11 +112,10 @@ where
             failure.get_or_insert(error);
         }
     }
-    let calls_answered = *server.answered.lock().unwrap_or_else(|e| e.into_inner());
-    drop(server);
     // The writer ends when the last sender is gone.
+    drop(out);
     let _ = writer.await;
-    finish(&gate, started, calls_answered, failure)
+    finish(&server, started, failure)
 }
 
 /// Open the session: the tools loaded, the first records written.
@@ -123,7 +123,6 @@ async fn begin(
     runtime: &Runtime,
     spec: ServeSpec,
     audit: AuditLog,
-    out: Sink,
     transport: &str,
 ) -> Result<Arc<Server>, RunError> {
     let gate = Gate::new(spec.policy.policy.clone(), audit)
@@ -141,23 +140,23 @@ async fn begin(
     Ok(Arc::new(Server {
         gate,
         registry,
-        out,
         in_flight: Mutex::default(),
         failed: Notify::new(),
         policy_name: spec.policy.name.clone(),
         version: Mutex::new(None),
         calls: Semaphore::new(spec.concurrency.max(1)),
-        answered: Mutex::new(0),
+        answered: AtomicU64::new(0),
     }))
 }
 
 /// End the session: the end record, the log synced, the report.
 fn finish(
-    gate: &Gate,
+    server: &Server,
     started: Instant,
-    calls_answered: u64,
     failure: Option<io::Error>,
 ) -> Result<ServeReport, RunError> {
+    let gate = &server.gate;
+    let calls_answered = server.answered.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     let (outcome, detail) = match &failure {
         None => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
@@ -181,8 +180,6 @@ fn finish(
 struct Server {
     gate: Arc<Gate>,
     registry: Arc<ToolRegistry>,
-    /// The stdio transport's answers.
-    out: Sink,
     /// Calls in flight by request id, and whether the client cancelled
     /// each (a cancelled call's answer is not sent).
     in_flight: Mutex<HashMap<String, bool>>,
@@ -192,7 +189,7 @@ struct Server {
     /// The negotiated revision, once initialized.
     version: Mutex<Option<&'static str>>,
     calls: Semaphore,
-    answered: Mutex<u64>,
+    answered: AtomicU64,
 }
 
 /// Read messages until the input ends, `stop` completes or the audit log
@@ -200,6 +197,7 @@ struct Server {
 /// answered in order.
 async fn read_messages<R: AsyncBufRead + Unpin>(
     server: &Arc<Server>,
+    out: &Sink,
     mut input: R,
     calls: &mut JoinSet<io::Result<()>>,
     stop: impl Future<Output = ()>,
@@ -216,14 +214,14 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
         };
         match read {
             Ok(Line::End) => return Ok(()),
-            Ok(Line::TooLong) => server.out.error(
+            Ok(Line::TooLong) => out.error(
                 Value::Null,
                 INVALID_REQUEST,
                 format!("message longer than {MAX_MESSAGE} bytes; it was skipped"),
                 None,
             ),
             Ok(Line::Message) => {
-                server.handle(&line, &server.out, calls)?;
+                server.handle(&line, out, calls)?;
                 // Reap finished calls as we go; a long session keeps none.
                 while let Some(joined) = calls.try_join_next() {
                     if let Ok(Err(error)) = joined {
@@ -350,7 +348,7 @@ impl Server {
                 return Ok(());
             }
         };
-        let Value::Object(message) = message else {
+        let Value::Object(mut message) = message else {
             let what = if message.is_array() {
                 "batches are not supported; send one message per line"
             } else {
@@ -369,6 +367,7 @@ impl Server {
             );
             return Ok(());
         }
+        let params = message.remove("params").unwrap_or(Value::Null);
         let Some(method) = message.get("method").and_then(Value::as_str) else {
             // A response to a request of ours: the server sends none.
             if message.contains_key("result") || message.contains_key("error") {
@@ -382,7 +381,6 @@ impl Server {
             );
             return Ok(());
         };
-        let params = message.get("params").cloned().unwrap_or(Value::Null);
         let Some(id) = id else {
             self.notification(method, &params);
             return Ok(());
@@ -410,7 +408,7 @@ impl Server {
             "ping" => out.result(id, json!({})),
             "tools/list" => out.result(id, json!({ "tools": self.tool_list() })),
             "tools/call" => {
-                let (name, arguments) = match self.call_params(&params) {
+                let (name, arguments) = match Self::call_params(params) {
                     Ok(call) => call,
                     Err(message) => {
                         out.error(id, INVALID_PARAMS, message, None);
@@ -511,22 +509,23 @@ impl Server {
             .collect()
     }
 
-    /// The tool name and arguments (as JSON text) of a `tools/call`.
-    fn call_params(&self, params: &Value) -> Result<(String, String), String> {
+    /// The tool name and arguments of a `tools/call`.
+    fn call_params(mut params: Value) -> Result<(String, Value), String> {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return Err("tools/call needs a string `name`".into());
         };
-        let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => "{}".to_string(),
-            Some(arguments @ Value::Object(_)) => arguments.to_string(),
+        let name = name.to_string();
+        let arguments = match params.get_mut("arguments").map(Value::take) {
+            None | Some(Value::Null) => Value::Object(Default::default()),
+            Some(arguments @ Value::Object(_)) => arguments,
             Some(_) => {
                 return Err(format!(
                     "the `arguments` of `{}` must be an object",
-                    brief(name, 100)
+                    brief(&name, 100)
                 ));
             }
         };
-        Ok((name.to_string(), arguments))
+        Ok((name, arguments))
     }
 
     /// One `tools/call`, mediated exactly like an agent's.
@@ -535,13 +534,15 @@ impl Server {
         out: Sink,
         id: Value,
         name: String,
-        arguments: String,
+        arguments: Value,
     ) -> io::Result<()> {
         let name = name.as_str();
         let Ok(_turn) = self.calls.acquire().await else {
             return Ok(());
         };
-        let result = tools::call(&self.gate, &self.registry, None, name, &arguments).await;
+        let text = arguments.to_string();
+        let result =
+            tools::call_parsed(&self.gate, &self.registry, None, name, &arguments, &text).await;
         let cancelled = self
             .in_flight
             .lock()
@@ -561,7 +562,7 @@ impl Server {
                 return Err(error);
             }
         };
-        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.answered.fetch_add(1, Ordering::Relaxed);
         if cancelled {
             return Ok(());
         }

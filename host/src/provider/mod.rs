@@ -348,7 +348,7 @@ pub fn from_spec(
         )),
         Spec::Http { api, base, model } => {
             let key = read_key(&options.key, api)?;
-            let loopback = is_loopback(&base);
+            let loopback = crate::remote::is_loopback(&base);
             if key.is_some() && base.scheme() == "http" && !loopback {
                 return Err(ProviderSpecError::Key(format!(
                     "refusing to send the API key over plain http to {}: use https, or a server on this machine",
@@ -411,16 +411,6 @@ fn read_key(source: &KeySource, api: Api) -> Result<Option<ApiKey>, ProviderSpec
             }
             Ok(Some(ApiKey::new(format!("file {}", path.display()), value)))
         }
-    }
-}
-
-/// Whether a URL names this machine.
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 
