@@ -215,13 +215,18 @@ impl ComponentSource {
         &self,
         downloader: &Downloader,
         pin: Option<&str>,
-    ) -> Result<Cow<'static, [u8]>, FetchError> {
+    ) -> Result<(Cow<'static, [u8]>, String), FetchError> {
         match self {
+            // The downloader hashed it already (or read it by its hash).
             ComponentSource::Url(url) => downloader
                 .fetch(url, pin)
                 .await
-                .map(|fetched| Cow::Owned(fetched.bytes)),
-            _ => self.read().map_err(FetchError::Failed),
+                .map(|fetched| (Cow::Owned(fetched.bytes), fetched.sha256)),
+            _ => {
+                let bytes = self.read().map_err(FetchError::Failed)?;
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                Ok((bytes, sha256))
+            }
         }
     }
 

@@ -17,7 +17,6 @@ use crate::policy::Verdict;
 use crate::remote::{Downloader, FetchError};
 use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
@@ -84,8 +83,7 @@ impl<'p> ToolSources<'p> {
                     .fetch(downloader, entry.sha256.as_deref())
                     .await
                     .map_err(|e| read_error(policy, entry, &source, e))?;
-                let sha256 = hex::encode(Sha256::digest(&read));
-                bytes.insert(source.clone(), (read, sha256));
+                bytes.insert(source.clone(), read);
             }
             if let Some(pin) = &entry.sha256 {
                 let actual = &bytes[&source].1;
@@ -198,7 +196,7 @@ impl ToolRegistry {
                     policy.error_at(&reference.place, message, help)
                 };
                 let loaded = runtime
-                    .load(&source.to_string(), &bytes[&source].0)
+                    .load_hashed(&source.to_string(), &bytes[&source].0, &bytes[&source].1)
                     .map_err(|e| at(format!("`{source}` is not a valid component: {e:#}"), None))?;
                 let pre = runtime.tool_pre(&loaded.component).map_err(|e| {
                     at(
@@ -423,12 +421,12 @@ pub fn capability_of(import: &str) -> &'static str {
 /// and list what it imports. Nothing else of it runs.
 pub async fn inspect(runtime: &Runtime, source: &ComponentSource) -> Result<Inspection, String> {
     // A URL is downloaded without a pin: this is how the pin is learned.
-    let bytes = source
+    let (bytes, sha256) = source
         .fetch(runtime.downloader(), None)
         .await
         .map_err(|e| e.to_string())?;
     let loaded = runtime
-        .load(&source.to_string(), &bytes)
+        .load_hashed(&source.to_string(), &bytes, &sha256)
         .map_err(|e| format!("`{source}` is not a valid component: {e:#}"))?;
     let mut imports: Vec<(String, &'static str)> = loaded
         .component

@@ -126,6 +126,22 @@ impl Runtime {
     pub fn load(&self, name: &str, bytes: &[u8]) -> wasmtime::Result<LoadedComponent> {
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(bytes));
+        let mut loaded = self.load_hashed(name, bytes, &sha256)?;
+        loaded.load_time = started.elapsed();
+        Ok(loaded)
+    }
+
+    /// [`load`](Self::load) for bytes whose SHA-256 (hex) the caller has
+    /// already computed (reading them checked a pin): a Python component
+    /// is tens of MB, and hashing it again costs milliseconds.
+    pub fn load_hashed(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<LoadedComponent> {
+        let started = Instant::now();
+        let sha256 = sha256.to_string();
         if let Some(component) = self.loaded.lock().expect("poisoned").get(&sha256) {
             return Ok(LoadedComponent {
                 component: component.clone(),
