@@ -2,6 +2,7 @@
 //! tool specs, usage. Providers, the policy and the audit log speak these
 //! types; the WIT-generated ones stop at `capability::model`.
 
+use crate::secrets::{Scrub, Scrubber};
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a message.
@@ -45,14 +46,16 @@ pub struct Message {
 }
 
 impl Message {
-    /// Bytes of text the message carries (content, tool names, arguments):
-    /// what token estimates count.
+    /// Bytes of text the message carries, every field counted (content,
+    /// tool-call ids, names and arguments, the id it answers): what token
+    /// estimates count, so no field carries text past a budget.
     pub fn text_len(&self) -> usize {
         self.content.len()
+            + self.tool_call_id.as_ref().map_or(0, String::len)
             + self
                 .tool_calls
                 .iter()
-                .map(|c| c.name.len() + c.arguments.len())
+                .map(|c| c.id.len() + c.name.len() + c.arguments.len())
                 .sum::<usize>()
     }
 
@@ -116,6 +119,37 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+}
+
+impl ChatRequest {
+    /// Bytes of text the request carries, every field counted: messages,
+    /// tool names, descriptions and schemas, the model's name.
+    pub fn text_len(&self) -> usize {
+        self.messages.iter().map(Message::text_len).sum::<usize>()
+            + self
+                .tools
+                .iter()
+                .map(|t| t.name.len() + t.description.len() + json_len(&t.parameters))
+                .sum::<usize>()
+            + self.model.len()
+    }
+}
+
+/// Length of `value` as compact JSON, without building the text.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The model's answer.
@@ -184,5 +218,76 @@ impl Usage {
     /// Input and output together.
     pub fn total(&self) -> u64 {
         u64::from(self.input_tokens) + u64::from(self.output_tokens)
+    }
+}
+
+// Every string field goes to the scrubber; the patterns are exhaustive so
+// that a new field does not compile until it is scrubbed too.
+impl Scrub for ToolCall {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        let ToolCall {
+            id,
+            name,
+            arguments,
+        } = self;
+        with.text(id);
+        with.text(name);
+        with.text(arguments);
+    }
+}
+
+impl Scrub for Message {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        let Message {
+            role: _,
+            content,
+            tool_calls,
+            tool_call_id,
+        } = self;
+        with.text(content);
+        tool_calls.scrub(with);
+        tool_call_id.scrub(with);
+    }
+}
+
+impl Scrub for ToolSpec {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        let ToolSpec {
+            name,
+            description,
+            parameters,
+        } = self;
+        with.text(name);
+        with.text(description);
+        with.json(parameters);
+    }
+}
+
+impl Scrub for ChatRequest {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        let ChatRequest {
+            messages,
+            tools,
+            model,
+            max_tokens: _,
+            temperature: _,
+        } = self;
+        messages.scrub(with);
+        tools.scrub(with);
+        with.text(model);
+    }
+}
+
+impl Scrub for ChatResponse {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        let ChatResponse {
+            message,
+            usage: _,
+            finish_reason: _,
+            model,
+            usage_reported: _,
+        } = self;
+        message.scrub(with);
+        with.text(model);
     }
 }

@@ -57,6 +57,17 @@ impl GuestError {
     }
 }
 
+impl crate::secrets::Scrub for GuestError {
+    fn scrub(&mut self, with: &mut crate::secrets::Scrubber<'_>) {
+        match self {
+            GuestError::Denied(r)
+            | GuestError::BudgetExhausted(r)
+            | GuestError::Invalid(r)
+            | GuestError::Failed(r) => with.text(r),
+        }
+    }
+}
+
 /// Proof that the policy allowed a request; spend it with
 /// [`Gate::complete`].
 #[must_use = "an allowed request must be completed with Gate::complete"]
@@ -204,6 +215,12 @@ impl Gate {
     /// The run's secret values.
     pub fn secrets(&self) -> &Secrets {
         &self.secrets
+    }
+
+    /// `value` through the boundary's one redaction path (see
+    /// [`Secrets::clean`]).
+    pub fn clean<T: crate::secrets::Scrub>(&self, value: T) -> crate::secrets::Clean<T> {
+        self.secrets.cleaned(value)
     }
 
     /// Write a record with every secret value scrubbed from it: whatever a
@@ -394,11 +411,14 @@ impl Gate {
         data: &Option<Value>,
         labels: &[String],
     ) -> Result<String, GuestError> {
+        // A person reads the question on a terminal: it leaves the sandbox.
+        let data = self.clean(data.clone());
+        let shown = self.clean(reason.to_string());
         let question = Question {
             kind,
             subject,
             rule: rule.as_str(),
-            reason,
+            reason: &shown,
             data: data.as_ref(),
             labels,
         };

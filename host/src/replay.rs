@@ -228,7 +228,7 @@ impl ModelProvider for ReplayModel {
 
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a crate::secrets::Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         let call = self.total - steps.len() + 1;

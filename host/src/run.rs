@@ -47,6 +47,15 @@ pub enum RunFailure {
     Stopped(GuestFailure),
 }
 
+impl crate::secrets::Scrub for RunFailure {
+    fn scrub(&mut self, with: &mut crate::secrets::Scrubber<'_>) {
+        match self {
+            RunFailure::Agent(text) => with.text(text),
+            RunFailure::Stopped(failure) => failure.scrub(with),
+        }
+    }
+}
+
 impl std::fmt::Display for RunFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -61,7 +70,8 @@ impl std::fmt::Display for RunFailure {
 pub struct RunReport {
     /// The run's id (also in every audit record).
     pub run_id: String,
-    /// The agent's answer, or why there is none.
+    /// The agent's answer, or why there is none; through the boundary's
+    /// redaction (it goes to a terminal), so no secret is in it.
     pub result: Result<String, RunFailure>,
     /// Wall time of the whole run, loading included.
     pub elapsed: Duration,
@@ -167,6 +177,9 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         Ok(Err(error)) => Err(RunFailure::Agent(error)),
         Err(failure) => Err(RunFailure::Stopped(failure)),
     };
+    // The answer leaves the sandbox for a terminal or a caller: the task
+    // may have carried a secret the agent repeats.
+    let result = gate.clean(result).into_inner();
     let failure = match &result {
         Err(RunFailure::Stopped(failure)) => Some(failure),
         _ => None,

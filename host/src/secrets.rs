@@ -1,14 +1,25 @@
 //! Secret values the host holds and a guest must never see or send: the
 //! policy's `[secrets]` and the model provider's API key.
 //!
-//! The host reads each value once, at the start of a run. Any occurrence
-//! of a value in text leaving the host (a prompt) is replaced by
-//! `[REDACTED:NAME]`; callers audit the names and counts, never a value.
+//! The host reads each value once, at the start of a run. The rule: a
+//! value is redacted from every string that crosses the boundary, in either
+//! direction, by one function, [`Secrets::clean`]. Its result is a
+//! [`Clean`] value, which only that function can make, and every writer
+//! across the boundary takes only `Clean` values: the provider
+//! ([`crate::provider::ModelProvider::chat`]), the guest (the capability
+//! modules' results), the MCP client, recordings. The audit log has its own
+//! exit ([`crate::gate::Gate`] scrubs every record it writes), and so do
+//! HTTP responses to tools holding a secret ([`Secrets::redact_bytes`],
+//! on bytes: bodies and header values need not be UTF-8).
+//!
+//! Each occurrence of a value is replaced by `[REDACTED:NAME]`; callers
+//! audit the names and counts, never a value.
 
 use crate::load::PolicyFile;
 use crate::policy::SecretSource;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Deref;
 
 /// The values shorter than this are not redacted: replacing every `a` of
 /// a prompt would destroy it and protect nothing.
@@ -30,6 +41,19 @@ impl std::fmt::Debug for Secrets {
             .field("loaded", &self.names())
             .field("missing", &self.missing)
             .finish()
+    }
+}
+
+/// Values up to this long are only replaced whole; longer ones whenever
+/// their first half shows (an excerpt cut inside one).
+pub const WHOLE_MATCH_LEN: usize = 8;
+
+/// How much of the start of a value of `len` bytes marks an occurrence.
+fn head_len(len: usize) -> usize {
+    if len <= WHOLE_MATCH_LEN {
+        len
+    } else {
+        len.div_ceil(2).max(WHOLE_MATCH_LEN)
     }
 }
 
@@ -93,18 +117,20 @@ impl Secrets {
     }
 
     /// `text` with every secret value replaced by `[REDACTED:NAME]`,
-    /// counting into `found`.
+    /// counting into `found`. A value cut short (an excerpt that ends inside
+    /// it) is replaced too, as long as at least half of it shows.
     pub fn redact<'t>(&self, text: &'t str, found: &mut Redactions) -> Cow<'t, str> {
-        let mut out = Cow::Borrowed(text);
-        for (name, value) in &self.values {
-            if value.len() < MIN_REDACTED_LEN || !out.contains(value.as_str()) {
-                continue;
-            }
-            let count = out.matches(value.as_str()).count();
-            *found.entry(name.clone()).or_default() += count;
-            out = Cow::Owned(out.replace(value.as_str(), &format!("[REDACTED:{name}]")));
+        match self.redact_bytes(text.as_bytes(), found) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            // Matches start at a character (a value's first byte is one) and
+            // the marker is ASCII; a match that ends inside a character of
+            // the text (it shares the value's first bytes of it) leaves a
+            // broken character, shown as U+FFFD.
+            Cow::Owned(bytes) => Cow::Owned(match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            }),
         }
-        out
     }
 
     /// Whether no value is held.
@@ -119,14 +145,18 @@ impl Secrets {
             Value::String(text) => self.redact_in_place(text, found),
             Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v, found)),
             Value::Object(map) => {
-                let keys: Vec<String> = map.keys().cloned().collect();
+                // Keys rarely hold a secret: only those that do are moved.
+                let keys: Vec<String> = map
+                    .keys()
+                    .filter(|key| matches!(self.redact(key, &mut Redactions::new()), Cow::Owned(_)))
+                    .cloned()
+                    .collect();
                 for key in keys {
-                    let Some(mut inner) = map.remove(&key) else {
-                        continue;
-                    };
-                    self.redact_json(&mut inner, found);
-                    map.insert(self.redact(&key, found).into_owned(), inner);
+                    if let Some(inner) = map.remove(&key) {
+                        map.insert(self.redact(&key, found).into_owned(), inner);
+                    }
                 }
+                map.values_mut().for_each(|v| self.redact_json(v, found));
             }
             _ => {}
         }
@@ -136,6 +166,186 @@ impl Secrets {
     pub fn redact_in_place(&self, text: &mut String, found: &mut Redactions) {
         if let Cow::Owned(redacted) = self.redact(text, found) {
             *text = redacted;
+        }
+    }
+
+    /// `value` with every secret removed from every string inside it:
+    /// the one function text passes to cross the boundary.
+    pub fn clean<T: Scrub>(&self, mut value: T, found: &mut Redactions) -> Clean<T> {
+        if !self.is_empty() {
+            value.scrub(&mut Scrubber {
+                secrets: self,
+                found,
+            });
+        }
+        Clean(value)
+    }
+
+    /// [`Secrets::clean`], not counting what was found.
+    pub fn cleaned<T: Scrub>(&self, value: T) -> Clean<T> {
+        self.clean(value, &mut Redactions::new())
+    }
+
+    /// `bytes` with every secret value replaced, whether or not they are
+    /// UTF-8 (HTTP bodies and header values). What is replaced: each run of
+    /// the text that matches the start of a value for at least half its
+    /// length (values up to [`WHOLE_MATCH_LEN`] bytes: all of it), so that
+    /// a value cut short by an excerpt goes too; at most half of a value
+    /// can ever show.
+    pub fn redact_bytes<'b>(&self, bytes: &'b [u8], found: &mut Redactions) -> Cow<'b, [u8]> {
+        let mut out = Cow::Borrowed(bytes);
+        for (name, value) in &self.values {
+            let value = value.as_bytes();
+            if value.len() < MIN_REDACTED_LEN {
+                continue;
+            }
+            let head = &value[..head_len(value.len())];
+            let finder = memchr::memmem::Finder::new(head);
+            if finder.find(&out).is_none() {
+                continue;
+            }
+            let marker = format!("[REDACTED:{name}]");
+            let mut replaced = Vec::with_capacity(out.len());
+            let mut last = 0;
+            let mut count = 0;
+            for at in finder.find_iter(&out) {
+                if at < last {
+                    continue;
+                }
+                let matched = out[at..]
+                    .iter()
+                    .zip(value)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                replaced.extend_from_slice(&out[last..at]);
+                replaced.extend_from_slice(marker.as_bytes());
+                last = at + matched;
+                count += 1;
+            }
+            replaced.extend_from_slice(&out[last..]);
+            *found.entry(name.clone()).or_default() += count;
+            out = Cow::Owned(replaced);
+        }
+        out
+    }
+
+    /// Whether any held value (or at least half of one, from its start:
+    /// what [`Secrets::redact_bytes`] replaces) occurs in `bytes`.
+    pub fn occurs_in(&self, bytes: &[u8]) -> bool {
+        self.values.iter().any(|(_, value)| {
+            let value = value.as_bytes();
+            value.len() >= MIN_REDACTED_LEN
+                && memchr::memmem::find(bytes, &value[..head_len(value.len())]).is_some()
+        })
+    }
+}
+
+/// A value whose every string has passed [`Secrets::clean`]. Only
+/// `Secrets::clean` makes one, and the writers that carry text across the
+/// boundary (to a provider, a guest, an MCP client, a recording) accept
+/// only this type, so no path can forget to redact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clean<T>(T);
+
+impl<T> Clean<T> {
+    /// The value, to hand to the writer.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+
+    /// Change the value with `f`, which must not bring in outside text
+    /// (e.g. wrapping it in a type, or replacing matches of the policy's
+    /// own patterns with fixed text).
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Clean<U> {
+        Clean(f(self.0))
+    }
+
+    /// A borrowed view.
+    pub fn borrowed(&self) -> Clean<&T> {
+        Clean(&self.0)
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for Clean<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<T> Deref for Clean<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Text fixed by the host (no outside data in it) is clean as it is.
+impl Clean<String> {
+    /// Text the host wrote itself, holding no outside data.
+    pub fn host_text(text: &'static str) -> Self {
+        Clean(text.to_string())
+    }
+}
+
+/// Redacts the strings of one value, counting what it finds.
+pub struct Scrubber<'s> {
+    secrets: &'s Secrets,
+    found: &'s mut Redactions,
+}
+
+impl Scrubber<'_> {
+    /// Redact one string in place.
+    pub fn text(&mut self, text: &mut String) {
+        self.secrets.redact_in_place(text, self.found);
+    }
+
+    /// Redact every string (keys included) of a JSON value in place.
+    pub fn json(&mut self, value: &mut serde_json::Value) {
+        self.secrets.redact_json(value, self.found);
+    }
+}
+
+/// Something holding text that may carry a secret: each implementation
+/// passes every string field to the scrubber, so a new field cannot be
+/// forgotten without a change here.
+pub trait Scrub {
+    /// Redact every string inside.
+    fn scrub(&mut self, with: &mut Scrubber<'_>);
+}
+
+impl Scrub for String {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        with.text(self);
+    }
+}
+
+impl Scrub for serde_json::Value {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        with.json(self);
+    }
+}
+
+impl<T: Scrub> Scrub for Option<T> {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        if let Some(value) = self {
+            value.scrub(with);
+        }
+    }
+}
+
+impl<T: Scrub> Scrub for Vec<T> {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        for value in self {
+            value.scrub(with);
+        }
+    }
+}
+
+impl<T: Scrub, E: Scrub> Scrub for Result<T, E> {
+    fn scrub(&mut self, with: &mut Scrubber<'_>) {
+        match self {
+            Ok(value) => value.scrub(with),
+            Err(error) => error.scrub(with),
         }
     }
 }
@@ -165,6 +375,57 @@ mod tests {
             Cow::Borrowed(_)
         ));
         assert!(found.is_empty());
+    }
+
+    #[test]
+    fn a_value_cut_short_is_redacted_if_half_of_it_shows() {
+        let mut secrets = Secrets::default();
+        secrets.add("KEY", "sk-0123456789abcdef");
+        let mut found = Redactions::new();
+        // An excerpt that ends inside the key (11 of its 19 bytes show).
+        assert_eq!(
+            secrets.redact("bad key sk-01234567… [300 bytes]", &mut found),
+            "bad key [REDACTED:KEY]… [300 bytes]"
+        );
+        // Less than half: what shows is no more than half the value.
+        assert_eq!(secrets.redact("sk-01234", &mut found), "sk-01234");
+        // Whole values, side by side, are each replaced whole.
+        assert_eq!(
+            secrets.redact("sk-0123456789abcdefsk-0123456789abcdef!", &mut found),
+            "[REDACTED:KEY][REDACTED:KEY]!"
+        );
+        assert_eq!(found["KEY"], 3);
+    }
+
+    #[test]
+    fn bytes_are_redacted_whatever_their_encoding() {
+        let mut secrets = Secrets::default();
+        secrets.add("TOKEN", "tok-123456");
+        let mut found = Redactions::new();
+        let body = b"\xff\xfe tok-123456 and tok-123456\x00";
+        let out = secrets.redact_bytes(body, &mut found);
+        assert_eq!(
+            &*out,
+            b"\xff\xfe [REDACTED:TOKEN] and [REDACTED:TOKEN]\x00".as_slice()
+        );
+        assert_eq!(found["TOKEN"], 2);
+        assert!(secrets.occurs_in(body));
+        assert!(!secrets.occurs_in(&out));
+    }
+
+    #[test]
+    fn clean_reaches_every_string_of_a_value() {
+        let mut secrets = Secrets::default();
+        secrets.add("KEY", "sk-abcdef");
+        let value: Result<Vec<String>, serde_json::Value> =
+            Err(serde_json::json!({ "sk-abcdef": ["x sk-abcdef"] }));
+        let mut found = Redactions::new();
+        let clean = secrets.clean(value, &mut found);
+        assert_eq!(
+            clean.into_inner(),
+            Err(serde_json::json!({ "[REDACTED:KEY]": ["x [REDACTED:KEY]"] }))
+        );
+        assert_eq!(found["KEY"], 2);
     }
 
     #[test]

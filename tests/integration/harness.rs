@@ -73,9 +73,9 @@ impl ModelProvider for Recording {
     }
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a warden::secrets::Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        self.requests.lock().unwrap().push(request.clone());
+        self.requests.lock().unwrap().push((**request).clone());
         self.script.chat(request)
     }
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod agent_loop;
 mod approvals;
+mod boundary;
 mod cli;
 mod egress;
 mod files;

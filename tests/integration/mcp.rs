@@ -25,7 +25,7 @@ decision = "deny"
 
 /// Serve `policy_text` to a client that sends `input` (one message per
 /// line) and then closes its end: the answers, and the audit records.
-async fn session(policy_text: &str, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
+pub(crate) async fn session(policy_text: &str, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
     let memory = MemorySink::default();
     let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
     let spec = ServeSpec {
@@ -60,7 +60,7 @@ async fn session(policy_text: &str, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
     (answers, memory.records())
 }
 
-fn lines(messages: &[Value]) -> Vec<u8> {
+pub(crate) fn lines(messages: &[Value]) -> Vec<u8> {
     let mut out = Vec::new();
     for message in messages {
         out.extend(serde_json::to_vec(message).unwrap());

@@ -53,8 +53,8 @@ fn quick() -> ProviderLimits {
     }
 }
 
-fn request(text: &str) -> ChatRequest {
-    ChatRequest {
+fn request(text: &str) -> warden::secrets::Clean<ChatRequest> {
+    warden::secrets::Secrets::default().cleaned(ChatRequest {
         messages: vec![Message {
             role: Role::User,
             content: text.into(),
@@ -65,7 +65,7 @@ fn request(text: &str) -> ChatRequest {
         model: "gpt-test".into(),
         max_tokens: None,
         temperature: None,
-    }
+    })
 }
 
 fn all_text(records: &[Record]) -> String {

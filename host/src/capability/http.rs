@@ -14,9 +14,15 @@
 //!    `private = true` (multicast and unspecified never). The connection
 //!    goes to a checked address, never to a name resolved again (no DNS
 //!    rebinding).
-//! 4. Secrets bound to this host are injected as headers; a response to a
-//!    request carrying one is read whole and every secret value redacted
-//!    from it, so an echo server cannot hand a secret to the guest.
+//! 4. Secrets bound to this host are injected as headers. While the run
+//!    holds any secret, every request is checked not to carry a value in
+//!    its URL, headers or body (the guest never had one, but a file or the
+//!    task might have given it one), asks for `Accept-Encoding: identity`
+//!    and may not ask for a `Range`; every response (to any guest: a
+//!    server can store a header and serve it back to a sibling tool under
+//!    another name) must be unencoded, is read whole, and has every value
+//!    redacted from its header bytes and body bytes, so no server can hand
+//!    a secret to a guest.
 //! 5. Sizes and time: request body `max_request`, response body
 //!    `max_response` (by Content-Length, then while streaming), one
 //!    deadline `timeout` for connect, headers and body together.
@@ -211,7 +217,9 @@ async fn send(
     match result {
         Err(Refusal { code, why }) => {
             let outcome = match code {
-                HttpError::DestinationIpProhibited | HttpError::HttpRequestBodySize(_) => {
+                HttpError::DestinationIpProhibited
+                | HttpError::HttpRequestBodySize(_)
+                | HttpError::HttpRequestDenied => {
                     Outcome::Denied
                 }
                 _ => Outcome::Failed,
@@ -250,7 +258,19 @@ async fn send(
             };
             let mut response = http::Response::from_parts(parts, limited.boxed_unsync());
             let mut redacted = Redactions::new();
-            if !injected.is_empty() {
+            if !gate.secrets().is_empty() {
+                if let Some(coding) = encoding_of(response.headers()) {
+                    gate.complete(
+                        permit,
+                        Outcome::Denied,
+                        format!(
+                            "the response is `{coding}`-encoded although identity was asked for: warden cannot look inside it for secrets"
+                        ),
+                        Some(json!({ "status": status.as_u16(), "address": address.to_string() })),
+                    )
+                    .map_err(audit_failed)?;
+                    return Err(HttpError::HttpResponseContentCoding(Some(coding)));
+                }
                 response = redact_response(response, gate.secrets(), &mut redacted).await?;
             }
             {
@@ -341,6 +361,9 @@ async fn exchange(
                 "the request body is {length} bytes, more than the grant's `max_request` ({max_request})"
             ),
         ));
+    }
+    if !gate.secrets().is_empty() {
+        guard_request(gate.secrets(), request, max_request, deadline).await?;
     }
     let injected = inject_secrets(gate, tool, target, first, request);
     // The Host header names the normalized host, whatever the guest set.
@@ -530,8 +553,82 @@ fn inject_secrets(
     injected
 }
 
+/// While the run holds secrets: a request may not carry one (in its URL,
+/// a header or its body, which is read whole, within `max_request`), may
+/// not ask for part of a response (a value split across two responses
+/// would pass redaction), and asks for an unencoded answer (redaction
+/// cannot look inside a compressed one).
+async fn guard_request(
+    secrets: &Secrets,
+    request: &mut http::Request<WasiBody>,
+    max_request: u64,
+    deadline: Instant,
+) -> Result<(), Refusal> {
+    let carries = |what: &str| {
+        refusal(
+            HttpError::HttpRequestDenied,
+            format!("the request carries the value of a secret in its {what}: secrets leave only in the header they are bound to"),
+        )
+    };
+    if secrets.occurs_in(request.uri().to_string().as_bytes()) {
+        return Err(carries("URL"));
+    }
+    for (name, value) in request.headers() {
+        if secrets.occurs_in(name.as_str().as_bytes()) || secrets.occurs_in(value.as_bytes()) {
+            return Err(carries("headers"));
+        }
+    }
+    if request.headers().contains_key(http::header::RANGE)
+        || request.headers().contains_key(http::header::IF_RANGE)
+    {
+        return Err(refusal(
+            HttpError::HttpRequestDenied,
+            "`Range` requests are refused while the run holds secrets: a value split across partial responses would escape redaction",
+        ));
+    }
+    request.headers_mut().insert(
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    let body = std::mem::replace(request.body_mut(), empty());
+    let limited = Limited {
+        inner: body,
+        left: max_request,
+        limit: max_request,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| {
+            refusal(
+                HttpError::HttpRequestBodySize(Some(max_request)),
+                format!("reading the request body: {e}"),
+            )
+        })?
+        .to_bytes();
+    if secrets.occurs_in(&bytes) {
+        return Err(carries("body"));
+    }
+    *request.body_mut() = Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok(())
+}
+
+/// The content coding of a response, unless none (or `identity`).
+fn encoding_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| String::from_utf8_lossy(c).trim().to_ascii_lowercase())
+        .find(|c| !c.is_empty() && c != "identity")
+}
+
 /// Read a response whole (it is already bounded) and redact every secret
-/// value from its headers and body.
+/// value from its header bytes (UTF-8 or not) and its body bytes. A header
+/// whose name carries a value is dropped.
 async fn redact_response(
     response: http::Response<WasiBody>,
     secrets: &Secrets,
@@ -539,20 +636,28 @@ async fn redact_response(
 ) -> Result<http::Response<WasiBody>, HttpError> {
     let (mut parts, body) = response.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    let text = String::from_utf8_lossy(&bytes);
-    let body = match secrets.redact(&text, found) {
+    let body = match secrets.redact_bytes(&bytes, found) {
         std::borrow::Cow::Borrowed(_) => bytes,
         std::borrow::Cow::Owned(redacted) => Bytes::from(redacted),
     };
-    for value in parts.headers.values_mut() {
-        if let Ok(text) = value.to_str()
-            && let std::borrow::Cow::Owned(redacted) = secrets.redact(text, found)
-            && let Ok(new) = HeaderValue::from_str(&redacted)
-        {
-            *value = new;
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in parts.headers.iter() {
+        if secrets.occurs_in(name.as_str().as_bytes()) {
+            *found.entry("(a header name)".into()).or_default() += 1;
+            continue;
         }
+        let value = match secrets.redact_bytes(value.as_bytes(), found) {
+            std::borrow::Cow::Borrowed(_) => value.clone(),
+            // The marker is plain ASCII, so the value stays valid.
+            std::borrow::Cow::Owned(redacted) => match HeaderValue::from_bytes(&redacted) {
+                Ok(value) => value,
+                Err(_) => continue,
+            },
+        };
+        headers.append(name.clone(), value);
     }
-    parts.headers.remove(CONTENT_LENGTH);
+    headers.remove(CONTENT_LENGTH);
+    parts.headers = headers;
     let body = Full::new(body)
         .map_err(|never| match never {})
         .boxed_unsync();

@@ -324,10 +324,10 @@ impl<R: Send> WasiView for GuestState<R> {
 
 impl<R: Send> crate::bindings::agent::warden::sandbox::types::Host for GuestState<R> {}
 
-/// A host error for the guest, as the WIT variant.
-fn to_wit(error: GuestError) -> crate::bindings::WitError {
+/// A host error for the guest, as the WIT variant: only a redacted one.
+fn to_wit(error: crate::secrets::Clean<GuestError>) -> crate::bindings::WitError {
     use crate::bindings::WitError;
-    match error {
+    match error.into_inner() {
         GuestError::Denied(r) => WitError::Denied(r),
         GuestError::BudgetExhausted(r) => WitError::BudgetExhausted(r),
         GuestError::Invalid(r) => WitError::Invalid(r),

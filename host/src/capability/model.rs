@@ -2,55 +2,65 @@
 //! policy's `[model]` section and answered by the run's provider.
 
 use super::{AgentRole, GuestState, brief, to_wit};
-use crate::audit::Outcome;
+use crate::audit::{Kind, Outcome};
 use crate::bindings::agent::warden::sandbox::model as wit;
 use crate::bindings::{WitFinishReason, WitMessage, WitRole, WitToolCall, WitUsage};
 use crate::chat::{ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, ToolSpec};
 use crate::gate::{Gate, GuestError};
 use crate::policy::Request;
 use crate::provider::ModelProvider;
-use crate::secrets::Redactions;
+use crate::secrets::{Clean, Redactions};
 use serde_json::json;
 use std::io;
 
-/// Decide and perform one chat request: redact what the policy redacts,
-/// clamp the output allowance, decide (allowed model, deny patterns,
-/// budgets against an estimate), call the provider, count the usage, and
-/// label and index the answer. The outer `Err` means the audit log failed
-/// (the guest must be stopped); the inner one goes to the guest.
+/// Longest tool-call id a request may carry (providers' ids are ~30 bytes).
+pub const MAX_ID_LEN: usize = 256;
+/// Longest tool or model name a request may carry.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Decide and perform one chat request: check its ids and names are of
+/// sane length, pass it through the one redaction path (secret values,
+/// then the policy's patterns), clamp the output allowance, decide
+/// (allowed model, deny patterns, budgets against an estimate that counts
+/// every byte), call the provider, redact the answer or error the same
+/// way, count the usage, and label and index what the agent receives. The
+/// outer `Err` means the audit log failed (the guest must be stopped); the
+/// inner one goes to the guest.
 pub async fn chat(
     gate: &Gate,
     provider: &dyn ModelProvider,
-    mut request: ChatRequest,
-) -> io::Result<Result<ChatResponse, GuestError>> {
+    request: ChatRequest,
+) -> io::Result<Result<Clean<ChatResponse>, Clean<GuestError>>> {
+    if let Some(why) = oversized_field(&request) {
+        let error = gate.refuse(
+            Kind::Model,
+            &request.model,
+            "model.request",
+            GuestError::Invalid(why),
+            None,
+        )?;
+        return Ok(Err(gate.clean(error)));
+    }
     let policy = &gate.policy().model;
     // Secret values first (the key, `[secrets]`), then the policy's
     // patterns: nothing either names leaves the host.
-    let secrets = gate.secrets();
     let mut secrets_redacted = Redactions::new();
     let mut redactions = 0;
-    for message in &mut request.messages {
-        secrets.redact_in_place(&mut message.content, &mut secrets_redacted);
-        let (text, count) = policy.redact(&message.content);
-        if count > 0 {
-            redactions += count;
-            message.content = text.into_owned();
-        }
-        for call in &mut message.tool_calls {
-            secrets.redact_in_place(&mut call.arguments, &mut secrets_redacted);
-            let (text, count) = policy.redact(&call.arguments);
-            if count > 0 {
-                redactions += count;
-                call.arguments = text.into_owned();
+    let request = gate
+        .secrets()
+        .clean(request, &mut secrets_redacted)
+        .map(|mut request| {
+            for message in &mut request.messages {
+                redactions += policy_redact(policy, &mut message.content);
+                for call in &mut message.tool_calls {
+                    redactions += policy_redact(policy, &mut call.arguments);
+                }
             }
-        }
-    }
-    for tool in &mut request.tools {
-        secrets.redact_in_place(&mut tool.description, &mut secrets_redacted);
-    }
-    if let Some(cap) = policy.max_tokens_per_call {
-        request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
-    }
+            if let Some(cap) = policy.max_tokens_per_call {
+                request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
+            }
+            request
+        });
     let estimated = estimate_tokens(&request);
     let decision_data = json!({
         "messages": request.messages.len(),
@@ -70,17 +80,22 @@ pub async fn chat(
         Some(decision_data),
     )? {
         Ok(permit) => permit,
-        Err(refusal) => return Ok(Err(refusal)),
+        Err(refusal) => return Ok(Err(gate.clean(refusal))),
     };
-    match provider.chat(&request).await {
+    // What comes back (an answer, or a provider's error page that may echo
+    // the key) takes the same path as what went out.
+    let mut answer_redacted = Redactions::new();
+    let answer = match provider.chat(&request).await {
+        Ok(response) => Ok(gate.secrets().clean(response, &mut answer_redacted)),
+        Err(error) => Err(gate.secrets().clean(error.to_string(), &mut answer_redacted)),
+    };
+    let recorded = provider.record(&request, &answer);
+    match answer {
         Ok(response) => {
             let message = &response.message;
-            let mut seen = message.content.clone();
-            for call in &message.tool_calls {
-                seen.push('\n');
-                seen.push_str(&call.arguments);
-            }
-            let labels = gate.observe_model_output(&request.model, &seen, response.usage);
+            // Only the text is indexed now: the arguments of the tool calls
+            // it asks for become a source once each call is decided.
+            let labels = gate.observe_model_output(&request.model, &message.content, response.usage);
             let detail = if message.tool_calls.is_empty() {
                 brief(&message.content, 200)
             } else {
@@ -99,16 +114,76 @@ pub async fn chat(
                     "usage_reported": response.usage_reported,
                     "finish_reason": response.finish_reason,
                     "labels_added": labels,
+                    "secrets_redacted": answer_redacted,
                 })),
             )?;
-            Ok(Ok(response))
+            match recorded {
+                Ok(()) => Ok(Ok(response)),
+                Err(error) => Ok(Err(gate.clean(GuestError::Failed(error.to_string())))),
+            }
         }
         Err(error) => {
-            let error = GuestError::Failed(format!("the model provider failed: {error}"));
-            gate.complete(permit, Outcome::Failed, error.reason(), None)?;
+            let error = error.map(|text| {
+                GuestError::Failed(format!("the model provider failed: {text}"))
+            });
+            // A provider's error text reaches the agent too: it carries the
+            // model's labels like an answer would.
+            let labels = gate.observe_model_output(&request.model, error.reason(), Default::default());
+            gate.complete(
+                permit,
+                Outcome::Failed,
+                error.reason(),
+                Some(json!({ "labels_added": labels, "secrets_redacted": answer_redacted })),
+            )?;
             Ok(Err(error))
         }
     }
+}
+
+/// Replace matches of the policy's `[model] redact` patterns (fixed text
+/// in, nothing from outside); how many were replaced.
+fn policy_redact(policy: &crate::policy::ModelPolicy, text: &mut String) -> usize {
+    let (redacted, count) = policy.redact(text);
+    if count > 0 {
+        *text = redacted.into_owned();
+    }
+    count
+}
+
+/// Ids and names are bounded, so no field but the content can carry bulk
+/// (the estimate counts them all the same).
+fn oversized_field(request: &ChatRequest) -> Option<String> {
+    let too_long = |what: &str, text: &str, max: usize| {
+        (text.len() > max).then(|| {
+            format!(
+                "{what} is {} bytes; at most {max} are allowed",
+                text.len()
+            )
+        })
+    };
+    if let Some(why) = too_long("the model name", &request.model, MAX_NAME_LEN) {
+        return Some(why);
+    }
+    for tool in &request.tools {
+        if let Some(why) = too_long("a tool name", &tool.name, MAX_NAME_LEN) {
+            return Some(why);
+        }
+    }
+    for message in &request.messages {
+        if let Some(id) = &message.tool_call_id
+            && let Some(why) = too_long("a tool_call_id", id, MAX_ID_LEN)
+        {
+            return Some(why);
+        }
+        for call in &message.tool_calls {
+            if let Some(why) = too_long("a tool call's id", &call.id, MAX_ID_LEN)
+                .or_else(|| too_long("a tool call's name", &call.name, MAX_NAME_LEN))
+            {
+                return Some(why);
+            }
+        }
+    }
+    None
 }
 
 /// The most tokens a request could use: its text at four bytes a token,
@@ -116,17 +191,7 @@ pub async fn chat(
 /// checked against this before the call, and against the provider's own
 /// count after it.
 pub fn estimate_tokens(request: &ChatRequest) -> u64 {
-    let bytes: usize = request
-        .messages
-        .iter()
-        .map(Message::text_len)
-        .sum::<usize>()
-        + request
-            .tools
-            .iter()
-            .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
-            .sum::<usize>();
-    bytes.div_ceil(4) as u64 + u64::from(request.max_tokens.unwrap_or(1024))
+    request.text_len().div_ceil(4) as u64 + u64::from(request.max_tokens.unwrap_or(1024))
 }
 
 impl wit::Host for GuestState<AgentRole> {
@@ -184,7 +249,8 @@ fn decode_message(message: WitMessage) -> Message {
     }
 }
 
-fn encode_response(response: ChatResponse) -> wit::ChatResponse {
+fn encode_response(response: Clean<ChatResponse>) -> wit::ChatResponse {
+    let response = response.into_inner();
     let message = response.message;
     wit::ChatResponse {
         message: WitMessage {

@@ -9,10 +9,14 @@ use crate::bindings::agent::warden::sandbox::tools as wit;
 use crate::gate::{Gate, GuestError};
 use crate::policy::{Request, printable};
 use crate::registry::{ToolFailure, ToolRegistry};
-use crate::secrets::Redactions;
+use crate::secrets::{Clean, Redactions};
 use serde_json::json;
 use std::io;
 use std::sync::Arc;
+
+/// What a tool call gives back to the agent or MCP client: the result or
+/// the error, both through the boundary's redaction.
+pub type ToolAnswer = Result<Clean<String>, Clean<GuestError>>;
 
 /// Decide and perform one tool call. The outer `Err` means the audit log
 /// failed (the guest must be stopped); the inner one goes to the guest.
@@ -22,7 +26,7 @@ pub async fn call(
     replay: Option<&crate::replay::ReplayTools>,
     name: &str,
     arguments: &str,
-) -> io::Result<Result<String, GuestError>> {
+) -> io::Result<ToolAnswer> {
     let parsed: serde_json::Value = match serde_json::from_str(arguments) {
         Ok(value) => value,
         Err(error) => {
@@ -33,7 +37,7 @@ pub async fn call(
             let data = json!({ "arguments": brief(arguments, 1000) });
             return gate
                 .refuse(Kind::Tool, name, "arguments", error, Some(data))
-                .map(Err);
+                .map(|error| Err(gate.clean(error)));
         }
     };
     call_parsed(gate, registry, replay, name, &parsed, arguments).await
@@ -48,15 +52,35 @@ pub async fn call_parsed(
     name: &str,
     parsed: &serde_json::Value,
     arguments: &str,
-) -> io::Result<Result<String, GuestError>> {
+) -> io::Result<ToolAnswer> {
+    // The tool is a guest too: a secret the agent holds (its task carried
+    // one) does not reach it, and the policy decides on what the tool gets.
+    let mut redacted_arguments = Redactions::new();
+    let cleaned;
+    let (parsed, arguments) = if gate.secrets().is_empty() {
+        (parsed, std::borrow::Cow::Borrowed(arguments))
+    } else {
+        cleaned = gate
+            .secrets()
+            .clean(parsed.clone(), &mut redacted_arguments);
+        if redacted_arguments.is_empty() {
+            (parsed, std::borrow::Cow::Borrowed(arguments))
+        } else {
+            (&*cleaned, std::borrow::Cow::Owned(cleaned.to_string()))
+        }
+    };
     let request = Request::Tool {
         name,
         arguments: parsed,
         schema: registry.schema(name),
     };
-    let permit = match gate.check(name, &request, Some(json!({ "arguments": parsed })))? {
+    let mut data = json!({ "arguments": parsed });
+    if !redacted_arguments.is_empty() {
+        data["secrets_redacted"] = json!(redacted_arguments);
+    }
+    let permit = match gate.check(name, &request, Some(data))? {
         Ok(permit) => permit,
-        Err(refusal) => return Ok(Err(refusal)),
+        Err(refusal) => return Ok(Err(gate.clean(refusal))),
     };
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
@@ -64,53 +88,52 @@ pub async fn call_parsed(
             replay.next(name, parsed).map_err(ToolFailure::Returned),
             Vec::new(),
         ),
-        None => registry.invoke(name, arguments, gate).await?,
+        None => registry.invoke(name, &arguments, gate).await?,
     };
-    match outcome {
-        Ok(mut result) => {
-            // A secret that reached the tool's output (an echoing server,
-            // a file holding a token) goes no further.
-            let mut redacted = Redactions::new();
-            gate.secrets().redact_in_place(&mut result, &mut redacted);
-            let labels = gate.observe_tool_result(name, &result, &http_labels);
-            gate.complete(
-                permit,
-                Outcome::Ok,
-                brief(&result, 200),
-                Some(json!({
-                    "result": result,
-                    "labels_added": labels,
-                    "secrets_redacted": redacted,
-                })),
-            )?;
-            Ok(Ok(result))
-        }
-        Err(ToolFailure::Returned(message)) => {
-            gate.complete(permit, Outcome::Failed, brief(&message, 1000), None)?;
-            Ok(Err(GuestError::Failed(format!(
-                "tool `{name}` returned an error: {message}"
-            ))))
-        }
-        Err(ToolFailure::Stopped(failure)) => {
-            let text = failure.to_string();
-            gate.complete(permit, Outcome::Trap, text.clone(), None)?;
-            Ok(Err(GuestError::Failed(format!(
-                "tool `{name}` was stopped: {text}"
-            ))))
-        }
-    }
+    // Whatever the tool gives back (its result, its own error, the text of
+    // a trap such as a panic message) reaches the agent: all of it is
+    // redacted (an echoing server, a file holding a token) and carries the
+    // tool's labels and those of the HTTP rules that served it.
+    let (outcome, text) = match outcome {
+        Ok(result) => (Outcome::Ok, result),
+        Err(ToolFailure::Returned(message)) => (Outcome::Failed, message),
+        Err(ToolFailure::Stopped(failure)) => (Outcome::Trap, failure.to_string()),
+    };
+    let mut redacted = Redactions::new();
+    let text = gate.secrets().clean(text, &mut redacted);
+    let labels = gate.observe_tool_result(name, &text, &http_labels);
+    let data = if outcome == Outcome::Ok {
+        json!({
+            "result": *text,
+            "labels_added": labels,
+            "secrets_redacted": redacted,
+        })
+    } else {
+        json!({ "labels_added": labels, "secrets_redacted": redacted })
+    };
+    let detail = brief(&text, if outcome == Outcome::Ok { 200 } else { 1000 });
+    gate.complete(permit, outcome, detail, Some(data))?;
+    Ok(match outcome {
+        Outcome::Ok => Ok(text),
+        Outcome::Failed => Err(text.map(|message| {
+            GuestError::Failed(format!("tool `{name}` returned an error: {message}"))
+        })),
+        _ => Err(text.map(|why| GuestError::Failed(format!("tool `{name}` was stopped: {why}")))),
+    })
 }
 
 impl wit::Host for GuestState<AgentRole> {
     async fn list_tools(&mut self) -> wasmtime::Result<Vec<WitToolSpec>> {
+        let specs: Vec<_> = self.role.tools.granted().cloned().collect();
         Ok(self
-            .role
-            .tools
-            .granted()
+            .gate
+            .clean(specs)
+            .into_inner()
+            .into_iter()
             .map(|spec| WitToolSpec {
-                name: spec.name.clone(),
-                description: spec.description.clone(),
                 parameters_schema: spec.parameters.to_string(),
+                name: spec.name,
+                description: spec.description,
             })
             .collect())
     }
@@ -123,6 +146,6 @@ impl wit::Host for GuestState<AgentRole> {
         let registry = self.role.tools.clone();
         let replay = self.role.replay.clone();
         let result = call(&self.gate, &registry, replay.as_deref(), &name, &arguments).await?;
-        Ok(result.map_err(to_wit))
+        Ok(result.map(Clean::into_inner).map_err(to_wit))
     }
 }

@@ -155,7 +155,7 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     }
 
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    let sink = Sink(sender);
+    let sink = Sink::new(sender, &shared.server);
     let mut calls = JoinSet::new();
     let mut failure = shared.server.handle(&body, &sink, &mut calls).err();
     while let Some(joined) = calls.join_next().await {

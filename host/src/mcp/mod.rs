@@ -27,7 +27,7 @@ use crate::policy::Verdict;
 use crate::registry::ToolRegistry;
 use crate::run::{Opening, RunError, end_record, open_session, summary};
 use crate::runtime::Runtime;
-use crate::secrets::Secrets;
+use crate::secrets::{Clean, Secrets};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -100,8 +100,8 @@ where
     let started = Instant::now();
     let (sender, receiver) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(write_messages(output, receiver));
-    let out = Sink(sender);
     let server = begin(runtime, spec, audit, "stdio").await?;
+    let out = Sink::new(sender, &server);
 
     let mut calls = JoinSet::new();
     let ended = read_messages(&server, &out, input, &mut calls, stop).await;
@@ -309,15 +309,29 @@ async fn write_messages<W: AsyncWrite + Unpin>(
 }
 
 /// Where a message's answer goes: the stdio writer, or one HTTP response.
+/// The one exit to the client: every message passes the boundary's
+/// redaction on its way out, whatever it carries (a result, an `isError`
+/// text, a JSON-RPC error quoting a name).
 #[derive(Clone)]
-struct Sink(mpsc::UnboundedSender<Vec<u8>>);
+struct Sink {
+    sender: mpsc::UnboundedSender<Vec<u8>>,
+    gate: Arc<Gate>,
+}
 
 impl Sink {
+    fn new(sender: mpsc::UnboundedSender<Vec<u8>>, server: &Server) -> Self {
+        Sink {
+            sender,
+            gate: server.gate.clone(),
+        }
+    }
+
     fn send(&self, message: Value) {
-        let mut bytes = serde_json::to_vec(&message).expect("a JSON value serializes");
+        let message = self.gate.clean(message);
+        let mut bytes = serde_json::to_vec(&*message).unwrap_or_default();
         bytes.push(b'\n');
         // Fails only when the writer is gone, i.e. the client left.
-        let _ = self.0.send(bytes);
+        let _ = self.sender.send(bytes);
     }
 
     fn result(&self, id: Value, result: Value) {
@@ -571,7 +585,7 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_none_or(|v| v >= "2025-06-18");
-        match result {
+        match result.map(Clean::into_inner).map_err(Clean::into_inner) {
             Ok(text) => out.result(
                 id,
                 json!({ "content": [{ "type": "text", "text": text }], "isError": false }),

@@ -64,7 +64,7 @@ impl ModelProvider for AnthropicProvider {
 
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a crate::secrets::Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let body = encode(request);

@@ -27,6 +27,7 @@ pub use scripted::{SCRIPTED_MODEL, ScriptedProvider};
 
 use crate::chat::{ChatRequest, ChatResponse};
 use crate::policy::ProviderLimits;
+use crate::secrets::Clean;
 use reqwest::Url;
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,11 +52,23 @@ pub trait ModelProvider: Send + Sync {
         None
     }
 
-    /// Answer one request.
+    /// Answer one request. It has passed the boundary's redaction (only
+    /// [`crate::secrets::Secrets::clean`] makes a `Clean` value).
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+
+    /// See one exchange as it crossed the boundary, both sides redacted
+    /// (the answer, or the provider's error text), e.g. to record it. An
+    /// error fails the call.
+    fn record(
+        &self,
+        _request: &Clean<ChatRequest>,
+        _answer: &Result<Clean<ChatResponse>, Clean<String>>,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }
 
 /// Why a provider could not answer.

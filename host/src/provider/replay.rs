@@ -9,6 +9,7 @@
 
 use super::{BoxFuture, ModelProvider, ProviderError};
 use crate::chat::{ChatRequest, ChatResponse};
+use crate::secrets::Clean;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::File;
@@ -95,19 +96,25 @@ impl ModelProvider for RecordingProvider {
 
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            let result = self.inner.chat(request).await;
-            let exchange = Exchange {
-                request: serde_json::to_value(request)
-                    .map_err(|e| ProviderError::Other(e.to_string()))?,
-                response: result.as_ref().ok().cloned(),
-                error: result.as_ref().err().map(ToString::to_string),
-            };
-            self.write(&exchange)?;
-            result
-        })
+        self.inner.chat(request)
+    }
+
+    /// The exchange is written as it crossed the boundary: the request as
+    /// sent and the answer or error as the agent got them, both redacted.
+    fn record(
+        &self,
+        request: &Clean<ChatRequest>,
+        answer: &Result<Clean<ChatResponse>, Clean<String>>,
+    ) -> Result<(), ProviderError> {
+        let exchange = Exchange {
+            request: serde_json::to_value(&**request)
+                .map_err(|e| ProviderError::Other(e.to_string()))?,
+            response: answer.as_ref().ok().map(|r| (**r).clone()),
+            error: answer.as_ref().err().map(|e| (**e).clone()),
+        };
+        self.write(&exchange)
     }
 }
 
@@ -204,7 +211,7 @@ impl ModelProvider for ReplayProvider {
 
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a crate::secrets::Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         let index = self.next.fetch_add(1, Ordering::SeqCst);
         let result = match self.exchanges.get(index) {

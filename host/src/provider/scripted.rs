@@ -129,7 +129,7 @@ impl ModelProvider for ScriptedProvider {
 
     fn chat<'a>(
         &'a self,
-        request: &'a ChatRequest,
+        request: &'a crate::secrets::Clean<ChatRequest>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         let index = self.next.fetch_add(1, Ordering::SeqCst);
         let result = match self.turns.get(index) {
@@ -159,14 +159,14 @@ impl ModelProvider for ScriptedProvider {
 mod tests {
     use super::*;
 
-    fn request() -> ChatRequest {
-        ChatRequest {
+    fn request() -> crate::secrets::Clean<ChatRequest> {
+        crate::secrets::Secrets::default().cleaned(ChatRequest {
             messages: vec![Message::assistant("hello")],
             tools: vec![],
             model: SCRIPTED_MODEL.into(),
             max_tokens: None,
             temperature: None,
-        }
+        })
     }
 
     #[tokio::test]

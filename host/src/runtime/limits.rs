@@ -221,6 +221,17 @@ impl GuestFailure {
     }
 }
 
+impl crate::secrets::Scrub for GuestFailure {
+    fn scrub(&mut self, with: &mut crate::secrets::Scrubber<'_>) {
+        match self {
+            GuestFailure::Panic(text) | GuestFailure::Trap(text) | GuestFailure::Host(text) => {
+                with.text(text)
+            }
+            GuestFailure::Limit(_) | GuestFailure::StackOverflow => {}
+        }
+    }
+}
+
 impl fmt::Display for GuestFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

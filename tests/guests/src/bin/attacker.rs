@@ -13,6 +13,11 @@
 //! - `calls:JSON`: call the host directly, bypassing any model; JSON is a
 //!   list of `{"tool": NAME, "args": TEXT}`, `{"chat": MODEL-or-null}` and
 //!   `{"list": true}` and `{"print": TEXT}` (to stdout and stderr); the answer is a JSON report of each call's result.
+//!   A `chat` op may also carry `user` (the message text), `tool_call_id`
+//!   and `tool_name` (an earlier tool call and its result in the
+//!   conversation; the tool offered), `schema` (its parameters schema); any
+//!   op with `"reverse": true` reports its result reversed, so a value the
+//!   guest received shows even where the host redacts the answer.
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -101,7 +106,25 @@ impl Agent for Attacker {
                             Err(e) => error_json(&e),
                         }
                     } else if let Some(model_name) = op.get("chat") {
-                        let mut request = ChatRequest::new(vec![Message::user("hello")]);
+                        let text = |key: &str| op.get(key).and_then(Value::as_str);
+                        let mut messages = vec![Message::user(text("user").unwrap_or("hello"))];
+                        if let Some(id) = text("tool_call_id") {
+                            let call = warden_guest::ToolCall {
+                                id: id.to_string(),
+                                name: text("tool_name").unwrap_or("t").to_string(),
+                                arguments: "{}".into(),
+                            };
+                            messages.push(Message::assistant("", vec![call]));
+                            messages.push(Message::tool_result(id, "result"));
+                        }
+                        let mut request = ChatRequest::new(messages);
+                        if let Some(name) = text("tool_name") {
+                            request.tools = vec![warden_guest::ToolSpec {
+                                name: name.to_string(),
+                                description: "d".into(),
+                                parameters_schema: text("schema").unwrap_or("{}").to_string(),
+                            }];
+                        }
                         request.model = model_name.as_str().map(str::to_string);
                         match model::chat(&request) {
                             Ok(response) => json!({ "ok": response.message.content }),
@@ -120,7 +143,12 @@ impl Agent for Attacker {
                     } else {
                         return Err(format!("unknown op {op}"));
                     };
-                    report.push(result);
+                    if op.get("reverse") == Some(&Value::Bool(true)) {
+                        let reversed: String = result.to_string().chars().rev().collect();
+                        report.push(json!({ "reversed": reversed }));
+                    } else {
+                        report.push(result);
+                    }
                 }
                 Ok(Value::Array(report).to_string())
             }

@@ -5,6 +5,8 @@
 //! Operations (`op`): `http` {url, method?, headers?, body?, follow?},
 //! `env`, `read` {path}, `write` {path, content}, `list` {path},
 //! `hardlink` {target, link}, `entropy` (the time and random bytes).
+//! With `from_file` {path}, `{file}` in any string argument is replaced by
+//! that file's contents first.
 
 use serde_json::{Value, json};
 use warden_guest::{Tool, ToolSpec};
@@ -23,7 +25,13 @@ impl Tool for Probe {
     }
 
     fn invoke(_name: String, arguments: String) -> Result<String, String> {
-        let args: Value = serde_json::from_str(&arguments).map_err(|e| e.to_string())?;
+        let mut args: Value = serde_json::from_str(&arguments).map_err(|e| e.to_string())?;
+        // `from_file`: `{file}` in any string argument becomes that file's
+        // contents (a token the tool found in a granted directory).
+        if let Some(path) = args["from_file"].as_str() {
+            let contents = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+            substitute(&mut args, contents.trim_end());
+        }
         let text = |key: &str| args[key].as_str().unwrap_or_default().to_string();
         let result = match args["op"].as_str() {
             Some("http") => {
@@ -72,6 +80,15 @@ impl Tool for Probe {
             other => return Err(format!("unknown op {other:?}")),
         };
         Ok(result.to_string())
+    }
+}
+
+fn substitute(value: &mut Value, contents: &str) {
+    match value {
+        Value::String(text) => *text = text.replace("{file}", contents),
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute(v, contents)),
+        Value::Object(map) => map.values_mut().for_each(|v| substitute(v, contents)),
+        _ => {}
     }
 }
 
@@ -160,10 +177,16 @@ fn http(url: &str, args: &Value) -> Value {
             }
         }
     }
+    // Reversed copies show what the guest itself received, which the host's
+    // redaction of the tool's result would otherwise hide from the test.
+    let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
+    let headers_reversed: String = format!("{header_list:?}").chars().rev().collect();
     json!({
         "status": status,
         "headers": header_list,
         "body": String::from_utf8_lossy(&bytes),
+        "body_reversed": String::from_utf8_lossy(&reversed),
+        "headers_reversed": headers_reversed,
         "body_error": error,
         "location": location,
     })
