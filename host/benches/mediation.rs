@@ -5,6 +5,8 @@
 //! - `tool_call/mediated`: the same call as an agent makes it through
 //!   warden: JSON parse, policy decision, audit record, fresh instance with
 //!   limits and captured stdio, output check, audit record (to a file).
+//! - `tool_call/mediated_with_secret`: the same, with a secret held (every
+//!   run with a provider key holds one): arguments and result are redacted.
 //! - `import_round_trip`: one guest-to-host import (`list-tools`), derived
 //!   from a guest calling it 10,000 times.
 //!
@@ -22,6 +24,7 @@ use warden::provider::ScriptedProvider;
 use warden::registry::ToolRegistry;
 use warden::run::{RunSpec, run};
 use warden::runtime::{Runtime, RuntimeConfig};
+use warden::secrets::{Clean, Secrets};
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -119,7 +122,22 @@ fn benches(c: &mut Criterion) {
     group.bench_function("mediated", |b| {
         b.to_async(&rt).iter(|| async {
             let out = call(&gate, &registry, None, "echo", ARGS).await.unwrap();
-            assert_eq!(out.as_deref(), Ok(ARGS));
+            assert_eq!(out.map(Clean::into_inner).as_deref(), Ok(ARGS));
+        })
+    });
+    // The same with a secret held (as every run with a provider key is):
+    // arguments and result pass redaction too.
+    let mut secrets = Secrets::default();
+    secrets.add("model_api_key", "sk-bench-0123456789abcdef0123456789");
+    let log = AuditLog::new("r-bench-secrets")
+        .with_sink(JsonlFile::open(&audit_dir.path().join("audit-secrets.jsonl")).unwrap());
+    let gate_with_secret = Arc::new(Gate::new(policy.policy.clone(), log).with_secrets(secrets));
+    group.bench_function("mediated_with_secret", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = call(&gate_with_secret, &registry, None, "echo", ARGS)
+                .await
+                .unwrap();
+            assert_eq!(out.map(Clean::into_inner).as_deref(), Ok(ARGS));
         })
     });
     group.finish();

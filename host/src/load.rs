@@ -13,6 +13,64 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Largest policy file (or included file) read.
+pub const MAX_POLICY_FILE: u64 = 4 << 20;
+/// Largest secret or API key file read.
+pub const MAX_SECRET_FILE: u64 = 64 << 10;
+/// Largest model script, recording or policy test file read.
+pub const MAX_SCRIPT_FILE: u64 = 64 << 20;
+/// Largest component file read (as for downloads).
+pub const MAX_COMPONENT_FILE: u64 = 256 << 20;
+
+/// Read a file someone else may have planted, as text: see [`read_bounded`].
+pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text")
+    })
+}
+
+/// Read a file someone else may have planted: only a regular file (a FIFO
+/// would block the host forever, `/dev/zero` never end), and at most `max`
+/// bytes (checked before reading and while reading: a file can grow). The
+/// file is opened without blocking and checked through its descriptor, so
+/// it cannot be swapped for a FIFO between the check and the read.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory); warden reads only regular files",
+        ));
+    }
+    let too_large = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "larger than {}, the most warden reads of such a file",
+                crate::policy::ByteSize(max)
+            ),
+        )
+    };
+    if metadata.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// A policy file (and the files it includes), read and validated.
 #[derive(Debug, Clone)]
 pub struct PolicyFile {
@@ -35,7 +93,7 @@ impl PolicyFile {
     pub fn read(path: &Path) -> Result<Self, SourceError> {
         let path = &normalize(path);
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| {
+        let text = read_text(path, MAX_POLICY_FILE).map_err(|error| {
             SourceError::single(
                 &name,
                 "",
@@ -64,8 +122,8 @@ impl PolicyFile {
                 .find(|(n, _)| *n == from.name)
                 .map_or_else(|| PathBuf::from("."), |(_, d)| d.clone());
             let path = normalize(&base.join(include));
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = read_text(&path, MAX_POLICY_FILE)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let name = path.display().to_string();
             known.push((name.clone(), parent_dir(&path)));
             Ok(SourceFile { name, text })
@@ -200,7 +258,7 @@ impl ComponentSource {
                     )
                 })
             }
-            ComponentSource::File(path) => std::fs::read(path)
+            ComponentSource::File(path) => read_bounded(path, MAX_COMPONENT_FILE)
                 .map(Cow::Owned)
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
             ComponentSource::Url(url) => Err(format!(

@@ -756,7 +756,7 @@ fn policy_test(policy: &Path, cases: &Path) -> ExitCode {
         }
     };
     let name = cases.display().to_string();
-    let text = match std::fs::read_to_string(cases) {
+    let text = match warden::load::read_text(cases, warden::load::MAX_SCRIPT_FILE) {
         Ok(text) => text,
         Err(error) => {
             eprintln!("error: cannot read {name}: {error}");
@@ -991,7 +991,8 @@ async fn replay(
             "note: {} has changed since run {} (sha256 {} then, {} now): differences may come from the policy",
             policy_path.display(),
             recorded.run,
-            &recorded.policy_sha256[..recorded.policy_sha256.len().min(12)],
+            // From a log someone else may have written: not necessarily hex.
+            recorded.policy_sha256.chars().take(12).collect::<String>(),
             &policy_file.sha256[..12]
         );
     }

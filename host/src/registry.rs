@@ -235,7 +235,17 @@ impl ToolRegistry {
             };
             // Arguments are checked against this before any rule, and before
             // the tool runs. Remote `$ref`s are never fetched.
-            let schema = jsonschema::options().build(&spec.parameters).map_err(|e| {
+            // `pattern`s run on the guest's arguments: a linear-time engine
+            // (no look-around or backreferences), so no schema can make a
+            // call's validation take exponential time.
+            let schema = jsonschema::options()
+                .with_pattern_options(
+                    jsonschema::PatternOptions::regex()
+                        .size_limit(1 << 20)
+                        .dfa_size_limit(1 << 20),
+                )
+                .build(&spec.parameters)
+                .map_err(|e| {
                 policy.error_at(
                     &entry.place,
                     format!(
@@ -330,6 +340,15 @@ impl ToolRegistry {
     }
 }
 
+/// Most tools one component may describe.
+pub const MAX_TOOLS_PER_COMPONENT: usize = 1024;
+/// Longest tool name (as the model call's limit on names).
+pub const MAX_TOOL_NAME: usize = crate::capability::model::MAX_NAME_LEN;
+/// Longest tool description.
+pub const MAX_TOOL_DESCRIPTION: usize = 16 << 10;
+/// Longest parameters schema, as JSON text.
+pub const MAX_TOOL_SCHEMA: usize = 256 << 10;
+
 /// Ask a component which tools it provides, in a fresh, limited instance.
 async fn describe(
     pre: &ToolPre<GuestState<ToolRole>>,
@@ -352,13 +371,29 @@ async fn describe(
         .finish(failure)
         .map_err(|e| format!("the audit log failed: {e}"))?;
     let specs = result.map_err(|f| format!("`{source}` failed while describing its tools: {f}"))?;
+    if specs.len() > MAX_TOOLS_PER_COMPONENT {
+        return Err(format!(
+            "`{source}` describes {} tools; a component may provide at most {MAX_TOOLS_PER_COMPONENT}",
+            specs.len()
+        ));
+    }
     let mut out: Vec<ToolSpec> = Vec::with_capacity(specs.len());
+    let mut names = std::collections::HashSet::with_capacity(specs.len());
     for spec in specs {
-        if out.iter().any(|s| s.name == spec.name) {
-            return Err(format!(
-                "`{source}` describes the tool `{}` twice",
-                spec.name
-            ));
+        let name = crate::policy::printable(&spec.name);
+        for (what, size, max) in [
+            ("name", spec.name.len(), MAX_TOOL_NAME),
+            ("description", spec.description.len(), MAX_TOOL_DESCRIPTION),
+            ("parameters schema", spec.parameters_schema.len(), MAX_TOOL_SCHEMA),
+        ] {
+            if size > max {
+                return Err(format!(
+                    "`{source}` describes `{name}` with a {what} of {size} bytes; at most {max} are allowed"
+                ));
+            }
+        }
+        if !names.insert(spec.name.clone()) {
+            return Err(format!("`{source}` describes the tool `{name}` twice"));
         }
         let parameters: serde_json::Value =
             serde_json::from_str(&spec.parameters_schema).map_err(|e| {

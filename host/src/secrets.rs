@@ -72,7 +72,7 @@ impl Secrets {
                     .map_err(|_| format!("the environment variable {var} is not set")),
                 SecretSource::File(path) => {
                     let path = policy.dir_of(secret.place.file).join(path);
-                    std::fs::read_to_string(&path)
+                    crate::load::read_text(&path, crate::load::MAX_SECRET_FILE)
                         .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
                         .map_err(|e| format!("cannot read {}: {e}", path.display()))
                 }
@@ -263,6 +263,12 @@ impl<T> Clean<T> {
     /// A borrowed view.
     pub fn borrowed(&self) -> Clean<&T> {
         Clean(&self.0)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Clean<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 

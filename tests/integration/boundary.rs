@@ -217,13 +217,13 @@ async fn the_token_estimate_counts_every_byte_of_the_request() {
 
 /// A server on 127.0.0.1 that answers each connection with the next canned
 /// response, byte for byte, and keeps each request's head.
-struct RawServer {
-    url: String,
+pub(crate) struct RawServer {
+    pub(crate) url: String,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl RawServer {
-    async fn start(responses: Vec<Vec<u8>>) -> RawServer {
+    pub(crate) async fn start(responses: Vec<Vec<u8>>) -> RawServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -255,12 +255,12 @@ impl RawServer {
         self.url.rsplit(':').next().unwrap()
     }
 
-    fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 }
 
-fn response(headers: &[&[u8]], body: &[u8]) -> Vec<u8> {
+pub(crate) fn response(headers: &[&[u8]], body: &[u8]) -> Vec<u8> {
     let mut out = b"HTTP/1.1 200 OK\r\n".to_vec();
     for header in headers {
         out.extend_from_slice(header);
@@ -444,4 +444,19 @@ async fn a_secret_the_agent_holds_does_not_reach_a_tool() {
         decision.data.as_ref().unwrap()["secrets_redacted"],
         json!({ "TOKEN": 1 })
     );
+}
+
+#[tokio::test]
+async fn a_panic_message_cut_inside_a_character_does_not_crash_the_host() {
+    let tool = guests::ATTACKER_TOOL;
+    let policy = format!("[model]\nallow = [\"scripted\"]\n\n[tools.panic]\ncomponent = \"{tool}\"\n");
+    // 1 + 2 x 600 bytes: the 1000-byte cut of the message falls inside an `é`.
+    let text = format!("a{}", "é".repeat(600));
+    let task = format!(r#"calls:[{{"tool": "panic", "args": "{{\"text\": \"{text}\"}}"}}]"#);
+    let ran = run_agent(guests::ATTACKER, &policy, no_model(), &task).await;
+    let report = calls_report(&ran);
+    let reason = report[0]["error"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("tool `panic` was stopped: the guest panicked: aéé"), "{reason}");
+    let end = ran.records.last().unwrap();
+    assert_eq!(serde_json::to_value(end.kind).unwrap(), "run");
 }

@@ -7,6 +7,7 @@ mod agent_loop;
 mod approvals;
 mod boundary;
 mod cli;
+mod containment;
 mod egress;
 mod files;
 mod isolation;

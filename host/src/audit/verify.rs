@@ -2,7 +2,7 @@
 //! lines torn by a host that was killed while writing.
 
 use super::{Event, GENESIS, Kind, Record, line_hash};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 /// What `verify` found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -37,46 +37,82 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Check a whole log.
-pub fn verify(mut reader: impl Read) -> io::Result<VerifyReport> {
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes)?;
+/// Longest line `verify` reads into memory; a longer one is a problem (no
+/// record warden writes comes near it) and is skipped without being held.
+pub const MAX_LINE: usize = 256 << 20;
+
+/// Check a whole log, a line at a time: memory stays bounded by the
+/// longest line, however long the log.
+///
+/// A line that is not a record is a crash only where a crash can leave
+/// one: as the log's last line, or closed by the next run's start (a new
+/// run whose first record continues the chain from the line before it,
+/// as [`super::JsonlFile::open`] does after a crash). Anywhere else it is
+/// a problem: the log was changed.
+pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
+    let mut reader = io::BufReader::with_capacity(64 << 10, reader);
     let mut report = VerifyReport {
         head: GENESIS.to_string(),
         ..VerifyReport::default()
     };
-    let ends_torn = !bytes.is_empty() && bytes.last() != Some(&b'\n');
-    let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-    let count = if bytes.last() == Some(&b'\n') {
-        lines.len() - 1
-    } else {
-        lines.len()
-    };
     let mut expected = GENESIS.to_string();
     let mut last_line = 0usize;
     let mut current: Option<(String, u64)> = None;
-    for (index, line) in lines.iter().take(count).enumerate() {
-        let number = index + 1;
+    // A line that did not parse, waiting to see what follows it.
+    let mut unparsed: Option<(usize, String)> = None;
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > MAX_LINE {
+            // Skip the rest of the line without holding it.
+            let mut skipped = [0u8; 1];
+            while reader.read(&mut skipped)? == 1 && skipped[0] != b'\n' {}
+            report.problems.push(Problem {
+                line: number,
+                message: format!("line {number} is longer than {MAX_LINE} bytes: not an audit record"),
+            });
+            continue;
+        }
         if line.is_empty() {
             continue;
         }
-        let record: Record = match serde_json::from_slice(line) {
+        let record: Record = match serde_json::from_slice(&line) {
             Ok(record) => record,
             Err(error) => {
-                // A record cut short ends in the middle of its JSON: the
-                // host stopped while writing it.
-                let cut_short = error.is_eof() && line.starts_with(b"{\"seq\":");
-                if cut_short || (ends_torn && number == count) {
-                    report.torn.push(number);
-                } else {
-                    report.problems.push(Problem {
-                        line: number,
-                        message: format!("line {number} is not an audit record ({error})"),
-                    });
+                if let Some((at, _, message)) = unparsed.take() {
+                    report.problems.push(Problem { line: at, message });
                 }
+                // What a crash leaves: the start of a record of a run that
+                // has not ended.
+                let could_be_torn = line.starts_with(b"{\"seq\":")
+                    && report.runs.last().is_none_or(|(_, _, ended)| !ended);
+                unparsed = Some((
+                    number,
+                    could_be_torn,
+                    format!("line {number} is not an audit record ({error}), and the log goes on after it: it was inserted or edited"),
+                ));
                 continue;
             }
         };
+        if let Some((at, could_be_torn, message)) = unparsed.take() {
+            // Torn by a crash only if the next run starts right after it and
+            // continues the chain from the line before it.
+            if could_be_torn && record.seq == 1 && record.prev == expected {
+                report.torn.push(at);
+            } else {
+                report.problems.push(Problem { line: at, message });
+            }
+        }
         report.records += 1;
         let at = format!("line {number} (run {}, seq {})", record.run, record.seq);
         if record.prev != expected {
@@ -127,8 +163,21 @@ pub fn verify(mut reader: impl Read) -> io::Result<VerifyReport> {
                 run.2 = true;
             }
         }
-        expected = line_hash(line);
+        expected = line_hash(&line);
         last_line = number;
+    }
+    // The log's last line may be torn: the host stopped while writing it.
+    if let Some((at, could_be_torn, _)) = unparsed {
+        if could_be_torn {
+            report.torn.push(at);
+        } else {
+            report.problems.push(Problem {
+                line: at,
+                message: format!(
+                    "line {at} is not an audit record, and not what a crash leaves (the start of a record of a run that has not ended)"
+                ),
+            });
+        }
     }
     report.head = expected;
     Ok(report)
@@ -240,6 +289,48 @@ mod tests {
                 .message
                 .contains("records before it were removed")
         );
+    }
+
+    #[test]
+    fn a_line_inserted_mid_run_is_tampering_not_a_crash() {
+        let (_dir, text, _) = log();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        // A half record in the middle of run 1 (as a crash would leave at
+        // the end), followed by the rest of the run.
+        lines.insert(3, lines[3][..30].to_string());
+        let report = check(&(lines.join("\n") + "\n"));
+        assert!(!report.is_intact());
+        assert_eq!(report.problems[0].line, 4, "{:?}", report.problems);
+        assert!(report.problems[0].message.contains("inserted or edited"));
+        assert!(report.torn.is_empty());
+        // A half record between two runs, after the first one's end: no
+        // crash writes after a run's end record.
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.insert(5, lines[6][..30].to_string());
+        let report = check(&(lines.join("\n") + "\n"));
+        assert!(!report.is_intact(), "{report:?}");
+        assert!(report.torn.is_empty());
+    }
+
+    #[test]
+    fn verify_works_on_a_reader_that_returns_one_byte_at_a_time() {
+        let (_dir, text, head) = log();
+        // A reader that hands out one byte at a time: verify never needs
+        // the whole log at once.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = *first;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let report = verify(Trickle(text.as_bytes())).unwrap();
+        assert!(report.is_intact());
+        assert_eq!(report.head, head);
     }
 
     #[test]

@@ -51,6 +51,11 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+/// Most headers a response may have.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Most bytes of a response's status line and headers together.
+pub const MAX_RESPONSE_HEAD: usize = 64 << 10;
+
 /// Longest wait for a connection, within the grant's `timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -425,7 +430,12 @@ async fn handshake_and_send<T>(
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    // A server's headers are held by the host: at most this many, and this
+    // many bytes with the status line.
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_headers(MAX_RESPONSE_HEADERS)
+        .max_header_size(MAX_RESPONSE_HEAD)
+        .handshake(io)
         .await
         .map_err(|e| refusal(HttpError::HttpProtocolError, format!("HTTP handshake: {e}")))?;
     tokio::spawn(async move {

@@ -346,7 +346,7 @@ pub fn from_spec(
     match parse_spec(spec).map_err(ProviderSpecError::Spec)? {
         Spec::Scripted(file) => {
             let path = options.base_dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|error| ProviderSpecError::Read {
+            let text = crate::load::read_text(&path, crate::load::MAX_SCRIPT_FILE).map_err(|error| ProviderSpecError::Read {
                 what: "the model script",
                 path: path.display().to_string(),
                 error,
@@ -410,7 +410,7 @@ fn read_key(source: &KeySource, api: Api) -> Result<Option<ApiKey>, ProviderSpec
         KeySource::Default => api.default_key_env().map(from_env).transpose(),
         KeySource::Env(var) => from_env(var).map(Some),
         KeySource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|error| ProviderSpecError::Read {
+            let text = crate::load::read_text(path, crate::load::MAX_SECRET_FILE).map_err(|error| ProviderSpecError::Read {
                 what: "the API key file",
                 path: path.display().to_string(),
                 error,

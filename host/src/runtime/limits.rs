@@ -258,9 +258,13 @@ fn panic_message(stderr: &[u8]) -> Option<String> {
         .take_while(|line| !line.starts_with("note: "))
         .collect::<Vec<_>>()
         .join("\n");
-    let mut out = format!("{} (at {})", message.trim(), location.trim());
-    out.truncate(1000);
-    Some(out)
+    let out = format!("{} (at {})", message.trim(), location.trim());
+    // Guest text: cut on a character boundary, never inside one.
+    let mut end = out.len().min(1000);
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(out[..end].to_string())
 }
 
 #[cfg(test)]
@@ -275,6 +279,11 @@ mod tests {
             Some("the attacker panicked on purpose (at src/bin/attacker.rs:52:24)")
         );
         assert_eq!(panic_message(b"nothing here"), None);
+        // A message whose 1000th byte falls inside a character.
+        let long = format!("panicked at x.rs:1:1:\na{}\n", "é".repeat(600));
+        let cut = panic_message(long.as_bytes()).unwrap();
+        assert_eq!(cut.len(), 999);
+        assert!(cut.ends_with('é'));
     }
 
     #[test]

@@ -40,6 +40,11 @@ impl Tool for AttackerTool {
         ]
         .into_iter()
         .map(spec)
+        .chain([ToolSpec::new(
+            "backtrack",
+            "a schema whose pattern backtracks exponentially",
+            json!({ "type": "object", "properties": { "s": { "type": "string", "pattern": "^(?=(a+)+b)" } } }),
+        )])
         .collect()
     }
 
@@ -64,6 +69,7 @@ impl Tool for AttackerTool {
             // What it was given, reversed: shows what reached the tool even
             // where the host redacts the tool's result.
             "reverse" => Ok(arguments.chars().rev().collect()),
+            "backtrack" => Ok("matched".into()),
             "panic" => panic!("{}", told(&args)),
             "flood" => {
                 let n = args["bytes"].as_u64().unwrap_or(0) as usize;
