@@ -500,7 +500,12 @@ async fn execute(
         }
         // A policy error renders itself, `error:` included.
         Err(RunError::Policy(error)) => return bad_input(error),
-        Err(error) => return bad_input(format!("error: {error}")),
+        Err(error) => {
+            return bad_input(format!(
+                "error: {}",
+                warden::transcript::clean(&error.to_string())
+            ));
+        }
     };
     eprintln!(
         "audit log: {}  (agent {} in {:.2?})\naudit head: {}  (check: warden audit verify {} --head {})",
@@ -523,7 +528,7 @@ async fn execute(
             ExitCode::SUCCESS
         }
         Err(failure) => {
-            eprintln!("error: {failure}");
+            eprintln!("error: {}", warden::transcript::clean(&failure.to_string()));
             ExitCode::from(EXIT_NO_ANSWER)
         }
     }
@@ -645,7 +650,10 @@ async fn mcp(args: McpArgs) -> ExitCode {
         }
         // A policy error renders itself, `error:` included.
         Err(RunError::Policy(error)) => bad_input(error),
-        Err(error) => bad_input(format!("error: {error}")),
+        Err(error) => bad_input(format!(
+            "error: {}",
+            warden::transcript::clean(&error.to_string())
+        )),
     }
 }
 
@@ -1022,7 +1030,12 @@ async fn replay(
     };
     let report = match run(&runtime, spec, audit).await {
         Ok(report) => report,
-        Err(error) => return bad_input(format!("error: {error}")),
+        Err(error) => {
+            return bad_input(format!(
+                "error: {}",
+                warden::transcript::clean(&error.to_string())
+            ));
+        }
     };
     if let Some(sha) = sink.records().first().and_then(|r| {
         r.data
@@ -1052,7 +1065,11 @@ async fn replay(
     };
     match verdict {
         Some(what) => {
-            println!("DIVERGED from run {}: {what}", recorded.run);
+            println!(
+                "DIVERGED from run {}: {}",
+                recorded.run,
+                warden::transcript::clean(&what)
+            );
             ExitCode::from(EXIT_NO_ANSWER)
         }
         None => {
@@ -1078,7 +1095,12 @@ async fn tools_inspect(component: String, json: bool, cache_dir: Option<PathBuf>
     };
     let inspection = match warden::registry::inspect(&runtime, &source).await {
         Ok(inspection) => inspection,
-        Err(error) => return bad_input(format!("error: {error}")),
+        Err(error) => {
+            return bad_input(format!(
+                "error: {}",
+                warden::transcript::clean(&error.to_string())
+            ));
+        }
     };
     let clean = warden::transcript::clean;
     if json {

@@ -349,18 +349,53 @@ fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
         .unwrap_or("")
 }
 
-/// Escape control characters (ANSI escapes, carriage returns, ...) except
-/// newlines and tabs.
+/// Escape what could make guest text display as something it is not,
+/// except newlines and tabs: control characters (ANSI escapes, carriage
+/// returns, ...), bidi controls and other invisible format characters
+/// (see [`hides`]). Each is written as `\u{202e}`.
 pub fn clean(text: &str) -> String {
+    escape(text, |c| c == '\n' || c == '\t')
+}
+
+/// [`clean`] for text quoted on one line: newlines and tabs are escaped
+/// too.
+pub fn clean_line(text: &str) -> String {
+    escape(text, |_| false)
+}
+
+fn escape(text: &str, keep: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c == '\n' || c == '\t' || !c.is_control() {
+        if keep(c) || !hides(c) {
             out.push(c);
         } else {
             out.extend(c.escape_unicode());
         }
     }
     out
+}
+
+/// Whether `c` may not reach a person's terminal as itself: it moves the
+/// cursor, reorders or hides the text around it, or is invisible. Control
+/// characters (Cc); format characters (Cf: bidi embeddings, overrides and
+/// isolates, U+200E/U+200F, U+061C, zero-width space and joiners, U+2060
+/// to U+2064, U+FEFF, soft hyphen, U+180E, tags); line and paragraph
+/// separators (Zl, Zp); and the invisible fillers that are letters or
+/// marks by category (Hangul fillers, U+034F, U+17B4/U+17B5) or not yet
+/// assigned in the tag plane. Variation selectors stay: they only pick a
+/// glyph (an emoji's style).
+pub fn hides(c: char) -> bool {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    matches!(
+        get_general_category(c),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || matches!(
+        c,
+        '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{3164}' | '\u{ffa0}'
+    ) || (('\u{e0000}'..='\u{e0fff}').contains(&c) && !('\u{e0100}'..='\u{e01ef}').contains(&c))
 }
 
 fn short(text: &str, max: usize) -> String {
@@ -398,5 +433,73 @@ mod tests {
             clean("ok\x1b[2J\rdone\nnext"),
             "ok\\u{1b}[2J\\u{d}done\nnext"
         );
+        assert_eq!(clean_line("a\nb\tc"), "a\\u{a}b\\u{9}c");
+    }
+
+    #[test]
+    fn a_reordered_amount_is_shown_with_its_bidi_controls_escaped() {
+        // Displayed as it is, this reads "pay $00001 to alice": U+202E
+        // reverses "10000", so the terminal shows one for ten thousand.
+        let spoofed = "pay $\u{202e}10000\u{202c} to alice";
+        assert_eq!(clean(spoofed), "pay $\\u{202e}10000\\u{202c} to alice");
+        let arguments = serde_json::json!({ "amount": spoofed }).to_string();
+        assert!(arguments.contains('\u{202e}'), "JSON keeps it as it is");
+        assert!(!clean(&arguments).contains('\u{202e}'));
+        for hidden in [
+            '\u{202a}',
+            '\u{202b}',
+            '\u{202c}',
+            '\u{202d}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{61c}',
+            '\u{200b}',
+            '\u{200c}',
+            '\u{200d}',
+            '\u{2060}',
+            '\u{2061}',
+            '\u{2062}',
+            '\u{2063}',
+            '\u{2064}',
+            '\u{feff}',
+            '\u{ad}',
+            '\u{180e}',
+            '\u{e0001}',
+            '\u{e0041}',
+            '\u{e007f}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{3164}',
+            '\u{115f}',
+            '\u{34f}',
+            '\u{85}',
+            '\u{9b}',
+            '\u{7f}',
+        ] {
+            let shown = clean(&format!("a{hidden}b"));
+            assert_eq!(
+                shown,
+                format!("a{}b", hidden.escape_unicode()),
+                "{hidden:?}"
+            );
+        }
+        // What people write stays as written: accents, scripts, emoji with
+        // their variation selectors, right-to-left text itself.
+        for kept in [
+            "café",
+            "日本語",
+            "שלום",
+            "مرحبا",
+            "❤\u{fe0f}",
+            "👍🏽",
+            "a\tb\nc",
+        ] {
+            assert_eq!(clean(kept), kept);
+        }
     }
 }

@@ -594,8 +594,18 @@ fn audit_show_follow_prints_records_as_they_arrive_and_stops_at_the_end() {
 /// `warden run` in a pseudo-terminal (`script`, from util-linux), with
 /// `answer` typed at the prompt; the audit records.
 fn run_in_terminal(dir: &std::path::Path, answer: &str) -> (String, Vec<serde_json::Value>) {
+    run_in_terminal_asking(dir, answer, "6 * 7")
+}
+
+/// [`run_in_terminal`], the model asking calc for `expression` (a TOML
+/// basic string's contents).
+fn run_in_terminal_asking(
+    dir: &std::path::Path,
+    answer: &str,
+    expression: &str,
+) -> (String, Vec<serde_json::Value>) {
     let script = dir.join("s.toml");
-    std::fs::write(&script, "[[turn]]\ncalls = [{ tool = \"calc\", arguments = { expression = \"6 * 7\" } }]\n[[turn]]\ntext = \"done\"\n").unwrap();
+    std::fs::write(&script, format!("[[turn]]\ncalls = [{{ tool = \"calc\", arguments = {{ expression = \"{expression}\" }} }}]\n[[turn]]\ntext = \"done\"\n")).unwrap();
     let policy = dir.join("p.toml");
     std::fs::write(&policy, "[model]\nallow = [\"scripted\"]\nmax_calls = 4\n[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"ask\"\n").unwrap();
     let audit = dir.join(format!("{answer}.jsonl"));
@@ -654,6 +664,23 @@ fn a_person_at_the_terminal_approves_or_refuses() {
         !records
             .iter()
             .any(|r| r["subject"] == "calc" && r["outcome"] == "ok")
+    );
+}
+
+#[test]
+fn the_approval_prompt_shows_bidi_controls_escaped() {
+    // Shown as it is, U+202E makes "10000" display as "00001": the person
+    // would approve ten thousand reading one.
+    let dir = tempfile::tempdir().unwrap();
+    let (shown, _) = run_in_terminal_asking(dir.path(), "n", "pay \\u202E10000\\u202C to alice");
+    assert!(shown.contains("warden: approval needed"), "{shown}");
+    assert!(
+        shown.contains("pay \\u{202e}10000\\u{202c} to alice"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(['\u{202e}', '\u{202c}']),
+        "a bidi control reached the terminal: {shown:?}"
     );
 }
 

@@ -287,3 +287,168 @@ async fn secrets_are_injected_only_where_bound_and_never_reach_the_guest() {
     assert!(!all.contains("tok-5f3a9c1e7b2d"));
     assert!(all.contains("\"secrets_injected\":[\"TOKEN\"]"), "{all}");
 }
+
+/// A server on 127.0.0.1 that resolves each request path the way a
+/// lenient web server does (every percent-escape decoded, `\` read as `/`,
+/// empty and dot segments resolved) and serves a secret at `/admin/x`.
+/// It keeps the request target as it arrived and what it resolved it to.
+struct ResolvingServer {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl ResolvingServer {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let path = target.split('?').next().unwrap_or("");
+                    let resolved = Self::resolve(path);
+                    let body = match resolved.as_deref() {
+                        Some("/admin/x") => "SECRET admin page",
+                        Some(p) if p.starts_with("/pub/") => "public page",
+                        _ => "not found",
+                    };
+                    log.lock().unwrap().push((
+                        target,
+                        resolved.unwrap_or_else(|| "(bad request)".to_string()),
+                    ));
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        ResolvingServer { url, seen }
+    }
+
+    /// Decode everything, then resolve segments; `None` above the root.
+    fn resolve(path: &str) -> Option<String> {
+        let bytes = path.as_bytes();
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    decoded.push(b);
+                    i += 3;
+                }
+                (b, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+        let mut segments: Vec<&str> = Vec::new();
+        for segment in decoded.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    segments.pop()?;
+                }
+                s => segments.push(s),
+            }
+        }
+        Some(format!("/{}", segments.join("/")))
+    }
+
+    fn seen(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_and_encodings_cannot_leave_a_granted_path() {
+    let server = ResolvingServer::start().await;
+    let grant = format!(
+        "http = {{ allow = [{{ url = \"{}/pub/**\", private = true }}] }}",
+        server.url
+    );
+    // The server is what the test says it is: unguarded, it serves the
+    // secret for every one of these paths.
+    for path in [
+        "/pub/../admin/x",
+        "/pub/%2e%2e/admin/x",
+        "/pub/..%2fadmin/x",
+        "/pub\\..\\admin/x",
+        "//pub/../admin/x",
+    ] {
+        assert_eq!(
+            ResolvingServer::resolve(path).as_deref(),
+            Some("/admin/x"),
+            "{path}"
+        );
+        let (result, ran) = probe(&grant, get(&format!("{}{path}", server.url))).await;
+        let error = result[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error == "HttpRequestUriInvalid" || error == "HttpRequestDenied",
+            "{path} was not refused: {result}"
+        );
+        assert!(!result.to_string().contains("SECRET"), "{path}: {result}");
+        // Refused as a value, and audited with the rule that refused it.
+        let decision = http_records(&ran)[0].clone();
+        assert_eq!(decision.decision, Verdict::Deny, "{path}");
+        assert_eq!(
+            decision.data.as_ref().unwrap()["url"],
+            format!("{}{path}", server.url),
+            "the guest's path reached the host as written"
+        );
+        match decision.rule.as_str() {
+            "http.url" => assert_eq!(error, "HttpRequestUriInvalid"),
+            // Decided on the path the server would have served.
+            "tools.probe.http.allow" => assert!(
+                decision
+                    .detail
+                    .contains(&format!("may not reach {}/admin/x ", server.url)),
+                "{path}: {}",
+                decision.detail
+            ),
+            other => panic!("{path}: refused by {other}"),
+        }
+        assert_eq!(ran.answer(), "done", "the agent carried on");
+    }
+    assert!(
+        server
+            .seen()
+            .iter()
+            .all(|(_, resolved)| resolved != "/admin/x"),
+        "{:?}",
+        server.seen()
+    );
+
+    // What was decided is what is fetched: the server receives the
+    // normalized path, with the query as written.
+    let (result, _) = probe(
+        &grant,
+        get(&format!("{}/pub/./a//b%7e?q=%2e%2e/x", server.url)),
+    )
+    .await;
+    assert_eq!(result[0]["body"], "public page", "{result}");
+    assert_eq!(
+        server.seen().last().map(|(target, _)| target.clone()),
+        Some("/pub/a/b~?q=%2e%2e/x".to_string())
+    );
+}

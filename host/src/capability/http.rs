@@ -5,7 +5,9 @@
 //!
 //! 1. The URL is parsed and normalized ([`target`]): a host with userinfo
 //!    (`user@host`) or an IPv4 address in a non-standard form (`2130706433`,
-//!    `0177.0.0.1`, `0x7f.1`) is refused outright.
+//!    `0177.0.0.1`, `0x7f.1`) is refused outright. The path is resolved as
+//!    a server would ([`normalize_path`]: escaped dots, `\`, `//`, `..`),
+//!    and that path is what the rule sees and what is sent.
 //! 2. The gate decides it (`Request::Http`): method and URL rule of the
 //!    tool's (or agent's) own grant; decision record.
 //! 3. The host name is resolved once; every address is checked: loopback,
@@ -382,11 +384,11 @@ async fn exchange(
     if let Ok(value) = HeaderValue::from_str(&host_header) {
         request.headers_mut().insert(HOST, value);
     }
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // The path the rule decided on, never the guest's spelling of it.
+    let path = match request.uri().query() {
+        Some(query) => format!("{}?{query}", target.path),
+        None => target.path.clone(),
+    };
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(path)
         .build()
@@ -750,10 +752,11 @@ pub fn target(uri: &http::Uri) -> Result<HttpTarget, String> {
         ));
     }
     let raw = authority.host();
-    let host = if raw.starts_with('[') {
-        let ip: Ipv6Addr = raw[1..raw.len().saturating_sub(1)]
-            .parse()
-            .map_err(|_| format!("`{raw}` is not an IPv6 address"))?;
+    let host = if let Some(inner) = raw.strip_prefix('[') {
+        let ip: Ipv6Addr = inner
+            .strip_suffix(']')
+            .and_then(|bare| bare.parse().ok())
+            .ok_or_else(|| format!("`{raw}` is not an IPv6 address"))?;
         format!("[{ip}]")
     } else {
         let host = raw.trim_end_matches('.').to_ascii_lowercase();
@@ -780,8 +783,121 @@ pub fn target(uri: &http::Uri) -> Result<HttpTarget, String> {
         scheme,
         host,
         port,
-        path: uri.path().to_string(),
+        path: normalize_path(uri.path())?,
     })
+}
+
+/// The path a server resolves `raw` to, so that a rule decides what will
+/// be fetched: `/pub/../admin` is `/admin`, not a path under `/pub/`.
+///
+/// Percent-escapes of unreserved characters (`%2e`, `%41`, ...) are
+/// decoded and the others written in uppercase; `\` is read as `/` (as
+/// Windows servers do); repeated slashes collapse (as nginx does); dot
+/// segments are removed (RFC 3986 5.2.4). The result is a fixed point:
+/// it has no dot segment, backslash, empty segment or escaped unreserved
+/// character left, so every server reads it as the rule did.
+///
+/// Refused, since servers disagree on what they mean: an escaped `/`,
+/// `\` or NUL (`%2f`, `%5c`, `%00`), a double escape (`%252e`), an
+/// invalid escape (`%zz`), escapes that are not UTF-8 (`%c0%ae`), `..`
+/// above the root, and a dot segment carrying parameters (`..;x`, which
+/// Java servers read as `..`).
+pub fn normalize_path(raw: &str) -> Result<String, String> {
+    let shown = crate::policy::printable(raw);
+    let refuse = |what: &str| format!("the path `{shown}` {what}; warden refuses such URLs");
+    if raw.is_empty() {
+        return Ok("/".to_string());
+    }
+    if !raw.starts_with(['/', '\\']) {
+        return Err(refuse("does not start with `/`"));
+    }
+    // Pass 1: escapes. `text` is the path with canonical escapes and `/`
+    // for `\`; `decoded` the bytes a server decodes, to check UTF-8.
+    let bytes = raw.as_bytes();
+    let mut text = String::with_capacity(raw.len());
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut chars = raw.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '%' => {
+                let hex = |offset: usize| {
+                    bytes
+                        .get(at + offset)
+                        .and_then(|b| char::from(*b).to_digit(16))
+                };
+                let (Some(high), Some(low)) = (hex(1), hex(2)) else {
+                    return Err(refuse("has a `%` that is not followed by two hex digits"));
+                };
+                // Both are ASCII hex digits: skip them.
+                chars.next();
+                chars.next();
+                let byte = (high * 16 + low) as u8;
+                match byte {
+                    b'/' | b'\\' => {
+                        return Err(refuse("escapes a slash or backslash (`%2f`, `%5c`)"));
+                    }
+                    0 => return Err(refuse("escapes a NUL byte (`%00`)")),
+                    b'%' if hex(3).is_some() && hex(4).is_some() => {
+                        return Err(refuse("escapes an escape (`%25` then hex digits)"));
+                    }
+                    b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                        text.push(char::from(b));
+                    }
+                    b => {
+                        text.push('%');
+                        text.push_str(&format!("{b:02X}"));
+                    }
+                }
+                decoded.push(byte);
+            }
+            '\\' => {
+                text.push('/');
+                decoded.push(b'/');
+            }
+            c => {
+                text.push(c);
+                let mut utf8 = [0; 4];
+                decoded.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(refuse("has escapes that do not decode to UTF-8"));
+    }
+    // Pass 2: segments. The leading `/` gives an empty first segment.
+    let mut kept: Vec<&str> = Vec::new();
+    let mut segments = text.split('/').skip(1).peekable();
+    let mut trailing = false;
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        let stem = segment
+            .split_once(';')
+            .or_else(|| segment.split_once("%3B"))
+            .map(|(stem, _)| stem);
+        if matches!(stem, Some("." | "..")) {
+            return Err(refuse("has a dot segment with parameters (`..;`)"));
+        }
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if kept.pop().is_none() {
+                    return Err(refuse("climbs above the root with `..`"));
+                }
+            }
+            other => kept.push(other),
+        }
+        // `/a/`, `/a/.` and `/a/b/..` all name a directory.
+        trailing = last && matches!(segment, "" | "." | "..");
+    }
+    let mut path = String::with_capacity(text.len());
+    for segment in &kept {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if trailing || path.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
 }
 
 /// Whether a host's last label is a number (decimal, octal or hex): what
@@ -931,6 +1047,74 @@ mod tests {
             parse("https://1password.com/").is_ok(),
             "a digit-led name is fine"
         );
+    }
+
+    #[test]
+    fn paths_are_resolved_as_servers_resolve_them() {
+        for (raw, normalized) in [
+            ("", "/"),
+            ("/", "/"),
+            ("/pub/a", "/pub/a"),
+            ("/pub/a/", "/pub/a/"),
+            ("/pub/../admin/x", "/admin/x"),
+            ("/pub/%2e%2e/admin/x", "/admin/x"),
+            ("/pub/%2E%2e/admin/x", "/admin/x"),
+            ("/pub/.%2e/admin/x", "/admin/x"),
+            ("/pub\\..\\admin/x", "/admin/x"),
+            ("//pub/../admin/x", "/admin/x"),
+            ("/pub//../admin", "/admin"),
+            ("/pub/./a//b", "/pub/a/b"),
+            ("/pub/a/.", "/pub/a/"),
+            ("/pub/a/..", "/pub/"),
+            ("/pub/..", "/"),
+            ("/pub/%2e", "/pub/"),
+            ("/pub/...", "/pub/..."),
+            ("/pub/..a/.b", "/pub/..a/.b"),
+            ("/p%75b/%41%7e%5F", "/pub/A~_"),
+            ("/pub/a%3fb%23c", "/pub/a%3Fb%23c"),
+            ("/pub/%c3%a9t%C3%A9", "/pub/%C3%A9t%C3%A9"),
+            ("/pub/été", "/pub/été"),
+            ("/pub/%25", "/pub/%25"),
+            ("/pub/a;v=1/b", "/pub/a;v=1/b"),
+        ] {
+            assert_eq!(normalize_path(raw).as_deref(), Ok(normalized), "{raw:?}");
+            // A fixed point: what is sent normalizes to itself.
+            assert_eq!(
+                normalize_path(normalized).as_deref(),
+                Ok(normalized),
+                "{normalized:?}"
+            );
+        }
+        for (raw, why) in [
+            ("/pub/..%2fadmin/x", "slash"),
+            ("/pub/..%2Fadmin/x", "slash"),
+            ("/pub/..%5cadmin/x", "backslash"),
+            ("/pub/a%00.json", "NUL"),
+            ("/pub/%252e%252e/admin", "escapes an escape"),
+            ("/pub/%zz", "two hex digits"),
+            ("/pub/%2", "two hex digits"),
+            ("/pub/%", "two hex digits"),
+            ("/pub/%%32e", "two hex digits"),
+            ("/pub/%c0%ae%c0%ae/admin", "UTF-8"),
+            ("/pub/%e9", "UTF-8"),
+            ("/..", "above the root"),
+            ("/pub/../../admin", "above the root"),
+            ("/%2e%2e/admin", "above the root"),
+            ("\\..\\admin", "above the root"),
+            ("/pub/..;/admin/x", "parameters"),
+            ("/pub/.;x/admin", "parameters"),
+            ("/pub/..%3b/admin", "parameters"),
+            ("*", "start with"),
+            ("pub/x", "start with"),
+        ] {
+            let refused = normalize_path(raw).expect_err(raw);
+            assert!(refused.contains(why), "{raw:?}: {refused}");
+        }
+        // The parsed target carries the normalized path; the query is not
+        // part of what the path rule sees.
+        let t = parse("http://h/pub/%2e%2e/admin/x?a=/../b").unwrap();
+        assert_eq!(t.path, "/admin/x");
+        assert!(parse("http://h/pub/..%2fadmin").is_err());
     }
 
     #[test]

@@ -1057,16 +1057,22 @@ impl Policy {
     }
 }
 
-/// Guest-chosen text quoted back in a reason: bounded, one line.
+/// Guest-chosen text quoted back in a reason: bounded, one line, and
+/// escaped as the terminal shows guest text ([`crate::transcript::clean`]),
+/// so a reason cannot hide or reorder what it quotes.
 pub fn printable(text: &str) -> String {
     const MAX: usize = 80;
-    let mut out: String = text
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    if text.chars().count() > MAX {
-        out.push('…');
+    let mut out = String::new();
+    let mut shown = 0;
+    for c in text.chars() {
+        let piece = crate::transcript::clean_line(c.encode_utf8(&mut [0; 4]));
+        let width = piece.chars().count();
+        if shown + width > MAX {
+            out.push('…');
+            break;
+        }
+        shown += width;
+        out.push_str(&piece);
     }
     out
 }

@@ -408,6 +408,24 @@ fn forged_names_are_quoted_safely() {
 }
 
 #[test]
+fn quoted_names_cannot_reorder_or_hide_text() {
+    let p = policy("");
+    let args = json!({});
+    let name = "send\u{202e}10000\u{200b}";
+    match p.decide(&tool(name, &args), &Session::default()) {
+        Decision::Deny { reason, .. } => {
+            assert!(reason.contains("send\\u{202e}10000\\u{200b}"), "{reason}");
+            assert!(!reason.contains(['\u{202e}', '\u{200b}']), "{reason:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Escapes count toward the bound.
+    let quoted = printable(&"\u{202e}".repeat(100));
+    assert!(quoted.chars().count() <= 81, "{quoted}");
+    assert!(quoted.ends_with('…'));
+}
+
+#[test]
 fn url_rules_match_scheme_host_port_and_path() {
     let p = policy(
         r#"
