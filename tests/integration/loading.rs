@@ -140,9 +140,56 @@ fn a_second_load_comes_from_the_compile_cache() {
     // A cache file corrupted at rest is recompiled, not trusted. (Cached
     // files are mapped while in use; warden only ever replaces them by
     // rename, never rewrites them in place.)
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    for path in compiled_files(dir.path()) {
+        std::fs::write(path, b"garbage").unwrap();
     }
     let third = Runtime::new(config).unwrap().load("echo", &bytes).unwrap();
     assert!(!third.cache_hit);
+}
+
+fn compiled_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_cache_file_swapped_for_another_components_code_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 4,
+    };
+    let echo = std::fs::read(guests::ECHO_TOOL).unwrap();
+    let probe = std::fs::read(guests::PROBE_TOOL).unwrap();
+    let runtime = Runtime::new(config.clone()).unwrap();
+    let echo_sha = runtime.load("echo", &echo).unwrap().sha256;
+    runtime.load("probe", &probe).unwrap();
+    drop(runtime);
+    // Every file is the user's alone.
+    for path in compiled_files(dir.path()).iter().chain([&dir.path().join(".key")]) {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    // The attacker puts the probe's compiled code where echo's belongs.
+    let files = compiled_files(dir.path());
+    let (echo_file, probe_file): (Vec<_>, Vec<_>) = files
+        .iter()
+        .partition(|p| p.file_name().unwrap().to_string_lossy().starts_with(&echo_sha));
+    std::fs::copy(probe_file[0], echo_file[0]).unwrap();
+    let loaded = Runtime::new(config.clone()).unwrap().load("echo", &echo).unwrap();
+    assert!(!loaded.cache_hit, "the swapped file was trusted");
+    // The recompiled file is echo's again, and trusted next time.
+    let again = Runtime::new(config.clone()).unwrap().load("echo", &echo).unwrap();
+    assert!(again.cache_hit);
+
+    // A cache directory others may write is not used at all.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let shared = Runtime::new(config).unwrap().load("echo", &echo).unwrap();
+    assert!(!shared.cache_hit);
 }

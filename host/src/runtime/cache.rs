@@ -2,12 +2,18 @@
 //!
 //! A file is named by the SHA-256 of the component's bytes and a hash of
 //! everything that makes compiled code compatible: the wasmtime version and
-//! the engine's settings (`Engine::precompile_compatibility_hash`). Only
-//! files this cache wrote are loaded, and wasmtime checks each one's header
-//! against the engine before use; a corrupt or stale file is recompiled and
-//! replaced. Whoever can write the cache directory can run native code as
-//! the user, as with any compiler cache: keep it private (it is created
-//! 0700).
+//! the engine's settings (`Engine::precompile_compatibility_hash`).
+//!
+//! What runs is what was pinned: native code is deserialized without
+//! wasmtime checking it, so each file starts with a tag, HMAC-SHA256 under
+//! a per-user key (`.key` in the cache directory, 32 random bytes, 0600)
+//! over the component's SHA-256, the engine key and the compiled bytes. A
+//! file whose tag does not verify (swapped for another component's code,
+//! copied from another machine, corrupt) is recompiled and replaced; the
+//! bytes verified are the bytes deserialized (no second read). The
+//! directory is created 0700, files 0600, and a directory (or key) that
+//! others can write or read is not used at all: compiling every time is
+//! safe, loading someone else's native code is not.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -20,7 +26,12 @@ use wasmtime::component::Component;
 pub struct CompileCache {
     dir: PathBuf,
     engine_key: String,
+    /// The MAC key, once read or made; `Err` says why the cache is off.
+    key: std::sync::OnceLock<Result<[u8; KEY_LEN], String>>,
 }
+
+const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 32;
 
 /// Feeds `Hash` output into SHA-256, so the key is stable across Rust
 /// versions (unlike `DefaultHasher`).
@@ -36,13 +47,38 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+/// HMAC-SHA256 (RFC 2104) of `parts`, in order.
+fn hmac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+    let mut block = [0u8; 64];
+    block[..KEY_LEN].copy_from_slice(key);
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    for part in parts {
+        inner.update(part);
+    }
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// Equal in time independent of where they differ.
+fn same_tag(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl CompileCache {
     /// A cache in `dir` for components compiled by `engine`.
     pub fn new(dir: PathBuf, engine: &Engine) -> Self {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..8]);
-        CompileCache { dir, engine_key }
+        CompileCache {
+            dir,
+            engine_key,
+            key: std::sync::OnceLock::new(),
+        }
     }
 
     /// The directory holding the compiled files.
@@ -54,30 +90,43 @@ impl CompileCache {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
     }
 
+    /// The MAC key, made on first use; an error says why the cache cannot
+    /// be trusted (and so is not used).
+    fn key(&self) -> Result<&[u8; KEY_LEN], &str> {
+        self.key
+            .get_or_init(|| private_key(&self.dir))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    fn tag(&self, key: &[u8; KEY_LEN], sha256: &str, compiled: &[u8]) -> [u8; TAG_LEN] {
+        hmac(
+            key,
+            &[sha256.as_bytes(), b"\0", self.engine_key.as_bytes(), b"\0", compiled],
+        )
+    }
+
     /// The compiled component for `bytes` (whose hash is `sha256`), from the
-    /// cache if present; returns whether it was a hit.
+    /// cache if present and its tag verifies; returns whether it was a hit.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         sha256: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, bool)> {
-        let path = self.path_for(sha256);
-        if path.is_file() {
-            // SAFETY: the file is named by the hash of the engine's
-            // compatibility settings and was written by `store` below from
-            // `Component::serialize` of an engine with those settings;
-            // `deserialize_file` also validates its header and version.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(error) => tracing::warn!(
-                    "recompiling {}: the cached file is unusable: {error:#}",
-                    path.display()
-                ),
+        let key = match self.key() {
+            Ok(key) => *key,
+            Err(why) => {
+                warn_once(why);
+                return Ok((Component::new(engine, bytes)?, false));
             }
+        };
+        let path = self.path_for(sha256);
+        if let Some(component) = self.load(engine, &key, sha256, &path) {
+            return Ok((component, true));
         }
         let component = Component::new(engine, bytes)?;
-        if let Err(error) = self.store(&path, &component) {
+        if let Err(error) = self.store(&key, sha256, &path, &component) {
             tracing::warn!(
                 "could not write the compile cache at {}: {error:#}",
                 path.display()
@@ -86,19 +135,128 @@ impl CompileCache {
         Ok((component, false))
     }
 
-    /// Write atomically: a reader sees the whole file or none.
-    fn store(&self, path: &Path, component: &Component) -> wasmtime::Result<()> {
-        create_private_dir(&self.dir)?;
+    /// A cached file whose tag verifies, deserialized from the bytes that
+    /// were verified.
+    fn load(
+        &self,
+        engine: &Engine,
+        key: &[u8; KEY_LEN],
+        sha256: &str,
+        path: &Path,
+    ) -> Option<Component> {
+        let file = crate::load::read_bounded(path, crate::load::MAX_COMPONENT_FILE * 4).ok()?;
+        let (tag, compiled) = file.split_at_checked(TAG_LEN)?;
+        if !same_tag(tag, &self.tag(key, sha256, compiled)) {
+            tracing::warn!(
+                "recompiling {}: its tag does not verify (not written by this cache for this component)",
+                path.display()
+            );
+            return None;
+        }
+        // SAFETY: these bytes were written by `store` below, from
+        // `Component::serialize` of an engine with the same compatibility
+        // hash (in the file name), for the component with this SHA-256: the
+        // tag under this user's key says so, and these are the bytes it
+        // covers. `deserialize` also validates the header and version.
+        match unsafe { Component::deserialize(engine, compiled) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(
+                    "recompiling {}: the cached file is unusable: {error:#}",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Write atomically (a reader sees the whole file or none), 0600.
+    fn store(
+        &self,
+        key: &[u8; KEY_LEN],
+        sha256: &str,
+        path: &Path,
+        component: &Component,
+    ) -> wasmtime::Result<()> {
         let serialized = component.serialize()?;
+        let tag = self.tag(key, sha256, &serialized);
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| wasmtime::format_err!("random: {e}"))?;
         let temp = self.dir.join(format!(".tmp-{}", hex::encode(nonce)));
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = private_file(&temp)?;
+        file.write_all(&tag)?;
         file.write_all(&serialized)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
         Ok(())
     }
+}
+
+fn warn_once(why: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| tracing::warn!("the compile cache is off: {why}"));
+}
+
+/// A new file readable and writable only by the user.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Read (or make) the cache's key, after checking that nobody else can
+/// write the directory or read the key.
+fn private_key(dir: &Path) -> Result<[u8; KEY_LEN], String> {
+    create_private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    check_private(dir, 0o022, "written by other users")?;
+    let path = dir.join(".key");
+    let mut key = [0u8; KEY_LEN];
+    match crate::load::read_bounded(&path, KEY_LEN as u64) {
+        Ok(bytes) => {
+            check_private(&path, 0o077, "read or written by other users")?;
+            key = bytes
+                .try_into()
+                .map_err(|_| format!("{} is not a key this cache wrote", path.display()))?;
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            getrandom::fill(&mut key).map_err(|e| format!("random: {e}"))?;
+            // Two processes making the key at once: one wins, the other
+            // reads its key.
+            match private_file(&path).and_then(|mut file| {
+                file.write_all(&key)?;
+                file.sync_all()
+            }) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return private_key(dir),
+                Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+            }
+        }
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    }
+    Ok(key)
+}
+
+/// Refuse `path` if its mode has any of `bits` or another user owns it.
+fn check_private(path: &Path, bits: u32, what: &str) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::symlink_metadata(path)
+            .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if metadata.uid() != me || metadata.mode() & bits != 0 {
+            return Err(format!(
+                "{} can be {what} (mode {:o}, owner {}): fix it with `chmod go-rwx` or use another --cache-dir",
+                path.display(),
+                metadata.mode() & 0o777,
+                metadata.uid()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Create `dir` (and its parents), readable only by the user.
