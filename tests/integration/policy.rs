@@ -278,3 +278,23 @@ async fn secrets_are_redacted_and_output_clamped_before_the_model_sees_them() {
         (Verdict::Deny, "model.deny")
     );
 }
+
+#[tokio::test]
+async fn numbers_in_rules_compare_exactly_through_a_run() {
+    // 2^53 + 1: as an f64 it is 2^53, so an f64 comparison lets 2^53 pass.
+    let policy = fixture_policy("args.amount = { one_of = [9007199254740993] }");
+    let task = r#"calls:[
+        {"tool": "pay", "args": "{\"account\": \"A-1\", \"amount\": 9007199254740992}"},
+        {"tool": "pay", "args": "{\"account\": \"A-1\", \"amount\": 9007199254740993}"}
+    ]"#;
+    let result = run_agent(guests::ATTACKER, &policy, no_model(), task).await;
+    let report = calls_report(&result);
+    assert_eq!(report[0]["error"]["kind"], "denied", "{report:?}");
+    let reason = report[0]["error"]["reason"].as_str().unwrap();
+    assert_eq!(
+        reason,
+        "`amount` is 9007199254740992, which must be one of 9007199254740993 (rule: tools.pay.args.amount)"
+    );
+    assert_eq!(report[1]["ok"], "paid 9007199254740993 to A-1");
+    assert_eq!(ran(&result, "pay"), 1);
+}
