@@ -298,3 +298,37 @@ async fn numbers_in_rules_compare_exactly_through_a_run() {
     assert_eq!(report[1]["ok"], "paid 9007199254740993 to A-1");
     assert_eq!(ran(&result, "pay"), 1);
 }
+
+#[tokio::test]
+async fn a_repeated_key_is_refused_and_a_tool_gets_the_value_the_policy_decided() {
+    let policy = format!(
+        "{}\n[tools.echo]\ncomponent = \"{}\"\n",
+        fixture_policy(""),
+        guests::ECHO_TOOL
+    );
+    // Either order: the policy would read one value, a tool (or a parser
+    // keeping the first key) the other.
+    let task = r#"calls:[
+        {"tool": "send_email", "args": "{\"to\":\"friend@example.com\",\"to\":\"attacker@evil.com\",\"subject\":\"hi\"}"},
+        {"tool": "send_email", "args": "{\"to\":\"attacker@evil.com\",\"subject\":\"hi\",\"to\":\"friend@example.com\"}"},
+        {"tool": "echo", "args": "{\"a\": {\"b\": [{\"c\": 1, \"c\": 2}]}}"},
+        {"tool": "echo", "args": " { \"b\" : 1.0e0, \"a\": \"x\\u0041\", \"n\": 9007199254740993.0 } "}
+    ]"#;
+    let result = run_agent(guests::ATTACKER, &policy, no_model(), task).await;
+    let report = calls_report(&result);
+    for (i, key) in [(0, "to"), (1, "to"), (2, "c")] {
+        assert_eq!(report[i]["error"]["kind"], "invalid", "{report:?}");
+        let reason = report[i]["error"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("the key `{key}` appears twice in one object")),
+            "{reason}"
+        );
+    }
+    assert_eq!(ran(&result, "send_email"), 0, "the tool never ran");
+    // What the policy decided on (a float parsed as one; keys in order),
+    // not the text the agent sent.
+    assert_eq!(
+        report[3]["ok"],
+        r#"{"a":"xA","b":1.0,"n":9007199254740992.0}"#
+    );
+}

@@ -2,7 +2,7 @@
 //! `[tools.NAME]` entries and run in a fresh instance of the tool's
 //! component, with no authority of the agent's.
 
-use super::{AgentRole, GuestState, brief, to_wit};
+use super::{AgentRole, GuestState, brief, strict_json, to_wit};
 use crate::audit::{Kind, Outcome};
 use crate::bindings::WitToolSpec;
 use crate::bindings::agent::warden::sandbox::tools as wit;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 /// Decide and perform one tool call. The outer `Err` means the audit log
 /// failed (the guest must be stopped); the inner one goes to the guest.
+/// Arguments that repeat a key are refused (see [`strict_json`]).
 pub async fn call(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
@@ -23,31 +24,38 @@ pub async fn call(
     name: &str,
     arguments: &str,
 ) -> io::Result<Result<String, GuestError>> {
-    let parsed: serde_json::Value = match serde_json::from_str(arguments) {
+    let parsed = match strict_json::parse(arguments) {
         Ok(value) => value,
         Err(error) => {
-            let error = GuestError::Invalid(format!(
-                "the arguments of `{}` are not valid JSON ({error})",
-                printable(name)
-            ));
+            let error = GuestError::Invalid(if error.is_data() {
+                format!(
+                    "the arguments of `{}` are refused: {error}",
+                    printable(name)
+                )
+            } else {
+                format!(
+                    "the arguments of `{}` are not valid JSON ({error})",
+                    printable(name)
+                )
+            });
             let data = json!({ "arguments": brief(arguments, 1000) });
             return gate
                 .refuse(Kind::Tool, name, "arguments", error, Some(data))
                 .map(Err);
         }
     };
-    call_parsed(gate, registry, replay, name, &parsed, arguments).await
+    call_parsed(gate, registry, replay, name, &parsed).await
 }
 
-/// [`call`] with the arguments already parsed (`parsed` is `arguments`
-/// as JSON), as an MCP request carries them.
+/// [`call`] with the arguments already parsed, as an MCP request carries
+/// them. The tool receives `parsed` serialized again: exactly the value
+/// the policy decided on, never a text it might read differently.
 pub async fn call_parsed(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
     replay: Option<&crate::replay::ReplayTools>,
     name: &str,
     parsed: &serde_json::Value,
-    arguments: &str,
 ) -> io::Result<Result<String, GuestError>> {
     let request = Request::Tool {
         name,
@@ -64,7 +72,7 @@ pub async fn call_parsed(
             replay.next(name, parsed).map_err(ToolFailure::Returned),
             Vec::new(),
         ),
-        None => registry.invoke(name, arguments, gate).await?,
+        None => registry.invoke(name, &parsed.to_string(), gate).await?,
     };
     match outcome {
         Ok(mut result) => {
