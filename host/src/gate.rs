@@ -540,6 +540,12 @@ impl Gate {
         added(&before, &state.session.labels)
     }
 
+    /// A tool call was allowed: index its arguments as the model's, with
+    /// the session's labels (see [`Session::observe_tool_call`]).
+    pub fn observe_tool_call(&self, arguments: &Value) {
+        self.lock().session.observe_tool_call(arguments);
+    }
+
     /// A tool's result reached the agent: label and index it. Returns the
     /// labels it added to the session.
     pub fn observe_tool_result(

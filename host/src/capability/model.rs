@@ -75,12 +75,11 @@ pub async fn chat(
     match provider.chat(&request).await {
         Ok(response) => {
             let message = &response.message;
-            let mut seen = message.content.clone();
-            for call in &message.tool_calls {
-                seen.push('\n');
-                seen.push_str(&call.arguments);
-            }
-            let labels = gate.observe_model_output(&request.model, &seen, response.usage);
+            // Only the text: the arguments of the tool calls it asks for are
+            // indexed once each call is decided (capability::tools), or a
+            // call would be the source of its own values.
+            let labels =
+                gate.observe_model_output(&request.model, &message.content, response.usage);
             let detail = if message.tool_calls.is_empty() {
                 brief(&message.content, 200)
             } else {

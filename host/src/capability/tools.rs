@@ -66,6 +66,9 @@ pub async fn call_parsed(
         Ok(permit) => permit,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    // Decided: from now on its values count as the model's (never before,
+    // so that no call vouches for itself).
+    gate.observe_tool_call(parsed);
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
         Some(replay) => (

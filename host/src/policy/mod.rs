@@ -590,6 +590,17 @@ impl Session {
         }
     }
 
+    /// A tool call was decided and goes ahead: the values in its arguments
+    /// are what the model wrote, indexed as `model` data with the session's
+    /// labels. Only after the decision, so that no call is the source of
+    /// its own values.
+    pub fn observe_tool_call(&mut self, arguments: &serde_json::Value) {
+        let mut text = String::new();
+        leaf_text(arguments, &mut text);
+        let labels = self.labels.clone();
+        self.provenance.observe(Source::Model, &labels, &text);
+    }
+
     /// A tool's result reached the agent, carrying the tool's labels and
     /// `extra` ones (e.g. from HTTP rules that served it).
     pub fn observe_tool_result(
@@ -610,6 +621,24 @@ impl Session {
         self.add_labels(&labels);
         self.provenance
             .observe(Source::Tool(tool.to_string()), &labels, text);
+    }
+}
+
+/// The strings, numbers and booleans in `value`, one a line (keys are not
+/// values). Iterative: arguments may nest as deep as the parser allows.
+fn leaf_text(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::String(s) => out.push_str(s),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Null => {}
+            Value::Array(items) => stack.extend(items.iter().rev()),
+            Value::Object(map) => stack.extend(map.values().rev()),
+        }
+        out.push('\n');
     }
 }
 

@@ -781,3 +781,55 @@ args.amount = { min = 9007199254740993, max = 9007199254740995 }
             .contains("a bound must be a finite number")
     );
 }
+
+#[test]
+fn a_tool_call_is_never_the_source_of_its_own_values() {
+    let p = policy(
+        r#"
+[model]
+allow = ["scripted"]
+[tools.pay]
+component = "p.wasm"
+args.account = { from = ["task", "unlabeled"] }
+[tools.note]
+component = "n.wasm"
+args.text = { from = ["model"] }
+"#,
+    );
+    let mut session = Session::default();
+    session.observe_task("Pay the rent");
+    // The model's answer asks for these calls; only its text is indexed.
+    session.observe_model_output(&p, "Paying now.", Usage::default(), "scripted");
+    let invented = json!({"account": "XX00-INVENTED-4242", "amount": 900});
+    assert_eq!(
+        verdict_rule(&p.decide(&tool("pay", &invented), &session)),
+        (Verdict::Deny, "tools.pay.args.account")
+    );
+    let note = json!({"text": "XX00-INVENTED-4242"});
+    assert_eq!(
+        verdict_rule(&p.decide(&tool("note", &note), &session)),
+        (Verdict::Deny, "tools.note.args.text")
+    );
+    // Once a call is decided, its values are the model's: for `model`,
+    // never for `unlabeled`.
+    session.observe_tool_call(&json!({"text": ["XX00-INVENTED-4242", {"n": 7}]}));
+    assert_eq!(
+        p.decide(&tool("note", &note), &session).verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        p.decide(&tool("note", &json!({"text": 7})), &session)
+            .verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        p.decide(&tool("note", &json!({"text": "text"})), &session)
+            .verdict(),
+        Verdict::Deny,
+        "keys are not values"
+    );
+    assert_eq!(
+        p.decide(&tool("pay", &invented), &session).verdict(),
+        Verdict::Deny
+    );
+}
