@@ -405,3 +405,64 @@ async fn a_value_the_model_invented_is_not_its_own_source() {
     let (decisions, count, _) = pays(&policy, "Pay my landlord.", &script, &[]).await;
     assert_eq!((decisions, count), (refused(), 0));
 }
+
+#[tokio::test]
+async fn a_value_the_agent_wrote_to_a_file_is_not_trusted_when_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().display().to_string();
+    let policy = |read_labels: &str| {
+        format!(
+            r#"
+[model]
+allow = ["scripted"]
+
+[tools.write_file]
+component = "builtin:files"
+fs = {{ "/workspace" = {{ dir = {dir:?}, mode = "rw" }} }}
+
+[tools.read_file]
+component = "builtin:files"
+fs = {{ "/workspace" = {{ dir = {dir:?}, mode = "ro" }} }}
+{read_labels}
+
+[tools.pay]
+component = "{}"
+args.account = {{ from = ["task", "unlabeled"] }}
+"#,
+            guests::FIXTURE_TOOL
+        )
+    };
+    let script = format!(
+        r#"
+[[turn]]
+calls = [{{ tool = "write_file", arguments = {{ path = "/workspace/payee.txt", content = "GB00-EVIL-9999" }} }}]
+[[turn]]
+calls = [{{ tool = "read_file", arguments = {{ path = "/workspace/payee.txt" }} }}]
+{}{DONE}"#,
+        pay_turn("GB00-EVIL-9999", 900)
+    );
+    // Labeled, as docs/policy.md says to label a reader of what the agent
+    // can write: the laundered value is refused.
+    let labeled = policy("labels = [\"agent-written\"]");
+    let (decisions, count, run) = pays(&labeled, "Pay the rent.", &script, &[]).await;
+    let read = run
+        .find("tool", "outcome")
+        .into_iter()
+        .find(|r| r.subject == "read_file")
+        .unwrap();
+    assert_eq!(read.data.as_ref().unwrap()["result"], "GB00-EVIL-9999");
+    assert_eq!(
+        (decisions, count),
+        (
+            vec![(Verdict::Deny, "tools.pay.args.account".to_string())],
+            0
+        )
+    );
+    // Unlabeled, the file's content is an unlabeled result and the value
+    // passes: the documented limit the label is for.
+    let (decisions, count, _) = pays(&policy(""), "Pay the rent.", &script, &[]).await;
+    assert_eq!(
+        (decisions, count),
+        (vec![(Verdict::Allow, "tools.pay".to_string())], 1)
+    );
+}
