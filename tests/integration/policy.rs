@@ -466,3 +466,60 @@ calls = [{{ tool = "read_file", arguments = {{ path = "/workspace/payee.txt" }} 
         (vec![(Verdict::Allow, "tools.pay".to_string())], 1)
     );
 }
+
+#[tokio::test]
+async fn approving_the_labels_ask_does_not_cover_an_arguments_ask() {
+    let policy = fixture_policy(
+        "ask_when_labeled = [\"untrusted\"]\nargs.amount = { max = 1000, decision = \"ask\" }",
+    );
+    let script = format!(
+        "[[turn]]\ncalls = [{{ tool = \"read_page\", arguments = {{ url = \"https://x.example\", content = \"hello\" }} }}]\n{}{DONE}",
+        pay_turn("A-1", 5000)
+    );
+    let both = "tools.pay.ask_when_labeled, tools.pay.args.amount".to_string();
+
+    let (decisions, count, run) = pays(
+        &policy,
+        "Pay 5000 to A-1.",
+        &script,
+        &["tools.pay.ask_when_labeled"],
+    )
+    .await;
+    assert_eq!((decisions, count), (vec![(Verdict::Ask, both.clone())], 0));
+    let refusal = run
+        .find("tool", "outcome")
+        .into_iter()
+        .find(|r| r.subject == "pay")
+        .unwrap();
+    assert_eq!(refusal.outcome, Some(Outcome::Denied));
+    assert!(
+        refusal.detail.contains("tools.pay.ask_when_labeled: the session is labeled `untrusted`; tools.pay.args.amount: `amount` is 5000, which must be at most 1000")
+            && refusal.detail.contains("--approve tools.pay.ask_when_labeled --approve tools.pay.args.amount")
+            && refusal.detail.ends_with(&format!("(rules: {both})")),
+        "{}",
+        refusal.detail
+    );
+
+    let (decisions, count, run) = pays(
+        &policy,
+        "Pay 5000 to A-1.",
+        &script,
+        &["tools.pay.ask_when_labeled", "tools.pay.args.amount"],
+    )
+    .await;
+    assert_eq!((decisions, count), (vec![(Verdict::Ask, both.clone())], 1));
+    let approval = run
+        .find("tool", "decision")
+        .into_iter()
+        .find(|r| r.subject == "pay")
+        .unwrap();
+    let data = approval.data.as_ref().unwrap();
+    assert_eq!(
+        data["rules"],
+        json!(["tools.pay.ask_when_labeled", "tools.pay.args.amount"])
+    );
+    assert_eq!(
+        data["approved_by"],
+        "--approve tools.pay.ask_when_labeled, --approve tools.pay.args.amount"
+    );
+}

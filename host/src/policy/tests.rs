@@ -833,3 +833,45 @@ args.text = { from = ["model"] }
         Verdict::Deny
     );
 }
+
+#[test]
+fn an_ask_names_every_rule_that_asks() {
+    let p = policy(
+        r#"
+[tools.fetch]
+component = "f.wasm"
+labels = ["untrusted"]
+[tools.pay]
+component = "p.wasm"
+decision = "ask"
+ask_when_labeled = ["untrusted"]
+args.amount = { max = 1000, decision = "ask" }
+args.memo = { max_len = 10 }
+"#,
+    );
+    let mut session = Session::default();
+    let small = json!({"amount": 10});
+    let d = p.decide(&tool("pay", &small), &session);
+    assert_eq!(d.rules_text(), "tools.pay");
+    session.observe_tool_result(&p, "fetch", "a web page", &[]);
+    let large = json!({"amount": 5000});
+    let d = p.decide(&tool("pay", &large), &session);
+    assert_eq!(d.verdict(), Verdict::Ask);
+    assert_eq!(
+        d.rules_text(),
+        "tools.pay.ask_when_labeled, tools.pay.args.amount, tools.pay"
+    );
+    match &d {
+        Decision::Ask { reason, .. } => assert_eq!(
+            reason,
+            "tools.pay.ask_when_labeled: the session is labeled `untrusted`; tools.pay.args.amount: `amount` is 5000, which must be at most 1000; tools.pay: every call of `pay` needs approval"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Deny still beats every ask.
+    let denied = json!({"amount": 5000, "memo": "far too long a memo"});
+    assert_eq!(
+        verdict_rule(&p.decide(&tool("pay", &denied), &session)),
+        (Verdict::Deny, "tools.pay.args.memo")
+    );
+}
