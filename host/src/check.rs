@@ -426,7 +426,9 @@ fn run_case(policy: &Policy, case: &RawCase) -> Result<Decision, String> {
 
 fn compare(case: &RawCase, decision: &Decision) -> Option<String> {
     let got_verdict = decision.verdict();
-    let got_rule = decision.rule().as_str();
+    // An ask names every rule that asks: `a, b`.
+    let got_rule = decision.rules_text();
+    let got_rule = got_rule.as_str();
     let rule_ok = case.rule.as_deref().is_none_or(|r| r == got_rule);
     if got_verdict == case.expect && rule_ok {
         return None;

@@ -96,7 +96,7 @@ pub type Tally =
 pub enum Approval {
     /// Go ahead, this once.
     Once,
-    /// Go ahead, and with every later request under the same rule.
+    /// Go ahead, and with every later request under the same rules.
     ForRun,
     /// No.
     Deny,
@@ -109,8 +109,9 @@ pub struct Question<'a> {
     pub kind: Kind,
     /// The tool, model or guest.
     pub subject: &'a str,
-    /// The rule that asks.
-    pub rule: &'a str,
+    /// Every rule that asks (a yes approves the call under all of them;
+    /// "for the run" approves each of them for later calls).
+    pub rules: &'a [Rule],
     /// Why it asks.
     pub reason: &'a str,
     /// The request's data (e.g. the tool's arguments).
@@ -321,23 +322,33 @@ impl Gate {
                     verdict: Verdict::Allow,
                 }))
             }
-            Decision::Ask { rule, reason } => {
+            Decision::Ask {
+                rule,
+                others,
+                reason,
+            } => {
+                // Every rule that asks must be approved: one rule's approval
+                // (`--approve tools.pay.ask_when_labeled`) does not cover
+                // what another rule (an argument's) asked about.
+                let asking: Vec<Rule> = std::iter::once(rule).chain(others).collect();
+                let named = Rule::new(
+                    asking
+                        .iter()
+                        .map(Rule::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
                 // Approved already for this run (`--approve`, or a person
                 // who said "always")? Otherwise ask, without holding the
                 // lock: a person takes time.
-                let standing = self
-                    .approved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(rule.as_str())
-                    .cloned();
+                let standing = self.standing_approval(&asking);
                 let by = match standing {
                     Some(by) => Ok(by),
                     None => {
                         let labels = state.session.labels.clone();
                         drop(state);
                         let answer =
-                            self.ask_person(kind, &subject, &rule, &reason, &data, &labels);
+                            self.ask_person(kind, &subject, &asking, &reason, &data, &labels);
                         state = self.lock();
                         answer
                     }
@@ -345,33 +356,47 @@ impl Gate {
                 let by = match by {
                     Ok(by) => by,
                     Err(error) => {
-                        self.write_refusal(kind, &subject, Verdict::Ask, &rule, &error, data)?;
+                        self.write_refusal(kind, &subject, Verdict::Ask, &named, &error, data)?;
                         return Ok(Err(error));
                     }
                 };
-                // Budgets may have moved while a person was asked: decide
-                // again, and go ahead only if it is still this question.
+                // Budgets (or labels) may have moved while a person was
+                // asked: decide again, and go ahead only if nothing asks
+                // that was not approved.
                 state.session.now = self.started.elapsed();
-                match self.policy.decide(request, &state.session) {
-                    Decision::Ask { rule: again, .. } if again == rule => {}
+                let again = self.policy.decide(request, &state.session);
+                match again {
+                    Decision::Ask { .. } if again.rules().all(|r| asking.contains(r)) => {}
                     Decision::Allow { .. } => {}
-                    _ => {
+                    Decision::Deny {
+                        kind: DenyKind::Budget,
+                        ..
+                    } => {
                         let error = GuestError::BudgetExhausted(format!(
-                            "{reason}; approved, but a budget ran out meanwhile (rule: {rule})"
+                            "{reason}; approved, but a budget ran out meanwhile (rule: {named})"
                         ));
-                        self.write_refusal(kind, &subject, Verdict::Deny, &rule, &error, data)?;
+                        self.write_refusal(kind, &subject, Verdict::Deny, &named, &error, data)?;
+                        return Ok(Err(error));
+                    }
+                    _ => {
+                        let error = GuestError::Denied(format!(
+                            "{reason}; approved, but the decision changed meanwhile (rule: {})",
+                            again.rules_text()
+                        ));
+                        self.write_refusal(kind, &subject, Verdict::Deny, &named, &error, data)?;
                         return Ok(Err(error));
                     }
                 }
                 state.session.record(request);
                 let mut data = data.unwrap_or_else(|| json!({}));
                 data["approved_by"] = json!(by);
+                data["rules"] = json!(asking);
                 self.write(Entry {
                     kind,
                     event: Event::Decision,
                     subject: subject.clone(),
                     decision: Verdict::Ask,
-                    rule: rule.to_string(),
+                    rule: named.to_string(),
                     detail: format!("{reason}; approved by {by}"),
                     outcome: None,
                     data: Some(data),
@@ -379,7 +404,7 @@ impl Gate {
                 Ok(Ok(Permit {
                     kind,
                     subject,
-                    rule,
+                    rule: named,
                     verdict: Verdict::Ask,
                 }))
             }
@@ -400,13 +425,28 @@ impl Gate {
         }
     }
 
-    /// Ask the approver about an `ask`: who approved it, or the refusal
-    /// for the guest (a person said no, or nobody could be asked).
+    /// Who approved every one of `asking` for the run already, or `None`
+    /// when any of them is not approved.
+    fn standing_approval(&self, asking: &[Rule]) -> Option<String> {
+        let approved = self.approved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by: Vec<&str> = Vec::new();
+        for rule in asking {
+            let who = approved.get(rule.as_str())?;
+            if !by.contains(&who.as_str()) {
+                by.push(who);
+            }
+        }
+        Some(by.join(", "))
+    }
+
+    /// Ask the approver about an `ask` under the rules `asking`: who
+    /// approved it, or the refusal for the guest (a person said no, or
+    /// nobody could be asked).
     fn ask_person(
         &self,
         kind: Kind,
         subject: &str,
-        rule: &Rule,
+        asking: &[Rule],
         reason: &str,
         data: &Option<Value>,
         labels: &[String],
@@ -417,7 +457,7 @@ impl Gate {
         let question = Question {
             kind,
             subject,
-            rule: rule.as_str(),
+            rules: asking,
             reason: &shown,
             data: data.as_ref(),
             labels,
@@ -426,21 +466,33 @@ impl Gate {
             Some(approver) => block_while(|| approver.ask(&question)),
             None => None,
         };
+        let names: Vec<&str> = asking.iter().map(Rule::as_str).collect();
+        let cited = match names.as_slice() {
+            [one] => format!("rule: {one}"),
+            several => format!("rules: {}", several.join(", ")),
+        };
         match answer {
             Some(Approval::Once) => Ok("a person, once".to_string()),
             Some(Approval::ForRun) => {
                 let by = "a person, for the rest of the run".to_string();
-                self.approved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(rule.to_string(), by.clone());
+                let mut approved = self.approved.lock().unwrap_or_else(|e| e.into_inner());
+                for rule in asking {
+                    approved
+                        .entry(rule.to_string())
+                        .or_insert_with(|| by.clone());
+                }
                 Ok(by)
             }
             Some(Approval::Deny) => Err(GuestError::Denied(format!(
-                "{reason}; a person refused this call (rule: {rule})"
+                "{reason}; a person refused this call ({cited})"
             ))),
             None => Err(GuestError::Denied(format!(
-                "{reason}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve {rule} (rule: {rule})"
+                "{reason}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with {} ({cited})",
+                names
+                    .iter()
+                    .map(|rule| format!("--approve {rule}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ))),
         }
     }
@@ -558,6 +610,12 @@ impl Gate {
             .session
             .observe_model_output(&self.policy, text, usage, model);
         added(&before, &state.session.labels)
+    }
+
+    /// A tool call was allowed: index its arguments as the model's, with
+    /// the session's labels (see [`Session::observe_tool_call`]).
+    pub fn observe_tool_call(&self, arguments: &Value) {
+        self.lock().session.observe_tool_call(arguments);
     }
 
     /// A tool's result reached the agent: label and index it. Returns the

@@ -943,10 +943,17 @@ impl Approver for TerminalApprover {
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,
-            "\n\x1b[1mwarden: approval needed\x1b[0m\n  {}  {}\n  rule: {}\n  why: {}\n  session labels: {}\n  [y] allow once  [a] allow for the rest of the run  [N] deny: ",
+            "\n\x1b[1mwarden: approval needed\x1b[0m\n  {}  {}\n  rule: {}\n  why: {}\n  session labels: {}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
             clean(question.subject),
             clean(&what),
-            clean(question.rule),
+            clean(
+                &question
+                    .rules
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             clean(question.reason),
             clean(&labels),
         );

@@ -107,8 +107,22 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                     record.outcome,
                     Some(Outcome::Denied | Outcome::BudgetExhausted | Outcome::Invalid)
                 ));
-        if data.get("approved_by").is_some() && !recorded.approved.contains(&record.rule) {
-            recorded.approved.push(record.rule.clone());
+        if data.get("approved_by").is_some() {
+            // An approval covers every rule that asked (`data.rules`; a
+            // record without them names one rule).
+            let rules: Vec<String> = match data.get("rules").and_then(Value::as_array) {
+                Some(rules) => rules
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                None => vec![record.rule.clone()],
+            };
+            for rule in rules {
+                if !recorded.approved.contains(&rule) {
+                    recorded.approved.push(rule);
+                }
+            }
         }
         match (record.kind, record.event) {
             (Kind::Run, Event::Outcome) if record.outcome == Some(Outcome::Ok) => {

@@ -43,7 +43,12 @@ impl Approver for Person {
                 .data
                 .map(|d| d["arguments"].to_string())
                 .unwrap_or_default(),
-            question.rule,
+            question
+                .rules
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             question.labels
         ));
         self.answers.lock().unwrap().pop()
@@ -198,4 +203,53 @@ text = "done"
         .unwrap();
     assert_eq!(outcome.decision, Verdict::Ask);
     assert_eq!(outcome.outcome, Some(warden::audit::Outcome::Denied));
+}
+
+#[tokio::test]
+async fn a_person_approves_the_whole_call_and_for_the_run_every_rule_that_asked() {
+    // calc asks by its entry, and `expression` asks when it is long.
+    let policy = POLICY.replace(
+        "decision = \"ask\"\n",
+        "decision = \"ask\"\nargs.expression = { max_len = 5, decision = \"ask\" }\n",
+    );
+    assert_ne!(policy, POLICY);
+    let person = Person::new(&[Approval::ForRun]);
+    let task = format!(
+        "calls:{}",
+        json!([calc("10 + 20"), calc("30 + 40"), calc("1 + 1")])
+    );
+    // The entry is approved in advance, the argument rule is not: the
+    // person is asked about the call, once, naming both rules.
+    let (result, records) = try_run_with(
+        guests::ATTACKER,
+        &policy,
+        no_model(),
+        &task,
+        Some(person.clone()),
+        &["tools.calc"],
+    )
+    .await;
+    let report: Vec<Value> = serde_json::from_str(&result.unwrap().result.unwrap()).unwrap();
+    assert_eq!(
+        report,
+        vec![json!({"ok": "30"}), json!({"ok": "70"}), json!({"ok": "2"})]
+    );
+    let asked = person.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].contains("rule=tools.calc.args.expression, tools.calc"),
+        "{asked:?}"
+    );
+    let approved_by: Vec<_> = records
+        .iter()
+        .filter_map(|r| r.data.as_ref()?.get("approved_by")?.as_str())
+        .collect();
+    assert_eq!(
+        approved_by,
+        [
+            "a person, for the rest of the run",
+            "a person, for the rest of the run, --approve tools.calc",
+            "--approve tools.calc",
+        ]
+    );
 }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod log;
 pub mod model;
 pub mod stdio;
+pub mod strict_json;
 pub mod tools;
 
 use crate::audit::{Entry, Event, Kind, Outcome};

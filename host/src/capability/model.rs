@@ -93,9 +93,11 @@ pub async fn chat(
     match answer {
         Ok(response) => {
             let message = &response.message;
-            // Only the text is indexed now: the arguments of the tool calls
-            // it asks for become a source once each call is decided.
-            let labels = gate.observe_model_output(&request.model, &message.content, response.usage);
+            // Only the text: the arguments of the tool calls it asks for are
+            // indexed once each call is decided (capability::tools), or a
+            // call would be the source of its own values.
+            let labels =
+                gate.observe_model_output(&request.model, &message.content, response.usage);
             let detail = if message.tool_calls.is_empty() {
                 brief(&message.content, 200)
             } else {

@@ -2,7 +2,7 @@
 //! `[tools.NAME]` entries and run in a fresh instance of the tool's
 //! component, with no authority of the agent's.
 
-use super::{AgentRole, GuestState, brief, to_wit};
+use super::{AgentRole, GuestState, brief, strict_json, to_wit};
 use crate::audit::{Kind, Outcome};
 use crate::bindings::WitToolSpec;
 use crate::bindings::agent::warden::sandbox::tools as wit;
@@ -20,6 +20,7 @@ pub type ToolAnswer = Result<Clean<String>, Clean<GuestError>>;
 
 /// Decide and perform one tool call. The outer `Err` means the audit log
 /// failed (the guest must be stopped); the inner one goes to the guest.
+/// Arguments that repeat a key are refused (see [`strict_json`]).
 pub async fn call(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
@@ -27,47 +28,50 @@ pub async fn call(
     name: &str,
     arguments: &str,
 ) -> io::Result<ToolAnswer> {
-    let parsed: serde_json::Value = match serde_json::from_str(arguments) {
+    let parsed = match strict_json::parse(arguments) {
         Ok(value) => value,
         Err(error) => {
-            let error = GuestError::Invalid(format!(
-                "the arguments of `{}` are not valid JSON ({error})",
-                printable(name)
-            ));
+            let error = GuestError::Invalid(if error.is_data() {
+                format!(
+                    "the arguments of `{}` are refused: {error}",
+                    printable(name)
+                )
+            } else {
+                format!(
+                    "the arguments of `{}` are not valid JSON ({error})",
+                    printable(name)
+                )
+            });
             let data = json!({ "arguments": brief(arguments, 1000) });
             return gate
                 .refuse(Kind::Tool, name, "arguments", error, Some(data))
                 .map(|error| Err(gate.clean(error)));
         }
     };
-    call_parsed(gate, registry, replay, name, &parsed, arguments).await
+    call_parsed(gate, registry, replay, name, &parsed).await
 }
 
-/// [`call`] with the arguments already parsed (`parsed` is `arguments`
-/// as JSON), as an MCP request carries them.
+/// [`call`] with the arguments already parsed, as an MCP request carries
+/// them. The tool receives `parsed` serialized again: exactly the value
+/// the policy decided on, never a text it might read differently.
 pub async fn call_parsed(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
     replay: Option<&crate::replay::ReplayTools>,
     name: &str,
     parsed: &serde_json::Value,
-    arguments: &str,
 ) -> io::Result<ToolAnswer> {
     // The tool is a guest too: a secret the agent holds (its task carried
     // one) does not reach it, and the policy decides on what the tool gets.
     let mut redacted_arguments = Redactions::new();
     let cleaned;
-    let (parsed, arguments) = if gate.secrets().is_empty() {
-        (parsed, std::borrow::Cow::Borrowed(arguments))
+    let parsed = if gate.secrets().is_empty() {
+        parsed
     } else {
         cleaned = gate
             .secrets()
             .clean(parsed.clone(), &mut redacted_arguments);
-        if redacted_arguments.is_empty() {
-            (parsed, std::borrow::Cow::Borrowed(arguments))
-        } else {
-            (&*cleaned, std::borrow::Cow::Owned(cleaned.to_string()))
-        }
+        &*cleaned
     };
     let request = Request::Tool {
         name,
@@ -82,13 +86,16 @@ pub async fn call_parsed(
         Ok(permit) => permit,
         Err(refusal) => return Ok(Err(gate.clean(refusal))),
     };
+    // Decided: from now on its values count as the model's (never before,
+    // so that no call vouches for itself).
+    gate.observe_tool_call(parsed);
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
         Some(replay) => (
             replay.next(name, parsed).map_err(ToolFailure::Returned),
             Vec::new(),
         ),
-        None => registry.invoke(name, &arguments, gate).await?,
+        None => registry.invoke(name, &parsed.to_string(), gate).await?,
     };
     // Whatever the tool gives back (its result, its own error, the text of
     // a trap such as a panic message) reaches the agent: all of it is

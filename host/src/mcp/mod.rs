@@ -554,9 +554,7 @@ impl Server {
         let Ok(_turn) = self.calls.acquire().await else {
             return Ok(());
         };
-        let text = arguments.to_string();
-        let result =
-            tools::call_parsed(&self.gate, &self.registry, None, name, &arguments, &text).await;
+        let result = tools::call_parsed(&self.gate, &self.registry, None, name, &arguments).await;
         let cancelled = self
             .in_flight
             .lock()

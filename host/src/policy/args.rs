@@ -7,7 +7,8 @@ use super::printable;
 use super::provenance::{Provenance, SourceSpec};
 use globset::GlobMatcher;
 use regex_automata::meta::Regex;
-use serde_json::Value;
+use serde_json::{Number, Value};
+use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
@@ -97,10 +98,10 @@ pub enum Check {
     Glob(GlobMatcher, String),
     /// A string starting with this.
     Prefix(String),
-    /// A number at least this.
-    Min(f64),
-    /// A number at most this.
-    Max(f64),
+    /// A number at least this (compared exactly).
+    Min(Number),
+    /// A number at most this (compared exactly).
+    Max(Number),
     /// A string of at most this many characters, or an array of at most
     /// this many items.
     MaxLen(u64),
@@ -140,8 +141,18 @@ impl Check {
             Check::Prefix(prefix) => value
                 .as_str()
                 .is_some_and(|s| s.starts_with(prefix.as_str())),
-            Check::Min(min) => value.as_f64().is_some_and(|n| n >= *min),
-            Check::Max(max) => value.as_f64().is_some_and(|n| n <= *max),
+            Check::Min(min) => value.as_number().is_some_and(|n| {
+                matches!(
+                    compare_numbers(n, min),
+                    Some(Ordering::Greater | Ordering::Equal)
+                )
+            }),
+            Check::Max(max) => value.as_number().is_some_and(|n| {
+                matches!(
+                    compare_numbers(n, max),
+                    Some(Ordering::Less | Ordering::Equal)
+                )
+            }),
             Check::MaxLen(max) => match value {
                 Value::String(s) => s.chars().count() as u64 <= *max,
                 Value::Array(items) => items.len() as u64 <= *max,
@@ -178,11 +189,55 @@ impl Check {
     }
 }
 
-/// Numbers compare by value (1 equals 1.0); everything else structurally.
-fn json_eq(a: &Value, b: &Value) -> bool {
+/// Numbers compare by exact value (1 equals 1.0; 2^53 + 1 does not equal
+/// 2^53); everything else structurally.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y) == Some(Ordering::Equal),
         _ => a == b,
+    }
+}
+
+/// Compare two JSON numbers by their exact values. Integers compare as
+/// integers, never through `f64` (which rounds above 2^53, so an account
+/// number one digit off would pass); an integer and a float compare
+/// exactly too. `None` only for a NaN, which JSON cannot carry.
+pub fn compare_numbers(a: &Number, b: &Number) -> Option<Ordering> {
+    match (integer(a), integer(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        (Some(x), None) => compare_integer_float(x, b.as_f64()?),
+        (None, Some(y)) => compare_integer_float(y, a.as_f64()?).map(Ordering::reverse),
+        (None, None) => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    }
+}
+
+/// An integer's value; `None` for a float.
+fn integer(n: &Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+/// `integer` (an i64 or u64) against `float`, exactly.
+fn compare_integer_float(integer: i128, float: f64) -> Option<Ordering> {
+    // Every i64 and u64 lies in [-2^63, 2^64); both bounds are exact f64s.
+    const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+    const MINUS_TWO_POW_63: f64 = -9_223_372_036_854_775_808.0;
+    if float.is_nan() {
+        return None;
+    }
+    if float >= TWO_POW_64 {
+        return Some(Ordering::Less);
+    }
+    if float < MINUS_TWO_POW_63 {
+        return Some(Ordering::Greater);
+    }
+    // In this range the whole part converts to i128 exactly, and the
+    // fraction is exact too.
+    let whole = float.trunc();
+    match integer.cmp(&(whole as i128)) {
+        Ordering::Equal => 0.0f64.partial_cmp(&(float - whole)),
+        unequal => Some(unequal),
     }
 }
 
@@ -271,6 +326,6 @@ mod tests {
         assert!(Check::MaxLen(2).passes(&json!([1, 2]), &provenance));
         assert!(!Check::MaxLen(2).passes(&json!([1, 2, 3]), &provenance));
         assert!(Check::Equals(json!(1)).passes(&json!(1.0), &provenance));
-        assert!(!Check::Min(0.0).passes(&json!("5"), &provenance));
+        assert!(!Check::Min(0.into()).passes(&json!("5"), &provenance));
     }
 }

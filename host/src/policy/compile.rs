@@ -2,7 +2,7 @@
 //! and URL pattern is compiled here, once; every mistake becomes an error
 //! or warning pointing at the text, with a hint.
 
-use super::args::{ArgRule, Check, FieldPath};
+use super::args::{ArgRule, Check, FieldPath, compare_numbers, json_eq};
 use super::file::{
     At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy,
     RawReproducible, RawRule, RawSecret, RawTool, Verdict,
@@ -720,7 +720,7 @@ fn arg_rule(
             );
         }
         if let Some(equals) = &raw.equals
-            && !options.value.contains(&equals.value)
+            && !options.value.iter().any(|o| json_eq(o, &equals.value))
         {
             fail(
                 found,
@@ -772,35 +772,24 @@ fn arg_rule(
     if let Some(prefix) = &raw.prefix {
         checks.push(Check::Prefix(prefix.value.clone()));
     }
-    match (&raw.min, &raw.max) {
-        (Some(min), Some(max)) if min.value > max.value => {
-            fail(
-                found,
-                &min.place(),
-                format!(
-                    "`min = {}` is more than `max = {}`, so the rule can never pass",
-                    min.value, max.value
-                ),
-                "swap them",
-            );
-        }
-        _ => {}
-    }
-    for bound in [&raw.min, &raw.max].into_iter().flatten() {
-        if !bound.value.is_finite() {
-            fail(
-                found,
-                &bound.place(),
-                "a bound must be a finite number".into(),
-                "e.g. max = 100",
-            );
-        }
+    if let (Some(min), Some(max)) = (&raw.min, &raw.max)
+        && compare_numbers(&min.value.0, &max.value.0) == Some(std::cmp::Ordering::Greater)
+    {
+        fail(
+            found,
+            &min.place(),
+            format!(
+                "`min = {}` is more than `max = {}`, so the rule can never pass",
+                min.value, max.value
+            ),
+            "swap them",
+        );
     }
     if let Some(min) = &raw.min {
-        checks.push(Check::Min(min.value));
+        checks.push(Check::Min(min.value.0.clone()));
     }
     if let Some(max) = &raw.max {
-        checks.push(Check::Max(max.value));
+        checks.push(Check::Max(max.value.0.clone()));
     }
     if let Some(len) = &raw.max_len {
         checks.push(Check::MaxLen(len.value));

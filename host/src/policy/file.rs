@@ -137,6 +137,53 @@ impl JsonSchema for HumanDuration {
     }
 }
 
+/// A rule's numeric bound (`min`, `max`) as written: a TOML integer stays
+/// an exact integer (an `f64` would round past 2^53), a float stays a float.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bound(pub serde_json::Number);
+
+impl<'de> Deserialize<'de> for Bound {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BoundVisitor;
+        impl Visitor<'_> for BoundVisitor {
+            type Value = Bound;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, e.g. max = 100")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Bound, E> {
+                Ok(Bound(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bound, E> {
+                Ok(Bound(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Bound, E> {
+                serde_json::Number::from_f64(v)
+                    .map(Bound)
+                    .ok_or_else(|| E::custom("a bound must be a finite number, e.g. max = 100"))
+            }
+        }
+        deserializer.deserialize_any(BoundVisitor)
+    }
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl JsonSchema for Bound {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Bound".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "number" })
+    }
+}
+
 /// What a policy entry or rule answers.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
@@ -517,9 +564,9 @@ pub struct RawRule {
     /// The value must start with this.
     pub prefix: Option<At<String>>,
     /// The number must be at least this.
-    pub min: Option<At<f64>>,
+    pub min: Option<At<Bound>>,
     /// The number must be at most this.
-    pub max: Option<At<f64>>,
+    pub max: Option<At<Bound>>,
     /// The string (characters) or array (items) must be at most this long.
     pub max_len: Option<At<u64>>,
     /// The value must validate against this JSON Schema.

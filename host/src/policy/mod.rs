@@ -11,8 +11,8 @@
 //! Precedence: deny beats ask beats allow. A tool call is decided in this
 //! order: the entry (none: `default` deny; `decision = "deny"`), the
 //! arguments against the tool's own JSON Schema (`invalid`), the labels and
-//! argument rules (the strongest verdict wins, the first rule of that
-//! verdict is named), then the budgets.
+//! argument rules (the strongest verdict wins; a deny names the first rule
+//! that denies, an ask every rule that asks), then the budgets.
 
 pub mod args;
 mod compile;
@@ -590,6 +590,17 @@ impl Session {
         }
     }
 
+    /// A tool call was decided and goes ahead: the values in its arguments
+    /// are what the model wrote, indexed as `model` data with the session's
+    /// labels. Only after the decision, so that no call is the source of
+    /// its own values.
+    pub fn observe_tool_call(&mut self, arguments: &serde_json::Value) {
+        let mut text = String::new();
+        leaf_text(arguments, &mut text);
+        let labels = self.labels.clone();
+        self.provenance.observe(Source::Model, &labels, &text);
+    }
+
     /// A tool's result reached the agent, carrying the tool's labels and
     /// `extra` ones (e.g. from HTTP rules that served it).
     pub fn observe_tool_result(
@@ -613,6 +624,24 @@ impl Session {
     }
 }
 
+/// The strings, numbers and booleans in `value`, one a line (keys are not
+/// values). Iterative: arguments may nest as deep as the parser allows.
+fn leaf_text(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::String(s) => out.push_str(s),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Null => {}
+            Value::Array(items) => stack.extend(items.iter().rev()),
+            Value::Object(map) => stack.extend(map.values().rev()),
+        }
+        out.push('\n');
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyKind {
@@ -632,11 +661,15 @@ pub enum Decision {
         /// The entry that granted it.
         rule: Rule,
     },
-    /// A human must approve.
+    /// A human must approve. Every rule that asks is named: an approval
+    /// must cover them all.
     Ask {
-        /// The rule that asks.
+        /// The first rule that asks.
         rule: Rule,
-        /// Why, for the human and the agent.
+        /// The other rules that ask, in policy order.
+        others: Vec<Rule>,
+        /// Why, for the human and the agent (each rule's reason, prefixed
+        /// with the rule's name when several ask).
         reason: String,
     },
     /// Refused.
@@ -660,13 +693,31 @@ impl Decision {
         }
     }
 
-    /// The rule that decided.
+    /// The rule that decided (of an `ask`, the first that asks).
     pub fn rule(&self) -> &Rule {
         match self {
             Decision::Allow { rule } | Decision::Ask { rule, .. } | Decision::Deny { rule, .. } => {
                 rule
             }
         }
+    }
+
+    /// Every rule that decided: of an `ask`, each rule that asks; otherwise
+    /// the one rule.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        let others = match self {
+            Decision::Ask { others, .. } => others.as_slice(),
+            _ => &[],
+        };
+        std::iter::once(self.rule()).chain(others)
+    }
+
+    /// [`Decision::rules`] as one text, `a, b`: what a record's `rule` says.
+    pub fn rules_text(&self) -> String {
+        self.rules()
+            .map(Rule::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -980,9 +1031,11 @@ impl Policy {
             };
         }
 
-        // Labels and argument rules: the strongest verdict wins; the first
-        // rule with it is named.
-        let mut ask: Option<Decision> = None;
+        // Labels and argument rules: the strongest verdict wins. A deny names
+        // the first rule that denies; an ask names every rule that asks, so
+        // that approving one of them (say, the label's) cannot let through
+        // what another (an argument's) asked about.
+        let mut asks: Vec<(Rule, String)> = Vec::new();
         if let Some(label) = session.has_any(&tool.deny_when_labeled) {
             return Decision::Deny {
                 rule: rules.deny_when_labeled.clone(),
@@ -991,10 +1044,10 @@ impl Policy {
             };
         }
         if let Some(label) = session.has_any(&tool.ask_when_labeled) {
-            ask = Some(Decision::Ask {
-                rule: rules.ask_when_labeled.clone(),
-                reason: format!("the session is labeled `{label}`"),
-            });
+            asks.push((
+                rules.ask_when_labeled.clone(),
+                format!("the session is labeled `{label}`"),
+            ));
         }
         for rule in &tool.args {
             if let Some(why) = rule.violation(arguments, &session.provenance) {
@@ -1006,22 +1059,15 @@ impl Policy {
                             kind: DenyKind::Policy,
                         };
                     }
-                    _ => {
-                        if ask.is_none() {
-                            ask = Some(Decision::Ask {
-                                rule: rule.rule.clone(),
-                                reason: why,
-                            });
-                        }
-                    }
+                    _ => asks.push((rule.rule.clone(), why)),
                 }
             }
         }
-        if tool.decision == Verdict::Ask && ask.is_none() {
-            ask = Some(Decision::Ask {
-                rule: rules.entry.clone(),
-                reason: format!("every call of `{name}` needs approval"),
-            });
+        if tool.decision == Verdict::Ask {
+            asks.push((
+                rules.entry.clone(),
+                format!("every call of `{name}` needs approval"),
+            ));
         }
 
         if let Some(denial) = self.steps_spent(session) {
@@ -1051,10 +1097,34 @@ impl Policy {
                 };
             }
         }
-        ask.unwrap_or_else(|| Decision::Allow {
+        ask_of(asks).unwrap_or_else(|| Decision::Allow {
             rule: rules.entry.clone(),
         })
     }
+}
+
+/// One `ask` naming every rule that asked, or `None` when none did.
+fn ask_of(asks: Vec<(Rule, String)>) -> Option<Decision> {
+    let mut asks = asks.into_iter();
+    let (rule, first_reason) = asks.next()?;
+    let others: Vec<(Rule, String)> = asks.collect();
+    if others.is_empty() {
+        return Some(Decision::Ask {
+            rule,
+            others: Vec::new(),
+            reason: first_reason,
+        });
+    }
+    let mut reason = format!("{rule}: {first_reason}");
+    for (other, why) in &others {
+        use std::fmt::Write;
+        let _ = write!(reason, "; {other}: {why}");
+    }
+    Some(Decision::Ask {
+        rule,
+        others: others.into_iter().map(|(rule, _)| rule).collect(),
+        reason,
+    })
 }
 
 /// Guest-chosen text quoted back in a reason: bounded, one line, and

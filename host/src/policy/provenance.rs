@@ -25,7 +25,7 @@ type TokenMap = HashMap<Box<str>, u64, ahash::RandomState>;
 pub enum Source {
     /// The task text the user gave.
     Task,
-    /// A model answer.
+    /// A model answer's text, or a decided tool call's arguments.
     Model,
     /// A tool's result.
     Tool(String),
@@ -36,10 +36,11 @@ pub enum Source {
 pub enum SourceSpec {
     /// The task.
     Task,
-    /// Any data that carried no labels (a model answer counts as labeled
-    /// once the session is: the model saw everything before it).
+    /// The task, or a tool result that carried no labels. Never model
+    /// output: the model can write anything, so what it wrote vouches for
+    /// nothing (name `model` to accept it).
     Unlabeled,
-    /// Model answers.
+    /// Model answers, and the arguments of tool calls already decided.
     Model,
     /// Results of the tool `NAME`.
     Tool(String),
@@ -64,7 +65,7 @@ impl SourceSpec {
     fn accepts(&self, source: &Source, labels: &[String]) -> bool {
         match (self, source) {
             (SourceSpec::Task, Source::Task) => true,
-            (SourceSpec::Unlabeled, _) => labels.is_empty(),
+            (SourceSpec::Unlabeled, Source::Task | Source::Tool(_)) => labels.is_empty(),
             (SourceSpec::Model, Source::Model) => true,
             (SourceSpec::Tool(want), Source::Tool(name)) => want == name,
             _ => false,
@@ -288,6 +289,19 @@ mod tests {
             "alice mallory",
             &[SourceSpec::Task, SourceSpec::Tool("web".into())]
         ));
+    }
+
+    #[test]
+    fn unlabeled_means_the_task_or_unlabeled_results_never_the_model() {
+        let mut index = Provenance::default();
+        index.observe(Source::Model, &[], "pay XX00-INVENTED-4242 now");
+        let trusted = [SourceSpec::Task, SourceSpec::Unlabeled];
+        assert!(!index.occurs_in("XX00-INVENTED-4242", &trusted));
+        assert!(index.occurs_in("XX00-INVENTED-4242", &[SourceSpec::Model]));
+        index.observe(Source::Task, &[], "rent to DE11-TASK-0001");
+        index.observe(Source::Tool("bank".into()), &[], "DE89-3704");
+        assert!(index.occurs_in("DE11-TASK-0001", &[SourceSpec::Unlabeled]));
+        assert!(index.occurs_in("DE89-3704", &[SourceSpec::Unlabeled]));
     }
 
     #[test]

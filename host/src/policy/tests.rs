@@ -737,3 +737,159 @@ fn the_json_schema_knows_every_section() {
         assert!(properties.contains_key(key), "{key}");
     }
 }
+
+#[test]
+fn numbers_compare_exactly_past_two_to_the_53() {
+    // 2^53 + 1 and 2^53 are the same f64: compared as f64, either passes a
+    // rule written for the other.
+    let p = policy(
+        r#"
+[tools.pay]
+component = "p.wasm"
+args.account = { one_of = [9007199254740993, 1234567890123456789] }
+args.ref = { equals = 9007199254740993 }
+args.amount = { min = 9007199254740993, max = 9007199254740995 }
+"#,
+    );
+    let decide = |args: Value| {
+        let d = p.decide(&tool("pay", &args), &Session::default());
+        (d.verdict(), d.rule().to_string())
+    };
+    let ok = json!({"account": 9007199254740993u64, "ref": 9007199254740993u64, "amount": 9007199254740994u64});
+    assert_eq!(decide(ok), (Verdict::Allow, "tools.pay".to_string()));
+    for (field, value) in [
+        ("account", json!(9007199254740992u64)),
+        ("account", json!(1234567890123456800u64)),
+        ("account", json!(9007199254740992.0)),
+        ("ref", json!(9007199254740992u64)),
+        ("ref", json!(9007199254740994u64)),
+        ("amount", json!(9007199254740992u64)),
+        ("amount", json!(9007199254740996u64)),
+        ("amount", json!(1e300)),
+        ("amount", json!(-1e300)),
+    ] {
+        let mut args = json!({"account": 9007199254740993u64, "ref": 9007199254740993u64, "amount": 9007199254740994u64});
+        args[field] = value.clone();
+        assert_eq!(
+            decide(args),
+            (Verdict::Deny, format!("tools.pay.args.{field}")),
+            "{field} = {value}"
+        );
+    }
+    // By value still: 1 equals 1.0, and a fraction sits between integers.
+    let p = policy(
+        "[tools.t]\ncomponent = \"t.wasm\"\nargs.n = { equals = 1 }\nargs.x = { min = 1, max = 2.5 }\n",
+    );
+    let decide = |args: Value| p.decide(&tool("t", &args), &Session::default()).verdict();
+    assert_eq!(decide(json!({"n": 1.0, "x": 2.5})), Verdict::Allow);
+    assert_eq!(decide(json!({"n": 1, "x": 2})), Verdict::Allow);
+    assert_eq!(decide(json!({"n": 1.5})), Verdict::Deny);
+    assert_eq!(decide(json!({"x": 0.999})), Verdict::Deny);
+    assert_eq!(decide(json!({"x": 3})), Verdict::Deny);
+    assert_eq!(decide(json!({"x": -9223372036854775808i64})), Verdict::Deny);
+    assert_eq!(decide(json!({"x": u64::MAX})), Verdict::Deny);
+    // Bounds as written: an exact `min` above `max` is caught, a non-finite
+    // one is refused at load.
+    assert!(
+        error("[tools.t]\ncomponent = \"x\"\nargs.n = { min = 9007199254740993, max = 9007199254740992 }\n")
+            .contains("`min = 9007199254740993` is more than `max = 9007199254740992`")
+    );
+    assert!(
+        error("[tools.t]\ncomponent = \"x\"\nargs.n = { max = inf }\n")
+            .contains("a bound must be a finite number")
+    );
+}
+
+#[test]
+fn a_tool_call_is_never_the_source_of_its_own_values() {
+    let p = policy(
+        r#"
+[model]
+allow = ["scripted"]
+[tools.pay]
+component = "p.wasm"
+args.account = { from = ["task", "unlabeled"] }
+[tools.note]
+component = "n.wasm"
+args.text = { from = ["model"] }
+"#,
+    );
+    let mut session = Session::default();
+    session.observe_task("Pay the rent");
+    // The model's answer asks for these calls; only its text is indexed.
+    session.observe_model_output(&p, "Paying now.", Usage::default(), "scripted");
+    let invented = json!({"account": "XX00-INVENTED-4242", "amount": 900});
+    assert_eq!(
+        verdict_rule(&p.decide(&tool("pay", &invented), &session)),
+        (Verdict::Deny, "tools.pay.args.account")
+    );
+    let note = json!({"text": "XX00-INVENTED-4242"});
+    assert_eq!(
+        verdict_rule(&p.decide(&tool("note", &note), &session)),
+        (Verdict::Deny, "tools.note.args.text")
+    );
+    // Once a call is decided, its values are the model's: for `model`,
+    // never for `unlabeled`.
+    session.observe_tool_call(&json!({"text": ["XX00-INVENTED-4242", {"n": 7}]}));
+    assert_eq!(
+        p.decide(&tool("note", &note), &session).verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        p.decide(&tool("note", &json!({"text": 7})), &session)
+            .verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        p.decide(&tool("note", &json!({"text": "text"})), &session)
+            .verdict(),
+        Verdict::Deny,
+        "keys are not values"
+    );
+    assert_eq!(
+        p.decide(&tool("pay", &invented), &session).verdict(),
+        Verdict::Deny
+    );
+}
+
+#[test]
+fn an_ask_names_every_rule_that_asks() {
+    let p = policy(
+        r#"
+[tools.fetch]
+component = "f.wasm"
+labels = ["untrusted"]
+[tools.pay]
+component = "p.wasm"
+decision = "ask"
+ask_when_labeled = ["untrusted"]
+args.amount = { max = 1000, decision = "ask" }
+args.memo = { max_len = 10 }
+"#,
+    );
+    let mut session = Session::default();
+    let small = json!({"amount": 10});
+    let d = p.decide(&tool("pay", &small), &session);
+    assert_eq!(d.rules_text(), "tools.pay");
+    session.observe_tool_result(&p, "fetch", "a web page", &[]);
+    let large = json!({"amount": 5000});
+    let d = p.decide(&tool("pay", &large), &session);
+    assert_eq!(d.verdict(), Verdict::Ask);
+    assert_eq!(
+        d.rules_text(),
+        "tools.pay.ask_when_labeled, tools.pay.args.amount, tools.pay"
+    );
+    match &d {
+        Decision::Ask { reason, .. } => assert_eq!(
+            reason,
+            "tools.pay.ask_when_labeled: the session is labeled `untrusted`; tools.pay.args.amount: `amount` is 5000, which must be at most 1000; tools.pay: every call of `pay` needs approval"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Deny still beats every ask.
+    let denied = json!({"amount": 5000, "memo": "far too long a memo"});
+    assert_eq!(
+        verdict_rule(&p.decide(&tool("pay", &denied), &session)),
+        (Verdict::Deny, "tools.pay.args.memo")
+    );
+}
