@@ -25,7 +25,11 @@ async fn a_component_describing_100000_tools_is_refused_at_once() {
         "{shown}"
     );
     // The checks are linear: the old pairwise check took minutes.
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         serde_json::to_value(records.last().unwrap().kind).unwrap(),
         "run",
@@ -52,7 +56,7 @@ fn a_fifo_or_an_endless_file_named_by_a_policy_is_refused_not_read() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("base.toml"), "{stderr}");
     assert!(stderr.contains("not a regular file"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -67,7 +71,7 @@ fn a_fifo_or_an_endless_file_named_by_a_policy_is_refused_not_read() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("larger than 4MiB"), "{stderr}");
 }
 
@@ -116,7 +120,9 @@ async fn a_tool_schema_whose_pattern_backtracks_is_refused_at_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_flooding_headers_is_cut_off() {
     use crate::boundary::{RawServer, response};
-    let many: Vec<Vec<u8>> = (0..150).map(|i| format!("x-h{i}: v").into_bytes()).collect();
+    let many: Vec<Vec<u8>> = (0..150)
+        .map(|i| format!("x-h{i}: v").into_bytes())
+        .collect();
     let many: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
     let long = format!("x-long: {}", "v".repeat(70 << 10)).into_bytes();
     let server = RawServer::start(vec![
@@ -141,4 +147,50 @@ async fn a_server_flooding_headers_is_cut_off() {
             assert_eq!(result[0]["error"], "HttpProtocolError", "{path}: {result}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_tool_hoarding_handles_or_header_fields_is_stopped_and_the_host_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let policy = probe_policy(&format!(
+        "fs = {{ \"/d\" = {{ dir = {:?}, mode = \"ro\" }} }}",
+        dir.path().display().to_string()
+    ));
+    let calls = [
+        (
+            "probe",
+            serde_json::json!({ "op": "fields", "count": 100000, "size": 100 }),
+        ),
+        (
+            "probe",
+            serde_json::json!({ "op": "fields", "count": 1, "size": 64 << 10 }),
+        ),
+        (
+            "probe",
+            serde_json::json!({ "op": "open", "path": "/d/f", "count": 100000 }),
+        ),
+        (
+            "probe",
+            serde_json::json!({ "op": "open", "path": "/d/f", "count": 10 }),
+        ),
+    ];
+    let (results, ran) = run_calls(&policy, &calls).await;
+    // The hoard is cut off at the handle limit, whether as an error the
+    // guest sees or a trap that stops it; never 100,000 handles.
+    for (i, result) in results.iter().enumerate().take(3) {
+        match result {
+            Ok(text) => {
+                let report: serde_json::Value = serde_json::from_str(text).unwrap();
+                assert!(report["held"].as_u64().unwrap() < 1024, "{i}: {report}");
+                assert!(report["error"].is_string(), "{i}: {report}");
+            }
+            // Stopped: the detail says why (the table or a field is full).
+            Err(why) => assert!(!why.is_empty(), "{i}"),
+        }
+    }
+    // A tool within the limit still works: the host is fine.
+    let last: serde_json::Value = serde_json::from_str(results[3].as_ref().unwrap()).unwrap();
+    assert_eq!(last["held"], 10, "{last}");
+    assert_eq!(ran.answer(), "done");
 }

@@ -59,7 +59,7 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
     let mut last_line = 0usize;
     let mut current: Option<(String, u64)> = None;
     // A line that did not parse, waiting to see what follows it.
-    let mut unparsed: Option<(usize, String)> = None;
+    let mut unparsed: Option<(usize, bool, String)> = None;
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
@@ -79,7 +79,9 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
             while reader.read(&mut skipped)? == 1 && skipped[0] != b'\n' {}
             report.problems.push(Problem {
                 line: number,
-                message: format!("line {number} is longer than {MAX_LINE} bytes: not an audit record"),
+                message: format!(
+                    "line {number} is longer than {MAX_LINE} bytes: not an audit record"
+                ),
             });
             continue;
         }
@@ -99,7 +101,9 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
                 unparsed = Some((
                     number,
                     could_be_torn,
-                    format!("line {number} is not an audit record ({error}), and the log goes on after it: it was inserted or edited"),
+                    format!(
+                        "line {number} is not an audit record ({error}), and the log goes on after it: it was inserted or edited"
+                    ),
                 ));
                 continue;
             }

@@ -226,9 +226,7 @@ async fn send(
             let outcome = match code {
                 HttpError::DestinationIpProhibited
                 | HttpError::HttpRequestBodySize(_)
-                | HttpError::HttpRequestDenied => {
-                    Outcome::Denied
-                }
+                | HttpError::HttpRequestDenied => Outcome::Denied,
                 _ => Outcome::Failed,
             };
             gate.complete(permit, outcome, why, None)
@@ -579,10 +577,15 @@ async fn guard_request(
     let carries = |what: &str| {
         refusal(
             HttpError::HttpRequestDenied,
-            format!("the request carries the value of a secret in its {what}: secrets leave only in the header they are bound to"),
+            format!(
+                "the request carries the value of a secret in its {what}: secrets leave only in the header they are bound to"
+            ),
         )
     };
-    if secrets.occurs_in(request.uri().to_string().as_bytes()) {
+    // The URL as written and percent-decoded (the natural way to hide a
+    // value in one).
+    let url = request.uri().to_string();
+    if secrets.occurs_in(url.as_bytes()) || secrets.occurs_in(&percent_decoded(url.as_bytes())) {
         return Err(carries("URL"));
     }
     for (name, value) in request.headers() {
@@ -626,6 +629,28 @@ async fn guard_request(
         .map_err(|never| match never {})
         .boxed_unsync();
     Ok(())
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written), `+` kept.
+fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The content coding of a response, unless none (or `identity`).

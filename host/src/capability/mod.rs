@@ -31,6 +31,12 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+/// Most live handles (open files, streams, pollables, HTTP fields,
+/// requests and responses) one instance may hold at once.
+pub const MAX_HANDLES: usize = 1024;
+/// Most bytes (in memory) of one set of HTTP header fields a guest builds.
+pub const MAX_HTTP_FIELDS: usize = 32 << 10;
+
 /// What an agent instance can reach besides the log.
 pub struct AgentRole {
     /// The run's model provider.
@@ -187,11 +193,17 @@ impl<R: Send + 'static> GuestState<R> {
         };
         let egress =
             http::Egress::new(gate.clone(), tool, name.clone(), grantee != Grantee::Nobody);
+        // Handles (files, streams, pollables, HTTP fields and requests) and
+        // HTTP header fields are host memory a guest can ask for: bounded.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS);
         Ok(GuestState {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
+            http,
             egress,
-            table: ResourceTable::new(),
+            table,
             limiter: StoreLimiter::new(limits.memory),
             clock: GuestClock::new(limits.cpu),
             stdout,

@@ -1015,7 +1015,27 @@ fn grants(
     }
     let mut inherit_env = Vec::new();
     for name in raw.inherit_env {
-        if env_ok(&name.value) {
+        // A secret's own variable would hand its value to the guest, which
+        // must only ever see it injected by the host.
+        let holds = secrets
+            .values()
+            .find(|s| matches!(&s.source, SecretSource::Env(var) if *var == name.value))
+            .map(|s| format!("secret `{}`", s.name))
+            .or_else(|| {
+                ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
+                    .contains(&name.value.as_str())
+                    .then(|| "the model provider's API key".to_string())
+            });
+        if let Some(holder) = holds {
+            found.error(
+                &name.place(),
+                format!(
+                    "`{}` holds {holder}: inheriting it would hand the value to the guest",
+                    name.value
+                ),
+                "drop it from `inherit_env`; a tool that needs a secret lists it in `secrets` and the host injects it into the requests it is bound to",
+            );
+        } else if env_ok(&name.value) {
             inherit_env.push(name.value);
         } else {
             found.error(

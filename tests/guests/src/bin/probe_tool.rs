@@ -4,7 +4,9 @@
 //!
 //! Operations (`op`): `http` {url, method?, headers?, body?, follow?},
 //! `env`, `read` {path}, `write` {path, content}, `list` {path},
-//! `hardlink` {target, link}, `entropy` (the time and random bytes).
+//! `hardlink` {target, link}, `entropy` (the time and random bytes),
+//! `fields` {count, size} and `open` {path, count} (hold that many header
+//! sets or open files).
 //! With `from_file` {path}, `{file}` in any string argument is replaced by
 //! that file's contents first.
 
@@ -73,6 +75,36 @@ impl Tool for Probe {
                     .collect::<Vec<_>>() }),
                 Err(e) => json!({ "error": e.to_string() }),
             },
+            // Hold `count` header-field sets of `size` bytes each, or
+            // `count` open files: how many the host gave, and why it stopped.
+            Some("fields") => {
+                let size = args["size"].as_u64().unwrap_or(0) as usize;
+                let mut held = Vec::new();
+                let mut error = None;
+                for _ in 0..args["count"].as_u64().unwrap_or(0) {
+                    let fields = Fields::new();
+                    if let Err(e) = fields.append("x-pad", &vec![b'a'; size]) {
+                        error = Some(format!("{e:?}"));
+                        break;
+                    }
+                    held.push(fields);
+                }
+                json!({ "held": held.len(), "error": error })
+            }
+            Some("open") => {
+                let mut held = Vec::new();
+                let mut error = None;
+                for _ in 0..args["count"].as_u64().unwrap_or(0) {
+                    match std::fs::File::open(text("path")) {
+                        Ok(file) => held.push(file),
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                json!({ "held": held.len(), "error": error })
+            }
             Some("hardlink") => match std::fs::hard_link(text("target"), text("link")) {
                 Ok(()) => json!({ "ok": true }),
                 Err(e) => json!({ "error": e.to_string() }),
