@@ -31,6 +31,10 @@ pub struct Secrets {
     /// (name, value), longest value first so a secret containing another
     /// is redacted whole.
     values: Vec<(String, String)>,
+    /// For each value (same order), a searcher for the part of its start
+    /// that marks an occurrence ([`head_len`]), built once: redaction runs
+    /// on every string crossing the boundary.
+    finders: Vec<memchr::memmem::Finder<'static>>,
     /// Secrets that could not be read, and why (names and reasons only).
     missing: Vec<(String, String)>,
 }
@@ -94,6 +98,14 @@ impl Secrets {
         self.values.push((name.to_string(), value));
         self.values
             .sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        self.finders = self
+            .values
+            .iter()
+            .map(|(_, value)| {
+                let head = &value.as_bytes()[..head_len(value.len())];
+                memchr::memmem::Finder::new(head).into_owned()
+            })
+            .collect();
     }
 
     /// Names of the secrets held, sorted.
@@ -194,13 +206,11 @@ impl Secrets {
     /// can ever show.
     pub fn redact_bytes<'b>(&self, bytes: &'b [u8], found: &mut Redactions) -> Cow<'b, [u8]> {
         let mut out = Cow::Borrowed(bytes);
-        for (name, value) in &self.values {
+        for ((name, value), finder) in self.values.iter().zip(&self.finders) {
             let value = value.as_bytes();
             if value.len() < MIN_REDACTED_LEN {
                 continue;
             }
-            let head = &value[..head_len(value.len())];
-            let finder = memchr::memmem::Finder::new(head);
             if finder.find(&out).is_none() {
                 continue;
             }
@@ -232,11 +242,12 @@ impl Secrets {
     /// Whether any held value (or at least half of one, from its start:
     /// what [`Secrets::redact_bytes`] replaces) occurs in `bytes`.
     pub fn occurs_in(&self, bytes: &[u8]) -> bool {
-        self.values.iter().any(|(_, value)| {
-            let value = value.as_bytes();
-            value.len() >= MIN_REDACTED_LEN
-                && memchr::memmem::find(bytes, &value[..head_len(value.len())]).is_some()
-        })
+        self.values
+            .iter()
+            .zip(&self.finders)
+            .any(|((_, value), finder)| {
+                value.len() >= MIN_REDACTED_LEN && finder.find(bytes).is_some()
+            })
     }
 }
 
