@@ -99,6 +99,24 @@ struct McpArgs {
     /// Most tool calls running at once; more wait their turn.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// Messages held beyond the calls running (waiting for a turn, or for
+    /// the client to read their answer). Past them warden stops reading
+    /// stdin until one is answered; over HTTP the request is refused at
+    /// once (503, server busy).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    queue: u16,
+    /// End the session when the client reads none of its answers for this
+    /// many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout: u64,
+    /// HTTP: the most MCP sessions open at once; past it `initialize` is
+    /// refused (503), recorded once and counted.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_sessions: u32,
+    /// HTTP: end a session not used for this many seconds (its id then
+    /// gets 404).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    session_idle: u64,
     /// Show every decision on stderr as it happens (stdout is the protocol).
     #[arg(long, short)]
     verbose: bool,
@@ -595,9 +613,13 @@ async fn mcp(args: McpArgs) -> ExitCode {
         log = log.with_sink(Transcript::new(std::io::stderr()));
     }
     let spec = warden::mcp::ServeSpec {
-        policy,
         approve: args.approve,
         concurrency: usize::from(args.concurrency),
+        queue: usize::from(args.queue),
+        write_timeout: std::time::Duration::from_secs(args.write_timeout),
+        max_sessions: args.max_sessions as usize,
+        session_idle: std::time::Duration::from_secs(args.session_idle),
+        ..warden::mcp::ServeSpec::new(policy)
     };
     let report = match args.http {
         Some(address) => {

@@ -6,9 +6,10 @@ use crate::harness::{cache_dir, guests, policy, repo, runtime};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use warden::audit::{AuditLog, MemorySink, Record, new_run_id};
-use warden::mcp::{LATEST, MAX_MESSAGE, ServeSpec, serve};
+use warden::mcp::{LATEST, MAX_MESSAGE, MAX_RECORDED, SERVER_BUSY, ServeSpec, serve};
 
 const DEMO_LIKE: &str = r#"
 [model]
@@ -26,13 +27,17 @@ decision = "deny"
 /// Serve `policy_text` to a client that sends `input` (one message per
 /// line) and then closes its end: the answers, and the audit records.
 pub(crate) async fn session(policy_text: &str, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
+    let spec = ServeSpec {
+        concurrency: 4,
+        ..ServeSpec::new(policy(policy_text))
+    };
+    session_with(spec, input).await
+}
+
+/// [`session`] with a spec of the test's own.
+async fn session_with(spec: ServeSpec, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
     let memory = MemorySink::default();
     let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
-    let spec = ServeSpec {
-        policy: policy(policy_text),
-        approve: Vec::new(),
-        concurrency: 4,
-    };
     let (output, mut client_end) = tokio::io::duplex(64 * 1024);
     let reader = tokio::spawn(async move {
         let mut out = Vec::new();
@@ -272,9 +277,8 @@ async fn mcp_over_http_refuses_other_origins_unknown_sessions_and_streams() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let memory = MemorySink::default();
     let spec = ServeSpec {
-        policy: policy(DEMO_LIKE),
-        approve: Vec::new(),
         concurrency: 4,
+        ..ServeSpec::new(policy(DEMO_LIKE))
     };
     let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
     let server = tokio::spawn(async move {
@@ -376,9 +380,8 @@ async fn mcp_over_http_refuses_other_origins_unknown_sessions_and_streams() {
     // No listening beyond this machine.
     let open = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let spec = ServeSpec {
-        policy: policy(DEMO_LIKE),
-        approve: Vec::new(),
         concurrency: 1,
+        ..ServeSpec::new(policy(DEMO_LIKE))
     };
     let refused = warden::mcp::serve_http(
         runtime(),
@@ -574,4 +577,267 @@ async fn mcp_does_not_answer_a_call_the_client_cancelled() {
             .count(),
         2
     );
+}
+
+/// The echo and spin tools besides the demo's, each call stopped after
+/// `cpu` of guest time.
+fn with_echo_and_spin(cpu: &str) -> String {
+    format!(
+        "{DEMO_LIKE}\n[tools.echo]\ncomponent = {:?}\n\n[tools.spin]\ncomponent = {:?}\n\n[limits]\ncpu = {cpu:?}\n",
+        guests::ECHO_TOOL,
+        guests::ATTACKER_TOOL
+    )
+}
+
+#[tokio::test]
+async fn mcp_holds_only_its_slots_of_calls_however_many_the_client_queues() {
+    // One call at a time, two waiting: while a call spins for a second,
+    // the client sends 30 more of 256 KiB each. Before, every one was
+    // spawned at once holding its arguments (400 of 4 MiB: 1.6 GB).
+    let spec = ServeSpec {
+        concurrency: 1,
+        queue: 2,
+        ..ServeSpec::new(policy(&with_echo_and_spin("1s")))
+    };
+    let gauge = spec.gauge.clone();
+    let big = "x".repeat(256 * 1024);
+    let mut messages = vec![initialize(LATEST), call(1, "spin", json!({}))];
+    messages.extend((2..=31).map(|id| call(id, "echo", json!({ "text": big }))));
+    let (answers, records) = session_with(spec, &lines(&messages)).await;
+
+    assert_eq!(answers.len(), 32, "every call is answered in the end");
+    assert_eq!(answer(&answers, 1)["result"]["isError"], true);
+    assert_eq!(answer(&answers, 31)["result"]["isError"], false);
+    assert_eq!(
+        gauge.peak_held(),
+        3,
+        "never more than concurrency + queue messages held"
+    );
+    assert!(gauge.stalls() > 0, "reading waited for a slot");
+    let end = records.last().unwrap();
+    assert_eq!(end.data.as_ref().unwrap()["answers_written"], 32);
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_stops_the_server_instead_of_growing_it() {
+    // 200 calls whose answers are 64 KiB each, to a client that never
+    // reads its end of a 4 KiB pipe. Before, warden read them all and
+    // kept every answer (up to 1 GB), and never ended.
+    let spec = ServeSpec {
+        concurrency: 1,
+        queue: 2,
+        write_timeout: Duration::from_millis(300),
+        ..ServeSpec::new(policy(&with_echo_and_spin("10s")))
+    };
+    let gauge = spec.gauge.clone();
+    let big = "x".repeat(64 * 1024);
+    let mut messages = vec![initialize(LATEST)];
+    messages.extend((1..=200).map(|id| call(id, "echo", json!({ "text": big }))));
+    let input = lines(&messages);
+    let memory = MemorySink::default();
+    let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
+    let (output, _never_read) = tokio::io::duplex(4 * 1024);
+    let served = serve(
+        runtime(),
+        spec,
+        audit,
+        tokio::io::BufReader::new(&input[..]),
+        output,
+        std::future::pending(),
+    );
+    let report = tokio::time::timeout(Duration::from_secs(120), served)
+        .await
+        .expect("the server ends the session, it does not hang on a client that reads nothing")
+        .unwrap();
+
+    // The answer to `initialize` fits in the pipe and frees its slot; the
+    // three slots then hold the rest.
+    assert!(
+        gauge.read() <= 3 + gauge.written(),
+        "read {} messages, wrote {}",
+        gauge.read(),
+        gauge.written()
+    );
+    assert!(report.calls <= 3, "{report:?}");
+    let answer_bytes = 64 * 1024 + 200;
+    assert!(
+        gauge.peak_buffered_bytes() <= 3 * answer_bytes,
+        "{} bytes of answers buffered",
+        gauge.peak_buffered_bytes()
+    );
+    let records = memory.records();
+    let end = records.last().unwrap();
+    assert_eq!(end.subject, "mcp");
+    assert_eq!(end.outcome, Some(warden::audit::Outcome::Failed));
+    let stopped = end.data.as_ref().unwrap()["stopped"].as_str().unwrap();
+    assert!(stopped.contains("read no output"), "{stopped}");
+}
+
+/// `warden mcp --http` in-process on a free loopback port: its URL, the
+/// stop switch and the server task.
+fn start_http(
+    spec: ServeSpec,
+    memory: &MemorySink,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<warden::mcp::ServeReport, warden::run::RunError>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
+    let server = tokio::spawn(async move {
+        warden::mcp::serve_http(runtime(), spec, audit, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (url, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_bounds_sessions_by_count_and_idle_time_and_caps_what_they_record() {
+    let memory = MemorySink::default();
+    let spec = ServeSpec {
+        max_sessions: 2,
+        session_idle: Duration::from_secs(2),
+        ..ServeSpec::new(policy(DEMO_LIKE))
+    };
+    let (url, stop, server) = start_http(spec, &memory);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Each `initialize` carries 512 KiB of client-provided text. Before,
+    // 300 of them (1 MB each) opened 300 sessions and wrote 300 MB of
+    // audit log.
+    let mut hello = initialize(LATEST);
+    hello["params"]["clientInfo"] = json!({
+        "name": "n".repeat(1 << 18), "version": "1", "junk": "j".repeat(1 << 18) });
+    let open = || client.post(&url).json(&hello).send();
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let opened = open().await.unwrap();
+        assert_eq!(opened.status(), 200);
+        sessions.push(
+            opened.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for _ in 0..5 {
+        let refused = open().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(refused.headers().get("mcp-session-id").is_none());
+        assert!(refused.headers().contains_key("retry-after"));
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], SERVER_BUSY);
+    }
+    // Idle sessions end: their ids are unknown, their places free again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ping = json!({ "jsonrpc": "2.0", "id": 2, "method": "ping" });
+    let expired = client
+        .post(&url)
+        .header("mcp-session-id", &sessions[0])
+        .json(&ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 404);
+    assert_eq!(open().await.unwrap().status(), 200);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let records = memory.records();
+    let full: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.rule == "--max-sessions")
+        .collect();
+    assert_eq!(full.len(), 1, "one record for the refusals, not one each");
+    let end = records.last().unwrap();
+    assert_eq!(end.data.as_ref().unwrap()["sessions_refused"], 5);
+    let connected: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.detail.contains("connected (protocol"))
+        .collect();
+    assert_eq!(connected.len(), 3);
+    let client_info = &connected[0].data.as_ref().unwrap()["client"];
+    assert!(client_info["name"].as_str().unwrap().len() < MAX_RECORDED + 32);
+    assert!(
+        client_info["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("[262144 bytes]")
+    );
+    assert!(client_info["bytes"].as_u64().unwrap() > 2 << 18);
+    let audit_bytes: usize = records
+        .iter()
+        .map(|r| serde_json::to_vec(r).unwrap().len())
+        .sum();
+    assert!(audit_bytes < 64 * 1024, "{audit_bytes} bytes of audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_over_http_refuses_requests_past_its_slots_without_reading_them() {
+    let memory = MemorySink::default();
+    let spec = ServeSpec {
+        concurrency: 1,
+        queue: 0,
+        ..ServeSpec::new(policy(&with_echo_and_spin("3s")))
+    };
+    let gauge = spec.gauge.clone();
+    let (url, stop, server) = start_http(spec, &memory);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let opened = client
+        .post(&url)
+        .json(&initialize(LATEST))
+        .send()
+        .await
+        .unwrap();
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let spinning = {
+        let request = client
+            .post(&url)
+            .header("mcp-session-id", &session)
+            .json(&call(1, "spin", json!({})));
+        tokio::spawn(request.send())
+    };
+    while gauge.held() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The one slot is the spinning call's: a 4 MiB call is refused unread.
+    let refused = client
+        .post(&url)
+        .header("mcp-session-id", &session)
+        .json(&call(2, "echo", json!({ "text": "x".repeat(4 << 20) })))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], SERVER_BUSY);
+    assert!(body["error"]["message"].as_str().unwrap().contains("busy"));
+    assert_eq!(gauge.busy(), 1);
+    let spun = spinning.await.unwrap().unwrap();
+    assert_eq!(spun.status(), 200);
+    // The slot is free again.
+    let called = client
+        .post(&url)
+        .header("mcp-session-id", &session)
+        .json(&call(3, "echo", json!({ "text": "hi" })))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(called.status(), 200);
+    assert_eq!(gauge.peak_held(), 1);
+
+    stop.send(()).unwrap();
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(report.calls, 2, "the refused call never ran");
+    let end = memory.records().pop().unwrap();
+    assert_eq!(end.data.as_ref().unwrap()["busy_refused"], 1);
 }

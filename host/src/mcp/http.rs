@@ -12,23 +12,30 @@
 //! authentication), and a request whose `Origin` is not a loopback origin
 //! is refused (`403`), so a web page the user visits cannot drive the tools
 //! through the browser (DNS rebinding).
+//!
+//! Bounds: at most `max_sessions` sessions are open (past it `initialize`
+//! is `503`, recorded once and counted in the end record); a session
+//! unused for `session_idle` is ended; a request takes one of the server's
+//! slots before its body is read, and when none is free it is refused at
+//! once (`503`, JSON-RPC `-32000` "server busy") without reading it.
 
-use super::{MAX_MESSAGE, ServeReport, ServeSpec, Sink, begin, finish};
-use crate::audit::AuditLog;
+use super::{MAX_MESSAGE, SERVER_BUSY, ServeReport, ServeSpec, Sink, begin, finish, lock};
+use crate::audit::{AuditLog, Entry, Event, Kind};
+use crate::policy::Verdict;
 use crate::run::RunError;
 use crate::runtime::Runtime;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -36,9 +43,64 @@ const SESSION_HEADER: &str = "mcp-session-id";
 
 struct Shared {
     server: Arc<super::Server>,
-    sessions: Mutex<HashSet<String>>,
+    sessions: Mutex<Sessions>,
     /// The first audit failure: the server stops.
     failure: Mutex<Option<io::Error>>,
+}
+
+/// The open MCP sessions, by id, with when each was last used.
+struct Sessions {
+    open: HashMap<String, Instant>,
+    max: usize,
+    idle: Duration,
+    /// `initialize` requests refused because `max` were open.
+    refused: u64,
+}
+
+/// What became of a session's `initialize`.
+enum Opened {
+    Yes(String),
+    /// Full; `true` the first time, which is recorded (the rest counted).
+    Full(bool),
+}
+
+impl Sessions {
+    /// Forget sessions unused for `idle`. At most `max` entries: a sweep is
+    /// cheap, and done on every request, so an expired id never answers.
+    fn sweep(&mut self, now: Instant) {
+        let idle = self.idle;
+        self.open
+            .retain(|_, used| now.saturating_duration_since(*used) < idle);
+    }
+
+    fn open(&mut self, now: Instant) -> Opened {
+        self.sweep(now);
+        if self.open.len() >= self.max {
+            self.refused += 1;
+            return Opened::Full(self.refused == 1);
+        }
+        let id = new_session_id();
+        self.open.insert(id.clone(), now);
+        Opened::Yes(id)
+    }
+
+    /// End `id`; whether it was open.
+    fn end(&mut self, id: &str, now: Instant) -> bool {
+        self.sweep(now);
+        self.open.remove(id).is_some()
+    }
+
+    /// Whether `id` is open; using it keeps it alive.
+    fn touch(&mut self, id: &str, now: Instant) -> bool {
+        self.sweep(now);
+        match self.open.get_mut(id) {
+            Some(used) => {
+                *used = now;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Serve the policy's tools on `listener` until `stop` completes (or the
@@ -53,15 +115,20 @@ pub async fn serve_http(
 ) -> Result<ServeReport, RunError> {
     check_address(listener.local_addr()?).map_err(RunError::Agent)?;
     let started = Instant::now();
+    let sessions = Sessions {
+        open: HashMap::new(),
+        max: spec.max_sessions.max(1),
+        idle: spec.session_idle,
+        refused: 0,
+    };
     let server = begin(runtime, spec, audit, "http").await?;
     let shared = Arc::new(Shared {
         server,
-        sessions: Mutex::default(),
+        sessions: Mutex::new(sessions),
         failure: Mutex::default(),
     });
     let app = Router::new()
         .route("/mcp", post(message).get(no_stream).delete(end_session))
-        .layer(DefaultBodyLimit::max(MAX_MESSAGE))
         .with_state(shared.clone());
     let failed = shared.clone();
     let served = axum::serve(listener, app)
@@ -72,13 +139,14 @@ pub async fn serve_http(
             }
         })
         .await;
-    let failure = shared
-        .failure
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .or(served.err());
-    finish(&shared.server, started, failure)
+    let failure = lock(&shared.failure).take().or(served.err());
+    let mut notes = serde_json::Map::new();
+    notes.insert(
+        "sessions_refused".into(),
+        json!(lock(&shared.sessions).refused),
+    );
+    notes.insert("busy_refused".into(), json!(shared.server.gauge.busy()));
+    finish(&shared.server, started, failure, notes)
 }
 
 /// Refuse a listen address that is not loopback: the transport has no
@@ -92,16 +160,21 @@ pub fn check_address(address: std::net::SocketAddr) -> Result<(), String> {
     ))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A JSON-RPC error as an HTTP response (for messages refused before
 /// they reach the protocol).
 fn refuse(status: StatusCode, code: i64, message: &str) -> Response {
     let body =
         json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
     (status, axum::Json(body)).into_response()
+}
+
+/// A refusal the client may retry: `503` with `Retry-After`.
+fn busy(message: &str) -> Response {
+    let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, SERVER_BUSY, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Whether `Origin` (when a browser sent one) is this machine.
@@ -115,7 +188,7 @@ fn local_origin(headers: &HeaderMap) -> bool {
     url::Url::parse(origin).is_ok_and(|url| crate::remote::is_loopback(&url))
 }
 
-async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     if !local_origin(&headers) {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -123,17 +196,45 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             "requests from web pages of other origins are refused",
         );
     }
+    // A slot before the body: a request past them is refused unread.
+    let Some(slot) = shared.server.try_admit() else {
+        shared
+            .server
+            .gauge
+            .0
+            .busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return busy("server busy: every slot (--concurrency + --queue) is taken; retry later");
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_MESSAGE).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            -32600,
+            &format!("a message is at most {MAX_MESSAGE} bytes"),
+        );
+    };
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let is_initialize = parsed
         .as_ref()
         .and_then(|m| m.get("method"))
         .and_then(Value::as_str)
         == Some("initialize");
+    let now = Instant::now();
     let mut new_session = None;
     if is_initialize {
-        let id = new_session_id();
-        lock(&shared.sessions).insert(id.clone());
-        new_session = Some(id);
+        let opened = lock(&shared.sessions).open(now);
+        match opened {
+            Opened::Yes(id) => new_session = Some(id),
+            Opened::Full(first) => {
+                if first && let Err(error) = sessions_full(&shared) {
+                    lock(&shared.failure).get_or_insert(error);
+                    shared.server.failed.notify_one();
+                }
+                return busy(
+                    "too many MCP sessions are open (--max-sessions): end one (DELETE) or wait for an idle one to expire",
+                );
+            }
+        }
     } else if parsed.is_some() {
         match headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
             None => {
@@ -143,11 +244,11 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                     "no Mcp-Session-Id header: send `initialize` first, then the id it returns with every message",
                 );
             }
-            Some(id) if !lock(&shared.sessions).contains(id) => {
+            Some(id) if !lock(&shared.sessions).touch(id, now) => {
                 return refuse(
                     StatusCode::NOT_FOUND,
                     -32600,
-                    "unknown or ended session: initialize again",
+                    "unknown, ended or expired session: initialize again",
                 );
             }
             Some(_) => {}
@@ -155,7 +256,7 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     }
 
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    let sink = Sink::new(sender, &shared.server);
+    let sink = Sink::new(sender, &shared.server).holding(slot);
     let mut calls = JoinSet::new();
     let mut failure = shared.server.handle(&body, &sink, &mut calls).err();
     while let Some(joined) = calls.join_next().await {
@@ -170,7 +271,7 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     }
     let mut answer = Vec::new();
     while let Some(bytes) = receiver.recv().await {
-        answer.extend_from_slice(&bytes);
+        answer.extend_from_slice(&bytes.bytes);
     }
     if answer.is_empty() {
         return StatusCode::ACCEPTED.into_response();
@@ -206,11 +307,30 @@ async fn end_session(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         return StatusCode::FORBIDDEN.into_response();
     }
     let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    let now = Instant::now();
     match id {
-        Some(id) if lock(&shared.sessions).remove(id) => StatusCode::OK.into_response(),
+        Some(id) if lock(&shared.sessions).end(id, now) => StatusCode::OK.into_response(),
         Some(_) => StatusCode::NOT_FOUND.into_response(),
         None => StatusCode::BAD_REQUEST.into_response(),
     }
+}
+
+/// The one record of refused sessions: the first refusal; the rest are
+/// counted in the end record (`sessions_refused`).
+fn sessions_full(shared: &Shared) -> io::Result<u64> {
+    let max = lock(&shared.sessions).max;
+    shared.server.gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Decision,
+        subject: "mcp".into(),
+        decision: Verdict::Deny,
+        rule: "--max-sessions".into(),
+        detail: format!(
+            "{max} MCP sessions are open, the most allowed: further `initialize` requests are refused (503) and counted in the end record"
+        ),
+        outcome: None,
+        data: Some(json!({ "max_sessions": max })),
+    })
 }
 
 /// 128 random bits, hex: not guessable by another local process.

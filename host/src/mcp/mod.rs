@@ -10,6 +10,15 @@
 //! messages are size-limited, calls run concurrently up to a bound, and
 //! the end of input (or a stop signal) ends the session with an end record.
 //!
+//! Backpressure: every message read takes a slot (`concurrency` running
+//! plus `queue` waiting) and keeps it until its answer is written to the
+//! client. When the slots are taken, stdin is not read until one frees, so
+//! a client sending faster than the tools answer, or reading nothing, makes
+//! warden hold at most that many messages and answers, never more. A
+//! client that reads nothing for `write_timeout` ends the session (with its
+//! end record); a finished call can always hand its answer off, so the
+//! session never deadlocks.
+//!
 //! Transport: JSON-RPC 2.0, one message per line (the MCP stdio transport).
 //! Versions: the `initialize` handshake of the revisions in
 //! [`SUPPORTED_VERSIONS`]; a client asking for another gets [`LATEST`] (the
@@ -32,11 +41,11 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 mod http;
@@ -49,6 +58,21 @@ pub const LATEST: &str = "2025-11-25";
 /// The largest message read; a longer line is answered with an error and
 /// skipped (it is never held in memory whole).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Messages admitted beyond the calls running, by default.
+pub const DEFAULT_QUEUE: usize = 8;
+/// How long a write to a client that reads nothing may wait, by default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// MCP sessions open at once over HTTP, by default.
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+/// How long an unused HTTP session lives, by default.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(600);
+/// The most bytes of one client-provided string written to the audit log
+/// (`clientInfo` fields, the revision asked for); longer ones are cut and
+/// their length recorded.
+pub const MAX_RECORDED: usize = 256;
+/// The JSON-RPC code of "server busy" and "too many sessions": refusals
+/// a client may retry later.
+pub const SERVER_BUSY: i64 = -32000;
 
 // JSON-RPC error codes.
 const PARSE_ERROR: i64 = -32700;
@@ -66,6 +90,126 @@ pub struct ServeSpec {
     pub approve: Vec<String>,
     /// Most tool calls running at once; more wait their turn.
     pub concurrency: usize,
+    /// Messages admitted beyond the `concurrency` running, waiting for
+    /// their turn or for their answer to be written. Past them, stdin is
+    /// not read (HTTP: the request is refused with `503`, server busy).
+    pub queue: usize,
+    /// A client that reads no output for this long ends the session.
+    pub write_timeout: Duration,
+    /// HTTP: the most MCP sessions open at once; past it `initialize` is
+    /// refused with `503`.
+    pub max_sessions: usize,
+    /// HTTP: a session not used for this long is ended (its id then gets
+    /// `404`).
+    pub session_idle: Duration,
+    /// Counters the caller may watch while the server runs.
+    pub gauge: Gauge,
+}
+
+impl ServeSpec {
+    /// Serve `policy` with the default bounds and nothing approved.
+    pub fn new(policy: PolicyFile) -> Self {
+        ServeSpec {
+            policy,
+            approve: Vec::new(),
+            concurrency: 8,
+            queue: DEFAULT_QUEUE,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            session_idle: DEFAULT_SESSION_IDLE,
+            gauge: Gauge::default(),
+        }
+    }
+}
+
+/// What the server holds on the client's behalf, for tests and operators
+/// to watch: it is bounded by the slots (`concurrency` + `queue`).
+#[derive(Clone, Debug, Default)]
+pub struct Gauge(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    held: AtomicUsize,
+    peak_held: AtomicUsize,
+    buffered: AtomicUsize,
+    peak_buffered: AtomicUsize,
+    read: AtomicU64,
+    stalls: AtomicU64,
+    busy: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Gauge {
+    /// Messages admitted whose answer has not been written yet.
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::Relaxed)
+    }
+    /// The most messages ever held at once.
+    pub fn peak_held(&self) -> usize {
+        self.0.peak_held.load(Ordering::Relaxed)
+    }
+    /// Bytes of answers waiting for the client to read them.
+    pub fn buffered_bytes(&self) -> usize {
+        self.0.buffered.load(Ordering::Relaxed)
+    }
+    /// The most bytes of answers ever waiting at once.
+    pub fn peak_buffered_bytes(&self) -> usize {
+        self.0.peak_buffered.load(Ordering::Relaxed)
+    }
+    /// Messages read (stdio) or requests admitted (HTTP).
+    pub fn read(&self) -> u64 {
+        self.0.read.load(Ordering::Relaxed)
+    }
+    /// Times reading stopped because every slot was taken.
+    pub fn stalls(&self) -> u64 {
+        self.0.stalls.load(Ordering::Relaxed)
+    }
+    /// HTTP requests refused as "server busy".
+    pub fn busy(&self) -> u64 {
+        self.0.busy.load(Ordering::Relaxed)
+    }
+    /// Answers written to the client.
+    pub fn written(&self) -> u64 {
+        self.0.written.load(Ordering::Relaxed)
+    }
+
+    fn hold(&self) {
+        let now = self.0.held.fetch_add(1, Ordering::Relaxed) + 1;
+        self.0.peak_held.fetch_max(now, Ordering::Relaxed);
+    }
+    fn buffer(&self, bytes: usize) {
+        let now = self.0.buffered.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.0.peak_buffered.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// A message's place among the admitted: taken before the message is
+/// read, given back when its answer has been written (or dropped).
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer on its way to the client, holding its message's slot.
+struct Outgoing {
+    bytes: Vec<u8>,
+    _slot: Option<Arc<Slot>>,
+    gauge: Gauge,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.gauge
+            .0
+            .buffered
+            .fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
 }
 
 /// How a session ended.
@@ -98,9 +242,18 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
-    let (sender, receiver) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(write_messages(output, receiver));
+    // Unbounded in type, bounded by the slots: every answer in it holds
+    // its message's slot until written, so it never holds more answers
+    // than there are slots, and a finished call never waits to hand off.
+    let (sender, receiver) = mpsc::unbounded_channel::<Outgoing>();
+    let write_timeout = spec.write_timeout;
     let server = begin(runtime, spec, audit, "stdio").await?;
+    let writer = tokio::spawn(write_messages(
+        output,
+        receiver,
+        write_timeout,
+        server.clone(),
+    ));
     let out = Sink::new(sender, &server);
 
     let mut calls = JoinSet::new();
@@ -112,10 +265,13 @@ where
             failure.get_or_insert(error);
         }
     }
-    // The writer ends when the last sender is gone.
+    // The writer ends when the last sender is gone, or after
+    // `write_timeout` without the client reading.
     drop(out);
     let _ = writer.await;
-    finish(&server, started, failure)
+    let mut notes = serde_json::Map::new();
+    notes.insert("answers_written".into(), json!(server.gauge.written()));
+    finish(&server, started, failure, notes)
 }
 
 /// Open the session: the tools loaded, the first records written.
@@ -145,6 +301,10 @@ async fn begin(
         policy_name: spec.policy.name.clone(),
         version: Mutex::new(None),
         calls: Semaphore::new(spec.concurrency.max(1)),
+        slots: Arc::new(Semaphore::new(spec.concurrency.max(1) + spec.queue)),
+        gauge: spec.gauge,
+        client_gone: Notify::new(),
+        gone_because: Mutex::new(None),
         answered: AtomicU64::new(0),
     }))
 }
@@ -154,15 +314,27 @@ fn finish(
     server: &Server,
     started: Instant,
     failure: Option<io::Error>,
+    notes: serde_json::Map<String, Value>,
 ) -> Result<ServeReport, RunError> {
     let gate = &server.gate;
     let calls_answered = server.answered.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let (outcome, detail) = match &failure {
-        None => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
-        Some(error) => (Outcome::Failed, format!("stopped: {error}")),
+    let gone = lock(&server.gone_because).take();
+    let (outcome, detail) = match (&failure, &gone) {
+        (Some(error), _) => (Outcome::Failed, format!("stopped: {error}")),
+        (None, Some(why)) => (
+            Outcome::Failed,
+            format!("{calls_answered} tool calls answered; stopped: {why}"),
+        ),
+        (None, None) => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
     };
     let mut data = json!({ "calls_answered": calls_answered });
+    if let Some(why) = gone {
+        data["stopped"] = json!(why);
+    }
+    if let Some(object) = data.as_object_mut() {
+        object.extend(notes);
+    }
     summary(gate, elapsed, &mut data);
     end_record(gate, "mcp", outcome, detail, data)?;
     let audit_head = gate.finish_audit()?;
@@ -189,7 +361,54 @@ struct Server {
     /// The negotiated revision, once initialized.
     version: Mutex<Option<&'static str>>,
     calls: Semaphore,
+    /// One per message held (`concurrency` + `queue`): see [`Slot`].
+    slots: Arc<Semaphore>,
+    gauge: Gauge,
+    /// Set when the client stopped reading (or closed its end): nothing
+    /// more is read.
+    client_gone: Notify,
+    gone_because: Mutex<Option<String>>,
     answered: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Server {
+    /// Wait for a free slot (counting the wait as a stall). `None` only if
+    /// the slots were closed, which they never are.
+    async fn admit(&self) -> Option<Slot> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.gauge.0.stalls.fetch_add(1, Ordering::Relaxed);
+                self.slots.clone().acquire_owned().await.ok()?
+            }
+        };
+        Some(self.slot(permit))
+    }
+
+    /// A free slot now, or `None` when all are taken.
+    fn try_admit(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(self.slot(permit))
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        self.gauge.hold();
+        self.gauge.0.read.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            gauge: self.gauge.clone(),
+        }
+    }
+
+    /// The client cannot be written to: end the session.
+    fn gone(&self, why: String) {
+        lock(&self.gone_because).get_or_insert(why);
+        self.client_gone.notify_one();
+    }
 }
 
 /// Read messages until the input ends, `stop` completes or the audit log
@@ -206,11 +425,25 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
     let mut line = Vec::new();
     loop {
         line.clear();
-        let read = tokio::select! {
-            read = read_line(&mut input, &mut line, MAX_MESSAGE) => read,
+        // No slot, no reading: the client waits, warden does not grow.
+        let slot = tokio::select! {
+            biased;
             () = &mut stop => return Ok(()),
             // A call could not write its audit record: nothing more may happen.
             () = server.failed.notified() => return Ok(()),
+            () = server.client_gone.notified() => return Ok(()),
+            slot = server.admit() => slot,
+        };
+        let Some(slot) = slot else {
+            return Ok(());
+        };
+        let out = &out.holding(slot);
+        let read = tokio::select! {
+            biased;
+            () = &mut stop => return Ok(()),
+            () = server.failed.notified() => return Ok(()),
+            () = server.client_gone.notified() => return Ok(()),
+            read = read_line(&mut input, &mut line, MAX_MESSAGE) => read,
         };
         match read {
             Ok(Line::End) => return Ok(()),
@@ -292,19 +525,48 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Write answers as they come; each gives its slot back once written.
+/// A client that reads nothing for `timeout` (or closed its end) ends the
+/// session: the answers not written are dropped, the reader stops.
 async fn write_messages<W: AsyncWrite + Unpin>(
     mut output: W,
-    mut receiver: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut receiver: mpsc::UnboundedReceiver<Outgoing>,
+    timeout: Duration,
+    server: Arc<Server>,
 ) {
-    while let Some(mut message) = receiver.recv().await {
-        // Answers ready together go out in one write.
+    let mut batch = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        // Answers ready together go out with one flush.
+        batch.push(first);
         while let Ok(more) = receiver.try_recv() {
-            message.extend_from_slice(&more);
+            batch.push(more);
         }
-        if output.write_all(&message).await.is_err() || output.flush().await.is_err() {
-            // The client is gone; the reader sees the end of input.
-            return;
+        let write = async {
+            for message in &batch {
+                output.write_all(&message.bytes).await?;
+            }
+            output.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                server.gone(format!("the client's end of the output closed ({error})"));
+                return;
+            }
+            Err(_) => {
+                server.gone(format!(
+                    "the client read no output for {timeout:?}, with {} bytes of answers waiting",
+                    server.gauge.buffered_bytes()
+                ));
+                return;
+            }
         }
+        server
+            .gauge
+            .0
+            .written
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
     }
 }
 
@@ -314,15 +576,28 @@ async fn write_messages<W: AsyncWrite + Unpin>(
 /// text, a JSON-RPC error quoting a name).
 #[derive(Clone)]
 struct Sink {
-    sender: mpsc::UnboundedSender<Vec<u8>>,
+    sender: mpsc::UnboundedSender<Outgoing>,
     gate: Arc<Gate>,
+    gauge: Gauge,
+    /// The slot of the message this sink answers, carried by its answer.
+    slot: Option<Arc<Slot>>,
 }
 
 impl Sink {
-    fn new(sender: mpsc::UnboundedSender<Vec<u8>>, server: &Server) -> Self {
+    fn new(sender: mpsc::UnboundedSender<Outgoing>, server: &Server) -> Self {
         Sink {
             sender,
             gate: server.gate.clone(),
+            gauge: server.gauge.clone(),
+            slot: None,
+        }
+    }
+
+    /// This sink for one message, its answer holding `slot`.
+    fn holding(&self, slot: Slot) -> Sink {
+        Sink {
+            slot: Some(Arc::new(slot)),
+            ..self.clone()
         }
     }
 
@@ -330,8 +605,13 @@ impl Sink {
         let message = self.gate.clean(message);
         let mut bytes = serde_json::to_vec(&*message).unwrap_or_default();
         bytes.push(b'\n');
+        self.gauge.buffer(bytes.len());
         // Fails only when the writer is gone, i.e. the client left.
-        let _ = self.sender.send(bytes);
+        let _ = self.sender.send(Outgoing {
+            bytes,
+            _slot: self.slot.clone(),
+            gauge: self.gauge.clone(),
+        });
     }
 
     fn result(&self, id: Value, result: Value) {
@@ -476,8 +756,11 @@ impl Server {
             .copied()
             .unwrap_or(LATEST);
         *self.version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
-        let client = params.get("clientInfo").cloned().unwrap_or(Value::Null);
-        let client_name = client.get("name").and_then(Value::as_str).unwrap_or("?");
+        let info = params.get("clientInfo");
+        let client_name = info
+            .and_then(|i| i.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         self.gate.note(Entry {
             kind: Kind::Run,
             event: Event::Decision,
@@ -489,7 +772,11 @@ impl Server {
                 brief(client_name, 100)
             ),
             outcome: None,
-            data: Some(json!({ "client": client, "asked": asked, "protocol": version })),
+            data: Some(json!({
+                "client": recorded_client(info),
+                "asked": brief(asked, MAX_RECORDED),
+                "protocol": version,
+            })),
         })?;
         out.result(
             id,
@@ -616,6 +903,42 @@ impl Server {
                 out.result(id, result);
             }
         }
+        Ok(())
+    }
+}
+
+/// What the audit log keeps of a client's `clientInfo`: its name, title
+/// and version, each cut at [`MAX_RECORDED`] bytes (with its length), and
+/// how many bytes the whole object took. The rest is the client's to say,
+/// not warden's to store: a megabyte of `clientInfo` per `initialize`
+/// would otherwise be a megabyte of audit log.
+fn recorded_client(info: Option<&Value>) -> Value {
+    let field = |name: &str| {
+        info.and_then(|i| i.get(name))
+            .and_then(Value::as_str)
+            .map(|text| brief(text, MAX_RECORDED))
+    };
+    let mut size = ByteCount(0);
+    if let Some(info) = info {
+        let _ = serde_json::to_writer(&mut size, info);
+    }
+    json!({
+        "name": field("name"),
+        "title": field("title"),
+        "version": field("version"),
+        "bytes": size.0,
+    })
+}
+
+/// Counts what is written to it, keeps nothing.
+struct ByteCount(usize);
+
+impl io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
