@@ -59,7 +59,7 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
     let mut last_line = 0usize;
     let mut current: Option<(String, u64)> = None;
     // A line that did not parse, waiting to see what follows it.
-    let mut unparsed: Option<(usize, String)> = None;
+    let mut unparsed: Option<(usize, bool, String)> = None;
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
