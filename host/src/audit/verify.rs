@@ -79,7 +79,9 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
             while reader.read(&mut skipped)? == 1 && skipped[0] != b'\n' {}
             report.problems.push(Problem {
                 line: number,
-                message: format!("line {number} is longer than {MAX_LINE} bytes: not an audit record"),
+                message: format!(
+                    "line {number} is longer than {MAX_LINE} bytes: not an audit record"
+                ),
             });
             continue;
         }
@@ -99,7 +101,9 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
                 unparsed = Some((
                     number,
                     could_be_torn,
-                    format!("line {number} is not an audit record ({error}), and the log goes on after it: it was inserted or edited"),
+                    format!(
+                        "line {number} is not an audit record ({error}), and the log goes on after it: it was inserted or edited"
+                    ),
                 ));
                 continue;
             }

@@ -226,9 +226,7 @@ async fn send(
             let outcome = match code {
                 HttpError::DestinationIpProhibited
                 | HttpError::HttpRequestBodySize(_)
-                | HttpError::HttpRequestDenied => {
-                    Outcome::Denied
-                }
+                | HttpError::HttpRequestDenied => Outcome::Denied,
                 _ => Outcome::Failed,
             };
             gate.complete(permit, outcome, why, None)
@@ -579,7 +577,9 @@ async fn guard_request(
     let carries = |what: &str| {
         refusal(
             HttpError::HttpRequestDenied,
-            format!("the request carries the value of a secret in its {what}: secrets leave only in the header they are bound to"),
+            format!(
+                "the request carries the value of a secret in its {what}: secrets leave only in the header they are bound to"
+            ),
         )
     };
     if secrets.occurs_in(request.uri().to_string().as_bytes()) {

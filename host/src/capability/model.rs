@@ -87,7 +87,9 @@ pub async fn chat(
     let mut answer_redacted = Redactions::new();
     let answer = match provider.chat(&request).await {
         Ok(response) => Ok(gate.secrets().clean(response, &mut answer_redacted)),
-        Err(error) => Err(gate.secrets().clean(error.to_string(), &mut answer_redacted)),
+        Err(error) => Err(gate
+            .secrets()
+            .clean(error.to_string(), &mut answer_redacted)),
     };
     let recorded = provider.record(&request, &answer);
     match answer {
@@ -97,7 +99,7 @@ pub async fn chat(
             // indexed once each call is decided (capability::tools), or a
             // call would be the source of its own values.
             let labels =
-                gate.observe_model_output(&request.model, &message.content, response.usage);
+                gate.observe_model_output(&request.model, &message.content, response.usage)?;
             let detail = if message.tool_calls.is_empty() {
                 brief(&message.content, 200)
             } else {
@@ -125,12 +127,12 @@ pub async fn chat(
             }
         }
         Err(error) => {
-            let error = error.map(|text| {
-                GuestError::Failed(format!("the model provider failed: {text}"))
-            });
+            let error =
+                error.map(|text| GuestError::Failed(format!("the model provider failed: {text}")));
             // A provider's error text reaches the agent too: it carries the
             // model's labels like an answer would.
-            let labels = gate.observe_model_output(&request.model, error.reason(), Default::default());
+            let labels =
+                gate.observe_model_output(&request.model, error.reason(), Default::default())?;
             gate.complete(
                 permit,
                 Outcome::Failed,
@@ -156,12 +158,8 @@ fn policy_redact(policy: &crate::policy::ModelPolicy, text: &mut String) -> usiz
 /// (the estimate counts them all the same).
 fn oversized_field(request: &ChatRequest) -> Option<String> {
     let too_long = |what: &str, text: &str, max: usize| {
-        (text.len() > max).then(|| {
-            format!(
-                "{what} is {} bytes; at most {max} are allowed",
-                text.len()
-            )
-        })
+        (text.len() > max)
+            .then(|| format!("{what} is {} bytes; at most {max} are allowed", text.len()))
     };
     if let Some(why) = too_long("the model name", &request.model, MAX_NAME_LEN) {
         return Some(why);
