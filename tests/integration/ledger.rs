@@ -132,8 +132,8 @@ async fn a_huge_call_leaves_bounded_records_that_keep_size_and_hash() {
 
     let decision = ran.find("tool", "decision")[0];
     let data = decision.data.as_ref().unwrap();
-    let arguments = serde_json::to_vec(&json!({ "bytes": 1 << 20, "pad": "p".repeat(4 << 20) }))
-        .unwrap();
+    let arguments =
+        serde_json::to_vec(&json!({ "bytes": 1 << 20, "pad": "p".repeat(4 << 20) })).unwrap();
     assert_eq!(data["arguments"]["truncated"], true, "{data}");
     assert_eq!(data["arguments"]["bytes"], arguments.len());
     assert_eq!(data["arguments"]["sha256"], sha256(&arguments));
@@ -142,7 +142,10 @@ async fn a_huge_call_leaves_bounded_records_that_keep_size_and_hash() {
     let outcome = ran.find("tool", "outcome")[0];
     let data = outcome.data.as_ref().unwrap();
     assert_eq!(data["result"]["bytes"], 1 << 20, "{data}");
-    assert_eq!(data["result"]["sha256"], sha256("f".repeat(1 << 20).as_bytes()));
+    assert_eq!(
+        data["result"]["sha256"],
+        sha256("f".repeat(1 << 20).as_bytes())
+    );
     assert!(data["result"]["head"].as_str().unwrap().starts_with("fff"));
     assert_eq!(data["truncated_fields"], json!(["result"]));
 }
@@ -160,13 +163,17 @@ async fn captured_stdio_is_bounded_across_every_instance_of_a_run() {
     let ran = attack(task, &policy).await;
     measure("stdio", &ran);
     assert!(calls_report(&ran).iter().all(|r| r["ok"] == "printed"));
-    let stdio: Vec<&Record> = ran.records.iter().filter(|r| r.kind == Kind::Stdio).collect();
-    let recorded: usize = stdio.iter().map(|r| r.detail.len()).sum();
-    assert!(recorded <= (256 << 10) + 40 * 64, "{recorded} bytes of stdio recorded");
-    let spent: Vec<&&Record> = stdio
+    let stdio: Vec<&Record> = ran
+        .records
         .iter()
-        .filter(|r| r.rule == "limits.stdio")
+        .filter(|r| r.kind == Kind::Stdio)
         .collect();
+    let recorded: usize = stdio.iter().map(|r| r.detail.len()).sum();
+    assert!(
+        recorded <= (256 << 10) + 40 * 64,
+        "{recorded} bytes of stdio recorded"
+    );
+    let spent: Vec<&&Record> = stdio.iter().filter(|r| r.rule == "limits.stdio").collect();
     assert_eq!(spent.len(), 1, "{stdio:#?}");
     assert_eq!(spent[0].decision, Verdict::Deny);
     let total = audit_bytes(&ran);
@@ -183,7 +190,7 @@ async fn captured_stdio_is_bounded_across_every_instance_of_a_run() {
 #[tokio::test]
 async fn a_full_provenance_index_only_makes_from_rules_stricter() {
     // The task holds 5,000 distinct tokens between two addresses: the index
-    // (64 KiB, about 900 tokens) fills before it reaches the second one.
+    // (64 KiB, about 750 tokens) fills before it reaches the second one.
     let policy = format!(
         "{}[tools.reverse]\ncomponent = {:?}\nargs.to = {{ from = [\"task\"] }}\n",
         limits("index = \"64KiB\""),
@@ -212,8 +219,15 @@ async fn a_full_provenance_index_only_makes_from_rules_stricter() {
         .filter(|r| r.rule == "limits.index")
         .collect();
     assert_eq!(full.len(), 1);
-    assert!(full[0].detail.contains("fails `from` rules"), "{}", full[0].detail);
+    assert!(
+        full[0].detail.contains("fails `from` rules"),
+        "{}",
+        full[0].detail
+    );
     let ledger = end_ledger(&ran);
     assert_eq!(ledger["index_full"], true, "{ledger}");
-    assert!(ledger["index_bytes"].as_u64().unwrap() <= 64 << 10, "{ledger}");
+    assert!(
+        ledger["index_bytes"].as_u64().unwrap() <= 64 << 10,
+        "{ledger}"
+    );
 }

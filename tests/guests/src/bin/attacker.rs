@@ -106,7 +106,11 @@ impl Agent for Attacker {
                 });
                 for op in ops {
                     let result = if let Some(name) = op.get("tool").and_then(Value::as_str) {
-                        let mut args = op.get("args").and_then(Value::as_str).unwrap_or("{}").to_string();
+                        let mut args = op
+                            .get("args")
+                            .and_then(Value::as_str)
+                            .unwrap_or("{}")
+                            .to_string();
                         if let Some(pad) = op.get("pad").and_then(Value::as_u64) {
                             let mut value: Value = serde_json::from_str(&args).unwrap_or(json!({}));
                             value["pad"] = json!("p".repeat(pad as usize));
