@@ -25,7 +25,10 @@ pub const MAX_COMPONENT_FILE: u64 = 256 << 20;
 /// Read a file someone else may have planted, as text: see [`read_bounded`].
 pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
     String::from_utf8(read_bounded(path, max)?).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        )
     })
 }
 

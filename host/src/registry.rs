@@ -246,15 +246,15 @@ impl ToolRegistry {
                 )
                 .build(&spec.parameters)
                 .map_err(|e| {
-                policy.error_at(
-                    &entry.place,
-                    format!(
-                        "`{}` describes `{}` with an invalid JSON Schema: {e}",
-                        component.source, entry.name
-                    ),
-                    Some("fix the tool's `describe`".into()),
-                )
-            })?;
+                    policy.error_at(
+                        &entry.place,
+                        format!(
+                            "`{}` describes `{}` with an invalid JSON Schema: {e}",
+                            component.source, entry.name
+                        ),
+                        Some("fix the tool's `describe`".into()),
+                    )
+                })?;
             tools.insert(
                 entry.name.clone(),
                 RegisteredTool {
@@ -384,7 +384,11 @@ async fn describe(
         for (what, size, max) in [
             ("name", spec.name.len(), MAX_TOOL_NAME),
             ("description", spec.description.len(), MAX_TOOL_DESCRIPTION),
-            ("parameters schema", spec.parameters_schema.len(), MAX_TOOL_SCHEMA),
+            (
+                "parameters schema",
+                spec.parameters_schema.len(),
+                MAX_TOOL_SCHEMA,
+            ),
         ] {
             if size > max {
                 return Err(format!(

@@ -121,16 +121,18 @@ async fn a_model_answer_or_provider_error_carrying_the_key_is_redacted_everywher
     ])
     .await;
     let recording = dir.path().join("recording.jsonl");
-    let model: Arc<dyn ModelProvider> = Arc::new(
-        RecordingProvider::create(openai(&mock, dir.path()), &recording).unwrap(),
-    );
+    let model: Arc<dyn ModelProvider> =
+        Arc::new(RecordingProvider::create(openai(&mock, dir.path()), &recording).unwrap());
     let policy = "[model]\nallow = [\"gpt-test\"]\n";
     let task = r#"calls:[{"chat": null, "reverse": true}, {"chat": null, "reverse": true}]"#;
     let ran = run_agent(guests::ATTACKER, policy, model.clone(), task).await;
     let report = calls_report(&ran);
     let answer = report[0]["reversed"].as_str().unwrap();
     assert!(!answer.contains(&reversed(KEY)), "{answer}");
-    assert!(answer.contains(&reversed("[REDACTED:model_api_key]")), "{answer}");
+    assert!(
+        answer.contains(&reversed("[REDACTED:model_api_key]")),
+        "{answer}"
+    );
     let error = report[1]["reversed"].as_str().unwrap();
     assert!(error.contains(&reversed("401")), "{error}");
     assert!(!error.contains(&reversed(KEY)), "{error}");
@@ -349,7 +351,10 @@ async fn a_request_may_not_carry_a_secret_or_ask_for_part_of_a_response() {
     ];
     for attempt in attempts {
         let (result, ran) = run_probe(&policy, attempt.clone()).await;
-        assert_eq!(result[0]["error"], "HttpRequestDenied", "{attempt} gave {result}");
+        assert_eq!(
+            result[0]["error"], "HttpRequestDenied",
+            "{attempt} gave {result}"
+        );
         assert!(!audit_text(&ran).contains(TOKEN));
     }
     assert!(server.seen().is_empty(), "{:?}", server.seen());
@@ -391,7 +396,11 @@ async fn an_mcp_client_never_sees_a_secret_in_an_error_result() {
 fn a_secret_that_came_with_the_task_is_not_printed() {
     let (dir, secret) = token_dir();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, format!("[model]\nallow = [\"scripted\"]\n\n{secret}")).unwrap();
+    std::fs::write(
+        &policy,
+        format!("[model]\nallow = [\"scripted\"]\n\n{secret}"),
+    )
+    .unwrap();
     let script = dir.path().join("script.toml");
     std::fs::write(&script, "[[turn]]\ntext = \"unused\"\n").unwrap();
     let audit = dir.path().join("audit.jsonl");
@@ -413,7 +422,10 @@ fn a_secret_that_came_with_the_task_is_not_printed() {
     };
     // The agent repeats the task in its answer (a tool name it was refused)
     // and in its error (an attack it does not know).
-    let answered = run(&format!(r#"calls:[{{"tool": "{TOKEN}", "args": "{{}}"}}]"#), true);
+    let answered = run(
+        &format!(r#"calls:[{{"tool": "{TOKEN}", "args": "{{}}"}}]"#),
+        true,
+    );
     let failed = run(&format!("{TOKEN}:now"), false);
     for out in [&answered, &failed] {
         let shown = format!(
@@ -449,14 +461,18 @@ async fn a_secret_the_agent_holds_does_not_reach_a_tool() {
 #[tokio::test]
 async fn a_panic_message_cut_inside_a_character_does_not_crash_the_host() {
     let tool = guests::ATTACKER_TOOL;
-    let policy = format!("[model]\nallow = [\"scripted\"]\n\n[tools.panic]\ncomponent = \"{tool}\"\n");
+    let policy =
+        format!("[model]\nallow = [\"scripted\"]\n\n[tools.panic]\ncomponent = \"{tool}\"\n");
     // 1 + 2 x 600 bytes: the 1000-byte cut of the message falls inside an `é`.
     let text = format!("a{}", "é".repeat(600));
     let task = format!(r#"calls:[{{"tool": "panic", "args": "{{\"text\": \"{text}\"}}"}}]"#);
     let ran = run_agent(guests::ATTACKER, &policy, no_model(), &task).await;
     let report = calls_report(&ran);
     let reason = report[0]["error"]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("tool `panic` was stopped: the guest panicked: aéé"), "{reason}");
+    assert!(
+        reason.starts_with("tool `panic` was stopped: the guest panicked: aéé"),
+        "{reason}"
+    );
     let end = ran.records.last().unwrap();
     assert_eq!(serde_json::to_value(end.kind).unwrap(), "run");
 }

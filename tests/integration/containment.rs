@@ -25,7 +25,11 @@ async fn a_component_describing_100000_tools_is_refused_at_once() {
         "{shown}"
     );
     // The checks are linear: the old pairwise check took minutes.
-    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         serde_json::to_value(records.last().unwrap().kind).unwrap(),
         "run",
@@ -116,7 +120,9 @@ async fn a_tool_schema_whose_pattern_backtracks_is_refused_at_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_flooding_headers_is_cut_off() {
     use crate::boundary::{RawServer, response};
-    let many: Vec<Vec<u8>> = (0..150).map(|i| format!("x-h{i}: v").into_bytes()).collect();
+    let many: Vec<Vec<u8>> = (0..150)
+        .map(|i| format!("x-h{i}: v").into_bytes())
+        .collect();
     let many: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
     let long = format!("x-long: {}", "v".repeat(70 << 10)).into_bytes();
     let server = RawServer::start(vec![

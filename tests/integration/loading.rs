@@ -172,20 +172,32 @@ fn a_cache_file_swapped_for_another_components_code_is_not_run() {
     runtime.load("probe", &probe).unwrap();
     drop(runtime);
     // Every file is the user's alone.
-    for path in compiled_files(dir.path()).iter().chain([&dir.path().join(".key")]) {
+    for path in compiled_files(dir.path())
+        .iter()
+        .chain([&dir.path().join(".key")])
+    {
         let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
     }
     // The attacker puts the probe's compiled code where echo's belongs.
     let files = compiled_files(dir.path());
-    let (echo_file, probe_file): (Vec<_>, Vec<_>) = files
-        .iter()
-        .partition(|p| p.file_name().unwrap().to_string_lossy().starts_with(&echo_sha));
+    let (echo_file, probe_file): (Vec<_>, Vec<_>) = files.iter().partition(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&echo_sha)
+    });
     std::fs::copy(probe_file[0], echo_file[0]).unwrap();
-    let loaded = Runtime::new(config.clone()).unwrap().load("echo", &echo).unwrap();
+    let loaded = Runtime::new(config.clone())
+        .unwrap()
+        .load("echo", &echo)
+        .unwrap();
     assert!(!loaded.cache_hit, "the swapped file was trusted");
     // The recompiled file is echo's again, and trusted next time.
-    let again = Runtime::new(config.clone()).unwrap().load("echo", &echo).unwrap();
+    let again = Runtime::new(config.clone())
+        .unwrap()
+        .load("echo", &echo)
+        .unwrap();
     assert!(again.cache_hit);
 
     // A cache directory others may write is not used at all.

@@ -346,11 +346,14 @@ pub fn from_spec(
     match parse_spec(spec).map_err(ProviderSpecError::Spec)? {
         Spec::Scripted(file) => {
             let path = options.base_dir.join(file);
-            let text = crate::load::read_text(&path, crate::load::MAX_SCRIPT_FILE).map_err(|error| ProviderSpecError::Read {
-                what: "the model script",
-                path: path.display().to_string(),
-                error,
-            })?;
+            let text =
+                crate::load::read_text(&path, crate::load::MAX_SCRIPT_FILE).map_err(|error| {
+                    ProviderSpecError::Read {
+                        what: "the model script",
+                        path: path.display().to_string(),
+                        error,
+                    }
+                })?;
             Ok(Arc::new(ScriptedProvider::parse(
                 &path.display().to_string(),
                 &text,
@@ -410,11 +413,14 @@ fn read_key(source: &KeySource, api: Api) -> Result<Option<ApiKey>, ProviderSpec
         KeySource::Default => api.default_key_env().map(from_env).transpose(),
         KeySource::Env(var) => from_env(var).map(Some),
         KeySource::File(path) => {
-            let text = crate::load::read_text(path, crate::load::MAX_SECRET_FILE).map_err(|error| ProviderSpecError::Read {
-                what: "the API key file",
-                path: path.display().to_string(),
-                error,
-            })?;
+            let text =
+                crate::load::read_text(path, crate::load::MAX_SECRET_FILE).map_err(|error| {
+                    ProviderSpecError::Read {
+                        what: "the API key file",
+                        path: path.display().to_string(),
+                        error,
+                    }
+                })?;
             let value = text.trim();
             if value.is_empty() {
                 return Err(ProviderSpecError::Key(format!(

@@ -102,7 +102,13 @@ impl CompileCache {
     fn tag(&self, key: &[u8; KEY_LEN], sha256: &str, compiled: &[u8]) -> [u8; TAG_LEN] {
         hmac(
             key,
-            &[sha256.as_bytes(), b"\0", self.engine_key.as_bytes(), b"\0", compiled],
+            &[
+                sha256.as_bytes(),
+                b"\0",
+                self.engine_key.as_bytes(),
+                b"\0",
+                compiled,
+            ],
         )
     }
 
