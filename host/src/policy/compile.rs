@@ -175,7 +175,7 @@ fn limits(raw: RawLimits, found: &mut Findings) -> Limits {
     {
         found.warn(
             &refusals.place(),
-            "`max_refusals = 0` refuses every request after the first refusal",
+            "`max_refusals = 0` refuses every request of the run",
             "raise it, or remove it for the default of 100",
         );
     }

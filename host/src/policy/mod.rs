@@ -625,6 +625,9 @@ impl Session {
     /// labels. Only after the decision, so that no call is the source of
     /// its own values.
     pub fn observe_tool_call(&mut self, arguments: &serde_json::Value) {
+        if self.provenance.is_full() {
+            return;
+        }
         let mut text = String::new();
         leaf_text(arguments, &mut text);
         let labels = self.labels.clone();
