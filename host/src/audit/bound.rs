@@ -42,11 +42,7 @@ pub fn bound_entry(entry: &mut Entry, max: usize) {
                 }
             }
         }
-        Some(other) => {
-            if bound_value(other, max) {
-                fields.push("data".into());
-            }
-        }
+        Some(other) => fields.extend(bound_value(other, max).then(|| "data".to_string())),
         None => {}
     }
     if cut.is_empty() && fields.is_empty() {
