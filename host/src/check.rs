@@ -48,10 +48,21 @@ pub fn describe(file: &PolicyFile) -> String {
     );
     match l.max_steps {
         Some(steps) => {
-            let _ = writeln!(out, "; at most {steps} model and tool calls per run.");
+            let _ = writeln!(
+                out,
+                "; at most {steps} model and tool calls per run, allowed or refused."
+            );
         }
         None => out.push_str(".\n"),
     }
+    let _ = writeln!(
+        out,
+        "Run-wide ledger: {} refusals recorded, then every request is refused and only counted; stdio recorded {}; provenance index {}; audit record fields {} (longer values kept as start, size and SHA-256).",
+        l.max_refusals,
+        ByteSize(l.stdio),
+        ByteSize(l.index),
+        ByteSize(l.audit_field)
+    );
 
     let m = &policy.model;
     if m.allow.is_empty() {

@@ -159,15 +159,51 @@ struct State {
     session: Session,
     /// Log lines refused after the log budget ran out (recorded once).
     logs_dropped: u64,
+    /// Whether the refusal of the spent refusal budget is recorded.
+    refusals_spent_recorded: bool,
+    /// Requests refused without a record after that.
+    refusals_unrecorded: u64,
+    /// Bytes of captured stdio recorded, and counted without a record.
+    stdio_recorded: u64,
+    stdio_unrecorded: u64,
+    /// Whether the spent stdio budget is recorded.
+    stdio_spent_recorded: bool,
+    /// Whether the full provenance index is recorded.
+    index_full_recorded: bool,
+}
+
+/// What a run has spent of its ledger besides the policy's budgets, for its
+/// end record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ledger {
+    /// Model and tool calls, allowed or refused.
+    pub steps: u32,
+    /// Refused requests, recorded or only counted.
+    pub refusals: u32,
+    /// Refused requests that left no record (after `limits.max_refusals`).
+    pub refusals_unrecorded: u64,
+    /// Bytes of guests' stdout and stderr recorded.
+    pub stdio_recorded: u64,
+    /// Bytes of guests' stdout and stderr counted, not recorded.
+    pub stdio_unrecorded: u64,
+    /// Log lines dropped after the log budget was spent.
+    pub logs_dropped: u64,
+    /// The provenance index's memory, as charged.
+    pub index_bytes: u64,
+    /// Whether the index filled (later data was not indexed).
+    pub index_full: bool,
 }
 
 impl Gate {
     /// A gate deciding by `policy` and recording to `audit`.
     pub fn new(policy: Arc<Policy>, audit: AuditLog) -> Self {
+        let mut state = State::default();
+        state.session.provenance =
+            crate::policy::provenance::Provenance::with_limit(policy.limits.index);
         Gate {
             policy,
             audit,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             started: Instant::now(),
             secrets: Secrets::default(),
             tally: Mutex::default(),
@@ -224,9 +260,9 @@ impl Gate {
         self.secrets.cleaned(value)
     }
 
-    /// Write a record with every secret value scrubbed from it: whatever a
-    /// guest passes around, no secret lands in the audit log.
-    fn write(&self, mut entry: Entry) -> io::Result<u64> {
+    /// Write a record, sealed ([`Gate::seal`]): every record goes through
+    /// here, so none can carry a secret or an unbounded value.
+    fn write(&self, entry: Entry) -> io::Result<u64> {
         if entry.event == Event::Decision && entry.kind != Kind::Run {
             let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
             *tally
@@ -235,6 +271,17 @@ impl Gate {
                 .entry(entry.decision.as_str())
                 .or_default() += 1;
         }
+        self.audit.write(self.seal(entry))
+    }
+
+    /// A record as it may be stored: every secret value scrubbed from it
+    /// (whatever a guest passes around, no secret lands in the audit log),
+    /// then every field bounded to `[limits] audit_field` (a longer value
+    /// is kept as its start, size and SHA-256; see [`crate::audit::bound`]).
+    /// Scrubbing comes first, so neither the start nor the hash can carry
+    /// a secret. Sealing a sealed record changes nothing, so callers seal
+    /// large data before they take the lock, and `write` only re-checks.
+    fn seal(&self, mut entry: Entry) -> Entry {
         if !self.secrets.is_empty() {
             let found = &mut Redactions::new();
             self.secrets.redact_in_place(&mut entry.subject, found);
@@ -243,7 +290,26 @@ impl Gate {
                 self.secrets.redact_json(data, found);
             }
         }
-        self.audit.write(entry)
+        let max = usize::try_from(self.policy.limits.audit_field).unwrap_or(usize::MAX);
+        crate::audit::bound::bound_entry(&mut entry, max);
+        entry
+    }
+
+    /// `data` sealed as a record's would be, before any lock is taken:
+    /// hashing megabytes must not stall other guests' decisions.
+    fn seal_data(&self, data: Option<Value>) -> Option<Value> {
+        let data = data?;
+        self.seal(Entry {
+            kind: Kind::Run,
+            event: Event::Outcome,
+            subject: String::new(),
+            decision: Verdict::Allow,
+            rule: String::new(),
+            detail: String::new(),
+            outcome: None,
+            data: Some(data),
+        })
+        .data
     }
 
     /// Make the audit log durable and return its head (the hash of the
@@ -279,6 +345,21 @@ impl Gate {
         self.lock().logs_dropped
     }
 
+    /// What the run has spent of its ledger.
+    pub fn ledger(&self) -> Ledger {
+        let state = self.lock();
+        Ledger {
+            steps: state.session.steps,
+            refusals: state.session.refusals,
+            refusals_unrecorded: state.refusals_unrecorded,
+            stdio_recorded: state.stdio_recorded,
+            stdio_unrecorded: state.stdio_unrecorded,
+            logs_dropped: state.logs_dropped,
+            index_bytes: state.session.provenance.used(),
+            index_full: state.session.provenance.is_full(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the counters invalid
         // (each update is one statement), so a poisoned lock is still usable.
@@ -296,6 +377,7 @@ impl Gate {
     ) -> io::Result<Result<Permit, GuestError>> {
         let kind = kind_of(request);
         let subject = printable(subject);
+        let data = self.seal_data(data);
         // Deciding, counting and numbering the record happen under one lock,
         // so concurrent calls cannot overspend a budget and the log's order
         // is the order of decisions.
@@ -356,7 +438,15 @@ impl Gate {
                 let by = match by {
                     Ok(by) => by,
                     Err(error) => {
-                        self.write_refusal(kind, &subject, Verdict::Ask, &named, &error, data)?;
+                        self.write_refusal(
+                            &mut state,
+                            kind,
+                            &subject,
+                            Verdict::Ask,
+                            &named,
+                            &error,
+                            data,
+                        )?;
                         return Ok(Err(error));
                     }
                 };
@@ -375,7 +465,15 @@ impl Gate {
                         let error = GuestError::BudgetExhausted(format!(
                             "{reason}; approved, but a budget ran out meanwhile (rule: {named})"
                         ));
-                        self.write_refusal(kind, &subject, Verdict::Deny, &named, &error, data)?;
+                        self.write_refusal(
+                            &mut state,
+                            kind,
+                            &subject,
+                            Verdict::Deny,
+                            &named,
+                            &error,
+                            data,
+                        )?;
                         return Ok(Err(error));
                     }
                     _ => {
@@ -383,7 +481,15 @@ impl Gate {
                             "{reason}; approved, but the decision changed meanwhile (rule: {})",
                             again.rules_text()
                         ));
-                        self.write_refusal(kind, &subject, Verdict::Deny, &named, &error, data)?;
+                        self.write_refusal(
+                            &mut state,
+                            kind,
+                            &subject,
+                            Verdict::Deny,
+                            &named,
+                            &error,
+                            data,
+                        )?;
                         return Ok(Err(error));
                     }
                 }
@@ -419,7 +525,15 @@ impl Gate {
                     DenyKind::Budget => GuestError::BudgetExhausted(text),
                     DenyKind::Invalid => GuestError::Invalid(text),
                 };
-                self.write_refusal(kind, &subject, Verdict::Deny, &rule, &error, data)?;
+                self.write_refusal(
+                    &mut state,
+                    kind,
+                    &subject,
+                    Verdict::Deny,
+                    &rule,
+                    &error,
+                    data,
+                )?;
                 Ok(Err(error))
             }
         }
@@ -507,20 +621,36 @@ impl Gate {
         error: GuestError,
         data: Option<Value>,
     ) -> io::Result<GuestError> {
-        let _order = self.lock();
+        let data = self.seal_data(data);
+        let mut state = self.lock();
+        // Past the refusal budget, every refusal is that budget's.
+        let (rule, error) = match self.policy.refusals_spent(&state.session) {
+            Some(Decision::Deny { rule, reason, .. }) => (
+                rule.clone(),
+                GuestError::BudgetExhausted(format!("{reason} (rule: {rule})")),
+            ),
+            _ => (Rule::new(rule), error),
+        };
         self.write_refusal(
+            &mut state,
             kind,
             &printable(subject),
             Verdict::Deny,
-            &Rule::new(rule),
+            &rule,
             &error,
             data,
         )?;
         Ok(error)
     }
 
+    /// Count a refusal and record it: a decision and an outcome. Once the
+    /// run's refusal budget is spent, only the first refusal after it is
+    /// recorded (naming `limits.max_refusals`); later ones are counted, so
+    /// a guest that keeps asking cannot grow the audit log.
+    #[allow(clippy::too_many_arguments)]
     fn write_refusal(
         &self,
+        state: &mut State,
         kind: Kind,
         subject: &str,
         verdict: Verdict,
@@ -528,6 +658,17 @@ impl Gate {
         error: &GuestError,
         data: Option<Value>,
     ) -> io::Result<()> {
+        let spent = self.policy.refusals_spent(&state.session).is_some();
+        state
+            .session
+            .count_refusal(matches!(kind, Kind::Model | Kind::Tool));
+        if spent {
+            if state.refusals_spent_recorded {
+                state.refusals_unrecorded += 1;
+                return Ok(());
+            }
+            state.refusals_spent_recorded = true;
+        }
         self.write(Entry {
             kind,
             event: Event::Decision,
@@ -597,25 +738,60 @@ impl Gate {
     }
 
     /// The task reached the agent: index it as the `task` source.
-    pub fn observe_task(&self, task: &str) {
-        self.lock().session.observe_task(task);
+    pub fn observe_task(&self, task: &str) -> io::Result<()> {
+        let mut state = self.lock();
+        state.session.observe_task(task);
+        self.note_index_full(&mut state)
     }
 
     /// A model answer reached the agent: count its usage and cost, label
     /// and index it. Returns the labels it added to the session.
-    pub fn observe_model_output(&self, model: &str, text: &str, usage: Usage) -> Vec<String> {
+    pub fn observe_model_output(
+        &self,
+        model: &str,
+        text: &str,
+        usage: Usage,
+    ) -> io::Result<Vec<String>> {
         let mut state = self.lock();
         let before = state.session.labels.clone();
         state
             .session
             .observe_model_output(&self.policy, text, usage, model);
-        added(&before, &state.session.labels)
+        self.note_index_full(&mut state)?;
+        Ok(added(&before, &state.session.labels))
     }
 
     /// A tool call was allowed: index its arguments as the model's, with
     /// the session's labels (see [`Session::observe_tool_call`]).
-    pub fn observe_tool_call(&self, arguments: &Value) {
-        self.lock().session.observe_tool_call(arguments);
+    pub fn observe_tool_call(&self, arguments: &Value) -> io::Result<()> {
+        let mut state = self.lock();
+        state.session.observe_tool_call(arguments);
+        self.note_index_full(&mut state)
+    }
+
+    /// Once, when the provenance index has filled: say so, and what it
+    /// means for `from` rules.
+    fn note_index_full(&self, state: &mut State) -> io::Result<()> {
+        let index = &state.session.provenance;
+        if !index.is_full() || state.index_full_recorded {
+            return Ok(());
+        }
+        state.index_full_recorded = true;
+        let data = json!({ "bytes": index.used(), "limit": index.limit(), "tokens": index.len() });
+        self.write(Entry {
+            kind: Kind::Limit,
+            event: Event::Outcome,
+            subject: "provenance".into(),
+            decision: Verdict::Deny,
+            rule: "limits.index".into(),
+            detail: format!(
+                "the provenance index is full ({}): later data is not indexed, so a value seen only after this fails `from` rules",
+                crate::policy::ByteSize(index.limit())
+            ),
+            outcome: Some(Outcome::BudgetExhausted),
+            data: Some(data),
+        })?;
+        Ok(())
     }
 
     /// A tool's result reached the agent: label and index it. Returns the
@@ -625,20 +801,86 @@ impl Gate {
         tool: &str,
         text: &str,
         extra_labels: &[String],
-    ) -> Vec<String> {
+    ) -> io::Result<Vec<String>> {
         let mut state = self.lock();
         let before = state.session.labels.clone();
         state
             .session
             .observe_tool_result(&self.policy, tool, text, extra_labels);
-        added(&before, &state.session.labels)
+        self.note_index_full(&mut state)?;
+        Ok(added(&before, &state.session.labels))
     }
 
     /// Record something that is not a guest request: the run's start and
     /// end, a limit that stopped a guest, captured stdio.
     pub fn note(&self, entry: Entry) -> io::Result<u64> {
+        let entry = self.seal(entry);
         let _order = self.lock();
         self.write(entry)
+    }
+
+    /// What a guest wrote to one stream (`subject` is e.g. `agent/stdout`):
+    /// `captured`, and `dropped` bytes past the instance's capture. Recorded
+    /// within the run's stdio budget (`[limits] stdio`, all instances
+    /// together) and each record's field bound; past the budget, output is
+    /// counted, not recorded, and one record says so.
+    pub fn stdio(&self, subject: String, captured: &[u8], dropped: u64) -> io::Result<()> {
+        let total = (captured.len() as u64).saturating_add(dropped);
+        let limit = self.policy.limits.stdio;
+        let field = self.policy.limits.audit_field.saturating_sub(256);
+        let mut state = self.lock();
+        let room = limit.saturating_sub(state.stdio_recorded).min(field);
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        let text =
+            String::from_utf8_lossy(captured.get(..room.min(captured.len())).unwrap_or_default());
+        // One record's field holds `field` bytes of JSON (escapes count).
+        let field = usize::try_from(field).unwrap_or(usize::MAX);
+        let text = crate::audit::bound::escaped_prefix(&text, field);
+        // The budget charges the bytes the record holds: invalid UTF-8 turns
+        // into longer replacement characters, so cut again, on a character.
+        let mut end = text.len().min(room);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = text.get(..end).unwrap_or_default();
+        let recorded = text.len() as u64;
+        state.stdio_recorded += recorded;
+        state.stdio_unrecorded += total - recorded.min(total);
+        if recorded == 0 {
+            if state.stdio_spent_recorded || limit > 0 && state.stdio_recorded < limit {
+                return Ok(());
+            }
+            state.stdio_spent_recorded = true;
+            self.write(Entry {
+                kind: Kind::Stdio,
+                event: Event::Outcome,
+                subject,
+                decision: Verdict::Deny,
+                rule: "limits.stdio".into(),
+                detail: format!(
+                    "the run's stdio budget of {} is spent: later output of every guest is counted, not recorded",
+                    crate::policy::ByteSize(limit)
+                ),
+                outcome: Some(Outcome::BudgetExhausted),
+                data: Some(json!({ "bytes": total })),
+            })?;
+            return Ok(());
+        }
+        let mut detail = text.to_string();
+        if recorded < total {
+            detail.push_str(&format!("\n[{} more bytes not recorded]", total - recorded));
+        }
+        self.write(Entry {
+            kind: Kind::Stdio,
+            event: Event::Outcome,
+            subject,
+            decision: Verdict::Allow,
+            rule: "stdio".into(),
+            detail,
+            outcome: Some(Outcome::Ok),
+            data: Some(json!({ "bytes": total, "recorded": recorded })),
+        })?;
+        Ok(())
     }
 }
 
@@ -663,6 +905,7 @@ fn kind_of(request: &Request<'_>) -> Kind {
 mod tests {
     use super::*;
     use crate::audit::MemorySink;
+    use sha2::Digest;
 
     fn gate(policy: &str) -> (Gate, MemorySink) {
         let sink = MemorySink::default();
@@ -727,6 +970,153 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn refusals_past_the_budget_are_counted_not_recorded() {
+        let (gate, sink) = gate("[limits]\nmax_refusals = 3\n[tools.calc]\ncomponent = \"x\"\n");
+        let args = json!({});
+        let nope = Request::Tool {
+            name: "nope",
+            arguments: &args,
+            schema: None,
+        };
+        for _ in 0..3 {
+            gate.check("nope", &nope, None).unwrap().unwrap_err();
+        }
+        // A malformed request refused before the policy sees it is refused
+        // by the spent budget too, with one record.
+        let error = gate
+            .refuse(
+                Kind::Tool,
+                "calc",
+                "arguments",
+                GuestError::Invalid("not JSON".into()),
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            error,
+            GuestError::BudgetExhausted(
+                "all 3 refusals this run may have are used: every further request is refused (rule: limits.max_refusals)".into()
+            )
+        );
+        // Even a granted call is refused now, and leaves no record.
+        let calc = Request::Tool {
+            name: "calc",
+            arguments: &args,
+            schema: None,
+        };
+        for _ in 0..1000 {
+            gate.check("calc", &calc, None).unwrap().unwrap_err();
+            gate.log("agent", "info", "still here").unwrap();
+        }
+        let rules: Vec<String> = sink
+            .records()
+            .iter()
+            .filter(|r| r.event == Event::Decision)
+            .map(|r| r.rule.clone())
+            .collect();
+        assert_eq!(
+            rules,
+            ["default", "default", "default", "limits.max_refusals"]
+        );
+        let ledger = gate.ledger();
+        // Log lines after the first refused one are the log budget's to
+        // count (`logs_dropped`), not refusals.
+        assert_eq!(ledger.refusals, 1005);
+        assert_eq!(ledger.refusals_unrecorded, 1001);
+        assert_eq!(ledger.steps, 1004);
+        assert_eq!(ledger.logs_dropped, 1000);
+    }
+
+    #[test]
+    fn every_record_field_is_bounded_with_its_hash() {
+        let (gate, sink) = gate("[limits]\naudit_field = \"1KiB\"\n");
+        let client = json!({ "name": "c".repeat(1 << 20), "version": "1" });
+        gate.note(Entry {
+            kind: Kind::Run,
+            event: Event::Decision,
+            subject: "mcp".into(),
+            decision: Verdict::Allow,
+            rule: "policy".into(),
+            detail: "d".repeat(1 << 20),
+            outcome: None,
+            data: Some(json!({ "client": client })),
+        })
+        .unwrap();
+        gate.log("agent", "info", &"l".repeat(1 << 20)).unwrap();
+        let records = sink.records();
+        for record in &records {
+            let line = serde_json::to_vec(record).unwrap();
+            assert!(line.len() < 4 << 10, "{}", line.len());
+        }
+        let data = records[0].data.as_ref().unwrap();
+        let whole = serde_json::to_vec(&client).unwrap();
+        assert_eq!(data["client"]["bytes"], whole.len());
+        assert_eq!(
+            data["client"]["sha256"],
+            hex::encode(sha2::Sha256::digest(&whole))
+        );
+        assert_eq!(data["truncated_fields"], json!(["detail", "client"]));
+        assert!(
+            records[2]
+                .detail
+                .contains("[truncated: 1048576 bytes, sha256 ")
+        );
+    }
+
+    #[test]
+    fn stdio_is_recorded_within_the_run_budget() {
+        let (gate, sink) = gate("[limits]\nstdio = \"40KiB\"\n");
+        for i in 0..10 {
+            gate.stdio(format!("t{i}/stdout"), &[b'o'; 64 << 10], 1000)
+                .unwrap();
+        }
+        let records = sink.records();
+        let kept: usize = records.iter().map(|r| r.detail.len()).sum();
+        assert!(kept < (40 << 10) + 1024, "{kept}");
+        assert_eq!(
+            records.iter().filter(|r| r.rule == "limits.stdio").count(),
+            1
+        );
+        let ledger = gate.ledger();
+        assert_eq!(
+            ledger.stdio_recorded + ledger.stdio_unrecorded,
+            10 * ((64 << 10) + 1000)
+        );
+        assert_eq!(ledger.stdio_recorded, 40 << 10);
+    }
+
+    #[test]
+    #[ignore = "measurement: cargo test -p warden --lib index_memory -- --ignored --nocapture"]
+    fn index_memory() {
+        fn rss() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                << 10
+        }
+        let text: String = (0..1_000_000).map(|i| format!("w{i} ")).collect();
+        for limit in [16 << 20, u64::MAX] {
+            let before = rss();
+            let mut index = crate::policy::provenance::Provenance::with_limit(limit);
+            index.observe(crate::policy::provenance::Source::Task, &[], &text);
+            let grew = rss().saturating_sub(before);
+            eprintln!(
+                "limit {limit}: {} tokens, charged {} bytes, RSS grew {grew} bytes",
+                index.len(),
+                index.used(),
+            );
+            assert!(index.used() <= limit);
+            if limit != u64::MAX {
+                assert!(grew < 2 * limit, "{grew}");
+            }
+        }
     }
 
     #[test]

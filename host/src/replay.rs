@@ -77,6 +77,7 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         .find(|r| r.seq == 1)
         .ok_or(format!("run {run} has no start record"))?;
     let data = start.data.clone().unwrap_or(Value::Null);
+    whole(start, &data, &["task"])?;
     let text = |pointer: &str| {
         data.pointer(pointer)
             .and_then(Value::as_str)
@@ -134,12 +135,16 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
             (Kind::Model, Event::Outcome) if permitted => {
                 let messages = model_requests.pop_front().unwrap_or(0);
                 let answer = match record.outcome {
-                    Some(Outcome::Ok) => Ok(response(&data)?),
+                    Some(Outcome::Ok) => {
+                        whole(record, &data, &["text", "tool_calls"])?;
+                        Ok(response(&data)?)
+                    }
                     _ => Err(record.detail.clone()),
                 };
                 recorded.model.push(ModelStep { messages, answer });
             }
             (Kind::Tool, Event::Decision) if permitted => {
+                whole(record, &data, &["arguments"])?;
                 tool_arguments.push((record.subject.clone(), data["arguments"].clone()));
             }
             (Kind::Tool, Event::Outcome) if permitted => {
@@ -153,6 +158,7 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                 let (name, arguments) = tool_arguments.remove(position);
                 let result = match record.outcome {
                     Some(Outcome::Ok) => {
+                        whole(record, &data, &["result"])?;
                         Ok(data["result"].as_str().unwrap_or_default().to_string())
                     }
                     _ => Err(record.detail.clone()),
@@ -167,6 +173,22 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         }
     }
     Ok(recorded)
+}
+
+/// An error unless each of `fields` is whole in the record: a value longer
+/// than `[limits] audit_field` was kept as its start and hash, and a
+/// replay from it would give the agent something else.
+fn whole(record: &Record, data: &Value, fields: &[&str]) -> Result<(), String> {
+    match fields
+        .iter()
+        .find(|f| crate::audit::bound::was_truncated(data, f))
+    {
+        Some(field) => Err(format!(
+            "seq {}: the record keeps only the start and SHA-256 of `{field}` (it was longer than `[limits] audit_field`), so the run cannot be replayed; record it again with a larger `audit_field`",
+            record.seq
+        )),
+        None => Ok(()),
+    }
 }
 
 fn response(data: &Value) -> Result<ChatResponse, String> {
@@ -314,5 +336,57 @@ impl ReplayTools {
     /// Recorded tool calls the replay never reached.
     pub fn left(&self) -> usize {
         self.steps.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(seq: u64, kind: Kind, event: Event, data: Value) -> Record {
+        Record {
+            seq,
+            prev: String::new(),
+            ts: String::new(),
+            run: "r".into(),
+            kind,
+            event,
+            subject: "t".into(),
+            decision: Verdict::Allow,
+            rule: "tools.t".into(),
+            detail: String::new(),
+            outcome: (event == Event::Outcome).then_some(Outcome::Ok),
+            data: Some(data),
+        }
+    }
+
+    #[test]
+    fn a_run_whose_values_were_cut_is_not_replayed_from_their_start() {
+        let start = record(1, Kind::Run, Event::Decision, json!({ "task": "t" }));
+        let whole = vec![
+            start.clone(),
+            record(2, Kind::Tool, Event::Decision, json!({ "arguments": {} })),
+            record(3, Kind::Tool, Event::Outcome, json!({ "result": "ok" })),
+        ];
+        assert_eq!(read(&whole, None).unwrap().tools.len(), 1);
+        let cut = vec![
+            start,
+            record(2, Kind::Tool, Event::Decision, json!({ "arguments": {} })),
+            record(
+                3,
+                Kind::Tool,
+                Event::Outcome,
+                json!({
+                    "result": { "truncated": true, "bytes": 1, "sha256": "", "head": "" },
+                    "truncated_fields": ["result"],
+                }),
+            ),
+        ];
+        let error = read(&cut, None).unwrap_err();
+        assert!(
+            error.contains("seq 3") && error.contains("audit_field"),
+            "{error}"
+        );
     }
 }

@@ -128,7 +128,6 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     let gate = Gate::new(policy.clone(), audit)
         .with_approvals(spec.approver.clone(), &spec.approve)
         .with_secrets(secrets);
-    gate.observe_task(&spec.task);
     let opening = Opening {
         subject: agent_name.clone(),
         detail: brief(&spec.task, 200),
@@ -139,6 +138,9 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         }),
     };
     let (gate, tools) = open_session(runtime, &spec.policy, gate, opening).await?;
+    // After the first record: filling the index is recorded, and must not
+    // come before the run's start.
+    gate.observe_task(&spec.task)?;
 
     let limits = policy.limits.clone();
     let role = AgentRole {
@@ -318,6 +320,7 @@ pub(crate) fn summary(gate: &Gate, elapsed: Duration, data: &mut serde_json::Val
     data["model_calls"] = json!(session.model_calls);
     data["tool_calls"] = json!(session.tool_calls);
     data["logs_dropped"] = json!(gate.logs_dropped());
+    data["ledger"] = json!(gate.ledger());
     data["decisions"] = json!(gate.tally());
     data["tokens"] = json!(session.tokens);
     data["cost_usd"] = json!(session.cost_usd);

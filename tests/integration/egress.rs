@@ -164,8 +164,10 @@ async fn oversized_requests_and_responses_are_cut_off() {
         delay: Duration::ZERO,
     };
     let server = MockModel::start(vec![Reply::raw(200, vec![b'x'; 10_000]), stream]).await;
+    // The probe's report holds the body; the harness reads it from the
+    // record, so the record must keep it whole.
     let grant = format!(
-        "http = {{ allow = [{{ url = \"{}/**\", private = true }}], methods = [\"GET\", \"POST\"], max_response = \"8KiB\", max_request = \"1KiB\" }}",
+        "http = {{ allow = [{{ url = \"{}/**\", private = true }}], methods = [\"GET\", \"POST\"], max_response = \"8KiB\", max_request = \"1KiB\" }}\n[limits]\naudit_field = \"64KiB\"",
         server.url
     );
     let (result, _) = probe(&grant, get(&format!("{}/big", server.url))).await;

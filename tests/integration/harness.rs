@@ -200,10 +200,14 @@ pub async fn run_calls(
         .find("tool", "outcome")
         .into_iter()
         .map(|r| match r.outcome {
-            Some(warden::audit::Outcome::Ok) => Ok(r.data.as_ref().unwrap()["result"]
-                .as_str()
-                .unwrap()
-                .to_string()),
+            Some(warden::audit::Outcome::Ok) => {
+                let data = r.data.as_ref().unwrap();
+                assert!(
+                    !warden::audit::bound::was_truncated(data, "result"),
+                    "the record keeps only the start of this result: raise [limits] audit_field"
+                );
+                Ok(data["result"].as_str().unwrap().to_string())
+            }
             _ => Err(r.detail.clone()),
         })
         .collect();

@@ -255,7 +255,7 @@ async fn guest_stdout_and_stderr_are_captured_not_printed() {
         assert_eq!(record.kind, Kind::Stdio);
         assert_eq!(record.data.as_ref().unwrap()["bytes"], 200_000);
         assert!(
-            record.detail.ends_with("more bytes dropped]"),
+            record.detail.ends_with("more bytes not recorded]"),
             "{}",
             &record.detail[record.detail.len() - 60..]
         );

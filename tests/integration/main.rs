@@ -12,6 +12,7 @@ mod egress;
 mod files;
 mod isolation;
 mod languages;
+mod ledger;
 mod limits;
 mod loading;
 mod mcp;

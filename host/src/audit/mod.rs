@@ -13,6 +13,7 @@
 //! host killed at any moment loses at most the record it was writing, and
 //! [`verify`] reports such a torn last line as incomplete, not tampered.
 
+pub mod bound;
 pub mod verify;
 
 pub use verify::{VerifyReport, verify};

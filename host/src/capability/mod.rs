@@ -20,7 +20,6 @@ use crate::policy::{Limits, MountMode, Verdict};
 use crate::provider::ModelProvider;
 use crate::registry::ToolRegistry;
 use crate::runtime::limits::{GuestClock, GuestFailure, LimitExceeded, StoreLimiter};
-use serde_json::json;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -281,20 +280,9 @@ impl<R: Send + 'static> GuestState<R> {
             if bytes.is_empty() {
                 continue;
             }
-            let mut detail = String::from_utf8_lossy(&bytes).into_owned();
-            if dropped > 0 {
-                detail.push_str(&format!("\n[{dropped} more bytes dropped]"));
-            }
-            self.gate.note(Entry {
-                kind: Kind::Stdio,
-                event: Event::Outcome,
-                subject: format!("{}/{stream}", self.name),
-                decision: Verdict::Allow,
-                rule: "stdio".into(),
-                detail,
-                outcome: Some(Outcome::Ok),
-                data: Some(json!({ "bytes": bytes.len() as u64 + dropped })),
-            })?;
+            // Within the run's stdio budget, shared by every instance.
+            self.gate
+                .stdio(format!("{}/{stream}", self.name), &bytes, dropped)?;
         }
         if let Some(failure) = failure {
             self.gate.note(Entry {

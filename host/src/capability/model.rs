@@ -99,7 +99,7 @@ pub async fn chat(
             // indexed once each call is decided (capability::tools), or a
             // call would be the source of its own values.
             let labels =
-                gate.observe_model_output(&request.model, &message.content, response.usage);
+                gate.observe_model_output(&request.model, &message.content, response.usage)?;
             let detail = if message.tool_calls.is_empty() {
                 brief(&message.content, 200)
             } else {
@@ -132,7 +132,7 @@ pub async fn chat(
             // A provider's error text reaches the agent too: it carries the
             // model's labels like an answer would.
             let labels =
-                gate.observe_model_output(&request.model, error.reason(), Default::default());
+                gate.observe_model_output(&request.model, error.reason(), Default::default())?;
             gate.complete(
                 permit,
                 Outcome::Failed,

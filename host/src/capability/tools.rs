@@ -88,7 +88,7 @@ pub async fn call_parsed(
     };
     // Decided: from now on its values count as the model's (never before,
     // so that no call vouches for itself).
-    gate.observe_tool_call(parsed);
+    gate.observe_tool_call(parsed)?;
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
         Some(replay) => (
@@ -108,7 +108,7 @@ pub async fn call_parsed(
     };
     let mut redacted = Redactions::new();
     let text = gate.secrets().clean(text, &mut redacted);
-    let labels = gate.observe_tool_result(name, &text, &http_labels);
+    let labels = gate.observe_tool_result(name, &text, &http_labels)?;
     let data = if outcome == Outcome::Ok {
         json!({
             "result": *text,

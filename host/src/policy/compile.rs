@@ -90,6 +90,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
             default: Rule::new("default"),
             output: Rule::new("limits.output"),
             max_steps: Rule::new("limits.max_steps"),
+            max_refusals: Rule::new("limits.max_refusals"),
         },
     }
 }
@@ -169,12 +170,44 @@ fn limits(raw: RawLimits, found: &mut Findings) -> Limits {
             "raise it, or remove it for no step limit",
         );
     }
+    if let Some(refusals) = &raw.max_refusals
+        && refusals.value == 0
+    {
+        found.warn(
+            &refusals.place(),
+            "`max_refusals = 0` refuses every request of the run",
+            "raise it, or remove it for the default of 100",
+        );
+    }
+    let mut size =
+        |value: Option<At<super::ByteSize>>, key: &str, default: u64, least: u64| match value {
+            Some(value) if value.value.0 < least => {
+                found.error(
+                    &value.place(),
+                    format!(
+                        "`{key}` is below {}, too small to be useful",
+                        super::ByteSize(least)
+                    ),
+                    format!("give a size of at least \"{}\"", super::ByteSize(least)),
+                );
+                default
+            }
+            Some(value) => value.value.0,
+            None => default,
+        };
+    let stdio = size(raw.stdio, "stdio", defaults.stdio, 0);
+    let index = size(raw.index, "index", defaults.index, 0);
+    let audit_field = size(raw.audit_field, "audit_field", defaults.audit_field, 256);
     Limits {
         memory,
         cpu,
         wall,
         output,
         max_steps: raw.max_steps.map(|s| s.value),
+        max_refusals: raw.max_refusals.map_or(defaults.max_refusals, |r| r.value),
+        stdio,
+        index,
+        audit_field,
     }
 }
 

@@ -271,8 +271,21 @@ pub struct RawLimits {
     /// Largest answer or tool result; all log lines of a run together
     /// (default "1MiB").
     pub output: Option<At<ByteSize>>,
-    /// Most mediated actions (model calls plus tool calls) in a run.
+    /// Most mediated actions (model calls plus tool calls, allowed or
+    /// refused) in a run.
     pub max_steps: Option<At<u32>>,
+    /// Most refused requests recorded in a run (default 100); past it every
+    /// request is refused, the first with one record, the rest only counted.
+    pub max_refusals: Option<At<u32>>,
+    /// Captured stdout and stderr recorded in a run, all instances together
+    /// (default "1MiB"); past it output is counted, not recorded.
+    pub stdio: Option<At<ByteSize>>,
+    /// Memory of the provenance index in a run (default "16MiB"); once full,
+    /// later data is not indexed and values seen only there fail `from`.
+    pub index: Option<At<ByteSize>>,
+    /// Largest field of an audit record (default "16KiB", at least "256B");
+    /// a longer value is kept as its start, its size and its SHA-256.
+    pub audit_field: Option<At<ByteSize>>,
 }
 
 /// `[model]`.

@@ -298,6 +298,10 @@ fn merge_limits(
         wall: n.at_most("limits.wall", b.wall, o.wall),
         output: n.at_most("limits.output", b.output, o.output),
         max_steps: n.at_most("limits.max_steps", b.max_steps, o.max_steps),
+        max_refusals: n.at_most("limits.max_refusals", b.max_refusals, o.max_refusals),
+        stdio: n.at_most("limits.stdio", b.stdio, o.stdio),
+        index: n.at_most("limits.index", b.index, o.index),
+        audit_field: n.at_most("limits.audit_field", b.audit_field, o.audit_field),
     })
 }
 

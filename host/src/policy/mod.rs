@@ -63,6 +63,7 @@ struct CommonRules {
     default: Rule,
     output: Rule,
     max_steps: Rule,
+    max_refusals: Rule,
 }
 
 /// `[reproducible]`: what makes runs repeat.
@@ -85,8 +86,22 @@ pub struct Limits {
     pub wall: Duration,
     /// Largest result one guest may return; most log bytes in a run.
     pub output: u64,
-    /// Most model calls plus tool calls in a run.
+    /// Most model calls plus tool calls in a run, allowed or refused.
     pub max_steps: Option<u32>,
+    /// Most refused requests recorded in a run; past it every request is
+    /// refused, the first with one record, the rest only counted.
+    pub max_refusals: u32,
+    /// Most bytes of captured stdout and stderr recorded in a run, all
+    /// instances together; past it output is counted, not recorded.
+    pub stdio: u64,
+    /// Most memory the provenance index may use in a run (an estimate:
+    /// each distinct token costs its length plus
+    /// [`provenance::TOKEN_COST`]); once full, nothing more is indexed.
+    pub index: u64,
+    /// Most bytes of one field of an audit record (an argument list, a
+    /// result, a log line, a detail); a longer value is kept as its start,
+    /// its size and its SHA-256.
+    pub audit_field: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +112,10 @@ impl Default for Limits {
             wall: Duration::from_secs(120),
             output: 1 << 20,
             max_steps: None,
+            max_refusals: 100,
+            stdio: 1 << 20,
+            index: 16 << 20,
+            audit_field: 16 << 10,
         }
     }
 }
@@ -508,8 +527,10 @@ pub struct Session {
     pub model_calls: u32,
     /// Allowed calls per tool.
     pub tool_calls: HashMap<String, u32>,
-    /// Allowed model plus tool calls.
+    /// Model plus tool calls, allowed or refused.
     pub steps: u32,
+    /// Refused requests of any kind (recorded or only counted).
+    pub refusals: u32,
     /// Bytes of log lines accepted.
     pub log_bytes: u64,
     /// Tokens the provider reported.
@@ -535,7 +556,7 @@ impl Session {
         match request {
             Request::Model { .. } => {
                 self.model_calls += 1;
-                self.steps += 1;
+                self.steps = self.steps.saturating_add(1);
             }
             Request::Tool { name, .. } => {
                 match self.tool_calls.get_mut(*name) {
@@ -544,7 +565,7 @@ impl Session {
                         self.tool_calls.insert((*name).to_string(), 1);
                     }
                 }
-                self.steps += 1;
+                self.steps = self.steps.saturating_add(1);
                 let now = self.now;
                 let recent = self.recent.entry((*name).to_string()).or_default();
                 recent.push_back(now);
@@ -557,6 +578,15 @@ impl Session {
             }
             Request::Log { bytes } => self.log_bytes += bytes,
             Request::Http { .. } => {}
+        }
+    }
+
+    /// Count a refused request: against the refusal budget, and, when it
+    /// was a model or tool call (`step`), against `max_steps` too.
+    pub fn count_refusal(&mut self, step: bool) {
+        self.refusals = self.refusals.saturating_add(1);
+        if step {
+            self.steps = self.steps.saturating_add(1);
         }
     }
 
@@ -595,6 +625,9 @@ impl Session {
     /// labels. Only after the decision, so that no call is the source of
     /// its own values.
     pub fn observe_tool_call(&mut self, arguments: &serde_json::Value) {
+        if self.provenance.is_full() {
+            return;
+        }
         let mut text = String::new();
         leaf_text(arguments, &mut text);
         let labels = self.labels.clone();
@@ -790,6 +823,9 @@ impl Policy {
     /// Decide `request` given what the run has used and seen. Pure and
     /// cheap: no I/O, and no allocation unless the answer is a refusal.
     pub fn decide(&self, request: &Request<'_>, session: &Session) -> Decision {
+        if let Some(denial) = self.refusals_spent(session) {
+            return denial;
+        }
         match *request {
             Request::Model {
                 model,
@@ -883,6 +919,20 @@ impl Policy {
                 format!("{who} may not reach {}", printable(&target.to_string())),
             ),
         }
+    }
+
+    /// The refusal of every request once the run's refusal budget is spent:
+    /// a guest that keeps asking for what it may not have has nothing more
+    /// to gain, and must not make the host write a record per attempt.
+    pub fn refusals_spent(&self, session: &Session) -> Option<Decision> {
+        let max = self.limits.max_refusals;
+        (session.refusals >= max).then(|| Decision::Deny {
+            rule: self.rules.max_refusals.clone(),
+            reason: format!(
+                "all {max} refusals this run may have are used: every further request is refused"
+            ),
+            kind: DenyKind::Budget,
+        })
     }
 
     fn steps_spent(&self, session: &Session) -> Option<Decision> {

@@ -17,7 +17,9 @@
 //!   and `tool_name` (an earlier tool call and its result in the
 //!   conversation; the tool offered), `schema` (its parameters schema); any
 //!   op with `"reverse": true` reports its result reversed, so a value the
-//!   guest received shows even where the host redacts the answer.
+//!   guest received shows even where the host redacts the answer. A `tool`
+//!   op may carry `pad: N` (its arguments get a `pad` field of N bytes)
+//!   and any op `repeat: N` (it is done N times).
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -98,10 +100,23 @@ impl Agent for Attacker {
                 let ops: Vec<Value> =
                     serde_json::from_str(arg).map_err(|e| format!("calls:JSON: {e}"))?;
                 let mut report = Vec::new();
+                let ops = ops.into_iter().flat_map(|op| {
+                    let times = op.get("repeat").and_then(Value::as_u64).unwrap_or(1);
+                    std::iter::repeat_n(op, times as usize)
+                });
                 for op in ops {
                     let result = if let Some(name) = op.get("tool").and_then(Value::as_str) {
-                        let args = op.get("args").and_then(Value::as_str).unwrap_or("{}");
-                        match tools::call(name, args) {
+                        let mut args = op
+                            .get("args")
+                            .and_then(Value::as_str)
+                            .unwrap_or("{}")
+                            .to_string();
+                        if let Some(pad) = op.get("pad").and_then(Value::as_u64) {
+                            let mut value: Value = serde_json::from_str(&args).unwrap_or(json!({}));
+                            value["pad"] = json!("p".repeat(pad as usize));
+                            args = value.to_string();
+                        }
+                        match tools::call(name, &args) {
                             Ok(text) => json!({ "ok": text }),
                             Err(e) => error_json(&e),
                         }

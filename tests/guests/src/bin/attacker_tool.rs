@@ -37,6 +37,7 @@ impl Tool for AttackerTool {
     fn describe() -> Vec<ToolSpec> {
         [
             "spin", "bomb", "recurse", "crash", "flood", "snoop", "counter", "fail", "panic", "reverse",
+            "print",
         ]
         .into_iter()
         .map(spec)
@@ -71,6 +72,16 @@ impl Tool for AttackerTool {
             "reverse" => Ok(arguments.chars().rev().collect()),
             "backtrack" => Ok("matched".into()),
             "panic" => panic!("{}", told(&args)),
+            // `bytes` bytes to stdout and to stderr.
+            "print" => {
+                use std::io::Write;
+                let n = args["bytes"].as_u64().unwrap_or(0) as usize;
+                let text = "O".repeat(n);
+                let _ = std::io::stdout().write_all(text.as_bytes());
+                let _ = std::io::stdout().flush();
+                let _ = std::io::stderr().write_all(text.as_bytes());
+                Ok("printed".into())
+            }
             "flood" => {
                 let n = args["bytes"].as_u64().unwrap_or(0) as usize;
                 Ok("f".repeat(n))
