@@ -455,43 +455,31 @@ impl Gate {
                 // that was not approved.
                 state.session.now = self.started.elapsed();
                 let again = self.policy.decide(request, &state.session);
-                match again {
-                    Decision::Ask { .. } if again.rules().all(|r| asking.contains(r)) => {}
-                    Decision::Allow { .. } => {}
+                let changed = match again {
+                    Decision::Ask { .. } if again.rules().all(|r| asking.contains(r)) => None,
+                    Decision::Allow { .. } => None,
                     Decision::Deny {
                         kind: DenyKind::Budget,
                         ..
-                    } => {
-                        let error = GuestError::BudgetExhausted(format!(
-                            "{reason}; approved, but a budget ran out meanwhile (rule: {named})"
-                        ));
-                        self.write_refusal(
-                            &mut state,
-                            kind,
-                            &subject,
-                            Verdict::Deny,
-                            &named,
-                            &error,
-                            data,
-                        )?;
-                        return Ok(Err(error));
-                    }
-                    _ => {
-                        let error = GuestError::Denied(format!(
-                            "{reason}; approved, but the decision changed meanwhile (rule: {})",
-                            again.rules_text()
-                        ));
-                        self.write_refusal(
-                            &mut state,
-                            kind,
-                            &subject,
-                            Verdict::Deny,
-                            &named,
-                            &error,
-                            data,
-                        )?;
-                        return Ok(Err(error));
-                    }
+                    } => Some(GuestError::BudgetExhausted(format!(
+                        "{reason}; approved, but a budget ran out meanwhile (rule: {named})"
+                    ))),
+                    _ => Some(GuestError::Denied(format!(
+                        "{reason}; approved, but the decision changed meanwhile (rule: {})",
+                        again.rules_text()
+                    ))),
+                };
+                if let Some(error) = changed {
+                    self.write_refusal(
+                        &mut state,
+                        kind,
+                        &subject,
+                        Verdict::Deny,
+                        &named,
+                        &error,
+                        data,
+                    )?;
+                    return Ok(Err(error));
                 }
                 state.session.record(request);
                 let mut data = data.unwrap_or_else(|| json!({}));

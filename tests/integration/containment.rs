@@ -194,3 +194,38 @@ async fn a_tool_hoarding_handles_or_header_fields_is_stopped_and_the_host_serves
     assert_eq!(last["held"], 10, "{last}");
     assert_eq!(ran.answer(), "done");
 }
+
+#[test]
+fn replay_of_a_crafted_log_does_not_panic_on_a_hash_that_is_not_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let warden = || Command::new(env!("CARGO_BIN_EXE_warden"));
+    let demo = warden()
+        .args(["demo", "-q", "--audit"])
+        .arg(&audit)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(demo.status.success());
+    // The policy's hash, as someone else wrote it: 12 bytes in falls
+    // inside a character.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let mut records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    records[0]["data"]["policy"]["sha256"] = serde_json::json!(format!("a{}", "é".repeat(40)));
+    let crafted: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&audit, crafted).unwrap();
+    let out = warden()
+        .args(["replay", "-q"])
+        .arg(&audit)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "warden panicked: {stderr}");
+    assert!(stderr.contains("has changed since run"), "{stderr}");
+}

@@ -9,7 +9,7 @@ struct DescribeFlood;
 impl Tool for DescribeFlood {
     fn describe() -> Vec<ToolSpec> {
         (0..100_000)
-            .map(|i| ToolSpec::new(&format!("t{i}"), "", json!({ "type": "object" })))
+            .map(|i| ToolSpec::new(format!("t{i}"), "", json!({ "type": "object" })))
             .collect()
     }
 
