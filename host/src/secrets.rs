@@ -270,11 +270,6 @@ impl<T> Clean<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Clean<U> {
         Clean(f(self.0))
     }
-
-    /// A borrowed view.
-    pub fn borrowed(&self) -> Clean<&T> {
-        Clean(&self.0)
-    }
 }
 
 impl<T: std::fmt::Display> std::fmt::Display for Clean<T> {
@@ -293,14 +288,6 @@ impl<T> Deref for Clean<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.0
-    }
-}
-
-/// Text fixed by the host (no outside data in it) is clean as it is.
-impl Clean<String> {
-    /// Text the host wrote itself, holding no outside data.
-    pub fn host_text(text: &'static str) -> Self {
-        Clean(text.to_string())
     }
 }
 
