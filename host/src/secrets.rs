@@ -239,6 +239,21 @@ impl Secrets {
         out
     }
 
+    /// Whether [`Secrets::occurs_in`] holds for any string (key or value)
+    /// inside `value`: lets a caller skip copying a value that needs no
+    /// redaction.
+    pub fn occurs_in_json(&self, value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => self.occurs_in(text.as_bytes()),
+            Value::Array(items) => items.iter().any(|v| self.occurs_in_json(v)),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, v)| self.occurs_in(key.as_bytes()) || self.occurs_in_json(v)),
+            _ => false,
+        }
+    }
+
     /// Whether any held value (or at least half of one, from its start:
     /// what [`Secrets::redact_bytes`] replaces) occurs in `bytes`.
     pub fn occurs_in(&self, bytes: &[u8]) -> bool {
@@ -423,6 +438,8 @@ mod tests {
         secrets.add("KEY", "sk-abcdef");
         let value: Result<Vec<String>, serde_json::Value> =
             Err(serde_json::json!({ "sk-abcdef": ["x sk-abcdef"] }));
+        assert!(secrets.occurs_in_json(&serde_json::json!({ "a": [1, { "sk-abcdef": 2 }] })));
+        assert!(!secrets.occurs_in_json(&serde_json::json!({ "a": ["sk-abc", 1] })));
         let mut found = Redactions::new();
         let clean = secrets.clean(value, &mut found);
         assert_eq!(

@@ -8,6 +8,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use warden::run::RunError;
 
+/// What the run refused at load, as `warden` shows it, and the records.
+async fn refused_at_load(policy: &str) -> (String, Vec<warden::audit::Record>) {
+    let (result, records) = try_run("builtin:react", policy, no_model(), "x").await;
+    let Err(RunError::Policy(error)) = result else {
+        panic!("{result:?}");
+    };
+    (error.render(), records)
+}
+
 #[tokio::test]
 async fn a_component_describing_100000_tools_is_refused_at_once() {
     let policy = format!(
@@ -15,11 +24,7 @@ async fn a_component_describing_100000_tools_is_refused_at_once() {
         guests::DESCRIBE_FLOOD_TOOL
     );
     let started = Instant::now();
-    let (result, records) = try_run("builtin:react", &policy, no_model(), "x").await;
-    let Err(RunError::Policy(error)) = result else {
-        panic!("{result:?}");
-    };
-    let shown = error.render();
+    let (shown, records) = refused_at_load(&policy).await;
     assert!(
         shown.contains("describes 100000 tools; a component may provide at most 1024"),
         "{shown}"
@@ -106,11 +111,7 @@ async fn a_tool_schema_whose_pattern_backtracks_is_refused_at_load() {
         "[tools.backtrack]\ncomponent = \"{}\"\n",
         guests::ATTACKER_TOOL
     );
-    let (result, _) = try_run("builtin:react", &policy, no_model(), "x").await;
-    let Err(RunError::Policy(error)) = result else {
-        panic!("{result:?}");
-    };
-    let shown = error.render();
+    let (shown, _) = refused_at_load(&policy).await;
     assert!(
         shown.contains("describes `backtrack` with an invalid JSON Schema"),
         "{shown}"

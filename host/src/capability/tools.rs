@@ -65,7 +65,9 @@ pub async fn call_parsed(
     // one) does not reach it, and the policy decides on what the tool gets.
     let mut redacted_arguments = Redactions::new();
     let cleaned;
-    let parsed = if gate.secrets().is_empty() {
+    // Copied only when a value occurs in them: this runs on every call of
+    // every run with a provider key.
+    let parsed = if !gate.secrets().occurs_in_json(parsed) {
         parsed
     } else {
         cleaned = gate
