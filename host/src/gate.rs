@@ -378,12 +378,20 @@ impl Gate {
         let kind = kind_of(request);
         let subject = printable(subject);
         let data = self.seal_data(data);
+        // Schema validation needs no session: it runs here, on the caller's
+        // time, before the lock, so one call's large arguments hold up no
+        // other call.
+        let invalid = self.policy.validate(request);
+        let request = &request.validated();
         // Deciding, counting and numbering the record happen under one lock,
         // so concurrent calls cannot overspend a budget and the log's order
         // is the order of decisions.
         let mut state = self.lock();
         state.session.now = self.started.elapsed();
-        let decision = self.policy.decide(request, &state.session);
+        let decision = match invalid {
+            Some(invalid) if self.policy.refusals_spent(&state.session).is_none() => invalid,
+            _ => self.policy.decide(request, &state.session),
+        };
         match decision {
             Decision::Allow { rule } => {
                 state.session.record(request);

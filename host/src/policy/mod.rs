@@ -495,6 +495,23 @@ pub enum Request<'a> {
     },
 }
 
+impl<'a> Request<'a> {
+    /// The same request with its schema taken off, once
+    /// [`Policy::validate`] passed it.
+    pub fn validated(&self) -> Request<'a> {
+        match *self {
+            Request::Tool {
+                name, arguments, ..
+            } => Request::Tool {
+                name,
+                arguments,
+                schema: None,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Where an outgoing HTTP request goes, as the host parsed and normalized
 /// its URL (lowercase scheme and host, no trailing dot, explicit port).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -820,6 +837,27 @@ impl Policy {
         self.tools.values().filter(|t| t.decision != Verdict::Deny)
     }
 
+    /// The part of deciding `request` that needs no session: whether a
+    /// granted tool's arguments match its schema. A schema's cost grows
+    /// with the arguments (linearly: patterns use a linear-time engine),
+    /// so the gate runs this before it takes its lock, on the caller's
+    /// time; `decide` on [`Request::validated`] then skips it.
+    pub fn validate(&self, request: &Request<'_>) -> Option<Decision> {
+        let Request::Tool {
+            name,
+            arguments,
+            schema: Some(schema),
+        } = *request
+        else {
+            return None;
+        };
+        let tool = self.tools.get(name)?;
+        if tool.decision == Verdict::Deny {
+            return None;
+        }
+        invalid(name, &tool.rules.schema, schema, arguments)
+    }
+
     /// Decide `request` given what the run has used and seen. Pure and
     /// cheap: no I/O, and no allocation unless the answer is a refusal.
     pub fn decide(&self, request: &Request<'_>, session: &Session) -> Decision {
@@ -1062,23 +1100,10 @@ impl Policy {
                 kind: DenyKind::Policy,
             };
         }
-        if let Some(schema) = schema
-            && let Some(error) = schema.iter_errors(arguments).next()
+        if let Some(invalid) =
+            schema.and_then(|schema| invalid(name, &rules.schema, schema, arguments))
         {
-            let at = error.instance_path().to_string();
-            let at = if at.is_empty() {
-                "the arguments do".to_string()
-            } else {
-                format!("`{at}` does")
-            };
-            return Decision::Deny {
-                rule: rules.schema.clone(),
-                reason: format!(
-                    "{at} not match the schema of `{name}`: {}",
-                    printable(&error.to_string())
-                ),
-                kind: DenyKind::Invalid,
-            };
+            return invalid;
         }
 
         // Labels and argument rules: the strongest verdict wins. A deny names
@@ -1195,6 +1220,30 @@ pub fn printable(text: &str) -> String {
         out.push_str(&piece);
     }
     out
+}
+
+/// A refusal if `arguments` fail the tool's `schema`, naming where.
+fn invalid(
+    name: &str,
+    rule: &Rule,
+    schema: &jsonschema::Validator,
+    arguments: &serde_json::Value,
+) -> Option<Decision> {
+    let error = schema.iter_errors(arguments).next()?;
+    let at = error.instance_path().to_string();
+    let at = if at.is_empty() {
+        "the arguments do".to_string()
+    } else {
+        format!("`{at}` does")
+    };
+    Some(Decision::Deny {
+        rule: rule.clone(),
+        reason: format!(
+            "{at} not match the schema of `{name}`: {}",
+            printable(&error.to_string())
+        ),
+        kind: DenyKind::Invalid,
+    })
 }
 
 #[cfg(test)]

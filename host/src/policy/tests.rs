@@ -369,6 +369,49 @@ fn the_tools_own_schema_comes_first() {
 }
 
 #[test]
+fn validation_apart_from_the_session_decides_as_decide_does() {
+    // The gate validates before it takes its lock, then decides the
+    // request without its schema: the two halves must agree with `decide`.
+    let p = policy(
+        "[tools.calc]\ncomponent = \"c\"\nargs.expression = { max_len = 3 }\n[tools.off]\ncomponent = \"o\"\ndecision = \"deny\"\n",
+    );
+    let schema = jsonschema::validator_for(&json!({
+        "type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]
+    }))
+    .unwrap();
+    let session = Session::default();
+    for (name, args) in [
+        ("calc", json!({"expression": 42})),
+        ("calc", json!({"expression": "1+1+1"})),
+        ("calc", json!({"expression": "1"})),
+        ("off", json!({"expression": 42})),
+        ("unknown", json!({"expression": 42})),
+    ] {
+        let request = Request::Tool {
+            name,
+            arguments: &args,
+            schema: Some(&schema),
+        };
+        let owned = |d: Decision| (d.verdict(), d.rule().as_str().to_string());
+        let whole = owned(p.decide(&request, &session));
+        let split = match p.validate(&request) {
+            Some(invalid) => owned(invalid),
+            None => owned(p.decide(&request.validated(), &session)),
+        };
+        assert_eq!(whole, split, "{name} {args}");
+    }
+    // Only a granted tool's arguments are validated, so the refusal names
+    // the rule that applies first.
+    let args = json!({"expression": 42});
+    let off = Request::Tool {
+        name: "off",
+        arguments: &args,
+        schema: Some(&schema),
+    };
+    assert!(p.validate(&off).is_none());
+}
+
+#[test]
 fn ask_entries_ask() {
     let p = policy("[tools.deploy]\ncomponent = \"d\"\ndecision = \"ask\"\n");
     let args = json!({});
