@@ -152,6 +152,9 @@ pub struct Gate {
     tally: Mutex<Tally>,
     /// The directory of each policy file, for relative paths in grants.
     dirs: Vec<std::path::PathBuf>,
+    /// Instances started per guest (one name per tool of the policy, and
+    /// the agent), for `[reproducible]` seeds.
+    instances: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -210,7 +213,19 @@ impl Gate {
             approver: None,
             approved: Mutex::default(),
             dirs: Vec::new(),
+            instances: Mutex::default(),
         }
+    }
+
+    /// How many instances of `name` this run started before this one: 0
+    /// for the first. With calls made one after another (as an agent makes
+    /// them), the same in every run.
+    pub fn instance_number(&self, name: &str) -> u64 {
+        let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        let n = instances.entry(name.to_string()).or_default();
+        let this = *n;
+        *n += 1;
+        this
     }
 
     /// Ask `approver` about `ask` decisions; treat the rules in

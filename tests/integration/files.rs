@@ -134,3 +134,53 @@ async fn a_reproducible_policy_fixes_the_clock_and_seeds_randomness() {
     assert_ne!(c["random"], d["random"], "without it, randomness is fresh");
     assert_ne!(c["random"], a["random"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reproducible_run_seeds_each_call_apart_and_fixes_the_servers_date() {
+    use crate::boundary::{RawServer, response};
+    let run = || async {
+        let date: &[u8] = b"date: Wed, 02 Dec 2026 03:00:00 GMT";
+        let server = RawServer::start(vec![response(&[date], b"ok")]).await;
+        let port = server.url.rsplit(':').next().unwrap().to_string();
+        let policy = format!(
+            "[reproducible]\ntime = \"2026-01-01T00:00:00Z\"\nrandom_seed = 7\n{}",
+            probe_policy(&format!(
+                "http = {{ allow = [{{ url = \"http://127.0.0.1:{port}/**\", private = true }}] }}"
+            ))
+        );
+        let (results, _) = run_calls(
+            &policy,
+            &[
+                ("probe", json!({ "op": "entropy" })),
+                ("probe", json!({ "op": "entropy" })),
+                (
+                    "probe",
+                    json!({ "op": "http", "url": format!("{}/now", server.url) }),
+                ),
+            ],
+        )
+        .await;
+        results
+            .into_iter()
+            .map(|r| serde_json::from_str::<Value>(&r.unwrap()).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run().await, run().await);
+    assert_ne!(
+        a[0]["random"], a[1]["random"],
+        "a tool's second call does not repeat the first one's random bytes"
+    );
+    assert_ne!(a[0]["insecure"], a[1]["insecure"]);
+    assert_eq!(
+        a[..2],
+        b[..2],
+        "and each call's bytes are the same in every run"
+    );
+    // (The probe answers an `http` op with the chain of responses.)
+    let headers = a[2][0]["headers"].as_array().unwrap();
+    let date = headers
+        .iter()
+        .find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case("date"))
+        .unwrap();
+    assert_eq!(date[1], "Thu, 01 Jan 2026 00:00:00 GMT", "{headers:?}");
+}

@@ -278,6 +278,14 @@ async fn send(
                 }
                 response = redact_response(response, gate.secrets(), &mut redacted).await?;
             }
+            // `[reproducible] time`: the server's clock is not a way around
+            // the fixed one.
+            if let Some(time) = policy.reproducible.time
+                && response.headers().contains_key(http::header::DATE)
+                && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(time))
+            {
+                response.headers_mut().insert(http::header::DATE, date);
+            }
             {
                 let mut held = labels.lock().unwrap_or_else(|p| p.into_inner());
                 for label in &rule.labels {

@@ -86,6 +86,14 @@ impl wasmtime_wasi::HostMonotonicClock for SteppingClock {
     }
 }
 
+/// SplitMix64's finalizer: spreads a counter's bits over the whole word.
+fn splitmix(x: u64) -> u64 {
+    let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -150,8 +158,17 @@ impl<R: Send + 'static> GuestState<R> {
         }
         if let Some(seed) = reproducible.random_seed {
             use rand::SeedableRng;
-            // Each guest its own stream, the same in every run.
-            let seed = seed ^ fnv1a(name.as_bytes());
+            // Each instance its own stream, the same in every run: from the
+            // run's seed, the guest's name and how many instances of it
+            // came before (so a tool's second call does not repeat the
+            // first one's "random" bytes).
+            // (Describing, which happens only on a cache miss, is not
+            // counted: its instances have a stream of their own.)
+            let number = match grantee {
+                Grantee::Nobody => u64::MAX,
+                _ => gate.instance_number(&name),
+            };
+            let seed = splitmix(seed ^ fnv1a(name.as_bytes()) ^ splitmix(number));
             wasi.secure_random(rand::rngs::StdRng::seed_from_u64(seed));
             wasi.insecure_random(rand::rngs::StdRng::seed_from_u64(seed.rotate_left(17)));
             wasi.insecure_random_seed(u128::from(seed));
