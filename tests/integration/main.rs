@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod adversarial;
 mod agent_loop;
 mod approvals;
 mod boundary;
