@@ -736,6 +736,15 @@ async fn exhaustion_of_the_hosts_resources() {
             Seen::Refused("", ""),
         ),
         Case::calls(
+            "exhaustion: arguments of 300,000 small values (ten times their text once parsed)",
+            &tools,
+            json!([raw_call(
+                "print",
+                &format!("{{\"x\":[{}0]}}", "0,".repeat(300_000))
+            )]),
+            Seen::Refused("tool", "more than 262144 values"),
+        ),
+        Case::calls(
             "exhaustion: a 4 MiB message to the model",
             &tools,
             json!([{ "chat": null, "user": "m".repeat(4 << 20) }]),

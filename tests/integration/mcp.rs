@@ -444,6 +444,11 @@ async fn mcp_negotiates_the_revision_the_client_asks_for() {
 #[tokio::test]
 async fn mcp_answers_malformed_messages_with_json_rpc_errors_and_keeps_serving() {
     let mut input = Vec::new();
+    // 600 KB of text, 300,000 values: ten times that in memory once parsed.
+    let many_values = format!(
+        r#"{{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{{"name":"calc","arguments":{{"x":[{}0]}}}}}}"#,
+        "0,".repeat(300_000)
+    );
     for line in [
         "this is not json",
         "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]",
@@ -455,6 +460,7 @@ async fn mcp_answers_malformed_messages_with_json_rpc_errors_and_keeps_serving()
         r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{}}"#,
         r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"calc","arguments":[1]}}"#,
         r#"{"jsonrpc":"1.0","id":7,"method":"ping"}"#,
+        &many_values,
         "",
         "   ",
     ] {
@@ -486,6 +492,7 @@ async fn mcp_answers_malformed_messages_with_json_rpc_errors_and_keeps_serving()
             -32602, // tools/call without a name
             -32602, // arguments not an object
             -32600, // not JSON-RPC 2.0
+            -32700, // too many values
             -32600, // too long
         ]
     );
@@ -498,6 +505,14 @@ async fn mcp_answers_malformed_messages_with_json_rpc_errors_and_keeps_serving()
     assert_eq!(
         answer(&answers, 4)["error"]["message"],
         "method not found: `resources/list`"
+    );
+    assert!(
+        answers[10]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 262144 values"),
+        "{}",
+        answers[10]
     );
     assert_eq!(answer(&answers, 8)["result"], json!({}));
     assert_eq!(answer(&answers, 9)["result"]["content"][0]["text"], "2");

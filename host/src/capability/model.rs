@@ -213,9 +213,11 @@ fn decode_request(request: wit::ChatRequest, default_model: &str) -> ChatRequest
             .tools
             .into_iter()
             .map(|spec| ToolSpec {
-                // A guest may send a schema that is not JSON; keep it as text
-                // rather than refuse: the provider decides what to do.
-                parameters: serde_json::from_str(&spec.parameters_schema)
+                // A guest may send a schema that is not JSON (or too many
+                // values to hold parsed); keep it as text rather than
+                // refuse: the provider decides what to do.
+                parameters: super::strict_json::parse(&spec.parameters_schema)
+                    .ok()
                     .unwrap_or(serde_json::Value::String(spec.parameters_schema)),
                 name: spec.name,
                 description: spec.description,

@@ -3,12 +3,17 @@
 //! depth: serde_json (and so the policy) would keep the last value, while
 //! the tool's parser may keep the first, and the policy would decide on
 //! arguments the tool never acts on. Nesting is bounded ([`MAX_DEPTH`]) so
-//! that hostile input cannot exhaust the host's stack.
+//! that hostile input cannot exhaust the host's stack, and so is the
+//! number of values ([`MAX_VALUES`]): a parsed value takes up to ten times
+//! the bytes of its text (`[0,0,...]` is 2 bytes a value in the text, 32
+//! and more in memory), so that bound, not the text's length, keeps what
+//! one message costs the host small.
 //!
 //! Callers pass the parsed value on (re-serialized), never the raw text.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::cell::Cell;
 use std::fmt;
 
 /// Deepest nesting of arrays and objects accepted, like serde_json's own
@@ -16,47 +21,79 @@ use std::fmt;
 /// whatever deserializer feeds the visitor.
 pub const MAX_DEPTH: usize = 128;
 
+/// Most values (each number, string, boolean, null, array, object, and
+/// each object key) one text may hold: far more than any tool's arguments
+/// need (bulk data travels as one string, which counts once), and at most
+/// some 30 MiB of host memory when parsed.
+pub const MAX_VALUES: usize = 1 << 18;
+
 /// Parse one JSON value, refusing repeated keys and nesting deeper than
 /// [`MAX_DEPTH`]. The error says what and where (line and column); a
 /// repeated key or too deep a nesting is a data error
 /// ([`serde_json::Error::is_data`]), anything else a syntax error.
 pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
+    parse_slice(text.as_bytes())
+}
+
+/// [`parse`] for bytes (which must be UTF-8 JSON).
+pub fn parse_slice(text: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let left = Cell::new(MAX_VALUES);
     let value = Strict {
         levels_left: MAX_DEPTH,
+        values_left: &left,
     }
     .deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
 }
 
-/// Builds a [`Value`] like serde_json's own, with the two checks.
+/// Builds a [`Value`] like serde_json's own, with the checks.
 #[derive(Clone, Copy)]
-struct Strict {
+struct Strict<'a> {
     levels_left: usize,
+    /// Shared by every level: values the text may still hold.
+    values_left: &'a Cell<usize>,
 }
 
-impl Strict {
+impl Strict<'_> {
     /// The seed for what is inside an array or object.
-    fn nested<E: de::Error>(self) -> Result<Strict, E> {
+    fn nested<E: de::Error>(self) -> Result<Self, E> {
         match self.levels_left.checked_sub(1) {
-            Some(levels_left) => Ok(Strict { levels_left }),
+            Some(levels_left) => Ok(Strict {
+                levels_left,
+                ..self
+            }),
             None => Err(E::custom(format_args!(
                 "arrays and objects are nested more than {MAX_DEPTH} levels deep"
             ))),
         }
     }
+
+    /// Count one value (or key) against [`MAX_VALUES`].
+    fn count<E: de::Error>(self) -> Result<(), E> {
+        match self.values_left.get().checked_sub(1) {
+            Some(left) => {
+                self.values_left.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(format_args!(
+                "more than {MAX_VALUES} values in one text (send bulk data as one string)"
+            ))),
+        }
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.count()?;
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,6 +151,7 @@ impl<'de> Visitor<'de> for Strict {
         let inner = self.nested()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            self.count()?;
             if object.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
                     "the key `{}` appears twice in one object (each key may appear once, so that the policy and the tool read the same value)",
@@ -181,8 +219,10 @@ mod tests {
         for _ in 0..MAX_DEPTH {
             value = json!([value]);
         }
+        let left = Cell::new(MAX_VALUES);
         let seed = Strict {
             levels_left: MAX_DEPTH,
+            values_left: &left,
         };
         assert!(seed.deserialize(value.clone()).is_ok());
         let error = seed.deserialize(json!([value])).unwrap_err();
@@ -190,5 +230,23 @@ mod tests {
             error.to_string().contains("nested more than 128 levels"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_number_of_values_is_bounded_not_only_the_bytes() {
+        // 2 bytes a value in the text, ten times that once parsed.
+        let array = |n: usize| format!("[{}0]", "0,".repeat(n - 1));
+        assert!(parse(&array(MAX_VALUES - 1)).is_ok());
+        let error = parse(&array(MAX_VALUES)).unwrap_err();
+        assert!(error.is_data(), "{error}");
+        assert!(
+            error.to_string().contains("more than 262144 values"),
+            "{error}"
+        );
+        // Keys count too.
+        let keys: Vec<String> = (0..MAX_VALUES / 2).map(|i| format!("\"k{i}\":0")).collect();
+        assert!(parse(&format!("{{{}}}", keys.join(","))).is_err());
+        // A long string is one value.
+        assert!(parse(&format!("{{\"text\":\"{}\"}}", "x".repeat(8 << 20))).is_ok());
     }
 }

@@ -213,7 +213,7 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             &format!("a message is at most {MAX_MESSAGE} bytes"),
         );
     };
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let parsed: Option<Value> = crate::capability::strict_json::parse_slice(&body).ok();
     let is_initialize = parsed
         .as_ref()
         .and_then(|m| m.get("method"))

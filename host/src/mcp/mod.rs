@@ -635,7 +635,7 @@ impl Server {
         out: &Sink,
         calls: &mut JoinSet<io::Result<()>>,
     ) -> io::Result<()> {
-        let message: Value = match serde_json::from_slice(line) {
+        let message: Value = match crate::capability::strict_json::parse_slice(line) {
             Ok(message) => message,
             Err(error) => {
                 out.error(Value::Null, PARSE_ERROR, format!("not JSON: {error}"), None);
