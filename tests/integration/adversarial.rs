@@ -60,6 +60,9 @@ enum Seen {
     NotStarted(&'static str),
 }
 
+/// A check on the host after a run: `Err` says what went wrong.
+type Check = dyn Fn(&[Record]) -> Result<(), String> + Send + Sync;
+
 /// One attack.
 struct Case {
     name: String,
@@ -69,7 +72,7 @@ struct Case {
     script: String,
     seen: Seen,
     /// Checked on the host after the run: `Err` says what went wrong.
-    after: Option<Box<dyn Fn(&[Record]) -> Result<(), String> + Send + Sync>>,
+    after: Option<Box<Check>>,
 }
 
 impl Case {
