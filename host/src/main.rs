@@ -106,7 +106,9 @@ struct McpArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=1024))]
     queue: u16,
     /// End the session when the client reads none of its answers for this
-    /// many seconds.
+    /// many seconds. HTTP: also how long a request's head and body may take
+    /// to arrive (a connection whose head is late is closed; a late body
+    /// is answered 408).
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     write_timeout: u64,
     /// HTTP: the most MCP sessions open at once; past it `initialize` is

@@ -856,3 +856,77 @@ async fn mcp_over_http_refuses_requests_past_its_slots_without_reading_them() {
     let end = memory.records().pop().unwrap();
     assert_eq!(end.data.as_ref().unwrap()["busy_refused"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_http_clients_do_not_hold_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let memory = MemorySink::default();
+    let spec = ServeSpec {
+        concurrency: 1,
+        queue: 0,
+        write_timeout: Duration::from_secs(1),
+        ..ServeSpec::new(policy(DEMO_LIKE))
+    };
+    let (url, stop, server) = start_http(spec, &memory);
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_string();
+    // More silent connections than the server serves at once.
+    let mut silent = Vec::new();
+    for _ in 0..warden::mcp::MAX_CONNECTIONS + 44 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Each is closed once its request head has not come within the read
+    // timeout.
+    let mut last = silent.pop().unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), last.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    let opened = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.post(&url).json(&initialize(LATEST)).send(),
+    )
+    .await
+    .expect("silent connections are closed after the read timeout")
+    .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // A body sent slowly holds the one slot only until the timeout.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /mcp HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\nmcp-session-id: {session}\r\ncontent-length: 1000\r\n\r\n{{\"jsonrpc\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = client
+        .post(&url)
+        .header("mcp-session-id", &session)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let pong = client
+        .post(&url)
+        .header("mcp-session-id", &session)
+        .json(&json!({ "jsonrpc": "2.0", "id": 2, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pong.status(), 200);
+    drop(silent);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -41,8 +41,17 @@ use tokio::task::JoinSet;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
+/// Most TCP connections served at once; more wait in the kernel's
+/// backlog until one closes. Each costs a task and its buffers, so a
+/// client that opens connections and sends nothing (or sends slowly)
+/// holds at most this many.
+pub const MAX_CONNECTIONS: usize = 256;
+
 struct Shared {
     server: Arc<super::Server>,
+    /// A request body not received whole within this long is refused
+    /// (`408`), giving its slot back (`--write-timeout`).
+    read_timeout: Duration,
     sessions: Mutex<Sessions>,
     /// The first audit failure: the server stops.
     failure: Mutex<Option<io::Error>>,
@@ -121,9 +130,11 @@ pub async fn serve_http(
         idle: spec.session_idle,
         refused: 0,
     };
+    let read_timeout = spec.write_timeout;
     let server = begin(runtime, spec, audit, "http").await?;
     let shared = Arc::new(Shared {
         server,
+        read_timeout,
         sessions: Mutex::new(sessions),
         failure: Mutex::default(),
     });
@@ -131,14 +142,13 @@ pub async fn serve_http(
         .route("/mcp", post(message).get(no_stream).delete(end_session))
         .with_state(shared.clone());
     let failed = shared.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = stop => {}
-                () = failed.server.failed.notified() => {}
-            }
-        })
-        .await;
+    let served = serve_bounded(listener, app, read_timeout, async move {
+        tokio::select! {
+            () = stop => {}
+            () = failed.server.failed.notified() => {}
+        }
+    })
+    .await;
     let failure = lock(&shared.failure).take().or(served.err());
     let mut notes = serde_json::Map::new();
     notes.insert(
@@ -206,13 +216,31 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return busy("server busy: every slot (--concurrency + --queue) is taken; retry later");
     };
-    let Ok(body) = axum::body::to_bytes(body, MAX_MESSAGE).await else {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            -32600,
-            &format!("a message is at most {MAX_MESSAGE} bytes"),
-        );
-    };
+    // The slot is held while the body arrives: a client that sends it
+    // slowly gives the slot back after the timeout.
+    let body =
+        match tokio::time::timeout(shared.read_timeout, axum::body::to_bytes(body, MAX_MESSAGE))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    -32600,
+                    &format!("a message is at most {MAX_MESSAGE} bytes"),
+                );
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    -32600,
+                    &format!(
+                        "the request body did not arrive within {:?} (--write-timeout)",
+                        shared.read_timeout
+                    ),
+                );
+            }
+        };
     let parsed: Option<Value> = crate::capability::strict_json::parse_slice(&body).ok();
     let is_initialize = parsed
         .as_ref()
@@ -339,3 +367,55 @@ fn new_session_id() -> String {
     getrandom::fill(&mut bytes).expect("the OS has randomness");
     hex::encode(bytes)
 }
+
+/// Serve `app` on `listener` until `stop`, then let the requests in flight
+/// finish. At most [`MAX_CONNECTIONS`] connections at once (the next is
+/// accepted when one closes), and a connection whose request head does not
+/// arrive whole within `read_timeout` (an idle keep-alive connection too)
+/// is closed: neither slow nor silent clients hold the server.
+async fn serve_bounded(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit,
+            () = &mut stop => break,
+        };
+        // The semaphore is never closed.
+        let Ok(permit) = permit else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of descriptors, or a connection reset before it was
+                // accepted: wait a moment rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(read_timeout)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Most bytes of a request head (and read buffer) per connection.
+const MAX_HEAD: usize = 64 << 10;

@@ -49,7 +49,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 mod http;
-pub use http::{check_address, serve_http};
+pub use http::{MAX_CONNECTIONS, check_address, serve_http};
 
 /// The protocol revisions negotiated at `initialize`, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -94,7 +94,9 @@ pub struct ServeSpec {
     /// their turn or for their answer to be written. Past them, stdin is
     /// not read (HTTP: the request is refused with `503`, server busy).
     pub queue: usize,
-    /// A client that reads no output for this long ends the session.
+    /// A client that reads no output for this long ends the session;
+    /// over HTTP, a request head or body that takes longer to arrive is
+    /// refused.
     pub write_timeout: Duration,
     /// HTTP: the most MCP sessions open at once; past it `initialize` is
     /// refused with `503`.
