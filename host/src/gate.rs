@@ -152,6 +152,9 @@ pub struct Gate {
     tally: Mutex<Tally>,
     /// The directory of each policy file, for relative paths in grants.
     dirs: Vec<std::path::PathBuf>,
+    /// In a replay: the recorded results, and the promise that no guest
+    /// touches anything outside the host.
+    replay: Option<Arc<crate::replay::ReplayTools>>,
 }
 
 #[derive(Default)]
@@ -210,7 +213,20 @@ impl Gate {
             approver: None,
             approved: Mutex::default(),
             dirs: Vec::new(),
+            replay: None,
         }
+    }
+
+    /// Make this gate a replay's: every guest's effects are answered from
+    /// `replay` or refused (see [`crate::replay`]).
+    pub fn with_replay(mut self, replay: Option<Arc<crate::replay::ReplayTools>>) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The replay this gate serves, if it is one.
+    pub fn replay(&self) -> Option<&crate::replay::ReplayTools> {
+        self.replay.as_deref()
     }
 
     /// Ask `approver` about `ask` decisions; treat the rules in

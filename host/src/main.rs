@@ -54,26 +54,15 @@ enum Command {
     /// Tools for policy authors.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Re-run a recorded run from its audit log: the model's answers and the
-    /// tools' results come from the record (nothing is sent, no tool runs),
-    /// the policy is enforced again, and the first divergence is reported.
-    /// Exit 0 when the run went the same way, 1 when it diverged.
-    Replay {
-        /// The audit log of the run.
-        log: PathBuf,
-        /// Which run in the log [default: the last].
-        #[arg(long)]
-        run: Option<String>,
-        /// Enforce this policy instead of the recorded one.
-        #[arg(long, short)]
-        policy: Option<PathBuf>,
-        /// Run this agent instead of the recorded one.
-        #[arg(long)]
-        agent: Option<String>,
-        /// Print only the verdict, not the transcript.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    /// Re-run a recorded run from its audit log, performing no effect: every
+    /// model call and tool call is answered from the record (nothing is
+    /// sent to a model, no tool is called), the agent's own HTTP is refused,
+    /// no directory is granted unless --read-dirs (then read-only), and
+    /// nothing is downloaded. The log's hash chain is checked first; the
+    /// policy is enforced again, and the first divergence (in what the
+    /// agent sent or got) is reported. Exit 0 when the run went the same
+    /// way, 1 when it diverged, 2 when it cannot be replayed.
+    Replay(ReplayArgs),
     /// Tools for people plugging in third-party tools.
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -85,6 +74,37 @@ enum Command {
     /// exactly like an agent's; a refusal is an error result naming the
     /// rule. Ends when the client closes stdin.
     Mcp(McpArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The audit log of the run.
+    log: PathBuf,
+    /// Which run in the log [default: the last].
+    #[arg(long)]
+    run: Option<String>,
+    /// Enforce this policy instead of the recorded one.
+    #[arg(long, short)]
+    policy: Option<PathBuf>,
+    /// Run this agent instead of the recorded one.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Use the agent and policy the log names (shown first). Anyone who can
+    /// write the log can name them: without this flag a replay runs only
+    /// what --agent and --policy name.
+    #[arg(long)]
+    trust_log: bool,
+    /// Grant the agent the policy's directories, read-only (shown first).
+    /// Without it, a replay grants no directory.
+    #[arg(long)]
+    read_dirs: bool,
+    /// Replay a log whose hash chain is broken (it was edited): its
+    /// answers may be forged.
+    #[arg(long)]
+    force: bool,
+    /// Print only the verdict, not the transcript.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -295,13 +315,7 @@ fn main() -> ExitCode {
             };
             block_on(tools_inspect(component, json, cache_dir))
         }
-        Command::Replay {
-            log,
-            run,
-            policy,
-            agent,
-            quiet,
-        } => block_on(replay(log, run, policy, agent, quiet)),
+        Command::Replay(args) => block_on(replay(args)),
         Command::Audit(AuditCommand::Verify { file, head }) => audit_verify(&file, head.as_deref()),
         Command::Audit(AuditCommand::Show {
             file,
@@ -992,15 +1006,48 @@ impl Approver for TerminalApprover {
     }
 }
 
-async fn replay(
-    log: PathBuf,
-    run_id: Option<String>,
-    policy: Option<PathBuf>,
-    agent: Option<String>,
-    quiet: bool,
-) -> ExitCode {
+async fn replay(args: ReplayArgs) -> ExitCode {
     use warden::audit::{MemorySink, Record};
     use warden::replay::{Divergence, ReplayModel, ReplayTools};
+    let ReplayArgs {
+        log,
+        run: run_id,
+        policy,
+        agent,
+        trust_log,
+        read_dirs,
+        force,
+        quiet,
+    } = args;
+    // The chain first: a log that is not what warden wrote is refused
+    // before anything in it is believed.
+    let report = match std::fs::File::open(&log).and_then(warden::audit::verify) {
+        Ok(report) => report,
+        Err(error) => return bad_input(format!("error: cannot read {}: {error}", log.display())),
+    };
+    if !report.is_intact() {
+        let mut message = format!(
+            "{}: the hash chain is broken: the log is not what warden wrote, so its answers may be forged:",
+            log.display()
+        );
+        for problem in report.problems.iter().take(5) {
+            message.push_str(&format!(
+                "\n  line {}: {}",
+                problem.line,
+                warden::transcript::clean(&problem.message)
+            ));
+        }
+        if report.problems.len() > 5 {
+            message.push_str(&format!("\n  ... and {} more", report.problems.len() - 5));
+        }
+        if !force {
+            return bad_input(format!(
+                "error: {message}\nhelp: `warden audit verify {}` shows every break; replay it anyway with --force",
+                log.display()
+            ));
+        }
+        eprintln!("warning: {message}\nreplaying anyway (--force)");
+    }
     let text = match std::fs::read_to_string(&log) {
         Ok(text) => text,
         Err(error) => return bad_input(format!("error: cannot read {}: {error}", log.display())),
@@ -1013,16 +1060,66 @@ async fn replay(
         Ok(recorded) => recorded,
         Err(error) => return bad_input(format!("error: {}: {error}", log.display())),
     };
-    let policy_path = policy.unwrap_or_else(|| PathBuf::from(&recorded.policy));
+    let clean = warden::transcript::clean;
+    let from_log = agent.is_none() || policy.is_none();
+    let policy_path = policy
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&recorded.policy));
     let policy_file = match PolicyFile::read(&policy_path) {
         Ok(policy) => policy,
         Err(error) => {
             return bad_input(format!(
                 "{error}\nhelp: the run used {}; pass --policy FILE if it moved",
-                recorded.policy
+                clean(&recorded.policy)
             ));
         }
     };
+    let agent_text = agent.clone().unwrap_or_else(|| recorded.agent.clone());
+    // What will run, shown before anything does: from a log, these are
+    // whatever its writer put there.
+    let whence = |given: bool| if given { "given" } else { "from the log" };
+    let mut shown = format!(
+        "replay of run {}:\n  agent:  {} ({})\n  policy: {} ({})",
+        clean(&recorded.run),
+        clean(&agent_text),
+        whence(agent.is_some()),
+        clean(&policy_path.display().to_string()),
+        whence(policy.is_some()),
+    );
+    let (grants, _) = policy_file.policy.grants_of(None);
+    let mounts = grants.map(|g| g.fs.as_slice()).unwrap_or_default();
+    if mounts.is_empty() {
+        shown.push_str("\n  directories: the policy grants the agent none");
+    } else {
+        shown.push_str(if read_dirs {
+            "\n  directories, granted read-only (--read-dirs):"
+        } else {
+            "\n  directories the policy grants the agent (no directory is granted; --read-dirs grants them read-only):"
+        });
+        for mount in mounts {
+            shown.push_str(&format!(
+                "\n    {} = {} ({} in the policy)",
+                clean(&mount.guest_path),
+                clean(
+                    &policy_file
+                        .dir_of(mount.place.file)
+                        .join(&mount.dir)
+                        .display()
+                        .to_string()
+                ),
+                match mount.mode {
+                    warden::policy::MountMode::Ro => "ro",
+                    warden::policy::MountMode::Rw => "rw",
+                },
+            ));
+        }
+    }
+    eprintln!("{shown}");
+    if from_log && !trust_log {
+        return bad_input(
+            "error: the agent and policy above come from the log where not given, and anyone who can write the log can name them\nhelp: check them, then pass --trust-log; or name your own with --agent and --policy",
+        );
+    }
     if policy_file.sha256 != recorded.policy_sha256 {
         eprintln!(
             "note: {} has changed since run {} (sha256 {} then, {} now): differences may come from the policy",
@@ -1033,7 +1130,12 @@ async fn replay(
             &policy_file.sha256[..12]
         );
     }
-    let agent = ComponentSource::parse(agent.as_deref().unwrap_or(&recorded.agent), Path::new("."));
+    if recorded.model.iter().any(|s| s.request_sha256.is_none()) {
+        eprintln!(
+            "note: the log holds no hash of the model requests (it was written before warden recorded them): only the number of messages sent is compared"
+        );
+    }
+    let agent = ComponentSource::parse(&agent_text, Path::new("."));
     let runtime = match Runtime::new(RuntimeConfig {
         cache_dir: cache::default_dir(),
         ..RuntimeConfig::default()
@@ -1041,8 +1143,16 @@ async fn replay(
         Ok(runtime) => runtime,
         Err(error) => return bad_input(format!("error: cannot start the engine: {error:#}")),
     };
+    // Tool components come from files or the download cache, never the
+    // network.
+    let offline = warden::remote::Downloader {
+        offline: true,
+        ..runtime.downloader().clone()
+    };
+    let runtime = runtime.with_downloader(offline);
     let divergence = Arc::new(Divergence::default());
-    let tools = Arc::new(ReplayTools::new(&recorded, divergence.clone()));
+    let tools =
+        Arc::new(ReplayTools::new(&recorded, divergence.clone()).with_read_dirs(read_dirs));
     let sink = MemorySink::default();
     let mut audit = AuditLog::new(new_run_id()).with_sink(sink.clone());
     if !quiet {

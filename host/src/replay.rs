@@ -1,7 +1,20 @@
 //! Whole-run replay: re-run an agent with the model answers and tool
 //! results taken from a run's audit log, and report the first place where
 //! the agent now does something else. For debugging agents and reviewing
-//! incidents: nothing is sent to a model and no tool runs.
+//! incidents, on logs that may come from someone else.
+//!
+//! What a replay may do, and must never do:
+//! - nothing is sent to a model: every model call is answered from the
+//!   record, and the request the agent sends is compared with the one
+//!   recorded (its SHA-256, and its number of messages);
+//! - no tool is called: every tool call is answered from the record
+//!   (components are still loaded, and describe their tools with no
+//!   grants at all, as in every run);
+//! - no other effect: the agent's own HTTP requests are refused (the record
+//!   does not hold the responses) and noted as a divergence; no directory
+//!   is granted unless the person asks for the policy's directories, and
+//!   then only read-only; no environment variable is inherited; no
+//!   component is downloaded.
 //!
 //! The policy is enforced again, so refusals happen as they did (or
 //! differently, if the policy changed: that is a divergence too). `ask`
@@ -45,6 +58,11 @@ pub struct Recorded {
 pub struct ModelStep {
     /// Messages in the request.
     pub messages: u64,
+    /// The SHA-256 of the request ([`ChatRequest::sha256`]); `None` in a
+    /// log written before it was recorded.
+    pub request_sha256: Option<String>,
+    /// The names of the tools the request offered.
+    pub tools: Vec<String>,
     /// The answer, or the provider's error.
     pub answer: Result<ChatResponse, String>,
 }
@@ -96,7 +114,7 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         approved: Vec::new(),
         answer: None,
     };
-    let mut model_requests: VecDeque<u64> = VecDeque::new();
+    let mut model_requests: VecDeque<(u64, Option<String>, Vec<String>)> = VecDeque::new();
     let mut tool_arguments: Vec<(String, Value)> = Vec::new();
     for record in &mine {
         let data = record.data.clone().unwrap_or(Value::Null);
@@ -130,10 +148,21 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                 recorded.answer = data["answer"].as_str().map(str::to_string);
             }
             (Kind::Model, Event::Decision) if permitted => {
-                model_requests.push_back(data["messages"].as_u64().unwrap_or(0));
+                model_requests.push_back((
+                    data["messages"].as_u64().unwrap_or(0),
+                    data["request_sha256"].as_str().map(str::to_string),
+                    data["tools"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect(),
+                ));
             }
             (Kind::Model, Event::Outcome) if permitted => {
-                let messages = model_requests.pop_front().unwrap_or(0);
+                let (messages, request_sha256, tools) =
+                    model_requests.pop_front().unwrap_or_default();
                 let answer = match record.outcome {
                     Some(Outcome::Ok) => {
                         whole(record, &data, &["text", "tool_calls"])?;
@@ -141,7 +170,12 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                     }
                     _ => Err(record.detail.clone()),
                 };
-                recorded.model.push(ModelStep { messages, answer });
+                recorded.model.push(ModelStep {
+                    messages,
+                    request_sha256,
+                    tools,
+                    answer,
+                });
             }
             (Kind::Tool, Event::Decision) if permitted => {
                 whole(record, &data, &["arguments"])?;
@@ -278,7 +312,33 @@ impl ModelProvider for ReplayModel {
                 Err(ProviderError::Other(format!("replay diverged: {what}")))
             }
             Some(step) => {
-                if step.messages != request.messages.len() as u64 {
+                let sent = request.messages.len();
+                let sha256 = step.request_sha256.as_ref().map(|recorded| {
+                    let now = request.sha256();
+                    (now != *recorded).then_some((now, recorded))
+                });
+                if let Some(Some((now, recorded))) = sha256 {
+                    let offered: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+                    let what = if offered != step.tools {
+                        format!(
+                            "it offered the tools {offered:?}; the recorded run offered {:?}",
+                            step.tools
+                        )
+                    } else if step.messages != sent as u64 {
+                        format!("{sent} message(s); the recorded run sent {}", step.messages)
+                    } else {
+                        format!(
+                            "{sent} message(s) and the same tools, with other content or settings"
+                        )
+                    };
+                    self.divergence.note(format!(
+                        "model call {call}: the agent sent a different request: {what} (sha256 {}… now, {}… then)",
+                        &now[..12],
+                        // From a log someone else may have written: not
+                        // necessarily hex.
+                        recorded.chars().take(12).collect::<String>(),
+                    ));
+                } else if step.messages != sent as u64 {
                     self.divergence.note(format!(
                         "model call {call}: the agent sent {} message(s); the recorded run sent {}",
                         request.messages.len(),
@@ -292,21 +352,42 @@ impl ModelProvider for ReplayModel {
     }
 }
 
-/// Tool results from a recorded run, in order.
+/// A replay's answers to everything but the model: tool results from a
+/// recorded run, in order, and what guests may touch (nothing outside the
+/// host). The gate holds it for the whole replay ([`crate::gate::Gate::replay`]).
 pub struct ReplayTools {
     steps: Mutex<VecDeque<ToolStep>>,
     total: usize,
     divergence: std::sync::Arc<Divergence>,
+    read_dirs: bool,
 }
 
 impl ReplayTools {
-    /// Results from `recorded`'s tool steps.
+    /// Results from `recorded`'s tool steps; no directory is granted.
     pub fn new(recorded: &Recorded, divergence: std::sync::Arc<Divergence>) -> Self {
         ReplayTools {
             steps: Mutex::new(recorded.tools.iter().cloned().collect()),
             total: recorded.tools.len(),
             divergence,
+            read_dirs: false,
         }
+    }
+
+    /// Grant the agent the policy's directories, read-only (`--read-dirs`:
+    /// the person asked for them, after they were shown).
+    pub fn with_read_dirs(mut self, read_dirs: bool) -> Self {
+        self.read_dirs = read_dirs;
+        self
+    }
+
+    /// Whether the policy's directories are granted (read-only).
+    pub fn read_dirs(&self) -> bool {
+        self.read_dirs
+    }
+
+    /// Where the replay notes that it went differently.
+    pub fn divergence(&self) -> &Divergence {
+        &self.divergence
     }
 
     /// The recorded result of the next tool call, if it is this call;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 fn warden(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
+        .env("WARDEN_REPLAY_PROBE", "a value of the host's")
         .current_dir(repo())
         .output()
         .unwrap()
@@ -188,14 +189,19 @@ fn a_crafted_log_cannot_make_replay_write_outside_any_workspace() {
     // nothing lands outside.
     let (code, out, err) = replay(&audit, &["--trust-log"]);
     assert!(!pwned.exists(), "the replay wrote {}", pwned.display());
-    assert_ne!(code, Some(101), "{out}{err}");
+    assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("no directory is granted"), "{err}");
+    assert!(
+        out.contains("DIVERGED") && out.contains("No such file or directory"),
+        "{out}"
+    );
 
     // Asked for, the policy's directories are granted read-only.
     let (code, out, err) = replay(&audit, &["--trust-log", "--read-dirs"]);
     assert!(!pwned.exists(), "the replay wrote {}", pwned.display());
-    assert_ne!(code, Some(101), "{out}{err}");
-    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("granted read-only"), "{err}");
+    assert!(out.contains("Operation not permitted"), "{out}");
 }
 
 #[test]
@@ -283,4 +289,66 @@ fn an_agent_that_sends_a_different_prompt_diverges_even_with_the_same_answers() 
     let (code, out, err) = replay(&audit, &trusted);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(err.contains("holds no hash of the model requests"), "{err}");
+}
+
+#[test]
+fn replay_downloads_no_component() {
+    let (url, count) = counting_server();
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, _) = record(
+        dir.path(),
+        MODEL_ONLY,
+        "[[turn]]\ntext = \"x\"\n",
+        r#"[{"chat":"hi"}]"#,
+    );
+    // A policy naming a tool at a URL (pinned to something never cached).
+    let policy = dir.path().join("remote.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{MODEL_ONLY}\n[tools.remote]\ncomponent = \"{url}/tool.wasm\"\nsha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = replay(
+        &audit,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--agent",
+            guests::EFFECTS_AGENT,
+        ],
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 0, "the replay downloaded");
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("a replay downloads nothing"), "{err}");
+}
+
+#[test]
+fn replay_passes_the_agent_no_environment_of_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!("{MODEL_ONLY}\n[agent]\ninherit_env = [\"WARDEN_REPLAY_PROBE\"]\n");
+    let (audit, policy) = record(
+        dir.path(),
+        &policy,
+        "[[turn]]\ntext = \"x\"\n",
+        r#"[{"env":"WARDEN_REPLAY_PROBE"}]"#,
+    );
+    let recorded = std::fs::read_to_string(&audit).unwrap();
+    assert!(recorded.contains("a value of the host's"), "the run had it");
+    let (code, out, err) = replay(
+        &audit,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--agent",
+            guests::EFFECTS_AGENT,
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("the answer differs") && out.contains("now Some(\"[{\\\"error\\\""),
+        "{out}"
+    );
 }

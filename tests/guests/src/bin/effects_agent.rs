@@ -4,6 +4,7 @@
 //!
 //! - `{"http": URL}`: a GET through `wasi:http` (the agent's own egress).
 //! - `{"write": PATH, "content": TEXT}`: write a file (a granted directory).
+//! - `{"env": NAME}`: read an environment variable.
 //! - `{"chat": TEXT}`: ask the model, with one user message TEXT; with
 //!   `"nonce": true` the message ends with 8 random bytes, so every run
 //!   sends a different prompt.
@@ -26,6 +27,11 @@ impl Agent for Effects {
             } else if let Some(path) = op["write"].as_str() {
                 match std::fs::write(path, op["content"].as_str().unwrap_or_default()) {
                     Ok(()) => json!({ "ok": true }),
+                    Err(e) => json!({ "error": e.to_string() }),
+                }
+            } else if let Some(name) = op["env"].as_str() {
+                match std::env::var(name) {
+                    Ok(value) => json!({ "ok": value }),
                     Err(e) => json!({ "error": e.to_string() }),
                 }
             } else if let Some(text) = op["chat"].as_str() {
