@@ -54,14 +54,16 @@ enum Command {
     /// Tools for policy authors.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Re-run a recorded run from its audit log, performing no effect: every
-    /// model call and tool call is answered from the record (nothing is
-    /// sent to a model, no tool is called), the agent's own HTTP is refused,
-    /// no directory is granted unless --read-dirs (then read-only), and
-    /// nothing is downloaded. The log's hash chain is checked first; the
-    /// policy is enforced again, and the first divergence (in what the
-    /// agent sent or got) is reported. Exit 0 when the run went the same
-    /// way, 1 when it diverged, 2 when it cannot be replayed.
+    /// Re-run a recorded run from its audit log without touching anything
+    /// outside warden: every model call and tool call is answered from the
+    /// record (nothing is sent to a model; no tool is called, its component
+    /// only describes its tools, with no grants), the agent's own HTTP is
+    /// refused, it inherits no environment and gets no directory unless
+    /// --read-dirs (then read-only), nothing is downloaded, and the only
+    /// file written is the compile cache. The log's hash chain is checked
+    /// first; the policy is enforced again, and the first divergence (in
+    /// what the agent sent or got) is reported. Exit 0 when the run went
+    /// the same way, 1 when it diverged, 2 when it cannot be replayed.
     Replay(ReplayArgs),
     /// Tools for people plugging in third-party tools.
     #[command(subcommand)]
@@ -1007,7 +1009,7 @@ impl Approver for TerminalApprover {
 }
 
 async fn replay(args: ReplayArgs) -> ExitCode {
-    use warden::audit::{MemorySink, Record};
+    use warden::audit::MemorySink;
     use warden::replay::{Divergence, ReplayModel, ReplayTools};
     let ReplayArgs {
         log,
@@ -1048,15 +1050,22 @@ async fn replay(args: ReplayArgs) -> ExitCode {
         }
         eprintln!("warning: {message}\nreplaying anyway (--force)");
     }
-    let text = match std::fs::read_to_string(&log) {
-        Ok(text) => text,
+    for line in &report.torn {
+        eprintln!(
+            "note: {}:{line}: an incomplete record (the host was stopped while writing it)",
+            log.display()
+        );
+    }
+    // Only the run replayed is held, a line at a time: the log may be
+    // large (or made to be).
+    let Some(run_id) = run_id.or_else(|| report.runs.last().map(|(run, _, _)| run.clone())) else {
+        return bad_input(format!("error: {}: the log holds no run", log.display()));
+    };
+    let records = match std::fs::File::open(&log).and_then(|file| records_of(file, &run_id)) {
+        Ok(records) => records,
         Err(error) => return bad_input(format!("error: cannot read {}: {error}", log.display())),
     };
-    let records: Vec<Record> = text
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
-    let recorded = match warden::replay::read(&records, run_id.as_deref()) {
+    let recorded = match warden::replay::read(&records, Some(&run_id)) {
         Ok(recorded) => recorded,
         Err(error) => return bad_input(format!("error: {}: {error}", log.display())),
     };
@@ -1151,8 +1160,7 @@ async fn replay(args: ReplayArgs) -> ExitCode {
     };
     let runtime = runtime.with_downloader(offline);
     let divergence = Arc::new(Divergence::default());
-    let tools =
-        Arc::new(ReplayTools::new(&recorded, divergence.clone()).with_read_dirs(read_dirs));
+    let tools = Arc::new(ReplayTools::new(&recorded, divergence.clone()).with_read_dirs(read_dirs));
     let sink = MemorySink::default();
     let mut audit = AuditLog::new(new_run_id()).with_sink(sink.clone());
     if !quiet {
@@ -1219,6 +1227,36 @@ async fn replay(args: ReplayArgs) -> ExitCode {
                 recorded.tools.len()
             );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The records of run `run` in an audit log, read a line at a time; a line
+/// longer than any record warden writes is skipped without being held.
+fn records_of(file: std::fs::File, run: &str) -> std::io::Result<Vec<warden::audit::Record>> {
+    use std::io::{BufRead as _, Read as _};
+    let max = warden::audit::verify::MAX_LINE;
+    let mut reader = std::io::BufReader::new(file);
+    let mut records = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if (&mut reader)
+            .take(max as u64 + 1)
+            .read_until(b'\n', &mut line)?
+            == 0
+        {
+            return Ok(records);
+        }
+        if line.len() > max && line.last() != Some(&b'\n') {
+            let mut byte = [0u8; 1];
+            while reader.read(&mut byte)? == 1 && byte[0] != b'\n' {}
+            continue;
+        }
+        if let Ok(record) = serde_json::from_slice::<warden::audit::Record>(&line)
+            && record.run == run
+        {
+            records.push(record);
         }
     }
 }

@@ -318,7 +318,8 @@ impl ModelProvider for ReplayModel {
                     (now != *recorded).then_some((now, recorded))
                 });
                 if let Some(Some((now, recorded))) = sha256 {
-                    let offered: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+                    let offered: Vec<&str> =
+                        request.tools.iter().map(|t| t.name.as_str()).collect();
                     let what = if offered != step.tools {
                         format!(
                             "it offered the tools {offered:?}; the recorded run offered {:?}",
@@ -469,5 +470,72 @@ mod tests {
             error.contains("seq 3") && error.contains("audit_field"),
             "{error}"
         );
+    }
+
+    fn request(text: &str) -> ChatRequest {
+        ChatRequest {
+            messages: vec![Message {
+                role: Role::User,
+                content: text.into(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            }],
+            tools: Vec::new(),
+            model: "m".into(),
+            max_tokens: None,
+            temperature: None,
+        }
+    }
+
+    fn one_call(decision: Value) -> Recorded {
+        let records = vec![
+            record(1, Kind::Run, Event::Decision, json!({ "task": "t" })),
+            record(2, Kind::Model, Event::Decision, decision),
+            record(
+                3,
+                Kind::Model,
+                Event::Outcome,
+                json!({ "text": "same", "tool_calls": [] }),
+            ),
+        ];
+        read(&records, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn what_the_agent_sent_is_compared_not_only_what_it_got() {
+        let sent = request("hello 1");
+        let recorded = one_call(json!({
+            "messages": 1, "tools": [], "request_sha256": sent.sha256(),
+        }));
+        assert_eq!(recorded.model[0].request_sha256, Some(sent.sha256()));
+        let secrets = crate::secrets::Secrets::default();
+        for (now, diverged) in [("hello 1", false), ("hello 2", true)] {
+            let divergence = std::sync::Arc::new(Divergence::default());
+            let model = ReplayModel::new(&recorded, divergence.clone());
+            let answer = model.chat(&secrets.cleaned(request(now))).await.unwrap();
+            assert_eq!(answer.message.content, "same");
+            match divergence.first() {
+                Some(what) => {
+                    assert!(diverged, "{what}");
+                    assert!(
+                        what.contains("model call 1: the agent sent a different request")
+                            && what.contains("1 message(s) and the same tools"),
+                        "{what}"
+                    );
+                }
+                None => assert!(!diverged, "{now} was not noticed"),
+            }
+        }
+        // A log from before requests were hashed: only the count is
+        // compared, and `request_sha256` is absent for main to say so.
+        let old = one_call(json!({ "messages": 1 }));
+        assert_eq!(old.model[0].request_sha256, None);
+        let divergence = std::sync::Arc::new(Divergence::default());
+        let model = ReplayModel::new(&old, divergence.clone());
+        model
+            .chat(&secrets.cleaned(request("other")))
+            .await
+            .unwrap();
+        assert_eq!(divergence.first(), None);
     }
 }
