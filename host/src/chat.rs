@@ -122,6 +122,30 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The SHA-256 of the request as JSON, as it leaves the host (after
+    /// redaction). The audit records it for every model call, so a replay
+    /// can tell that an agent sent something else even when the answers
+    /// are the same.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        /// Hashes what is written, without holding it.
+        struct Hashing(sha2::Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hashing = Hashing(sha2::Sha256::new());
+        // Host types into a writer that never fails: serializing cannot
+        // fail (a NaN temperature is written as `null`).
+        let _ = serde_json::to_writer(&mut hashing, self);
+        hex::encode(hashing.0.finalize())
+    }
+
     /// Bytes of text the request carries, every field counted: messages,
     /// tool names, descriptions and schemas, the model's name.
     pub fn text_len(&self) -> usize {

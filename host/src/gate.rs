@@ -155,6 +155,9 @@ pub struct Gate {
     /// Instances started per guest (one name per tool of the policy, and
     /// the agent), for `[reproducible]` seeds.
     instances: Mutex<std::collections::HashMap<String, u64>>,
+    /// In a replay: the recorded results, and the promise that no guest
+    /// touches anything outside the host.
+    replay: Option<Arc<crate::replay::ReplayTools>>,
 }
 
 #[derive(Default)]
@@ -214,6 +217,7 @@ impl Gate {
             approved: Mutex::default(),
             dirs: Vec::new(),
             instances: Mutex::default(),
+            replay: None,
         }
     }
 
@@ -226,6 +230,18 @@ impl Gate {
         let this = *n;
         *n += 1;
         this
+    }
+
+    /// Make this gate a replay's: every guest's effects are answered from
+    /// `replay` or refused (see [`crate::replay`]).
+    pub fn with_replay(mut self, replay: Option<Arc<crate::replay::ReplayTools>>) -> Self {
+        self.replay = replay;
+        self
+    }
+
+    /// The replay this gate serves, if it is one.
+    pub fn replay(&self) -> Option<&crate::replay::ReplayTools> {
+        self.replay.as_deref()
     }
 
     /// Ask `approver` about `ask` decisions; treat the rules in

@@ -196,6 +196,8 @@ pub struct Downloader {
     pub timeout: Duration,
     /// Largest download accepted.
     pub max_size: u64,
+    /// Use only the cache, never the network (a replay downloads nothing).
+    pub offline: bool,
 }
 
 impl Downloader {
@@ -207,6 +209,7 @@ impl Downloader {
             connect_timeout: CONNECT_TIMEOUT,
             timeout: DOWNLOAD_TIMEOUT,
             max_size: MAX_DOWNLOAD,
+            offline: false,
         }
     }
 
@@ -235,6 +238,11 @@ impl Downloader {
                 sha256: pin.to_string(),
                 from_cache: true,
             });
+        }
+        if self.offline {
+            return Err(FetchError::Failed(format!(
+                "{url} is not in the download cache, and a replay downloads nothing; `warden run` (or `warden tools inspect`) caches it"
+            )));
         }
         let bytes = self.download(url).await.map_err(FetchError::Failed)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));

@@ -1,7 +1,20 @@
 //! Whole-run replay: re-run an agent with the model answers and tool
 //! results taken from a run's audit log, and report the first place where
 //! the agent now does something else. For debugging agents and reviewing
-//! incidents: nothing is sent to a model and no tool runs.
+//! incidents, on logs that may come from someone else.
+//!
+//! What a replay may do, and must never do:
+//! - nothing is sent to a model: every model call is answered from the
+//!   record, and the request the agent sends is compared with the one
+//!   recorded (its SHA-256, and its number of messages);
+//! - no tool is called: every tool call is answered from the record
+//!   (components are still loaded, and describe their tools with no
+//!   grants at all, as in every run);
+//! - no other effect: the agent's own HTTP requests are refused (the record
+//!   does not hold the responses) and noted as a divergence; no directory
+//!   is granted unless the person asks for the policy's directories, and
+//!   then only read-only; no environment variable is inherited; no
+//!   component is downloaded.
 //!
 //! The policy is enforced again, so refusals happen as they did (or
 //! differently, if the policy changed: that is a divergence too). `ask`
@@ -45,6 +58,11 @@ pub struct Recorded {
 pub struct ModelStep {
     /// Messages in the request.
     pub messages: u64,
+    /// The SHA-256 of the request ([`ChatRequest::sha256`]); `None` in a
+    /// log written before it was recorded.
+    pub request_sha256: Option<String>,
+    /// The names of the tools the request offered.
+    pub tools: Vec<String>,
     /// The answer, or the provider's error.
     pub answer: Result<ChatResponse, String>,
 }
@@ -96,7 +114,7 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         approved: Vec::new(),
         answer: None,
     };
-    let mut model_requests: VecDeque<u64> = VecDeque::new();
+    let mut model_requests: VecDeque<(u64, Option<String>, Vec<String>)> = VecDeque::new();
     let mut tool_arguments: Vec<(String, Value)> = Vec::new();
     for record in &mine {
         let data = record.data.clone().unwrap_or(Value::Null);
@@ -130,10 +148,21 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                 recorded.answer = data["answer"].as_str().map(str::to_string);
             }
             (Kind::Model, Event::Decision) if permitted => {
-                model_requests.push_back(data["messages"].as_u64().unwrap_or(0));
+                model_requests.push_back((
+                    data["messages"].as_u64().unwrap_or(0),
+                    data["request_sha256"].as_str().map(str::to_string),
+                    data["tools"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect(),
+                ));
             }
             (Kind::Model, Event::Outcome) if permitted => {
-                let messages = model_requests.pop_front().unwrap_or(0);
+                let (messages, request_sha256, tools) =
+                    model_requests.pop_front().unwrap_or_default();
                 let answer = match record.outcome {
                     Some(Outcome::Ok) => {
                         whole(record, &data, &["text", "tool_calls"])?;
@@ -141,7 +170,12 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                     }
                     _ => Err(record.detail.clone()),
                 };
-                recorded.model.push(ModelStep { messages, answer });
+                recorded.model.push(ModelStep {
+                    messages,
+                    request_sha256,
+                    tools,
+                    answer,
+                });
             }
             (Kind::Tool, Event::Decision) if permitted => {
                 whole(record, &data, &["arguments"])?;
@@ -278,7 +312,34 @@ impl ModelProvider for ReplayModel {
                 Err(ProviderError::Other(format!("replay diverged: {what}")))
             }
             Some(step) => {
-                if step.messages != request.messages.len() as u64 {
+                let sent = request.messages.len();
+                let sha256 = step.request_sha256.as_ref().map(|recorded| {
+                    let now = request.sha256();
+                    (now != *recorded).then_some((now, recorded))
+                });
+                if let Some(Some((now, recorded))) = sha256 {
+                    let offered: Vec<&str> =
+                        request.tools.iter().map(|t| t.name.as_str()).collect();
+                    let what = if offered != step.tools {
+                        format!(
+                            "it offered the tools {offered:?}; the recorded run offered {:?}",
+                            step.tools
+                        )
+                    } else if step.messages != sent as u64 {
+                        format!("{sent} message(s); the recorded run sent {}", step.messages)
+                    } else {
+                        format!(
+                            "{sent} message(s) and the same tools, with other content or settings"
+                        )
+                    };
+                    self.divergence.note(format!(
+                        "model call {call}: the agent sent a different request: {what} (sha256 {}… now, {}… then)",
+                        &now[..12],
+                        // From a log someone else may have written: not
+                        // necessarily hex.
+                        recorded.chars().take(12).collect::<String>(),
+                    ));
+                } else if step.messages != sent as u64 {
                     self.divergence.note(format!(
                         "model call {call}: the agent sent {} message(s); the recorded run sent {}",
                         request.messages.len(),
@@ -292,21 +353,42 @@ impl ModelProvider for ReplayModel {
     }
 }
 
-/// Tool results from a recorded run, in order.
+/// A replay's answers to everything but the model: tool results from a
+/// recorded run, in order, and what guests may touch (nothing outside the
+/// host). The gate holds it for the whole replay ([`crate::gate::Gate::replay`]).
 pub struct ReplayTools {
     steps: Mutex<VecDeque<ToolStep>>,
     total: usize,
     divergence: std::sync::Arc<Divergence>,
+    read_dirs: bool,
 }
 
 impl ReplayTools {
-    /// Results from `recorded`'s tool steps.
+    /// Results from `recorded`'s tool steps; no directory is granted.
     pub fn new(recorded: &Recorded, divergence: std::sync::Arc<Divergence>) -> Self {
         ReplayTools {
             steps: Mutex::new(recorded.tools.iter().cloned().collect()),
             total: recorded.tools.len(),
             divergence,
+            read_dirs: false,
         }
+    }
+
+    /// Grant the agent the policy's directories, read-only (`--read-dirs`:
+    /// the person asked for them, after they were shown).
+    pub fn with_read_dirs(mut self, read_dirs: bool) -> Self {
+        self.read_dirs = read_dirs;
+        self
+    }
+
+    /// Whether the policy's directories are granted (read-only).
+    pub fn read_dirs(&self) -> bool {
+        self.read_dirs
+    }
+
+    /// Where the replay notes that it went differently.
+    pub fn divergence(&self) -> &Divergence {
+        &self.divergence
     }
 
     /// The recorded result of the next tool call, if it is this call;
@@ -388,5 +470,72 @@ mod tests {
             error.contains("seq 3") && error.contains("audit_field"),
             "{error}"
         );
+    }
+
+    fn request(text: &str) -> ChatRequest {
+        ChatRequest {
+            messages: vec![Message {
+                role: Role::User,
+                content: text.into(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            }],
+            tools: Vec::new(),
+            model: "m".into(),
+            max_tokens: None,
+            temperature: None,
+        }
+    }
+
+    fn one_call(decision: Value) -> Recorded {
+        let records = vec![
+            record(1, Kind::Run, Event::Decision, json!({ "task": "t" })),
+            record(2, Kind::Model, Event::Decision, decision),
+            record(
+                3,
+                Kind::Model,
+                Event::Outcome,
+                json!({ "text": "same", "tool_calls": [] }),
+            ),
+        ];
+        read(&records, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn what_the_agent_sent_is_compared_not_only_what_it_got() {
+        let sent = request("hello 1");
+        let recorded = one_call(json!({
+            "messages": 1, "tools": [], "request_sha256": sent.sha256(),
+        }));
+        assert_eq!(recorded.model[0].request_sha256, Some(sent.sha256()));
+        let secrets = crate::secrets::Secrets::default();
+        for (now, diverged) in [("hello 1", false), ("hello 2", true)] {
+            let divergence = std::sync::Arc::new(Divergence::default());
+            let model = ReplayModel::new(&recorded, divergence.clone());
+            let answer = model.chat(&secrets.cleaned(request(now))).await.unwrap();
+            assert_eq!(answer.message.content, "same");
+            match divergence.first() {
+                Some(what) => {
+                    assert!(diverged, "{what}");
+                    assert!(
+                        what.contains("model call 1: the agent sent a different request")
+                            && what.contains("1 message(s) and the same tools"),
+                        "{what}"
+                    );
+                }
+                None => assert!(!diverged, "{now} was not noticed"),
+            }
+        }
+        // A log from before requests were hashed: only the count is
+        // compared, and `request_sha256` is absent for main to say so.
+        let old = one_call(json!({ "messages": 1 }));
+        assert_eq!(old.model[0].request_sha256, None);
+        let divergence = std::sync::Arc::new(Divergence::default());
+        let model = ReplayModel::new(&old, divergence.clone());
+        model
+            .chat(&secrets.cleaned(request("other")))
+            .await
+            .unwrap();
+        assert_eq!(divergence.first(), None);
     }
 }

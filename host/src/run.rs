@@ -34,7 +34,10 @@ pub struct RunSpec {
     pub approver: Option<Arc<dyn Approver>>,
     /// Rules approved in advance (`--approve RULE`).
     pub approve: Vec<String>,
-    /// In a replay, the recorded tool results: no tool runs.
+    /// In a replay, the recorded tool results: no tool is called, and no
+    /// guest touches anything outside the host (no HTTP, no directory
+    /// unless the replay grants the policy's read-only, no inherited
+    /// environment).
     pub replay_tools: Option<Arc<crate::replay::ReplayTools>>,
 }
 
@@ -127,7 +130,8 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     }
     let gate = Gate::new(policy.clone(), audit)
         .with_approvals(spec.approver.clone(), &spec.approve)
-        .with_secrets(secrets);
+        .with_secrets(secrets)
+        .with_replay(spec.replay_tools.clone());
     let opening = Opening {
         subject: agent_name.clone(),
         detail: brief(&spec.task, 200),

@@ -507,7 +507,7 @@ fn replay_reruns_a_recorded_run_offline_and_finds_the_first_divergence() {
     assert!(out.status.success());
     let replay = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["replay", "-q"])
+            .args(["replay", "-q", "--trust-log"])
             .arg(&audit)
             .args(extra)
             .current_dir(repo())
@@ -536,10 +536,12 @@ fn replay_reruns_a_recorded_run_offline_and_finds_the_first_divergence() {
     .unwrap();
     let (code, out, err) = replay(&["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}{err}");
+    // What the agent sent differs first: calc is no longer offered.
     assert!(
         out.contains("DIVERGED")
-            && out.contains("tool call 1: the agent called `word_count`")
-            && out.contains("the recorded run called `calc`"),
+            && out.contains("model call 1: the agent sent a different request")
+            && out.contains("offered the tools [\"word_count\"]")
+            && out.contains("the recorded run offered [\"calc\", \"word_count\"]"),
         "{out}"
     );
     assert!(err.contains("has changed since run"), "{err}");

@@ -23,3 +23,4 @@ mod policy;
 mod providers;
 mod real_tools;
 mod remote;
+mod replay;

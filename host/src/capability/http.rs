@@ -187,6 +187,17 @@ async fn send(
     let Ok(permit) = decision else {
         return Err(HttpError::HttpRequestDenied);
     };
+    if let Some(replay) = gate.replay() {
+        // Sending it again would repeat the effect (a payment, a webhook),
+        // and the record does not hold the response to answer with.
+        let why = format!(
+            "`{subject}` sent {method} {url}; a replay sends no HTTP (the record does not hold the response)"
+        );
+        replay.divergence().note(format!("http request: {why}"));
+        gate.complete(permit, Outcome::Denied, why, None)
+            .map_err(audit_failed)?;
+        return Err(HttpError::HttpRequestDenied);
+    }
     let policy = gate.policy();
     let (grants, _) = policy.grants_of(tool);
     let (Some(http), Some((_, rule))) = (

@@ -178,20 +178,29 @@ impl<R: Send + 'static> GuestState<R> {
             Grantee::Agent => policy.grants_of(None),
             Grantee::Tool(tool) => policy.grants_of(Some(tool)),
         };
+        // A replay touches nothing outside the host: the record holds no
+        // environment and no files, and the log may be someone else's.
+        let replay = gate.replay();
         if let Some(grants) = grants {
             for (var, value) in &grants.env {
                 wasi.env(var, value);
             }
-            for var in &grants.inherit_env {
-                if let Ok(value) = std::env::var(var) {
-                    wasi.env(var, value);
+            if replay.is_none() {
+                for var in &grants.inherit_env {
+                    if let Ok(value) = std::env::var(var) {
+                        wasi.env(var, value);
+                    }
                 }
             }
-            for mount in &grants.fs {
+            let mounts = match replay {
+                Some(replay) if !replay.read_dirs() => &[][..],
+                _ => &grants.fs[..],
+            };
+            for mount in mounts {
                 let host = gate.dir_of(mount.place.file).join(&mount.dir);
                 let perms = match mount.mode {
-                    MountMode::Ro => FsPerms::ReadOnly,
-                    MountMode::Rw => FsPerms::ReadWrite,
+                    MountMode::Rw if replay.is_none() => FsPerms::ReadWrite,
+                    _ => FsPerms::ReadOnly,
                 };
                 wasi.preopened_dir(&host, &mount.guest_path, perms)
                     .map_err(|e| {

@@ -62,8 +62,11 @@ pub async fn chat(
             request
         });
     let estimated = estimate_tokens(&request);
+    // Outside any lock: a request can be large.
+    let request_sha256 = request.sha256();
     let decision_data = json!({
         "messages": request.messages.len(),
+        "request_sha256": request_sha256,
         "tools": request.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         "max_tokens": request.max_tokens,
         "estimated_tokens": estimated,
