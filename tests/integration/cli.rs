@@ -119,7 +119,7 @@ fn run_prints_a_transcript_and_exits_by_outcome() {
     );
     assert!(
         text(&out.stdout)
-            .contains("[limit] attacker stopped: CPU limit of 100ms exceeded (limits.cpu)")
+            .contains("[limit] attacker stopped (limits.cpu): CPU limit of 100ms exceeded")
     );
 }
 

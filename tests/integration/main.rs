@@ -22,3 +22,4 @@ mod policy;
 mod providers;
 mod real_tools;
 mod remote;
+mod transcript;
