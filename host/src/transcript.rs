@@ -79,7 +79,9 @@ impl<W: Write + Send> Transcript<W> {
                     ("  model  ", &["model"][..]),
                     ("  task   ", &["task"][..]),
                 ] {
-                    writeln!(self.out, "{}", field(lead, str_at(data, path)))?;
+                    let (text, cut) = text_at(data, path);
+                    writeln!(self.out, "{}", field(lead, &text))?;
+                    self.cut(cut)?;
                 }
             }
             (Kind::Run, Event::Decision) => {
@@ -93,7 +95,9 @@ impl<W: Write + Send> Transcript<W> {
                 writeln!(self.out)?;
                 match r.outcome {
                     Some(Outcome::Ok) => {
-                        writeln!(self.out, "answer:\n{}", quote(str_at(data, &["answer"])))?
+                        let (answer, cut) = text_at(data, &["answer"]);
+                        writeln!(self.out, "answer:\n{}", quote(&answer))?;
+                        self.cut(cut)?;
                     }
                     _ => writeln!(self.out, "{}", field("no answer:", &r.detail))?,
                 }
@@ -150,10 +154,11 @@ impl<W: Write + Send> Transcript<W> {
                             ""
                         }
                     )?;
-                    let text = str_at(data, &["text"]);
+                    let (text, cut) = text_at(data, &["text"]);
                     if !text.is_empty() {
-                        writeln!(self.out, "{}", quote(text))?;
+                        writeln!(self.out, "{}", quote(&text))?;
                     }
+                    self.cut(cut)?;
                     self.labels(data)?;
                 }
                 _ => self.refusal("model", r)?,
@@ -172,6 +177,9 @@ impl<W: Write + Send> Transcript<W> {
                 }
                 let args = match data.get("arguments") {
                     Some(Value::String(raw)) => raw.clone(),
+                    Some(value) if truncated(value).is_some() => {
+                        format!("{}…", text_at(value, &[]).0)
+                    }
                     Some(value) => value.to_string(),
                     None => String::new(),
                 };
@@ -255,6 +263,14 @@ impl<W: Write + Send> Transcript<W> {
             }
         }
         self.out.flush()
+    }
+
+    /// Says that the text just shown is the start of a longer one.
+    fn cut(&mut self, cut: Option<String>) -> io::Result<()> {
+        match cut {
+            Some(note) => writeln!(self.out, "        ({note})"),
+            None => Ok(()),
+        }
     }
 
     /// One of warden's lines, `head`, then what it is about (`what`, cut
@@ -371,6 +387,37 @@ impl<W: Write + Send> AuditSink for Transcript<W> {
     }
 }
 
+/// The text at `path`. A field the audit log bounded
+/// ([`crate::audit::bound`]) gives its start, and a note of warden's own
+/// saying how long the whole was.
+fn text_at<'a>(value: &'a Value, path: &[&str]) -> (std::borrow::Cow<'a, str>, Option<String>) {
+    let Some(at) = path.iter().try_fold(value, |v, key| v.get(key)) else {
+        return ("".into(), None);
+    };
+    match truncated(at) {
+        Some((head, bytes, sha256)) => (
+            head.into(),
+            Some(format!(
+                "cut: {bytes} bytes in all, sha256 {}; the audit log keeps this start",
+                short(&clean_line(sha256), 16)
+            )),
+        ),
+        None => (at.as_str().unwrap_or("").into(), None),
+    }
+}
+
+/// A bounded field's start, whole size and hash.
+fn truncated(value: &Value) -> Option<(&str, u64, &str)> {
+    if value.get("truncated") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    Some((
+        value.get("head")?.as_str()?,
+        value.get("bytes")?.as_u64()?,
+        value.get("sha256")?.as_str()?,
+    ))
+}
+
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
     path.iter()
         .try_fold(value, |v, key| v.get(key))
@@ -395,7 +442,8 @@ pub fn clean_line(text: &str) -> String {
 fn escape(text: &str, keep: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if keep(c) || !hides(c) {
+        // Printable ASCII, the common case, needs no look-up.
+        if (' '..='~').contains(&c) || keep(c) || !hides(c) {
             out.push(c);
         } else {
             out.extend(c.escape_unicode());
@@ -443,7 +491,9 @@ fn short(text: &str, max: usize) -> String {
 pub fn field(lead: &str, text: &str) -> String {
     debug_assert!(!lead.is_empty() && !lead.starts_with(QUOTE));
     let text = text.trim_end_matches(['\n', '\r']);
-    if !text.contains('\n') {
+    // Longer text goes below unexamined: it almost never fits, and a
+    // megabyte on one line need not be escaped twice.
+    if text.len() <= 4 * WIDTH && !text.contains('\n') {
         let one = clean_line(text);
         if columns(lead) + 1 + columns(&one) <= WIDTH {
             return format!("{lead} {one}");
@@ -481,19 +531,14 @@ pub fn quote(text: &str) -> String {
         // Just after the row's last space: byte offset and column.
         let mut space: Option<(usize, usize)> = None;
         for c in line.chars() {
-            let mut piece = String::new();
-            if c == '\t' {
-                // To the next of every 8 columns of the quoted text.
-                piece.extend(std::iter::repeat_n(' ', 8 - used % 8));
-            } else if hides(c) {
-                piece.extend(c.escape_unicode());
-            } else {
-                piece.push(c);
-            }
-            let width = if piece.len() > c.len_utf8() || c == '\t' {
-                piece.len()
-            } else {
-                c.width().unwrap_or(0)
+            // Printable ASCII, the common case, needs no look-up.
+            let plain = (' '..='~').contains(&c);
+            let escape = !plain && c != '\t' && hides(c);
+            let width = match c {
+                '\t' => 8 - used % 8,
+                _ if plain => 1,
+                _ if escape => c.escape_unicode().len(),
+                _ => c.width().unwrap_or(0),
             };
             if used + width > ROOM && used > 0 {
                 match space.filter(|(_, at)| used - at <= BREAK) {
@@ -511,7 +556,14 @@ pub fn quote(text: &str) -> String {
                 }
                 space = None;
             }
-            row.push_str(&piece);
+            if c == '\t' {
+                // To the next of every 8 columns of the quoted text.
+                row.extend(std::iter::repeat_n(' ', width));
+            } else if escape {
+                row.extend(c.escape_unicode());
+            } else {
+                row.push(c);
+            }
             used += width;
             if c == ' ' || c == '\t' {
                 space = Some((row.len(), used));
@@ -816,6 +868,61 @@ mod tests {
                 .filter(|l| quoted(l))
                 .any(|l| l.contains("audit head: 0000"))
         );
+    }
+
+    #[test]
+    fn an_answer_the_audit_log_cut_is_shown_by_its_start_and_size() {
+        // As `audit::bound` leaves a field longer than `limits.audit_field`.
+        let mut entry = crate::audit::Entry {
+            kind: Kind::Run,
+            event: Event::Outcome,
+            subject: "agent".into(),
+            decision: Verdict::Allow,
+            rule: "run".into(),
+            detail: String::new(),
+            outcome: Some(Outcome::Ok),
+            data: Some(serde_json::json!({ "answer": format!("start\n{}", "x".repeat(40_000)) })),
+        };
+        crate::audit::bound::bound_entry(&mut entry, 1000);
+        let record = Record {
+            seq: 1,
+            prev: String::new(),
+            ts: String::new(),
+            run: "r-1".into(),
+            kind: entry.kind,
+            event: entry.event,
+            subject: entry.subject,
+            decision: entry.decision,
+            rule: entry.rule,
+            detail: entry.detail,
+            outcome: entry.outcome,
+            data: entry.data,
+        };
+        let mut transcript = Transcript::new(Vec::new());
+        transcript.write(&record).unwrap();
+        let shown = String::from_utf8(transcript.out).unwrap();
+        assert!(shown.contains("answer:\n  │ start\n  │ xxxx"), "{shown}");
+        assert!(
+            shown.contains("\n        (cut: 40006 bytes in all, sha256 "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    #[ignore = "measurement: cargo test -p warden --lib quote_speed -- --ignored --nocapture"]
+    fn quote_speed() {
+        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(23_000);
+        let lines = "short line\n".repeat(95_000);
+        for (what, text) in [("1 MiB of prose", prose), ("1 MiB of short lines", lines)] {
+            let started = std::time::Instant::now();
+            let block = quote(&text);
+            let took = started.elapsed();
+            eprintln!(
+                "{what}: {} bytes quoted in {took:.2?} ({} lines)",
+                text.len(),
+                block.lines().count()
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ const WARDEN: &[&str] = &[
     "[redact] ",
     "        ->",
     "        the session is now labeled",
+    "        (",
     "answer:",
     "no answer:",
     "decisions: ",
