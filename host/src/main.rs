@@ -1032,9 +1032,11 @@ async fn replay(
         eprintln!(
             "note: {} has changed since run {} (sha256 {} then, {} now): differences may come from the policy",
             policy_path.display(),
-            recorded.run,
+            warden::transcript::name(&recorded.run),
             // From a log someone else may have written: not necessarily hex.
-            recorded.policy_sha256.chars().take(12).collect::<String>(),
+            warden::transcript::clean_line(
+                &recorded.policy_sha256.chars().take(12).collect::<String>()
+            ),
             &policy_file.sha256[..12]
         );
     }
@@ -1076,7 +1078,7 @@ async fn replay(
     {
         eprintln!(
             "note: the agent component has changed since run {} (sha256 differs)",
-            recorded.run
+            warden::transcript::name(&recorded.run)
         );
     }
     let answer = report.result.as_ref().ok().cloned();
@@ -1109,7 +1111,7 @@ async fn replay(
         None => {
             println!(
                 "SAME as run {}: {} model answer(s) and {} tool result(s) replayed, same answer",
-                recorded.run,
+                warden::transcript::name(&recorded.run),
                 recorded.model.len(),
                 recorded.tools.len()
             );
