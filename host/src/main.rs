@@ -14,7 +14,7 @@ use warden::provider::{
 };
 use warden::run::{RunError, RunSpec, run};
 use warden::runtime::{Runtime, RuntimeConfig, cache};
-use warden::transcript::Transcript;
+use warden::transcript::{Transcript, field, quote};
 
 /// Exit status when the agent gave no answer (it failed or was stopped).
 const EXIT_NO_ANSWER: u8 = 1;
@@ -536,13 +536,22 @@ async fn execute(
         }
         // A policy error renders itself, `error:` included.
         Err(RunError::Policy(error)) => return bad_input(error),
-        Err(error) => {
-            return bad_input(format!(
-                "error: {}",
-                warden::transcript::clean(&error.to_string())
-            ));
+        Err(error) => return bad_input(field("error:", &error.to_string())),
+    };
+    let code = match &report.result {
+        Ok(answer) => {
+            if output.quiet {
+                print_answer(answer);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{}", field("error:", &failure.to_string()));
+            ExitCode::from(EXIT_NO_ANSWER)
         }
     };
+    // Last, on stderr, once no guest code runs: nothing a guest, model or
+    // tool wrote can come after it, and none of it starts like it.
     eprintln!(
         "audit log: {}  (agent {} in {:.2?})\naudit head: {}  (check: warden audit verify {} --head {})",
         audit_path.display(),
@@ -556,17 +565,18 @@ async fn execute(
         audit_path.display(),
         &report.audit_head[..16],
     );
-    match report.result {
-        Ok(answer) => {
-            if output.quiet {
-                println!("{}", warden::transcript::clean(&answer));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(failure) => {
-            eprintln!("error: {}", warden::transcript::clean(&failure.to_string()));
-            ExitCode::from(EXIT_NO_ANSWER)
-        }
+    code
+}
+
+/// `--quiet`'s answer. On a terminal, where a person reads it next to
+/// warden's own lines on stderr, it is quoted like every outside text;
+/// into a pipe or a file, where a program reads it, it is the answer as it
+/// is, with only the characters that [`warden::transcript::hides`] escaped.
+fn print_answer(answer: &str) {
+    if std::io::stdout().is_terminal() {
+        println!("{}", quote(answer));
+    } else {
+        println!("{}", warden::transcript::clean(answer));
     }
 }
 
@@ -690,10 +700,7 @@ async fn mcp(args: McpArgs) -> ExitCode {
         }
         // A policy error renders itself, `error:` included.
         Err(RunError::Policy(error)) => bad_input(error),
-        Err(error) => bad_input(format!(
-            "error: {}",
-            warden::transcript::clean(&error.to_string())
-        )),
+        Err(error) => bad_input(field("error:", &error.to_string())),
     }
 }
 
@@ -970,7 +977,7 @@ struct TerminalApprover;
 impl Approver for TerminalApprover {
     fn ask(&self, question: &Question<'_>) -> Option<Approval> {
         use std::io::{BufRead, Write};
-        let clean = warden::transcript::clean;
+        use warden::transcript::name;
         let what = question
             .data
             .map(|d| d.get("arguments").unwrap_or(d).to_string())
@@ -981,21 +988,19 @@ impl Approver for TerminalApprover {
             question.labels.join(", ")
         };
         let mut err = std::io::stderr().lock();
+        let rules = question
+            .rules
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = write!(
             err,
-            "\n\x1b[1mwarden: approval needed\x1b[0m\n  {}  {}\n  rule: {}\n  why: {}\n  session labels: {}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
-            clean(question.subject),
-            clean(&what),
-            clean(
-                &question
-                    .rules
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            clean(question.reason),
-            clean(&labels),
+            "\n\x1b[1mwarden: approval needed\x1b[0m\n{}\n{}\n{}\n{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
+            field(&format!("  {} ", name(question.subject)), &what),
+            field("  rule:", &rules),
+            field("  why:", question.reason),
+            field("  session labels:", &labels),
         );
         let _ = err.flush();
         let mut line = String::new();
@@ -1135,9 +1140,11 @@ async fn replay(args: ReplayArgs) -> ExitCode {
         eprintln!(
             "note: {} has changed since run {} (sha256 {} then, {} now): differences may come from the policy",
             policy_path.display(),
-            recorded.run,
+            warden::transcript::name(&recorded.run),
             // From a log someone else may have written: not necessarily hex.
-            recorded.policy_sha256.chars().take(12).collect::<String>(),
+            warden::transcript::clean_line(
+                &recorded.policy_sha256.chars().take(12).collect::<String>()
+            ),
             &policy_file.sha256[..12]
         );
     }
@@ -1179,12 +1186,7 @@ async fn replay(args: ReplayArgs) -> ExitCode {
     };
     let report = match run(&runtime, spec, audit).await {
         Ok(report) => report,
-        Err(error) => {
-            return bad_input(format!(
-                "error: {}",
-                warden::transcript::clean(&error.to_string())
-            ));
-        }
+        Err(error) => return bad_input(field("error:", &error.to_string())),
     };
     if let Some(sha) = sink.records().first().and_then(|r| {
         r.data
@@ -1196,7 +1198,7 @@ async fn replay(args: ReplayArgs) -> ExitCode {
     {
         eprintln!(
             "note: the agent component has changed since run {} (sha256 differs)",
-            recorded.run
+            warden::transcript::name(&recorded.run)
         );
     }
     let answer = report.result.as_ref().ok().cloned();
@@ -1215,16 +1217,21 @@ async fn replay(args: ReplayArgs) -> ExitCode {
     match verdict {
         Some(what) => {
             println!(
-                "DIVERGED from run {}: {}",
-                recorded.run,
-                warden::transcript::clean(&what)
+                "{}",
+                field(
+                    &format!(
+                        "DIVERGED from run {}:",
+                        warden::transcript::name(&recorded.run)
+                    ),
+                    &what
+                )
             );
             ExitCode::from(EXIT_NO_ANSWER)
         }
         None => {
             println!(
                 "SAME as run {}: {} model answer(s) and {} tool result(s) replayed, same answer",
-                recorded.run,
+                warden::transcript::name(&recorded.run),
                 recorded.model.len(),
                 recorded.tools.len()
             );
@@ -1274,14 +1281,8 @@ async fn tools_inspect(component: String, json: bool, cache_dir: Option<PathBuf>
     };
     let inspection = match warden::registry::inspect(&runtime, &source).await {
         Ok(inspection) => inspection,
-        Err(error) => {
-            return bad_input(format!(
-                "error: {}",
-                warden::transcript::clean(&error.to_string())
-            ));
-        }
+        Err(error) => return bad_input(field("error:", &error.to_string())),
     };
-    let clean = warden::transcript::clean;
     if json {
         let value = serde_json::json!({
             "source": inspection.source,
@@ -1301,16 +1302,12 @@ async fn tools_inspect(component: String, json: bool, cache_dir: Option<PathBuf>
     );
     text.push_str("tools:\n");
     for tool in &inspection.tools {
+        let name = warden::transcript::name(&tool.name);
+        let _ = writeln!(text, "{}", field(&format!("  {name}:"), &tool.description));
         let _ = writeln!(
             text,
-            "  {}: {}",
-            clean(&tool.name),
-            clean(&tool.description)
-        );
-        let _ = writeln!(
-            text,
-            "    parameters: {}",
-            clean(&tool.parameters.to_string())
+            "{}",
+            field("    parameters:", &tool.parameters.to_string())
         );
     }
     text.push_str("\nimports:\n");

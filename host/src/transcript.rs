@@ -2,14 +2,35 @@
 //! are written: the model's turns, each tool call with its decision and
 //! rule, limits that stopped a guest, and the answer.
 //!
-//! Everything a guest or model wrote is shown with control characters
-//! escaped, and guest stdout/stderr is never echoed (only counted), so a
-//! guest cannot paint text on the terminal that looks like warden's own.
+//! What a person reads cannot be forged. The rule: **a line that starts
+//! with `  │` quotes text from outside warden (a guest, a model, a tool, a
+//! provider, the task); no line of warden's own starts that way, and every
+//! line of outside text does.** Outside text reaches a person only through
+//! [`field`] (after warden's words on one short line) or [`quote`] (a
+//! block below them): control, bidi and invisible characters escaped,
+//! every line, CR-LF and wrapped piece prefixed, no line wider than
+//! [`WIDTH`] columns (so a terminal never wraps outside text onto a line of
+//! its own). Names on warden's lines go through [`name`]. Guest
+//! stdout/stderr is never echoed (only counted).
 
 use crate::audit::{AuditSink, Event, Kind, Outcome, Record};
 use crate::policy::Verdict;
 use serde_json::Value;
 use std::io::{self, Write};
+use unicode_width::UnicodeWidthChar;
+
+/// What starts every line of outside text, and no line of warden's.
+pub const QUOTE: &str = "  │";
+
+/// The most columns a line carrying outside text takes.
+pub const WIDTH: usize = 80;
+
+/// Said once, on the first line of a run's transcript.
+pub const LEGEND: &str =
+    "(lines starting with \"  │\" quote the agent, model, tools and providers)";
+
+/// The longest name shown on one of warden's lines.
+const NAME_MAX: usize = 40;
 
 /// Renders audit records for people.
 pub struct Transcript<W> {
@@ -44,37 +65,41 @@ impl<W: Write + Send> Transcript<W> {
 
     fn render(&mut self, r: &Record) -> io::Result<()> {
         let data = r.data.as_ref().unwrap_or(&Value::Null);
+        let subject = name(&r.subject);
+        let rule = rule(&r.rule);
         match (r.kind, r.event) {
             (Kind::Run, Event::Decision) if r.subject == "tools" => {
-                writeln!(self.out, "  tools   {}", clean(&r.detail))?;
+                writeln!(self.out, "{}", field("  tools  ", &r.detail))?;
             }
             (Kind::Run, Event::Decision) if r.decision == Verdict::Allow => {
-                writeln!(self.out, "warden run {}", r.run)?;
-                writeln!(self.out, "  agent   {}", str_at(data, &["agent", "source"]))?;
-                writeln!(self.out, "  policy  {}", str_at(data, &["policy", "file"]))?;
-                writeln!(self.out, "  model   {}", str_at(data, &["model"]))?;
-                writeln!(
-                    self.out,
-                    "  task    {}",
-                    indent(&clean(str_at(data, &["task"])), 10)
-                )?;
+                writeln!(self.out, "warden run {}  {LEGEND}", name(&r.run))?;
+                for (lead, path) in [
+                    ("  agent  ", &["agent", "source"][..]),
+                    ("  policy ", &["policy", "file"][..]),
+                    ("  model  ", &["model"][..]),
+                    ("  task   ", &["task"][..]),
+                ] {
+                    let (text, cut) = text_at(data, path);
+                    writeln!(self.out, "{}", field(lead, &text))?;
+                    self.cut(cut)?;
+                }
             }
             (Kind::Run, Event::Decision) => {
                 writeln!(
                     self.out,
-                    "[stop]  {}: {} ({})",
-                    r.subject,
-                    clean(&r.detail),
-                    r.rule
+                    "{}",
+                    field(&format!("[stop]  {subject} ({rule}):"), &r.detail)
                 )?;
             }
             (Kind::Run, Event::Outcome) => {
                 writeln!(self.out)?;
                 match r.outcome {
                     Some(Outcome::Ok) => {
-                        writeln!(self.out, "answer:\n{}", clean(str_at(data, &["answer"])))?
+                        let (answer, cut) = text_at(data, &["answer"]);
+                        writeln!(self.out, "answer:\n{}", quote(&answer))?;
+                        self.cut(cut)?;
                     }
-                    _ => writeln!(self.out, "no answer: {}", clean(&r.detail))?,
+                    _ => writeln!(self.out, "{}", field("no answer:", &r.detail))?,
                 }
                 let c = self.counts;
                 writeln!(
@@ -105,8 +130,11 @@ impl<W: Write + Send> Transcript<W> {
                 if !removed.is_empty() {
                     writeln!(
                         self.out,
-                        "[redact] removed from the prompt before it left: {}",
-                        clean(&removed.join(", "))
+                        "{}",
+                        field(
+                            "[redact] removed from the prompt before it left:",
+                            &removed.join(", ")
+                        )
                     )?;
                 }
             }
@@ -119,19 +147,18 @@ impl<W: Write + Send> Transcript<W> {
                     self.counts.tokens.1 += output;
                     writeln!(
                         self.out,
-                        "\n[model] {}  allow ({})  {input} tokens in, {output} out{}",
-                        r.subject,
-                        r.rule,
+                        "\n[model] {subject}  allow ({rule})  {input} tokens in, {output} out{}",
                         if data["usage_reported"] == Value::Bool(false) {
                             " (estimated)"
                         } else {
                             ""
                         }
                     )?;
-                    let text = str_at(data, &["text"]);
+                    let (text, cut) = text_at(data, &["text"]);
                     if !text.is_empty() {
-                        writeln!(self.out, "        \"{}\"", indent(&clean(text), 9))?;
+                        writeln!(self.out, "{}", quote(&text))?;
                     }
+                    self.cut(cut)?;
                     self.labels(data)?;
                 }
                 _ => self.refusal("model", r)?,
@@ -142,10 +169,17 @@ impl<W: Write + Send> Transcript<W> {
                     self.counts.tool_calls += 1;
                 }
                 if let Some(by) = approved {
-                    writeln!(self.out, "[ask]   {} approved by {}", r.subject, clean(by))?;
+                    writeln!(
+                        self.out,
+                        "{}",
+                        field(&format!("[ask]   {subject}  approved by"), by)
+                    )?;
                 }
                 let args = match data.get("arguments") {
                     Some(Value::String(raw)) => raw.clone(),
+                    Some(value) if truncated(value).is_some() => {
+                        format!("{}…", text_at(value, &[]).0)
+                    }
                     Some(value) => value.to_string(),
                     None => String::new(),
                 };
@@ -164,56 +198,45 @@ impl<W: Write + Send> Transcript<W> {
                     } else {
                         "allow"
                     };
-                    writeln!(
-                        self.out,
-                        "[tool]  {} {}  {verdict} ({})",
-                        r.subject,
-                        clean(&short(&args, 120)),
-                        r.rule
+                    self.head(
+                        &format!("[tool]  {subject}  {verdict} ({rule})"),
+                        &args,
+                        120,
                     )?;
                     let arrow = if r.outcome == Some(Outcome::Ok) {
-                        "->"
+                        "        ->"
                     } else {
-                        "-> failed:"
+                        "        -> failed:"
                     };
-                    writeln!(
-                        self.out,
-                        "        {arrow} {}",
-                        indent(&clean(&short(&r.detail, 300)), 11)
-                    )?;
+                    writeln!(self.out, "{}", field(arrow, &short(&r.detail, 300)))?;
                 }
                 _ => self.refusal("tool", r)?,
             },
             (Kind::Log, Event::Outcome) if r.decision == Verdict::Allow => {
                 writeln!(
                     self.out,
-                    "[log]   {}: {}",
-                    r.subject,
-                    clean(&short(&r.detail, 300))
+                    "{}",
+                    field(&format!("[log]   {subject}:"), &short(&r.detail, 300))
                 )?;
             }
             (Kind::Log, Event::Outcome) => {
                 writeln!(
                     self.out,
-                    "[log]   {}: the log budget is spent; later lines are dropped ({})",
-                    r.subject, r.rule
+                    "[log]   {subject}: the log budget is spent; later lines are dropped ({rule})"
                 )?;
             }
             (Kind::Limit, _) => {
                 writeln!(
                     self.out,
-                    "[limit] {} stopped: {} ({})",
-                    r.subject,
-                    clean(&r.detail),
-                    r.rule
+                    "{}",
+                    field(&format!("[limit] {subject} stopped ({rule}):"), &r.detail)
                 )?;
             }
             (Kind::Stdio, _) => {
                 let bytes = data.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 writeln!(
                     self.out,
-                    "[stdio] {} wrote {bytes} bytes (kept in the audit log, not shown)",
-                    r.subject
+                    "[stdio] {subject} wrote {bytes} bytes (kept in the audit log, not shown)"
                 )?;
             }
             (Kind::Log, Event::Decision) => {}
@@ -231,17 +254,37 @@ impl<W: Write + Send> Transcript<W> {
                         "DENY".to_string()
                     }
                 };
-                writeln!(
-                    self.out,
-                    "[http]  {} {}  {verdict} ({})\n        -> {}",
-                    r.subject,
-                    clean(&short(&request, 160)),
-                    r.rule,
-                    clean(&short(&r.detail, 300))
+                self.head(
+                    &format!("[http]  {subject}  {verdict} ({rule})"),
+                    &request,
+                    160,
                 )?;
+                writeln!(self.out, "{}", field("        ->", &short(&r.detail, 300)))?;
             }
         }
         self.out.flush()
+    }
+
+    /// Says that the text just shown is the start of a longer one.
+    fn cut(&mut self, cut: Option<String>) -> io::Result<()> {
+        match cut {
+            Some(note) => writeln!(self.out, "        ({note})"),
+            None => Ok(()),
+        }
+    }
+
+    /// One of warden's lines, `head`, then what it is about (`what`, cut
+    /// at `max` characters) after it or quoted below it.
+    fn head(&mut self, head: &str, what: &str, max: usize) -> io::Result<()> {
+        if what.is_empty() {
+            writeln!(self.out, "{head}")
+        } else {
+            writeln!(
+                self.out,
+                "{}",
+                field(&format!("{head} "), &short(what, max))
+            )
+        }
     }
 
     /// Decisions by kind, budgets against their limits, labels.
@@ -259,7 +302,7 @@ impl<W: Write + Send> Transcript<W> {
                     format!("{kind} {}", parts.join(" / "))
                 })
                 .collect();
-            writeln!(self.out, "decisions: {}", kinds.join("; "))?;
+            writeln!(self.out, "decisions: {}", clean_line(&kinds.join("; ")))?;
         }
         if data.get("tokens").is_some() {
             let of = |key: &str| {
@@ -279,7 +322,7 @@ impl<W: Write + Send> Transcript<W> {
         }
         if let Some(labels) = data["labels"].as_array().filter(|l| !l.is_empty()) {
             let names: Vec<&str> = labels.iter().filter_map(Value::as_str).collect();
-            writeln!(self.out, "labels: {}", clean(&names.join(", ")))?;
+            writeln!(self.out, "{}", field("labels:", &names.join(", ")))?;
         }
         Ok(())
     }
@@ -295,8 +338,8 @@ impl<W: Write + Send> Transcript<W> {
         }
         writeln!(
             self.out,
-            "        (the session is now labeled {})",
-            clean(&added.join(", "))
+            "{}",
+            field("        the session is now labeled", &added.join(", "))
         )
     }
 
@@ -325,14 +368,16 @@ impl<W: Write + Send> Transcript<W> {
             String::new()
         };
         let pad = " ".repeat(6usize.saturating_sub(what.len()));
-        writeln!(
-            self.out,
-            "[{what}]{pad}{} {}  {label} ({})",
-            r.subject,
-            clean(&short(&args, 120)),
-            r.rule
+        self.head(
+            &format!(
+                "[{what}]{pad}{}  {label} ({})",
+                name(&r.subject),
+                rule(&r.rule)
+            ),
+            &args,
+            120,
         )?;
-        writeln!(self.out, "        -> {}", clean(&r.detail))
+        writeln!(self.out, "{}", field("        ->", &r.detail))
     }
 }
 
@@ -340,6 +385,37 @@ impl<W: Write + Send> AuditSink for Transcript<W> {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.render(record)
     }
+}
+
+/// The text at `path`. A field the audit log bounded
+/// ([`crate::audit::bound`]) gives its start, and a note of warden's own
+/// saying how long the whole was.
+fn text_at<'a>(value: &'a Value, path: &[&str]) -> (std::borrow::Cow<'a, str>, Option<String>) {
+    let Some(at) = path.iter().try_fold(value, |v, key| v.get(key)) else {
+        return ("".into(), None);
+    };
+    match truncated(at) {
+        Some((head, bytes, sha256)) => (
+            head.into(),
+            Some(format!(
+                "cut: {bytes} bytes in all, sha256 {}; the audit log keeps this start",
+                short(&clean_line(sha256), 16)
+            )),
+        ),
+        None => (at.as_str().unwrap_or("").into(), None),
+    }
+}
+
+/// A bounded field's start, whole size and hash.
+fn truncated(value: &Value) -> Option<(&str, u64, &str)> {
+    if value.get("truncated") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    Some((
+        value.get("head")?.as_str()?,
+        value.get("bytes")?.as_u64()?,
+        value.get("sha256")?.as_str()?,
+    ))
 }
 
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> &'a str {
@@ -366,7 +442,8 @@ pub fn clean_line(text: &str) -> String {
 fn escape(text: &str, keep: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if keep(c) || !hides(c) {
+        // Printable ASCII, the common case, needs no look-up.
+        if (' '..='~').contains(&c) || keep(c) || !hides(c) {
             out.push(c);
         } else {
             out.extend(c.escape_unicode());
@@ -408,19 +485,116 @@ fn short(text: &str, max: usize) -> String {
     }
 }
 
-fn indent(text: &str, width: usize) -> String {
-    let pad = " ".repeat(width);
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            if i == 0 || line.is_empty() {
-                line.to_string()
-            } else {
-                format!("{pad}{line}")
+/// Outside text after `lead` (warden's own words, never empty): on the
+/// same line when it is one line that fits within [`WIDTH`] columns there,
+/// else on the lines below as a [`quote`]d block.
+pub fn field(lead: &str, text: &str) -> String {
+    debug_assert!(!lead.is_empty() && !lead.starts_with(QUOTE));
+    let text = text.trim_end_matches(['\n', '\r']);
+    // Longer text goes below unexamined: it almost never fits, and a
+    // megabyte on one line need not be escaped twice.
+    if text.len() <= 4 * WIDTH && !text.contains('\n') {
+        let one = clean_line(text);
+        if columns(lead) + 1 + columns(&one) <= WIDTH {
+            return format!("{lead} {one}");
+        }
+    }
+    format!("{}\n{}", lead.trim_end(), quote(text))
+}
+
+/// Outside text as a block: every line starts with [`QUOTE`] and a space,
+/// whatever the text holds. Lines end at `\n` (a `\r` before it is part of
+/// the line end); a line wider than [`WIDTH`] is wrapped (at a space near
+/// the end when there is one), each piece quoted; tabs become spaces;
+/// other characters that [`hides`] are escaped; trailing line ends are
+/// dropped. Empty text is one empty quoted line.
+pub fn quote(text: &str) -> String {
+    const ROOM: usize = WIDTH - 4;
+    /// How far back a wrap looks for a space to break at.
+    const BREAK: usize = 24;
+    let text = text.trim_end_matches(['\n', '\r']);
+    let mut out = String::with_capacity(text.len() + text.len() / 8 + 8);
+    let mut push = |row: &str| {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(QUOTE);
+        if !row.is_empty() {
+            out.push(' ');
+            out.push_str(row);
+        }
+    };
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let mut row = String::new();
+        let mut used = 0;
+        // Just after the row's last space: byte offset and column.
+        let mut space: Option<(usize, usize)> = None;
+        for c in line.chars() {
+            // Printable ASCII, the common case, needs no look-up.
+            let plain = (' '..='~').contains(&c);
+            let escape = !plain && c != '\t' && hides(c);
+            let width = match c {
+                '\t' => 8 - used % 8,
+                _ if plain => 1,
+                _ if escape => c.escape_unicode().len(),
+                _ => c.width().unwrap_or(0),
+            };
+            if used + width > ROOM && used > 0 {
+                match space.filter(|(_, at)| used - at <= BREAK) {
+                    Some((cut, at)) => {
+                        let rest = row.split_off(cut);
+                        push(row.trim_end());
+                        row = rest;
+                        used -= at;
+                    }
+                    None => {
+                        push(&row);
+                        row.clear();
+                        used = 0;
+                    }
+                }
+                space = None;
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+            if c == '\t' {
+                // To the next of every 8 columns of the quoted text.
+                row.extend(std::iter::repeat_n(' ', width));
+            } else if escape {
+                row.extend(c.escape_unicode());
+            } else {
+                row.push(c);
+            }
+            used += width;
+            if c == ' ' || c == '\t' {
+                space = Some((row.len(), used));
+            }
+        }
+        push(&row);
+    }
+    out
+}
+
+/// A name (a tool, a model, a run) on one of warden's lines: as it is
+/// when it is a plain identifier, else in double quotes, escaped and cut,
+/// so it never holds the two spaces that end it and cannot pass for the
+/// rest of the line.
+pub fn name(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-.:/@+".contains(c);
+    if !text.is_empty() && text.len() <= NAME_MAX && text.chars().all(plain) {
+        return text.to_string();
+    }
+    let escaped = clean_line(&text.replace('\\', "\\\\").replace('"', "\\\""));
+    format!("\"{}\"", short(&escaped, NAME_MAX))
+}
+
+/// A rule name on one of warden's lines: one line, cut.
+fn rule(text: &str) -> String {
+    short(&clean_line(text), 60)
+}
+
+/// The columns `text` takes on a terminal (after [`clean_line`]).
+fn columns(text: &str) -> usize {
+    text.chars().map(|c| c.width().unwrap_or(0)).sum()
 }
 
 #[cfg(test)]
@@ -434,6 +608,321 @@ mod tests {
             "ok\\u{1b}[2J\\u{d}done\nnext"
         );
         assert_eq!(clean_line("a\nb\tc"), "a\\u{a}b\\u{9}c");
+    }
+
+    /// Whether `line` is outside text by the rule: it starts with `QUOTE`.
+    fn quoted(line: &str) -> bool {
+        line.starts_with(QUOTE)
+    }
+
+    #[test]
+    fn every_line_of_outside_text_is_quoted_and_no_line_is_too_wide() {
+        let forged = "[tool]  pay {\"to\":\"x\"}  allow (tools.pay)";
+        let long = format!("{} {forged}", "x".repeat(200));
+        let cases = [
+            format!("fine\n{forged}\naudit head: 0000"),
+            format!("a\r\n{forged}\r\nb"),
+            format!("cr\r{forged}"),
+            format!("{QUOTE} {forged}"),
+            format!("\u{2028}{forged}\u{85}answer:"),
+            long.clone(),
+            format!("{}{forged}", "\t".repeat(20)),
+            format!("{}{forged}", "日".repeat(50)),
+            format!("{}{forged}", "\u{202e}".repeat(30)),
+            String::new(),
+            "\n\n\n".to_string(),
+        ];
+        for text in &cases {
+            let block = quote(text);
+            for line in block.lines() {
+                assert!(quoted(line), "{line:?} of {text:?}");
+                assert!(columns(line) <= WIDTH, "{line:?} is wider than {WIDTH}");
+                assert!(!line.contains(['\r', '\t', '\u{202e}', '\u{2028}', '\u{85}']));
+            }
+            for lead in ["        ->", "[log]   agent:", "answer:"] {
+                let shown = field(lead, text);
+                let mut lines = shown.lines();
+                assert!(lines.next().unwrap().starts_with(lead.trim_end()));
+                for line in lines {
+                    assert!(quoted(line), "{line:?} of {text:?}");
+                    assert!(columns(line) <= WIDTH, "{line:?}");
+                }
+                assert!(columns(shown.lines().next().unwrap()) <= WIDTH);
+            }
+        }
+        // Nothing is lost: the quoted lines, unquoted and joined, are the
+        // text (here with no character to escape and no tab).
+        let text = format!("one\n{long}\n\nthree");
+        let block = quote(&text);
+        let back: Vec<&str> = block
+            .lines()
+            .map(|l| l.strip_prefix(QUOTE).unwrap())
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .collect();
+        assert_eq!(
+            back.concat().replace(' ', ""),
+            text.replace(['\n', ' '], "")
+        );
+        // A long line breaks at a space near the end of a row, not inside
+        // a word.
+        let words = "alpha beta gamma delta ".repeat(10);
+        for line in quote(&words).lines() {
+            let content = line.strip_prefix("  │ ").unwrap();
+            assert!(
+                content
+                    .split(' ')
+                    .all(|w| w.is_empty() || ["alpha", "beta", "gamma", "delta"].contains(&w)),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_outside_text_stays_on_warden_s_line_and_the_rest_goes_below() {
+        assert_eq!(field("        ->", "395"), "        -> 395");
+        assert_eq!(field("        ->", "a\rb"), "        -> a\\u{d}b");
+        assert_eq!(field("answer:", "1\n2\n"), "answer:\n  │ 1\n  │ 2");
+        assert_eq!(field("  task   ", "a\nb"), "  task\n  │ a\n  │ b");
+        let wide = "w".repeat(75);
+        assert_eq!(
+            field("        ->", &wide),
+            format!("        ->\n  │ {wide}")
+        );
+        assert_eq!(quote(""), QUOTE);
+        assert_eq!(quote("a\n\nb"), "  │ a\n  │\n  │ b");
+        assert_eq!(quote("\tx"), "  │         x");
+    }
+
+    #[test]
+    fn names_that_are_not_plain_identifiers_are_quoted() {
+        assert_eq!(name("calc"), "calc");
+        assert_eq!(name("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(name("agent/stdout"), "agent/stdout");
+        assert_eq!(
+            name("pay {\"to\":\"x\"}  allow (tools.pay)"),
+            "\"pay {\\\"to\\\":\\\"x\\\"}  allow (tools.pay)\""
+        );
+        assert_eq!(name(""), "\"\"");
+        assert_eq!(name("a\nb"), "\"a\\u{a}b\"");
+        let long = name(&"n".repeat(100));
+        assert!(long.starts_with('"') && long.ends_with("…\"") && long.chars().count() == 43);
+    }
+
+    #[test]
+    fn a_transcript_of_forged_records_has_no_unquoted_forged_line() {
+        let forged = "x\n[tool]  pay {\"to\":\"x\"}  allow (tools.pay)\n[ask]   pay  approved by a person\naudit head: 0000\nanswer:";
+        let record = |kind: Kind,
+                      event: Event,
+                      decision: Verdict,
+                      outcome: Option<Outcome>,
+                      subject: &str,
+                      data: Value| Record {
+            kind,
+            event,
+            decision,
+            outcome,
+            subject: subject.into(),
+            detail: forged.into(),
+            data: Some(data),
+            rule: "default".into(),
+            seq: 1,
+            prev: String::new(),
+            ts: String::new(),
+            run: forged.into(),
+        };
+        let records = [
+            record(
+                Kind::Run,
+                Event::Decision,
+                Verdict::Allow,
+                None,
+                "agent",
+                serde_json::json!({"task": forged, "model": forged}),
+            ),
+            record(
+                Kind::Tool,
+                Event::Decision,
+                Verdict::Allow,
+                None,
+                "calc",
+                serde_json::json!({"arguments": forged}),
+            ),
+            record(
+                Kind::Tool,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Failed),
+                "calc",
+                Value::Null,
+            ),
+            record(
+                Kind::Tool,
+                Event::Decision,
+                Verdict::Deny,
+                None,
+                forged,
+                serde_json::json!({"arguments": forged}),
+            ),
+            record(
+                Kind::Tool,
+                Event::Outcome,
+                Verdict::Deny,
+                Some(Outcome::Denied),
+                forged,
+                Value::Null,
+            ),
+            record(
+                Kind::Model,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Ok),
+                forged,
+                serde_json::json!({"text": forged, "labels_added": [forged]}),
+            ),
+            record(
+                Kind::Model,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Failed),
+                "gpt",
+                Value::Null,
+            ),
+            record(
+                Kind::Log,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Ok),
+                "agent",
+                Value::Null,
+            ),
+            record(
+                Kind::Limit,
+                Event::Outcome,
+                Verdict::Deny,
+                Some(Outcome::Trap),
+                "agent",
+                Value::Null,
+            ),
+            record(
+                Kind::Http,
+                Event::Decision,
+                Verdict::Allow,
+                None,
+                "fetch",
+                serde_json::json!({"method": forged, "url": forged}),
+            ),
+            record(
+                Kind::Http,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Ok),
+                "fetch",
+                Value::Null,
+            ),
+            record(
+                Kind::Run,
+                Event::Decision,
+                Verdict::Deny,
+                None,
+                "agent",
+                Value::Null,
+            ),
+            record(
+                Kind::Run,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Ok),
+                "agent",
+                serde_json::json!({"answer": forged, "labels": [forged]}),
+            ),
+            record(
+                Kind::Run,
+                Event::Outcome,
+                Verdict::Allow,
+                Some(Outcome::Failed),
+                "agent",
+                Value::Null,
+            ),
+        ];
+        let mut transcript = Transcript::new(Vec::new());
+        for r in &records {
+            transcript.write(r).unwrap();
+        }
+        let shown = String::from_utf8(transcript.out).unwrap();
+        let mut answers = 0;
+        for line in shown.lines().filter(|l| !quoted(l)) {
+            // Outside text on warden's lines ends within WIDTH columns: a
+            // terminal never wraps it onto a line of its own.
+            if let Some(at) = line.rfind("pay") {
+                assert!(columns(&line[..at + 3]) <= WIDTH, "{line:?}");
+            }
+            assert!(!line.starts_with("audit head"), "{line:?}");
+            assert!(!line.starts_with("[ask]"), "{line:?}");
+            assert!(!line.starts_with("[tool]  pay"), "{line:?}");
+            answers += usize::from(line.starts_with("answer:"));
+        }
+        assert_eq!(answers, 1, "{shown}");
+        assert!(
+            shown
+                .lines()
+                .filter(|l| quoted(l))
+                .any(|l| l.contains("audit head: 0000"))
+        );
+    }
+
+    #[test]
+    fn an_answer_the_audit_log_cut_is_shown_by_its_start_and_size() {
+        // As `audit::bound` leaves a field longer than `limits.audit_field`.
+        let mut entry = crate::audit::Entry {
+            kind: Kind::Run,
+            event: Event::Outcome,
+            subject: "agent".into(),
+            decision: Verdict::Allow,
+            rule: "run".into(),
+            detail: String::new(),
+            outcome: Some(Outcome::Ok),
+            data: Some(serde_json::json!({ "answer": format!("start\n{}", "x".repeat(40_000)) })),
+        };
+        crate::audit::bound::bound_entry(&mut entry, 1000);
+        let record = Record {
+            seq: 1,
+            prev: String::new(),
+            ts: String::new(),
+            run: "r-1".into(),
+            kind: entry.kind,
+            event: entry.event,
+            subject: entry.subject,
+            decision: entry.decision,
+            rule: entry.rule,
+            detail: entry.detail,
+            outcome: entry.outcome,
+            data: entry.data,
+        };
+        let mut transcript = Transcript::new(Vec::new());
+        transcript.write(&record).unwrap();
+        let shown = String::from_utf8(transcript.out).unwrap();
+        assert!(shown.contains("answer:\n  │ start\n  │ xxxx"), "{shown}");
+        assert!(
+            shown.contains("\n        (cut: 40006 bytes in all, sha256 "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    #[ignore = "measurement: cargo test -p warden --lib quote_speed -- --ignored --nocapture"]
+    fn quote_speed() {
+        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(23_000);
+        let lines = "short line\n".repeat(95_000);
+        for (what, text) in [("1 MiB of prose", prose), ("1 MiB of short lines", lines)] {
+            let started = std::time::Instant::now();
+            let block = quote(&text);
+            let took = started.elapsed();
+            eprintln!(
+                "{what}: {} bytes quoted in {took:.2?} ({} lines)",
+                text.len(),
+                block.lines().count()
+            );
+        }
     }
 
     #[test]

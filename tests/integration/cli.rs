@@ -26,16 +26,19 @@ fn the_demo_allows_denies_and_answers() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(
         stdout.contains(
-            "[tool]  calc {\"expression\":\"(17 * 23) + 4\"}  allow (tools.calc)\n        -> 395"
+            "[tool]  calc  allow (tools.calc)  {\"expression\":\"(17 * 23) + 4\"}\n        -> 395"
         ),
         "{stdout}"
     );
     assert!(stdout.contains("DENY (tools.regex_search)"), "{stdout}");
     assert!(
-        stdout.contains("shell {\"command\":\"grep -n fox poem.txt\"}  DENY (default)"),
+        stdout.contains("[tool]  shell  DENY (default)  {\"command\":\"grep -n fox poem.txt\"}"),
         "{stdout}"
     );
-    assert!(stdout.contains("answer:\n(17 * 23) + 4 = 395"), "{stdout}");
+    assert!(
+        stdout.contains("answer:\n  │ (17 * 23) + 4 = 395"),
+        "{stdout}"
+    );
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()
@@ -119,7 +122,7 @@ fn run_prints_a_transcript_and_exits_by_outcome() {
     );
     assert!(
         text(&out.stdout)
-            .contains("[limit] attacker stopped: CPU limit of 100ms exceeded (limits.cpu)")
+            .contains("[limit] attacker stopped (limits.cpu): CPU limit of 100ms exceeded")
     );
 }
 
@@ -474,10 +477,10 @@ fn audit_show_renders_and_filters_a_log() {
     };
     let all = show(&[]);
     assert!(
-        all.contains("[tool]  calc {\"expression\":\"(17 * 23) + 4\"}  allow (tools.calc)"),
+        all.contains("[tool]  calc  allow (tools.calc)  {\"expression\":\"(17 * 23) + 4\"}"),
         "{all}"
     );
-    assert!(all.contains("answer:\n(17 * 23) + 4 = 395"), "{all}");
+    assert!(all.contains("answer:\n  │ (17 * 23) + 4 = 395"), "{all}");
     let denied = show(&["--decision", "deny"]);
     assert!(
         denied.contains("regex_search") && !denied.contains("[model]"),
@@ -646,7 +649,7 @@ fn a_person_at_the_terminal_approves_or_refuses() {
     assert!(shown.contains("warden: approval needed"), "{shown}");
     assert!(shown.contains("rule: tools.calc"), "{shown}");
     assert!(
-        shown.contains("[ask]   calc approved by a person, once"),
+        shown.contains("[ask]   calc  approved by a person, once"),
         "{shown}"
     );
     assert!(
@@ -714,7 +717,7 @@ fn tools_inspect_shows_specs_imports_and_the_pin() {
     );
 
     let out = warden(&["tools", "inspect", "builtin:calc"]);
-    assert!(text(&out.stdout).contains("calc: Evaluate an arithmetic expression"));
+    assert!(text(&out.stdout).contains("  calc:\n  │ Evaluate an arithmetic expression"));
     let out = warden(&["tools", "inspect", "builtin:react"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

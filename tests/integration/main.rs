@@ -24,3 +24,4 @@ mod providers;
 mod real_tools;
 mod remote;
 mod replay;
+mod transcript;

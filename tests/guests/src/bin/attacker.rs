@@ -19,7 +19,8 @@
 //!   op with `"reverse": true` reports its result reversed, so a value the
 //!   guest received shows even where the host redacts the answer. A `tool`
 //!   op may carry `pad: N` (its arguments get a `pad` field of N bytes)
-//!   and any op `repeat: N` (it is done N times).
+//!   and any op `repeat: N` (it is done N times). `{"answer": TEXT}`
+//!   makes TEXT the run's answer instead of the report.
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -100,6 +101,7 @@ impl Agent for Attacker {
                 let ops: Vec<Value> =
                     serde_json::from_str(arg).map_err(|e| format!("calls:JSON: {e}"))?;
                 let mut report = Vec::new();
+                let mut answer = None;
                 let ops = ops.into_iter().flat_map(|op| {
                     let times = op.get("repeat").and_then(Value::as_u64).unwrap_or(1);
                     std::iter::repeat_n(op, times as usize)
@@ -151,6 +153,9 @@ impl Agent for Attacker {
                         let _ = std::io::stdout().flush();
                         let _ = std::io::stderr().write_all(text.as_bytes());
                         json!({ "ok": "printed" })
+                    } else if let Some(text) = op.get("answer").and_then(Value::as_str) {
+                        answer = Some(text.to_string());
+                        json!({ "ok": "answer set" })
                     } else if op.get("list").is_some() {
                         let names: Vec<String> =
                             tools::list().into_iter().map(|t| t.name).collect();
@@ -165,7 +170,7 @@ impl Agent for Attacker {
                         report.push(result);
                     }
                 }
-                Ok(Value::Array(report).to_string())
+                Ok(answer.unwrap_or_else(|| Value::Array(report).to_string()))
             }
             other => Err(format!("unknown attack `{other}`")),
         }
