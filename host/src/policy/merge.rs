@@ -432,7 +432,7 @@ fn overlay(
         agent: match (b_agent, o_agent) {
             (Some(b), Some(o)) => Some(merge_grants("agent", b, o, &mut n)),
             (None, Some(o)) => {
-                n.change("agent", "adds [agent]".into(), ChangeKind::Added);
+                n.change("agent", "a new [agent] section".into(), ChangeKind::Added);
                 Some(o)
             }
             (b, None) => b,
@@ -453,7 +453,7 @@ fn section<T>(
     match (below, over) {
         (Some(b), Some(o)) => Ok((b, o)),
         (None, Some(o)) => {
-            n.change(key, format!("adds [{key}]"), ChangeKind::Added);
+            n.change(key, format!("a new [{key}] section"), ChangeKind::Added);
             Err(Some(o))
         }
         (b, None) => Err(b),
@@ -645,10 +645,10 @@ fn merge_model(
                         pattern.value
                     ),
                 ),
-                None => n.change(&key, "adds a price".into(), ChangeKind::Added),
+                None => n.change(&key, "a new price".into(), ChangeKind::Added),
             }
         } else {
-            n.change(&key, "adds a price".into(), ChangeKind::Added);
+            n.change(&key, "a new price".into(), ChangeKind::Added);
         }
         merged_prices.insert(pattern, price);
     }
@@ -714,7 +714,7 @@ fn merge_tools(
     for (name, tool) in over {
         let key = format!("tools.{}", name.value);
         let Some(base) = below.remove(&name) else {
-            n.change(&key, "adds the tool".into(), ChangeKind::Added);
+            n.change(&key, "a new tool".into(), ChangeKind::Added);
             below.insert(name, tool);
             continue;
         };
@@ -1230,7 +1230,7 @@ fn merge_secrets(
                             ),
                         );
                     }
-                    _ => n.change(&key, "adds the secret".into(), ChangeKind::Added),
+                    _ => n.change(&key, "a new secret".into(), ChangeKind::Added),
                 }
             }
         }
@@ -1240,5 +1240,4 @@ fn merge_secrets(
 }
 
 #[cfg(test)]
-#[path = "merge_tests.rs"]
 mod tests;

@@ -615,7 +615,7 @@ fn includes_record_what_they_narrowed() {
         [
             ("limits.memory", "64MiB -> 32MiB", ChangeKind::Narrowed),
             ("tools.fetch.decision", "ask -> deny", ChangeKind::Narrowed),
-            ("tools.new", "adds the tool", ChangeKind::Added),
+            ("tools.new", "a new tool", ChangeKind::Added),
         ]
     );
 }
