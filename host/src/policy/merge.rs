@@ -1,15 +1,17 @@
 //! Composition: `include = ["base.toml"]`.
 //!
 //! The merge rule: a file's includes are applied first, in order, then the
-//! file itself, each layer on top of what is below it. A layer may add
-//! tools, secrets, labels, deny patterns and argument rules, and may narrow
-//! anything the layers below set explicitly (lower a limit or budget, turn
-//! allow into ask or deny, drop URLs, methods, directories or secrets from
-//! a grant). It may not widen anything they set explicitly (raise a limit,
-//! turn deny into allow, change a component or pin, grant more) unless it
-//! lists the key in `widen`, and each such widening is reported as a
-//! warning, so it is never silent. What the lower layers leave unsaid is
-//! denied by default, and granting it is not widening.
+//! file itself, each layer on top of what is below it. A layer may only
+//! narrow, key by key (docs/policy.md has the table): a section or entry
+//! no lower layer writes is new and the layer's to write; inside one a
+//! lower layer writes, every key holds the value written there or its
+//! default (no URLs, GET only, the default limits, no model), and the
+//! layer may only move it toward narrower. Anything wider is an error
+//! unless `widen` lists the key, and then a warning, so it is never
+//! silent. Every change is recorded for `warden check`. This module must
+//! never take a key from a layer unchecked: every `Raw*` struct is
+//! destructured field by field, so a new key does not compile without a
+//! rule.
 
 use super::compile::{
     Findings, HTTP_MAX_REQUEST, HTTP_MAX_RESPONSE, HTTP_TIMEOUT, compile, is_glob,
@@ -303,13 +305,16 @@ impl Narrowing<'_> {
     }
 
     /// A value with no order (a provider, a component, a fixed clock): an
-    /// including file may set it where the lower layers leave it unsaid,
-    /// and otherwise only repeat it.
+    /// including file may only repeat it. Where the lower layers leave it
+    /// unsaid, `unsaid` says what holds instead (setting it is then a
+    /// change from that, so widening); `None`: nothing holds, and setting
+    /// it grants nothing.
     fn same<T: PartialEq + std::fmt::Display>(
         &mut self,
         key: &str,
         below: Option<At<T>>,
         over: Option<At<T>>,
+        unsaid: Option<&str>,
         equal: impl Fn(&At<T>, &At<T>) -> bool,
     ) -> Option<At<T>> {
         match (below, over) {
@@ -324,7 +329,12 @@ impl Narrowing<'_> {
                 Some(o)
             }
             (None, Some(o)) => {
-                self.change(key, format!("sets `{}`", o.value), ChangeKind::Added);
+                match unsaid {
+                    Some(instead) => {
+                        self.widening(key, &o, format!("it sets `{}`, where {instead}", o.value))
+                    }
+                    None => self.change(key, format!("sets `{}`", o.value), ChangeKind::Added),
+                }
                 Some(o)
             }
             (b, None) => b,
@@ -423,6 +433,7 @@ fn overlay(
         secrets: o_secrets,
         reproducible: o_reproducible,
     } = over;
+    check_key_sources(&b_model, &b_secrets, &o_model, &o_secrets, &mut n);
     let merged = RawPolicy {
         include: Vec::new(),
         widen: Vec::new(),
@@ -517,11 +528,14 @@ fn merge_reproducible(
     };
     let RawReproducible { time, random_seed } = o;
     Some(RawReproducible {
-        time: n.same("reproducible.time", b.time, time, |b, o| b.value == o.value),
+        time: n.same("reproducible.time", b.time, time, None, |b, o| {
+            b.value == o.value
+        }),
         random_seed: n.same(
             "reproducible.random_seed",
             b.random_seed,
             random_seed,
+            None,
             |b, o| b.value == o.value,
         ),
     })
@@ -657,19 +671,31 @@ fn merge_model(
     let resolved =
         |n: &Narrowing<'_>, v: &Option<At<String>>| v.as_ref().map(|v| n.resolve(v.file, &v.value));
     let same_file = resolved(n, &b.api_key_file) == resolved(n, &api_key_file);
+    // Unsaid in a [model] below: the command line chooses the provider,
+    // and the key comes from the provider's usual variable.
+    let key_unsaid = Some("it reads the provider's key from its usual variable");
     let api_key_file = n.same(
         "model.api_key_file",
         b.api_key_file,
         api_key_file,
+        key_unsaid,
         |_, _| same_file,
     );
     Some(RawModel {
-        provider: n.same("model.provider", b.provider, provider, |b, o| {
-            b.value == o.value
-        }),
-        api_key_env: n.same("model.api_key_env", b.api_key_env, api_key_env, |b, o| {
-            b.value == o.value
-        }),
+        provider: n.same(
+            "model.provider",
+            b.provider,
+            provider,
+            Some("the command line names the provider"),
+            |b, o| b.value == o.value,
+        ),
+        api_key_env: n.same(
+            "model.api_key_env",
+            b.api_key_env,
+            api_key_env,
+            key_unsaid,
+            |b, o| b.value == o.value,
+        ),
         api_key_file,
         timeout: n.at_most(
             "model.timeout",
@@ -744,9 +770,10 @@ fn merge_tools(
             &format!("{key}.component"),
             b.component,
             component,
+            None,
             |_, _| same_component,
         );
-        let sha256 = n.same(&format!("{key}.sha256"), b.sha256, sha256, |b, o| {
+        let sha256 = n.same(&format!("{key}.sha256"), b.sha256, sha256, None, |b, o| {
             b.value.trim().eq_ignore_ascii_case(o.value.trim())
         });
         // Unsaid: allow. Stricter is narrower: allow < ask < deny.
@@ -1132,6 +1159,68 @@ fn merge_http(key: &str, b: At<RawHttp>, o: At<RawHttp>, n: &mut Narrowing<'_>) 
         },
         span: o.span,
         file: o.file,
+    }
+}
+
+/// The provider's API key and each secret are values the host holds for
+/// one destination: an include may not read a secret below as the API key
+/// (sending it to the provider), nor the key below as a new secret
+/// (injecting it into requests to another host).
+fn check_key_sources(
+    b_model: &Option<RawModel>,
+    b_secrets: &BTreeMap<At<String>, At<RawSecret>>,
+    o_model: &Option<RawModel>,
+    o_secrets: &BTreeMap<At<String>, At<RawSecret>>,
+    n: &mut Narrowing<'_>,
+) {
+    let below_env = b_model.as_ref().and_then(|b| b.api_key_env.as_ref());
+    let below_file = b_model.as_ref().and_then(|b| b.api_key_file.as_ref());
+    if let Some(o) = o_model {
+        let mut sources = Vec::new();
+        if let Some(env) = &o.api_key_env
+            && below_env.is_none_or(|b| b.value != env.value)
+        {
+            sources.push(("model.api_key_env", env, format!("${}", env.value)));
+        }
+        if let Some(file) = &o.api_key_file {
+            let resolved = n.resolve(file.file, &file.value);
+            if below_file.is_none_or(|b| n.resolve(b.file, &b.value) != resolved) {
+                sources.push(("model.api_key_file", file, resolved));
+            }
+        }
+        for (key, at, source) in sources {
+            let reads = b_secrets
+                .iter()
+                .find(|(_, s)| secret_source(n, s).as_deref() == Some(source.as_str()));
+            if let Some((name, _)) = reads {
+                n.widening(
+                    key,
+                    at,
+                    format!(
+                        "it sends the value of `secrets.{}` to the model provider",
+                        name.value
+                    ),
+                );
+            }
+        }
+    }
+    let Some(b) = b_model else { return };
+    let keys: Vec<String> = match (&b.api_key_env, &b.api_key_file) {
+        (Some(env), _) => vec![format!("${}", env.value)],
+        (None, Some(file)) => vec![n.resolve(file.file, &file.value)],
+        (None, None) => vec!["$OPENAI_API_KEY".into(), "$ANTHROPIC_API_KEY".into()],
+    };
+    for (name, secret) in o_secrets {
+        if b_secrets.contains_key(name) || secret.value.inject.is_none() {
+            continue;
+        }
+        if secret_source(n, secret).is_some_and(|s| keys.contains(&s)) {
+            n.widening(
+                &format!("secrets.{}", name.value),
+                secret,
+                "it reads the model provider's API key and injects it into HTTP requests".into(),
+            );
+        }
     }
 }
 
