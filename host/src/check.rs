@@ -8,8 +8,8 @@ use crate::load::PolicyFile;
 use crate::policy::args::Check;
 use crate::policy::provenance::Source;
 use crate::policy::{
-    ByteSize, Decision, Grants, HumanDuration, MountMode, Policy, Request, SecretSource, Session,
-    Severity, Verdict,
+    ByteSize, ChangeKind, Decision, Grants, HumanDuration, MountMode, Policy, Request,
+    SecretSource, Session, Severity, Verdict,
 };
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -36,6 +36,7 @@ pub fn describe(file: &PolicyFile) -> String {
         String::new()
     };
     let _ = writeln!(out, "{}{files}: valid, {warnings} warning(s)\n", file.name);
+    describe_includes(&mut out, policy);
 
     let l = &policy.limits;
     let _ = write!(
@@ -213,6 +214,37 @@ pub fn describe(file: &PolicyFile) -> String {
     }
     out.push_str("Everything else is denied.\n");
     out
+}
+
+/// What each including file changed in what it includes. Keys and values
+/// are the files' text: escaped to one line each, so an include cannot
+/// print a line that looks like warden's.
+fn describe_includes(out: &mut String, policy: &Policy) {
+    if policy.includes.is_empty() {
+        return;
+    }
+    let line = crate::transcript::clean_line;
+    out.push_str("What each include changed (an include may only narrow):\n");
+    for layer in &policy.includes {
+        let _ = writeln!(out, "  {} over {}:", line(&layer.file), line(&layer.below));
+        if layer.changes.is_empty() {
+            out.push_str("    nothing\n");
+        }
+        for change in &layer.changes {
+            let how = match change.kind {
+                ChangeKind::Narrowed => "narrows",
+                ChangeKind::Added => "adds",
+                ChangeKind::Widened => "WIDENS (listed in `widen`)",
+            };
+            let _ = writeln!(
+                out,
+                "    {how} {}: {}",
+                line(&change.key),
+                line(&change.what)
+            );
+        }
+    }
+    out.push('\n');
 }
 
 fn describe_check(check: &Check) -> String {

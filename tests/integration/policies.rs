@@ -143,3 +143,34 @@ fn golden_policy_diagnostics() {
     }
     assert!(checked >= 10, "only {checked} golden files");
 }
+
+/// Each `tests/ui/check/NAME.toml` beside `NAME.out`, the exact text
+/// `warden check` prints for it on stdout (what it grants, and what each
+/// include changed). `BLESS=1` rewrites the `.out` files.
+#[test]
+fn golden_check_output() {
+    let dir = repo().join("tests/ui/check");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && !p.file_stem().unwrap().to_string_lossy().starts_with('_')
+        })
+        .collect();
+    entries.sort();
+    assert!(!entries.is_empty());
+    for path in entries {
+        let relative = Path::new("../tests/ui/check").join(path.file_name().unwrap());
+        let file = PolicyFile::read(&relative).unwrap_or_else(|e| panic!("{}", e.render()));
+        let rendered =
+            warden::check::describe(&file).replace("../tests/ui/check/", "tests/ui/check/");
+        let expected_path = path.with_extension("out");
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&expected_path, &rendered).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} has no .out file (BLESS=1 writes it)", path.display()));
+        assert_eq!(rendered, expected, "{}", path.display());
+    }
+}

@@ -86,6 +86,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
         tools,
         secrets,
         warnings: Vec::new(),
+        includes: Vec::new(),
         rules: CommonRules {
             default: Rule::new("default"),
             output: Rule::new("limits.output"),
@@ -211,6 +212,27 @@ fn limits(raw: RawLimits, found: &mut Findings) -> Limits {
     }
 }
 
+/// How specific a model-name pattern is, for price lookup: an exact name
+/// beats every glob; among globs, more literal characters beat fewer, then
+/// a longer pattern a shorter one. Ties keep the file's order.
+pub(super) fn price_specificity(pattern: &str) -> (bool, usize, usize) {
+    let meta = ['*', '?', '[', ']', '{', '}', ','];
+    let literal = pattern.chars().filter(|c| !meta.contains(c)).count();
+    (!is_glob(pattern), literal, pattern.len())
+}
+
+/// Whether a model-name pattern is a glob rather than one exact name.
+pub(super) fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// Largest request body of an HTTP grant that names none.
+pub(super) const HTTP_MAX_REQUEST: u64 = 1 << 20;
+/// Largest response body of an HTTP grant that names none.
+pub(super) const HTTP_MAX_RESPONSE: u64 = 10 << 20;
+/// Per-request time limit of an HTTP grant that names none.
+pub(super) const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn glob(pattern: &str, literal_separator: bool) -> Result<Glob, String> {
     GlobBuilder::new(pattern)
         .literal_separator(literal_separator)
@@ -320,7 +342,12 @@ fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
     }
     let mut prices = Vec::new();
     let mut price_matchers = Vec::new();
-    for (pattern, price) in raw.prices {
+    // Looked up in order, so sorted by specificity: an exact name before
+    // any glob, a more literal glob before a looser one. In the file's
+    // (alphabetical) order, `"*"` would shadow every exact price.
+    let mut raw_prices: Vec<_> = raw.prices.into_iter().collect();
+    raw_prices.sort_by_key(|(pattern, _)| std::cmp::Reverse(price_specificity(&pattern.value)));
+    for (pattern, price) in raw_prices {
         let RawPriceChecked { input, output } = RawPriceChecked::from(&price.value);
         if !(input >= 0.0 && output >= 0.0 && input.is_finite() && output.is_finite()) {
             found.error(
@@ -1206,13 +1233,13 @@ fn http(raw: At<RawHttp>, found: &mut Findings) -> HttpGrant {
     HttpGrant {
         rules,
         methods,
-        max_request: raw.max_request.map_or(1 << 20, |v| v.value.0),
-        max_response: raw.max_response.map_or(10 << 20, |v| v.value.0),
-        timeout: raw.timeout.map_or(Duration::from_secs(30), |v| v.value.0),
+        max_request: raw.max_request.map_or(HTTP_MAX_REQUEST, |v| v.value.0),
+        max_response: raw.max_response.map_or(HTTP_MAX_RESPONSE, |v| v.value.0),
+        timeout: raw.timeout.map_or(HTTP_TIMEOUT, |v| v.value.0),
     }
 }
 
-type ParsedUrl = (
+pub(super) type ParsedUrl = (
     String,
     HostPattern,
     Option<u16>,
@@ -1222,7 +1249,7 @@ type ParsedUrl = (
 
 /// `scheme://host[:port][/path-glob]`, parsed by hand: patterns contain
 /// `*`, which URL parsers reject.
-fn url_rule(text: &str) -> Result<ParsedUrl, String> {
+pub(super) fn url_rule(text: &str) -> Result<ParsedUrl, String> {
     let (scheme, rest) = text
         .split_once("://")
         .ok_or_else(|| format!("`{text}` has no scheme (`https://`)"))?;

@@ -55,7 +55,43 @@ pub struct Policy {
     pub reproducible: Reproducible,
     /// Findings that did not stop the policy from loading.
     pub warnings: Vec<Diagnostic>,
+    /// What each including file changed in what it includes, in load order.
+    pub includes: Vec<IncludeLayer>,
     rules: CommonRules,
+}
+
+/// One file laid over what it includes, and what it changed there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludeLayer {
+    /// The including file (or, for a second include of one file, that include).
+    pub file: String,
+    /// What it lies on (the included file, or the includes merged so far).
+    pub below: String,
+    /// Each key it changed, in the order the merge met them.
+    pub changes: Vec<IncludeChange>,
+}
+
+/// One key an including file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludeChange {
+    /// The key, e.g. `limits.memory` or `tools.fetch.http.allow`.
+    pub key: String,
+    /// What changed, in words: "64MiB -> 32MiB", "adds the tool".
+    pub what: String,
+    /// How: narrowed, added (new to every lower file), or widened (allowed
+    /// because `widen` lists the key).
+    pub kind: ChangeKind,
+}
+
+/// How an including file changed a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Narrower than below.
+    Narrowed,
+    /// Not set by any lower file: a new tool, secret or section.
+    Added,
+    /// Wider than below, allowed by `widen` (and warned about).
+    Widened,
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +225,8 @@ pub struct ModelPolicy {
     pub max_tokens_per_call: Option<u32>,
     /// Most spend in a run.
     pub max_cost_usd: Option<f64>,
-    /// Prices by model pattern, first match wins.
+    /// Prices by model pattern, most specific first (an exact name, then
+    /// the glob with the most literal characters); first match wins.
     pub prices: Vec<(String, Price)>,
     price_matchers: Vec<GlobMatcher>,
     /// Patterns that refuse a request.
@@ -772,7 +809,8 @@ impl Decision {
 }
 
 impl ModelPolicy {
-    /// The price of `model`, if the table has one.
+    /// The price of `model`, if the table has one: the most specific
+    /// matching pattern's (the table is kept in that order).
     pub fn price(&self, model: &str) -> Option<Price> {
         self.price_matchers
             .iter()

@@ -719,7 +719,7 @@ fn includes_never_silently_widen() {
     );
     assert!(
         out.contains(
-            "`tools.fetch.http` would widen what base.toml grants: it adds `https://evil.test/**`"
+            "`tools.fetch.http.allow` would widen what base.toml grants: it adds `https://evil.test/**`"
         ),
         "{out}"
     );
