@@ -539,12 +539,18 @@ fn replay_reruns_a_recorded_run_offline_and_finds_the_first_divergence() {
     .unwrap();
     let (code, out, err) = replay(&["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}{err}");
-    // What the agent sent differs first: calc is no longer offered.
+    // What the agent sent differs first: calc is no longer offered. (The
+    // reason quotes log-derived text, wrapped under `  │ `.)
+    let quoted: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("  │ "))
+        .collect();
+    let reason = quoted.join(" ");
     assert!(
         out.contains("DIVERGED")
-            && out.contains("model call 1: the agent sent a different request")
-            && out.contains("offered the tools [\"word_count\"]")
-            && out.contains("the recorded run offered [\"calc\", \"word_count\"]"),
+            && reason.contains("model call 1: the agent sent a different request")
+            && reason.contains("offered the tools [\"word_count\"]")
+            && reason.contains("the recorded run offered [\"calc\", \"word_count\"]"),
         "{out}"
     );
     assert!(err.contains("has changed since run"), "{err}");
