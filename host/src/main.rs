@@ -198,11 +198,11 @@ enum AuditCommand {
     Show {
         /// The log (JSON Lines).
         file: PathBuf,
-        /// Only records of this kind: run, model, tool, http, log, limit, stdio.
-        #[arg(long)]
+        /// Only records of this kind.
+        #[arg(long, value_parser = ["run", "model", "tool", "http", "log", "limit", "stdio"])]
         kind: Option<String>,
-        /// Only records with this decision: allow, ask, deny.
-        #[arg(long)]
+        /// Only records with this decision.
+        #[arg(long, value_parser = ["allow", "ask", "deny"])]
         decision: Option<String>,
         /// Only records about this tool (or other subject).
         #[arg(long)]

@@ -491,6 +491,27 @@ fn audit_show_renders_and_filters_a_log() {
         calc.contains("calc") && !calc.contains("word_count"),
         "{calc}"
     );
+    // A misspelled filter is an error that lists what is valid, not an
+    // empty timeline.
+    for (flag, typo, valid) in [
+        (
+            "--kind",
+            "tools",
+            "run, model, tool, http, log, limit, stdio",
+        ),
+        ("--decision", "denied", "allow, ask, deny"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["audit", "show"])
+            .arg(&audit)
+            .args([flag, typo])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&format!("invalid value '{typo}'")), "{err}");
+        assert!(err.contains(valid), "{err}");
+    }
     let (code, out) = {
         let out = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["audit", "verify"])
