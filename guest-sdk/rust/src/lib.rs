@@ -191,8 +191,19 @@ macro_rules! export_tool {
     };
 }
 
+/// What a host call answers off Wasm (a unit test run by `cargo test`,
+/// where there is no host to call): an error that says so, instead of an
+/// abort on an import that does not exist.
+#[cfg(not(target_family = "wasm"))]
+fn off_wasm(what: &str) -> Error {
+    Error::Failed(format!(
+        "`{what}` needs the warden host: this code runs outside a component (e.g. under `cargo test`), where there is no host to call"
+    ))
+}
+
 /// Talk to the model through the host.
 pub mod model {
+    #[cfg(target_family = "wasm")]
     use super::wit;
     pub use super::wit::model::{ChatRequest, ChatResponse};
     pub use super::wit::types::Message;
@@ -201,7 +212,13 @@ pub mod model {
     /// Send a chat request. The host checks it against the policy (allowed
     /// models, budgets) and forwards it to the run's provider.
     pub fn chat(request: &ChatRequest) -> Result<ChatResponse, Error> {
-        wit::model::chat(request)
+        #[cfg(target_family = "wasm")]
+        return wit::model::chat(request);
+        #[cfg(not(target_family = "wasm"))]
+        {
+            let _ = request;
+            Err(super::off_wasm("model::chat"))
+        }
     }
 
     impl ChatRequest {
@@ -264,16 +281,28 @@ pub mod model {
 
 /// Call the tools the policy grants.
 pub mod tools {
-    use super::{Error, ToolSpec, wit};
+    #[cfg(target_family = "wasm")]
+    use super::wit;
+    use super::{Error, ToolSpec};
 
     /// The granted tools with their JSON Schemas.
+    /// (Off Wasm, as in a unit test, there is no host: no tools.)
     pub fn list() -> Vec<ToolSpec> {
-        wit::tools::list_tools()
+        #[cfg(target_family = "wasm")]
+        return wit::tools::list_tools();
+        #[cfg(not(target_family = "wasm"))]
+        return Vec::new();
     }
 
     /// Call a tool with JSON arguments given as text.
     pub fn call(name: &str, arguments: &str) -> Result<String, Error> {
-        wit::tools::call(name, arguments)
+        #[cfg(target_family = "wasm")]
+        return wit::tools::call(name, arguments);
+        #[cfg(not(target_family = "wasm"))]
+        {
+            let _ = arguments;
+            Err(super::off_wasm(&format!("tools::call({name})")))
+        }
     }
 
     /// Call a tool with arguments given as a JSON value.
@@ -299,9 +328,24 @@ pub mod tool {
 pub mod log {
     pub use super::wit::log::Level;
 
-    /// Write one log line at `level`.
+    /// Write one log line at `level`. Off Wasm (a tool's unit tests under
+    /// `cargo test`) there is no host: the line goes to stderr instead.
     pub fn write(level: Level, message: &str) {
-        super::wit::log::log(level, message)
+        #[cfg(target_family = "wasm")]
+        super::wit::log::log(level, message);
+        #[cfg(not(target_family = "wasm"))]
+        eprintln!("[{}] {message}", level_name(level));
+    }
+
+    #[cfg(not(target_family = "wasm"))]
+    fn level_name(level: Level) -> &'static str {
+        match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
     }
 
     /// Write one log line at `debug` level.
@@ -322,5 +366,24 @@ pub mod log {
     /// Write one log line at `error` level.
     pub fn error(message: &str) {
         write(Level::Error, message)
+    }
+}
+
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_wasm_the_host_calls_answer_instead_of_aborting() {
+        // Each of these aborted the test binary (an unreachable import).
+        log::info("a line from a unit test");
+        log::write(log::Level::Error, "and another");
+        assert!(tools::list().is_empty());
+        match tools::call("calc", "{}") {
+            Err(Error::Failed(why)) => assert!(why.contains("needs the warden host"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let request = model::ChatRequest::new(vec![model::Message::user("hi")]);
+        assert!(matches!(model::chat(&request), Err(Error::Failed(_))));
     }
 }
