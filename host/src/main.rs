@@ -16,7 +16,9 @@ use warden::run::{RunError, RunSpec, run};
 use warden::runtime::{Runtime, RuntimeConfig, cache};
 use warden::transcript::{Transcript, field, quote};
 
-/// Exit status when the agent gave no answer (it failed or was stopped).
+/// Exit status when what was run or checked failed: a run with no answer
+/// (failed or stopped), a failing policy case, a broken log, an invalid
+/// policy under `check`.
 const EXIT_NO_ANSWER: u8 = 1;
 /// Exit status for bad input: policy, component, arguments.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -25,7 +27,8 @@ const EXIT_BAD_INPUT: u8 = 2;
 #[command(
     name = "warden",
     version,
-    about = "Run AI agents and their tools as WebAssembly components, under a policy that decides and records every model call and side effect."
+    about = "Run AI agents and their tools as WebAssembly components, under a policy that decides and records every model call and side effect.",
+    after_help = "Exit status, for every command: 0 ok; 1 what was run or checked failed (a run with no answer, a divergent replay, an invalid policy under `check`, a failing case, a broken log); 2 bad input (an unreadable file, a bad argument, a policy `run` cannot load)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -797,7 +800,7 @@ fn check(path: &Path, strict: bool) -> ExitCode {
     print!("{}", warden::check::describe(&file));
     if strict && !file.policy.warnings.is_empty() {
         eprintln!("\n--strict: {} warning(s)", file.policy.warnings.len());
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_NO_ANSWER);
     }
     ExitCode::SUCCESS
 }
@@ -805,25 +808,16 @@ fn check(path: &Path, strict: bool) -> ExitCode {
 fn policy_test(policy: &Path, cases: &Path) -> ExitCode {
     let file = match PolicyFile::read(policy) {
         Ok(file) => file,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(1);
-        }
+        Err(error) => return bad_input(error),
     };
     let name = cases.display().to_string();
     let text = match warden::load::read_text(cases, warden::load::MAX_SCRIPT_FILE) {
         Ok(text) => text,
-        Err(error) => {
-            eprintln!("error: cannot read {name}: {error}");
-            return ExitCode::from(1);
-        }
+        Err(error) => return bad_input(format!("error: cannot read {name}: {error}")),
     };
     let results = match warden::check::run_cases(&file.policy, &name, &text) {
         Ok(results) => results,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(1);
-        }
+        Err(error) => return bad_input(error),
     };
     let failed = results.iter().filter(|r| r.failure.is_some()).count();
     for result in &results {
@@ -837,11 +831,11 @@ fn policy_test(policy: &Path, cases: &Path) -> ExitCode {
         name,
         results.len() - failed
     );
-    if failed > 0 || results.is_empty() {
-        if results.is_empty() {
-            eprintln!("error: {name} has no `[[case]]`");
-        }
-        return ExitCode::from(1);
+    if results.is_empty() {
+        return bad_input(format!("error: {name} has no `[[case]]`"));
+    }
+    if failed > 0 {
+        return ExitCode::from(EXIT_NO_ANSWER);
     }
     ExitCode::SUCCESS
 }

@@ -314,7 +314,8 @@ fn check_strict_fails_on_warnings() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("warning: model calls have no budget"));
     let out = check(true);
-    assert_eq!(out.status.code(), Some(2));
+    // Warnings under --strict fail the check (1), like an invalid policy.
+    assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--strict: 1 warning(s)"));
 }
 
@@ -348,6 +349,23 @@ fn policy_test_reports_each_case_and_fails_on_any() {
     );
     assert!(stdout.contains("PASS calc"), "{stdout}");
     assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+
+    // Input it cannot test is bad input (2), not a failing case (1).
+    let missing = dir.path().join("missing.toml");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "# no cases\n").unwrap();
+    let malformed = dir.path().join("malformed.toml");
+    std::fs::write(&malformed, "[[case]\n").unwrap();
+    for (cases, says) in [
+        (&missing, "cannot read"),
+        (&empty, "has no `[[case]]`"),
+        (&malformed, "malformed.toml"),
+    ] {
+        let out = run(cases.to_str().unwrap());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", cases.display());
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 #[test]
