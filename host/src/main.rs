@@ -823,8 +823,10 @@ async fn check(path: &Path, strict: bool, load: Option<(Option<PathBuf>, bool)>)
     let components = match load {
         None => None,
         Some((cache_dir, no_cache)) => {
-            let Ok(runtime) = start_runtime(cache_dir, no_cache) else {
-                return ExitCode::from(1);
+            let runtime = match start_runtime(cache_dir, no_cache) {
+                Ok(runtime) => runtime,
+                // Printed; the check could not be done (bad input, 2).
+                Err(code) => return code,
             };
             match warden::check::load_components(&runtime, &file).await {
                 Ok(components) => Some(components),
