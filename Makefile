@@ -38,12 +38,15 @@ demo: setup-rust
 ## policies/tests/ run, as a policy author would.
 ## The policy loop uses the binary `cargo test` just built: `cargo run -p
 ## warden` would resolve features for one package and rebuild the host.
+## `check` loads each policy's components as `run` would;
+## email-assistant.toml names a mail component not in this repository, so
+## it is checked without loading.
 WARDEN := $(or $(CARGO_TARGET_DIR),target)/debug/warden
 test: setup
 	$(CARGO) test --workspace
 	node --import ./guest-sdk/js/node/register.mjs --test tools/jsonpath-js/
 	@for p in policies/*.toml; do \
-		$(WARDEN) check --strict $$p > /dev/null || exit 1; \
+		$(WARDEN) check --strict $$(case $$p in */email-assistant.toml) echo --no-load;; esac) $$p > /dev/null || exit 1; \
 		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \
 	done
 

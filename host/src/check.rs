@@ -1,6 +1,8 @@
 //! For policy authors: `warden check` (what a policy grants, in plain
-//! words) and `warden policy test` (a file of requests with the decisions
-//! they must get, run against the policy like `opa test`).
+//! words, and whether `warden run` could load every component it names)
+//! and `warden policy test` (a file of requests with the decisions they
+//! must get, run against the policy like `opa test`). Checking never runs
+//! a tool's `invoke` and grants no component anything.
 
 use crate::chat::{Message, Role};
 use crate::diagnostic::{SourceError, parse_toml};
@@ -11,8 +13,62 @@ use crate::policy::{
     ByteSize, ChangeKind, Decision, Grants, HumanDuration, MountMode, Policy, Request,
     SecretSource, Session, Severity, Verdict,
 };
+use crate::registry::ToolComponent;
+use crate::runtime::Runtime;
 use serde::Deserialize;
 use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Load every tool component `file` names exactly as `warden run` and
+/// `warden mcp` do (the same session opening: read, pin check, compile
+/// through the cache, `describe` with no grants under the policy's
+/// limits, each entry bound to a tool the component provides), into an
+/// audit log that is kept nowhere. `Err` is what `run` would refuse with,
+/// rendered.
+pub async fn load_components(
+    runtime: &Runtime,
+    file: &PolicyFile,
+) -> Result<Vec<Arc<ToolComponent>>, String> {
+    use crate::run::{Opening, RunError, open_session};
+    let audit = crate::audit::AuditLog::new(crate::audit::new_run_id());
+    let gate = crate::gate::Gate::new(file.policy.clone(), audit);
+    let opening = Opening {
+        subject: "check".into(),
+        detail: "warden check".into(),
+        data: serde_json::json!({}),
+    };
+    match open_session(runtime, file, gate, opening).await {
+        Ok((_, tools)) => Ok(tools.components()),
+        Err(RunError::Policy(error)) => Err(error.render()),
+        Err(error) => Err(format!("error: {error}")),
+    }
+}
+
+/// What `warden check` says of the components: each one loaded, with its
+/// SHA-256 (what a `sha256` pin holds); `None` when they were not loaded.
+pub fn describe_components(components: Option<&[Arc<ToolComponent>]>) -> String {
+    let Some(components) = components else {
+        return "Components: not loaded (--no-load); `warden run` may still refuse them.\n".into();
+    };
+    if components.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("Components, loaded and described with no grants:\n");
+    for component in components {
+        let _ = writeln!(
+            out,
+            "  {}: sha256 {}{}",
+            crate::transcript::clean_line(&component.source),
+            component.sha256,
+            if component.cache_hit {
+                " (from the compile cache)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
 
 /// What `policy` grants, in plain words.
 pub fn describe(file: &PolicyFile) -> String {

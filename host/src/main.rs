@@ -45,14 +45,29 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Check a policy file and print what it grants. Exit 0 when valid, 1
-    /// on errors, 2 with --strict when there are warnings.
+    /// Check a policy file and print what it grants. Every tool component
+    /// it names is loaded as `warden run` loads it (read, pin checked,
+    /// compiled through the cache, asked to describe its tools with no
+    /// grants; never invoked), so whatever `run` would refuse, `check`
+    /// refuses. Exit 0 when valid, 1 on errors, 2 with --strict when there
+    /// are warnings.
     Check {
         /// The policy file.
         policy: PathBuf,
         /// Treat warnings (risky grants, rules that never apply) as failures.
         #[arg(long)]
         strict: bool,
+        /// Check the policy file alone: do not read, download or load the
+        /// components it names.
+        #[arg(long)]
+        no_load: bool,
+        /// Where compiled components are kept [default:
+        /// $XDG_CACHE_HOME/warden/components or ~/.cache/warden/components].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Compile every component afresh; do not read or write the cache.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Tools for policy authors.
     #[command(subcommand)]
@@ -298,7 +313,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { policy, strict } => check(&policy, strict),
+        Command::Check {
+            policy,
+            strict,
+            no_load,
+            cache_dir,
+            no_cache,
+        } => {
+            let load = (!no_load).then_some((cache_dir, no_cache));
+            block_on(check(&policy, strict, load))
+        }
         Command::Policy(PolicyCommand::Test { policy, cases }) => policy_test(&policy, &cases),
         Command::Policy(PolicyCommand::Schema) => {
             let schema = warden::policy::Policy::json_schema();
@@ -788,7 +812,9 @@ fn print_warnings(policy: &PolicyFile) {
     }
 }
 
-fn check(path: &Path, strict: bool) -> ExitCode {
+/// `load`: the cache options to load the components with; `None` with
+/// `--no-load`.
+async fn check(path: &Path, strict: bool, load: Option<(Option<PathBuf>, bool)>) -> ExitCode {
     let file = match PolicyFile::read(path) {
         Ok(file) => file,
         Err(error) => {
@@ -797,7 +823,28 @@ fn check(path: &Path, strict: bool) -> ExitCode {
         }
     };
     print_warnings(&file);
+    let components = match load {
+        None => None,
+        Some((cache_dir, no_cache)) => {
+            let runtime = match start_runtime(cache_dir, no_cache) {
+                Ok(runtime) => runtime,
+                // Printed; the check could not be done (bad input, 2).
+                Err(code) => return code,
+            };
+            match warden::check::load_components(&runtime, &file).await {
+                Ok(components) => Some(components),
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
     print!("{}", warden::check::describe(&file));
+    print!(
+        "{}",
+        warden::check::describe_components(components.as_deref())
+    );
     if strict && !file.policy.warnings.is_empty() {
         eprintln!("\n--strict: {} warning(s)", file.policy.warnings.len());
         return ExitCode::from(EXIT_NO_ANSWER);

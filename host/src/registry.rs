@@ -148,6 +148,11 @@ fn read_error(
             format!("the component of [tools.{name}] cannot be downloaded from {url}: {why}"),
             "check the URL and the network; once downloaded and matched against its pin, a component is kept in the cache and later runs need no network".into(),
         ),
+        (FetchError::Failed(why), ComponentSource::Builtin(_)) => (
+            format!("the component of [tools.{name}] cannot be loaded: {why}"),
+            "name one of those, or give the path of a .wasm file (relative to the policy file)"
+                .into(),
+        ),
         (FetchError::Failed(why), _) => (
             format!("the component of [tools.{name}] cannot be loaded: {why}"),
             "paths are relative to the policy file; build tools with \

@@ -263,12 +263,8 @@ async fn the_policys_provider_is_recorded_and_replayed_offline() {
 
 #[test]
 fn check_describes_a_policy_and_rejects_a_bad_one() {
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["check", "policies/demo.toml"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = warden(&["check", "policies/demo.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("Model: may use scripted; at most 8 calls per run."),
@@ -816,4 +812,116 @@ fn approving_a_rule_the_policy_does_not_have_is_a_warning() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Each policy `warden run` refuses for a component it names, beside what
+/// the refusal must say (and where: the policy file, line and column).
+fn refused_components() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "missing file",
+            "[tools.calc]\ncomponent = \"missing.wasm\"\n",
+            vec![
+                "p.toml:2:13",
+                "the component of [tools.calc] cannot be loaded: cannot read",
+                "missing.wasm",
+            ],
+        ),
+        (
+            "tool the component does not provide",
+            "[tools.calc]\ncomponent = \"builtin:calc\"\n\n[tools.nope]\ncomponent = \"builtin:calc\"\n",
+            vec![
+                "p.toml:4:8",
+                "`builtin:calc` does not provide a tool named `nope`",
+                "it provides `calc`",
+            ],
+        ),
+        (
+            "unknown builtin",
+            "[tools.calc]\ncomponent = \"builtin:nosuch\"\n",
+            vec![
+                "p.toml:2:13",
+                "there is no built-in component `nosuch`",
+                "the built-ins are:",
+                "help: name one of those, or give the path of a .wasm file",
+            ],
+        ),
+        (
+            "memory limit too small",
+            "[limits]\nmemory = \"1MiB\"\n\n[tools.calc]\ncomponent = \"builtin:calc\"\n",
+            vec![
+                "p.toml:5:13",
+                "`builtin:calc` failed while describing its tools",
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn check_refuses_every_component_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    let script = dir.path().join("script.toml");
+    std::fs::write(&script, "[[turn]]\ntext = \"hi\"\n").unwrap();
+    let model = format!("scripted:{}", script.display());
+    for (case, body, expected) in refused_components() {
+        std::fs::write(&policy, body).unwrap();
+        let check = warden(&["check", policy.to_str().unwrap()]);
+        let stderr = text(&check.stderr);
+        assert_eq!(check.status.code(), Some(1), "{case}: {stderr}");
+        for part in &expected {
+            assert!(stderr.contains(part), "{case}: no `{part}` in\n{stderr}");
+        }
+        assert!(!text(&check.stdout).contains("valid"), "{case}");
+        // The same words as `warden run`'s refusal: one loading path.
+        let run = warden(&[
+            "run",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--model",
+            &model,
+            "--audit",
+            dir.path().join("audit.jsonl").to_str().unwrap(),
+            "--task",
+            "hi",
+            "builtin:react",
+        ]);
+        assert_eq!(run.status.code(), Some(2), "{case}: {}", text(&run.stderr));
+        let refusal = stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+        assert!(
+            text(&run.stderr).contains(refusal),
+            "{case}: run and check disagree:\ncheck: {stderr}\nrun: {}",
+            text(&run.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_no_load_reads_only_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    for (case, body, _) in refused_components() {
+        std::fs::write(&policy, body).unwrap();
+        let out = warden(&["check", "--no-load", policy.to_str().unwrap()]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{case}: {}", text(&out.stderr));
+        assert!(stdout.contains("p.toml: valid"), "{case}: {stdout}");
+        assert!(
+            stdout.contains("Components: not loaded (--no-load)"),
+            "{case}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn check_loads_and_describes_the_components_it_names() {
+    let out = warden(&["check", "policies/demo.toml"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("Components, loaded and described with no grants:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  builtin:calc: sha256 "), "{stdout}");
+    assert!(stdout.contains("  builtin:text: sha256 "), "{stdout}");
 }

@@ -174,3 +174,27 @@ fn golden_check_output() {
         assert_eq!(rendered, expected, "{}", path.display());
     }
 }
+
+/// `warden check` on each example loads its components as `warden run`
+/// would. The Python and JavaScript ones are where host/build.rs put them
+/// (`target/guests/other` in a clone); `mail.wasm` is not in the
+/// repository, so that policy is checked with `--no-load` until it is.
+#[tokio::test]
+async fn every_example_policy_loads_its_components() {
+    let other = Path::new(guests::WORDFREQ_PY).parent().unwrap();
+    for path in example_policies() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("../target/guests/other/", &format!("{}/", other.display()));
+        let name = path.display().to_string();
+        let file = PolicyFile::from_text(name.clone(), repo().join("policies"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let loaded = warden::check::load_components(runtime(), &file).await;
+        if path.ends_with("email-assistant.toml") {
+            let error = loaded.err().unwrap_or_default();
+            assert!(error.contains("mail.wasm: No such file"), "{name}: {error}");
+            continue;
+        }
+        let components = loaded.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!components.is_empty(), "{name}");
+    }
+}

@@ -519,22 +519,40 @@ fn check_refuses_a_missing_pin_and_inspect_prints_it() {
     );
     assert_eq!(server.hits(), 1);
 
-    // Pinned, the policy checks (offline: checking downloads nothing) and
-    // shows where the tool comes from.
+    // Pinned, the policy checks and shows where the tool comes from. With
+    // --no-load nothing is downloaded; without, the component is downloaded
+    // as `run` would, matched against its pin and kept, so the next check
+    // (and run) needs no network.
     std::fs::write(&policy, echo_policy(&url, Some(&pin))).unwrap();
-    let out = warden(&["check", policy.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cache = dir.path().join("cache");
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", policy.to_str().unwrap()];
+        args.extend(["--cache-dir", cache.to_str().unwrap()]);
+        args.extend(extra);
+        let out = warden(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "echo ({url}): allowed; pinned to sha256 {}",
+                &pin[..12]
+            )),
+            "{stdout}"
+        );
+        stdout
+    };
+    check(&["--no-load"]);
+    assert_eq!(server.hits(), 1);
+    let stdout = check(&[]);
     assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!(
-            "echo ({url}): allowed; pinned to sha256 {}",
-            &pin[..12]
-        )),
+        stdout.contains(&format!("  {url}: sha256 {pin}")),
         "{stdout}"
     );
-    assert_eq!(server.hits(), 1);
+    assert_eq!(server.hits(), 2);
+    check(&[]);
+    assert_eq!(server.hits(), 2);
 }
