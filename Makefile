@@ -4,13 +4,20 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup setup-rust demo test lint bench fuzz clean-cache
+.PHONY: setup setup-rust demo install test lint bench fuzz clean-cache
 
 ## Install the guest target (and the lint tools), componentize-py and the
 ## MCP SDK (pinned, in target/venv) and componentize-js (pinned, npm ci).
 ## Idempotent and quick when done. Needs python3 (3.10+) and node (20+).
 VENV := target/venv
-setup: setup-rust $(VENV)/.installed guest-sdk/js/node_modules/.installed
+setup: setup-rust target/guest-tools.stamp
+
+## host/build.rs watches this stamp: touching it once either tool is (re)installed
+## makes the next build build the Python and JavaScript guests, even when the
+## host was built before (`make demo` first). build.rs creates it dated 1970
+## when missing, so this rule runs after any install.
+target/guest-tools.stamp: $(VENV)/.installed guest-sdk/js/node_modules/.installed
+	touch $@
 
 ## What the demo needs: the Rust guest target.
 setup-rust:
@@ -29,8 +36,15 @@ guest-sdk/js/node_modules/.installed: guest-sdk/js/package-lock.json
 	touch $@
 
 ## Build guests and host, then run the bundled demo offline (scripted model).
+## Needs only Rust: the Python and JavaScript guests wait for `make setup`.
+## Leaves the debug binary at target/debug/warden.
 demo: setup-rust
 	$(CARGO) run -p warden -- demo
+
+## Install an optimized `warden` into ~/.cargo/bin (a release build: wasmtime
+## is compiled again, optimized). Needs only Rust.
+install: setup-rust
+	$(CARGO) install --locked --path host
 
 ## Every test: host unit and integration tests, guest unit tests (Rust and
 ## JavaScript), doc tests;

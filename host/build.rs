@@ -9,6 +9,12 @@
 //! The nested cargo uses its own target directory so it never waits on the
 //! lock of the build that runs this script.
 //!
+//! The Python and JavaScript guests need componentize-py and
+//! componentize-js, which only `make setup` installs (`make demo` and the
+//! `warden` binary need only Rust). Installing them must make the next
+//! build build those guests, so this script watches `target/guest-tools.stamp`,
+//! which `make setup` touches after it (re)installs either tool.
+//!
 //! `WARDEN_GUESTS_DIR` names a directory of guests already built (the
 //! `wasm32-wasip2/release` directory of a guest build); then nothing is
 //! built here. `make fuzz` uses it: the fuzzers build with a nightly
@@ -62,28 +68,72 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WARDEN_GUEST_TARGET_DIR");
     println!("cargo:rerun-if-env-changed=WARDEN_GUESTS_DIR");
     println!("cargo:rerun-if-env-changed=WARDEN_COMPONENTIZE_PY");
+    watch_setup_stamp(&workspace);
     let test_guests = test_guest_names(&workspace.join("tests/guests/src/bin"));
     let (artifacts, other) = match env::var_os("WARDEN_GUESTS_DIR") {
         Some(prebuilt) => (PathBuf::from(prebuilt.clone()), PathBuf::from(prebuilt)),
         None => {
             let artifacts = build_guests(&out_dir, &workspace);
             let other = guest_target_dir(&out_dir).join("other");
-            build_python_guests(&workspace, &other);
-            build_js_guests(&workspace, &other);
+            let mut skipped = build_python_guests(&workspace, &other);
+            skipped.extend(build_js_guests(&workspace, &other));
+            warn_skipped(&skipped);
             (artifacts, other)
         }
     };
     write_outputs(&out_dir, &artifacts, test_guests, &other);
 }
 
+/// Where `make setup` records that it installed the guest tools, relative to
+/// the workspace (beside `target/venv`).
+const SETUP_STAMP: &str = "target/guest-tools.stamp";
+
+/// Rerun this script when `make setup` has installed componentize-py or
+/// componentize-js. cargo reruns a script on every build while a watched
+/// path is missing (which would recompile the host each time), so a missing
+/// stamp is created here, dated 1970 so that it does not look changed since
+/// this run; then `make setup` (whose rule is older than its markers) touches
+/// it once the tools are in. If it cannot be created, it is not watched: a
+/// build after `make setup` then needs `touch host/build.rs`.
+fn watch_setup_stamp(workspace: &Path) {
+    let stamp = workspace.join(SETUP_STAMP);
+    let exists = stamp.exists()
+        || stamp.parent().is_some_and(|dir| {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::File::create(&stamp))
+                .and_then(|file| file.set_modified(std::time::SystemTime::UNIX_EPOCH))
+                .is_ok()
+        });
+    if exists {
+        println!("cargo:rerun-if-changed={}", stamp.display());
+    }
+}
+
+/// One line for every guest not built because its tool is missing: that is
+/// expected before `make setup`, not a failure.
+fn warn_skipped(skipped: &[&str]) {
+    if !skipped.is_empty() {
+        println!(
+            "cargo:warning=the Python and JavaScript guests ({}) are skipped until `make setup` installs componentize-py and componentize-js; `make demo` and the warden binary need only Rust (`make test` runs setup itself)",
+            skipped.join(", ")
+        );
+    }
+}
+
 /// Build the Python guests with componentize-py, installed by `make setup`
-/// into `target/venv` (or named by `WARDEN_COMPONENTIZE_PY`). Without it,
-/// a warning: the tests that need these guests say to run `make setup`.
-fn build_python_guests(workspace: &Path, out: &Path) {
+/// into `target/venv` (or named by `WARDEN_COMPONENTIZE_PY`). Returns the
+/// guests skipped because it is missing: the tests that need them say to
+/// run `make setup`.
+fn build_python_guests(workspace: &Path, out: &Path) -> Vec<&'static str> {
     let tool = env::var_os("WARDEN_COMPONENTIZE_PY")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target/venv/bin/componentize-py"));
+    if tool.exists() {
+        // A reinstalled (upgraded) tool rebuilds the guests too.
+        println!("cargo:rerun-if-changed={}", tool.display());
+    }
     let sdk = workspace.join("guest-sdk/python");
+    let mut skipped = Vec::new();
     for (dir, module, world, artifact) in PYTHON_GUESTS {
         let output = out.join(format!("{artifact}.wasm"));
         let sources = [
@@ -95,10 +145,7 @@ fn build_python_guests(workspace: &Path, out: &Path) {
             continue;
         }
         if !tool.exists() {
-            println!(
-                "cargo:warning=not building the Python guest {dir}: {} is missing (run `make setup`)",
-                tool.display()
-            );
+            skipped.push(*dir);
             continue;
         }
         std::fs::create_dir_all(out).expect("create the guests directory");
@@ -122,12 +169,22 @@ fn build_python_guests(workspace: &Path, out: &Path) {
             .arg(&output);
         run_builder(command, dir);
     }
+    skipped
 }
 
 /// Build the JavaScript guests with componentize-js, installed by `make
-/// setup` into `guest-sdk/js/node_modules`.
-fn build_js_guests(workspace: &Path, out: &Path) {
+/// setup` into `guest-sdk/js/node_modules`. Returns the guests skipped
+/// because it is missing.
+fn build_js_guests(workspace: &Path, out: &Path) -> Vec<&'static str> {
     let sdk = workspace.join("guest-sdk/js");
+    let installed = sdk.join("node_modules/@bytecodealliance/componentize-js");
+    if installed.is_dir() {
+        println!(
+            "cargo:rerun-if-changed={}",
+            installed.join("package.json").display()
+        );
+    }
+    let mut skipped = Vec::new();
     for (source, world, artifact) in JS_GUESTS {
         let output = out.join(format!("{artifact}.wasm"));
         let dir = Path::new(source)
@@ -144,13 +201,8 @@ fn build_js_guests(workspace: &Path, out: &Path) {
         if is_fresh(&output, &sources) {
             continue;
         }
-        if !sdk
-            .join("node_modules/@bytecodealliance/componentize-js")
-            .is_dir()
-        {
-            println!(
-                "cargo:warning=not building the JavaScript guest {source}: componentize-js is not installed (run `make setup`)"
-            );
+        if !installed.is_dir() {
+            skipped.push(*source);
             continue;
         }
         std::fs::create_dir_all(out).expect("create the guests directory");
@@ -162,6 +214,7 @@ fn build_js_guests(workspace: &Path, out: &Path) {
             .arg(&output);
         run_builder(command, source);
     }
+    skipped
 }
 
 fn run_builder(mut command: Command, what: &str) {
