@@ -386,11 +386,14 @@ fn guest_target_dir(out_dir: &Path) -> PathBuf {
 }
 
 /// The target directory of the build running this script: the nearest
-/// ancestor of `OUT_DIR` that cargo tagged with `CACHEDIR.TAG`.
+/// ancestor of `OUT_DIR` that cargo marked as one. cargo writes
+/// `CACHEDIR.TAG` only when it creates the directory itself (not when
+/// `make setup` made `target/venv` first), but `.rustc_info.json` on every
+/// build.
 fn cargo_target_dir(out_dir: &Path) -> PathBuf {
     out_dir
         .ancestors()
-        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file() || dir.join(".rustc_info.json").is_file())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| out_dir.join("target"))
 }
