@@ -81,16 +81,17 @@ bench: setup
 clean-cache:
 	rm -rf "$${WARDEN_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/warden}/components"
 
-## Fuzz the policy parser and the decision function (nightly; installs
-## cargo-fuzz). FUZZ_SECONDS per target, default 600.
+## Fuzz the policy parser, the decision function, the egress URL matcher
+## and the MCP stdio framing (nightly; installs cargo-fuzz), one target
+## after the other. FUZZ_SECONDS per target, default 600.
 FUZZ_SECONDS ?= 600
 fuzz:
 	rustup toolchain install nightly --profile minimal
 	cargo install cargo-fuzz --locked
 	$(CARGO) build --release --target $(TARGET) --target-dir target/guests \
 		-p react -p calc -p text -p fetch -p files -p warden-test-guests
-	for t in policy_parse policy_decide; do \
+	for t in policy_parse policy_decide url_match mcp_framing; do \
 		mkdir -p fuzz/corpus/$$t; \
 		(cd fuzz && WARDEN_GUESTS_DIR=$(CURDIR)/target/guests/$(TARGET)/release \
-			cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+			cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=30) || exit 1; \
 	done

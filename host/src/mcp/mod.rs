@@ -654,9 +654,12 @@ impl Server {
             return Ok(());
         };
         let id = message.get("id").cloned();
+        // The id an error answer echoes: `null` unless the message's id is
+        // one a request may carry (JSON-RPC: when it cannot be read, null).
+        let error_id = || id.clone().filter(valid_id).unwrap_or(Value::Null);
         if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             out.error(
-                id.unwrap_or(Value::Null),
+                error_id(),
                 INVALID_REQUEST,
                 "not JSON-RPC 2.0: `\"jsonrpc\": \"2.0\"` is missing".into(),
                 None,
@@ -670,7 +673,7 @@ impl Server {
                 return Ok(());
             }
             out.error(
-                id.unwrap_or(Value::Null),
+                error_id(),
                 INVALID_REQUEST,
                 "a request needs a string `method`".into(),
                 None,
@@ -681,7 +684,7 @@ impl Server {
             self.notification(method, &params);
             return Ok(());
         };
-        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+        if !valid_id(&id) {
             out.error(
                 Value::Null,
                 INVALID_REQUEST,
@@ -909,6 +912,11 @@ impl Server {
     }
 }
 
+/// Whether `id` is one a request may carry: a string or an integer.
+fn valid_id(id: &Value) -> bool {
+    id.is_string() || id.is_i64() || id.is_u64()
+}
+
 /// What the audit log keeps of a client's `clientInfo`: its name, title
 /// and version, each cut at [`MAX_RECORDED`] bytes (with its length), and
 /// how many bytes the whole object took. The rest is the client's to say,
@@ -942,5 +950,88 @@ impl io::Write for ByteCount {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::MemorySink;
+    use crate::runtime::RuntimeConfig;
+
+    /// The answers of a session reading `input`, under a policy with no tools.
+    async fn answers(input: &str) -> Vec<Value> {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            max_instances: 2,
+        })
+        .unwrap();
+        let policy = PolicyFile::from_text(
+            "test.toml".into(),
+            "/nonexistent".into(),
+            "[model]\nallow = [\"scripted\"]\n".into(),
+        )
+        .unwrap();
+        let audit = AuditLog::new("r-test").with_sink(MemorySink::default());
+        let (output, mut client) = tokio::io::duplex(64 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
+                .await
+                .unwrap();
+            out
+        });
+        let input = tokio::io::BufReader::new(input.as_bytes());
+        serve(
+            &runtime,
+            ServeSpec::new(policy),
+            audit,
+            input,
+            output,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let out = reader.await.unwrap();
+        out.split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).unwrap())
+            .collect()
+    }
+
+    /// Seen while writing the oracle of `fuzz/fuzz_targets/mcp_framing.rs`
+    /// (every id-less answer has id `null`): a malformed message
+    /// (no `jsonrpc`, or no `method`) had its `id` echoed whatever it was
+    /// (an object, an array, a float, a megabyte of nesting), while a
+    /// well-formed request with such an id is answered with id `null`.
+    /// JSON-RPC: when the id cannot be read, the answer's id is `null`.
+    #[tokio::test]
+    async fn an_invalid_id_is_never_echoed() {
+        let answers = answers(concat!(
+            "{\"id\":{\"forged\":[1,2,3]},\"method\":\"ping\"}\n",
+            "{\"jsonrpc\":\"2.0\",\"id\":[\"x\"]}\n",
+            "{\"id\":1.5,\"method\":\"ping\"}\n",
+            "{\"jsonrpc\":\"2.0\",\"id\":{\"a\":1},\"method\":\"ping\"}\n",
+            // Valid ids are still echoed on every error path.
+            "{\"id\":7,\"method\":\"ping\"}\n",
+            "{\"jsonrpc\":\"2.0\",\"id\":\"eight\"}\n",
+        ))
+        .await;
+        let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+        assert_eq!(
+            ids,
+            [
+                &Value::Null,
+                &Value::Null,
+                &Value::Null,
+                &Value::Null,
+                &json!(7),
+                &json!("eight")
+            ],
+            "{answers:?}"
+        );
+        for answer in &answers {
+            assert_eq!(answer["error"]["code"], json!(INVALID_REQUEST), "{answer}");
+        }
     }
 }
