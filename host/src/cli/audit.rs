@@ -1,0 +1,190 @@
+//! `warden audit`: verify and show audit logs.
+
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use warden::transcript::Transcript;
+
+use super::bad_input;
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check an audit log's hash chain and numbering. Exit 0 when intact,
+    /// 1 when a record was edited, deleted, reordered or inserted.
+    Verify {
+        /// The log (JSON Lines).
+        file: PathBuf,
+        /// The head `warden run` printed (a prefix is enough): also detects
+        /// records cut from, or edited at, the end.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Show an audit log as a readable timeline.
+    Show {
+        /// The log (JSON Lines).
+        file: PathBuf,
+        /// Only records of this kind.
+        #[arg(long, value_parser = ["run", "model", "tool", "http", "log", "limit", "stdio"])]
+        kind: Option<String>,
+        /// Only records with this decision.
+        #[arg(long, value_parser = ["allow", "ask", "deny"])]
+        decision: Option<String>,
+        /// Only records about this tool (or other subject).
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// Keep reading as records arrive (a running agent); stops at the
+        /// end of the run.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+fn audit_verify(path: &Path, head: Option<&str>) -> ExitCode {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) => return bad_input(format!("error: cannot read {}: {error}", path.display())),
+    };
+    let report = match warden::audit::verify(file) {
+        Ok(report) => report,
+        Err(error) => return bad_input(format!("error: cannot read {}: {error}", path.display())),
+    };
+    let name = path.display();
+    for problem in &report.problems {
+        println!("BROKEN {name}:{}: {}", problem.line, problem.message);
+    }
+    for line in &report.torn {
+        println!(
+            "note: {name}:{line}: an incomplete record (the host was stopped while writing it); it is lost, the chain continues"
+        );
+    }
+    for (run, records, finished) in &report.runs {
+        if !finished {
+            println!(
+                "note: run {run} ({records} records) has no end record: the host was stopped, or the log was cut"
+            );
+        }
+    }
+    let mut intact = report.is_intact();
+    if let Some(expected) = head {
+        let expected = expected.trim().to_ascii_lowercase();
+        if expected.len() < 8 || !report.head.starts_with(&expected) {
+            println!(
+                "BROKEN {name}: the last record's hash is {}, not the head you gave ({expected}): records were cut from or edited at the end",
+                report.head
+            );
+            intact = false;
+        }
+    }
+    if intact {
+        println!(
+            "OK {name}: {} records in {} run(s), chain intact; head {}",
+            report.records,
+            report.runs.len(),
+            report.head
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// What `warden audit show` keeps.
+struct Filter {
+    kind: Option<String>,
+    decision: Option<String>,
+    tool: Option<String>,
+    run: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, record: &warden::audit::Record) -> bool {
+        self.kind.as_ref().is_none_or(|k| record.kind.as_str() == k)
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| record.decision.as_str() == d)
+            && self.tool.as_ref().is_none_or(|t| record.subject == *t)
+            && self.run.as_ref().is_none_or(|r| record.run == *r)
+    }
+}
+
+fn audit_show(path: &Path, filter: &Filter, follow: bool) -> ExitCode {
+    use std::io::Read;
+    use warden::audit::{AuditSink, Event, Kind, Record};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) => return bad_input(format!("error: cannot read {}: {error}", path.display())),
+    };
+    let mut transcript = Transcript::new(std::io::stdout());
+    let mut pending = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut line_number = 0usize;
+    let mut open_run = false;
+    loop {
+        let read = match file.read(&mut chunk) {
+            Ok(n) => n,
+            Err(error) => {
+                return bad_input(format!("error: cannot read {}: {error}", path.display()));
+            }
+        };
+        pending.extend_from_slice(&chunk[..read]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            line_number += 1;
+            let line = &line[..line.len() - 1];
+            if line.is_empty() {
+                continue;
+            }
+            let record: Record = match serde_json::from_slice(line) {
+                Ok(record) => record,
+                Err(error) => {
+                    eprintln!(
+                        "{}:{line_number}: not an audit record ({error})",
+                        path.display()
+                    );
+                    continue;
+                }
+            };
+            if record.kind == Kind::Run {
+                open_run = record.event != Event::Outcome;
+            }
+            if filter.keeps(&record) && transcript.write(&record).is_err() {
+                // stdout closed (a pager quit): stop quietly.
+                return ExitCode::SUCCESS;
+            }
+        }
+        if read == 0 {
+            if !follow || (!open_run && line_number > 0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub(crate) fn run(command: AuditCommand) -> ExitCode {
+    match command {
+        AuditCommand::Verify { file, head } => audit_verify(&file, head.as_deref()),
+        AuditCommand::Show {
+            file,
+            kind,
+            decision,
+            tool,
+            run,
+            follow,
+        } => audit_show(
+            &file,
+            &Filter {
+                kind,
+                decision,
+                tool,
+                run,
+            },
+            follow,
+        ),
+    }
+}
