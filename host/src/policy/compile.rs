@@ -687,6 +687,27 @@ fn tool(
         secrets,
         found,
     );
+    let effects = raw.effects.map(|effects| {
+        let writes = grants.fs.iter().find(|m| m.mode == MountMode::Rw);
+        let posts = grants.http.as_ref().and_then(|h| {
+            h.methods
+                .iter()
+                .find(|m| m.as_str() != "GET" && m.as_str() != "HEAD")
+        });
+        let contradiction = match (writes, posts) {
+            (Some(mount), _) => Some(format!("is granted `{}` read-write", mount.guest_path)),
+            (None, Some(method)) => Some(format!("may send HTTP `{method}` requests")),
+            (None, None) => None,
+        };
+        if let Some(what) = contradiction {
+            found.error(
+                &effects.place(),
+                format!("tool `{name}` says `effects = \"none\"` but {what}, which can change things"),
+                "remove `effects`, or grant only what reads: `mode = \"ro\"`, `methods = [\"GET\"]`",
+            );
+        }
+        effects.value
+    });
     if decision == Verdict::Deny
         && (!args.is_empty() || !grants.is_empty() || raw.max_calls.is_some())
     {
@@ -715,6 +736,7 @@ fn tool(
         labels: tool_labels,
         deny_when_labeled,
         ask_when_labeled,
+        effects,
         grants,
         place,
     })
@@ -1365,11 +1387,194 @@ fn check_labels(model: &ModelPolicy, tools: &BTreeMap<String, ToolPolicy>, found
 }
 
 /// Words in a tool's name that suggest it changes the world.
-const STATE_CHANGING: &[&str] = &[
-    "send", "write", "delete", "remove", "post", "pay", "transfer", "exec", "shell", "run",
-    "create", "update", "deploy", "move", "commit", "push", "email", "mail", "publish", "drop",
-    "kill", "put",
+/// Verbs that change something outside the tool: a tool named with one
+/// (`send_email`, `share_file`, `reserve_hotel`) and allowed with no
+/// argument rules gets a warning. Compared whole, as a word of the name.
+pub(crate) const STATE_CHANGING: &[&str] = &[
+    "add",
+    "append",
+    "approve",
+    "archive",
+    "assign",
+    "ban",
+    "block",
+    "book",
+    "buy",
+    "cancel",
+    "change",
+    "charge",
+    "chmod",
+    "chown",
+    "clear",
+    "close",
+    "comment",
+    "copy",
+    "create",
+    "delete",
+    "deploy",
+    "deposit",
+    "destroy",
+    "disable",
+    "drop",
+    "edit",
+    "enable",
+    "erase",
+    "exec",
+    "execute",
+    "follow",
+    "forward",
+    "grant",
+    "insert",
+    "install",
+    "invite",
+    "invoke",
+    "kill",
+    "launch",
+    "like",
+    "lock",
+    "mark",
+    "merge",
+    "mkdir",
+    "modify",
+    "mute",
+    "notify",
+    "overwrite",
+    "patch",
+    "pay",
+    "publish",
+    "purchase",
+    "put",
+    "refund",
+    "register",
+    "reject",
+    "remove",
+    "rename",
+    "replace",
+    "reply",
+    "reserve",
+    "reset",
+    "restart",
+    "revoke",
+    "rm",
+    "save",
+    "schedule",
+    "send",
+    "set",
+    "share",
+    "shell",
+    "sign",
+    "start",
+    "stop",
+    "store",
+    "submit",
+    "subscribe",
+    "terminate",
+    "transfer",
+    "trigger",
+    "truncate",
+    "uninstall",
+    "unlock",
+    "unsubscribe",
+    "update",
+    "upload",
+    "upsert",
+    "withdraw",
+    "wipe",
+    "write",
 ];
+
+/// Words that change things only as a name's first word, its verb
+/// (`email_user`, `post_message`, `run_query`), and are nouns after one
+/// (`search_contacts_by_email`, `get_post`).
+pub(crate) const STATE_CHANGING_FIRST: &[&str] = &[
+    "commit", "email", "mail", "message", "move", "order", "post", "push", "run", "sms", "text",
+    "tweet",
+];
+
+/// Verbs that only read or compute: a name starting with one does not
+/// sound like it changes things, whatever nouns follow (`get_sent_mail`,
+/// `list_scheduled_posts`, `search_contacts_by_email`).
+pub(crate) const READ_ONLY_FIRST: &[&str] = &[
+    "calc",
+    "calculate",
+    "check",
+    "compare",
+    "compute",
+    "convert",
+    "count",
+    "describe",
+    "diff",
+    "download",
+    "estimate",
+    "explain",
+    "extract",
+    "fetch",
+    "find",
+    "format",
+    "get",
+    "grep",
+    "inspect",
+    "list",
+    "lookup",
+    "parse",
+    "peek",
+    "preview",
+    "query",
+    "read",
+    "render",
+    "resolve",
+    "search",
+    "show",
+    "stat",
+    "summarize",
+    "translate",
+    "validate",
+    "verify",
+    "view",
+];
+
+/// The words of a tool name, lowercase: split at `_`, `-`, `.`, spaces,
+/// digits and lower-to-upper case changes (`sendEmail` is `send`, `email`).
+pub(crate) fn name_words(name: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut previous_lower = false;
+    for c in name.chars() {
+        if !c.is_alphabetic() {
+            previous_lower = false;
+            if !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+            continue;
+        }
+        if c.is_uppercase() && previous_lower && !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+        previous_lower = c.is_lowercase();
+        word.extend(c.to_lowercase());
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Whether a tool's name says it changes things: its first word is a
+/// state-changing verb, or it does not start with a read-only verb and a
+/// later word is one (`calendar_add_event`).
+pub(crate) fn sounds_state_changing(name: &str) -> bool {
+    let words = name_words(name);
+    let Some(first) = words.first() else {
+        return false;
+    };
+    if READ_ONLY_FIRST.contains(&first.as_str()) {
+        return false;
+    }
+    STATE_CHANGING_FIRST.contains(&first.as_str())
+        || words
+            .iter()
+            .any(|word| STATE_CHANGING.contains(&word.as_str()))
+}
 
 /// Grants that are legal but risky, so `warden check` (and every run) says so.
 fn risks(
@@ -1440,10 +1645,7 @@ fn risks(
         if tool.decision != Verdict::Allow || !tool.args.is_empty() {
             continue;
         }
-        let lower = tool.name.to_ascii_lowercase();
-        let by_name = lower
-            .split(['_', '-'])
-            .any(|word| STATE_CHANGING.contains(&word));
+        let by_name = tool.effects.is_none() && sounds_state_changing(&tool.name);
         let writes = tool.grants.fs.iter().any(|m| m.mode == MountMode::Rw);
         let posts = tool
             .grants
@@ -1464,7 +1666,11 @@ fn risks(
                     "tool `{}` {why}, and is allowed with no argument rules",
                     tool.name
                 ),
-                "add `args` rules, or `decision = \"ask\"` so a person approves each call",
+                if by_name && !writes && !posts {
+                    "add `args` rules, or `decision = \"ask\"` so a person approves each call; a tool that only reads says `effects = \"none\"`"
+                } else {
+                    "add `args` rules, or `decision = \"ask\"` so a person approves each call"
+                },
             );
         }
     }

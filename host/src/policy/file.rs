@@ -372,6 +372,12 @@ pub struct RawTool {
     /// Ask a human once the session carries any of these labels.
     #[serde(default)]
     pub ask_when_labeled: Vec<At<String>>,
+    /// What calling the tool can change, as the policy's author says:
+    /// `"none"` (it only reads and computes) silences the warning for a tool
+    /// allowed with no argument rules whose name sounds like it changes
+    /// things, and is refused beside a grant that can change things (a
+    /// read-write directory, HTTP methods other than GET and HEAD).
+    pub effects: Option<At<Effects>>,
     // The five grant keys below repeat `RawGrants`: serde cannot `flatten`
     // a struct into one that denies unknown fields, and unknown keys must
     // stay errors. `compile` turns both into one `Grants`.
@@ -514,6 +520,23 @@ pub struct RawMount {
     pub mode: MountMode,
     /// Most bytes the guest may write under it (rw only).
     pub quota: Option<ByteSize>,
+}
+
+/// What calling a tool can change (`effects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Effects {
+    /// Nothing outside its own instance: it reads and computes. Its grants
+    /// must agree (no read-write directory, no HTTP method but GET and HEAD).
+    None,
+}
+
+impl fmt::Display for Effects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Effects::None => "none",
+        })
+    }
 }
 
 /// Read-only or read-write.

@@ -756,6 +756,7 @@ fn merge_tools(
             labels,
             deny_when_labeled,
             ask_when_labeled,
+            effects,
             http,
             fs,
             env,
@@ -827,6 +828,15 @@ fn merge_tools(
                 &format!("{key}.ask_when_labeled"),
                 b.ask_when_labeled,
                 ask_when_labeled,
+            ),
+            // A claim, not a grant: an include may add it (recorded), not
+            // change it; with it, a grant that can change things is refused.
+            effects: n.same(
+                &format!("{key}.effects"),
+                b.effects,
+                effects,
+                None,
+                |b, o| b.value == o.value,
             ),
             http: grants.http,
             fs: grants.fs,

@@ -23,7 +23,7 @@ mod units;
 
 pub use crate::diagnostic::{Diagnostic, Severity, SourceError, SourceFile};
 pub use compile::MAX_MEMORY;
-pub use file::{MountMode, Place, Verdict};
+pub use file::{Effects, MountMode, Place, Verdict};
 pub use units::{ByteSize, HumanDuration};
 
 use crate::chat::{Message, Usage};
@@ -273,6 +273,8 @@ pub struct ToolPolicy {
     pub deny_when_labeled: Vec<String>,
     /// Labels that make it ask.
     pub ask_when_labeled: Vec<String>,
+    /// What calling it can change, as the entry says (`effects`).
+    pub effects: Option<Effects>,
     /// What the tool itself may touch.
     pub grants: Grants,
     /// Where the entry is.

@@ -641,6 +641,123 @@ fs = { "/data" = { dir = "/", mode = "rw" } }
     assert!(p.warnings.iter().all(|w| w.severity == Severity::Warning));
 }
 
+/// The names of the issue that found the old word match wanting, and
+/// ordinary ones of each kind: read-only names are not flagged whatever
+/// nouns they hold; a name whose verb changes things is, in any case style.
+#[test]
+fn the_changes_things_warning_goes_by_the_names_verb() {
+    let changing = [
+        "send_email",
+        "share_file",
+        "append_to_file",
+        "reserve_hotel",
+        "invite_user_to_slack",
+        "schedule_transaction",
+        "delete-file",
+        "sendMoney",
+        "PostMessage",
+        "email_user",
+        "calendar_add_event",
+        "update_password",
+        "book_flight",
+        "cancel_order",
+        "run_query",
+    ];
+    let reading = [
+        "search_contacts_by_email",
+        "get_post",
+        "list_scheduled_transactions",
+        "read_file",
+        "get_sent_mail",
+        "calc",
+        "word_count",
+        "regex_search",
+        "json_pretty",
+        "slugify",
+        "fetch",
+        "search_emails",
+        "get_user_info_for_reservation",
+        "weather",
+        "",
+        "_",
+    ];
+    for name in changing {
+        assert!(
+            compile::sounds_state_changing(name),
+            "{name} should be flagged"
+        );
+    }
+    for name in reading {
+        assert!(
+            !compile::sounds_state_changing(name),
+            "{name} should not be flagged"
+        );
+    }
+    assert_eq!(
+        compile::name_words("sendHTTPRequest2x_now"),
+        ["send", "httprequest", "x", "now"]
+    );
+    // Each list holds whole lowercase words, not one in two lists.
+    for list in [
+        compile::STATE_CHANGING,
+        compile::STATE_CHANGING_FIRST,
+        compile::READ_ONLY_FIRST,
+    ] {
+        for word in list {
+            assert_eq!(compile::name_words(word), [*word]);
+        }
+    }
+    for word in compile::READ_ONLY_FIRST {
+        assert!(
+            !compile::STATE_CHANGING.contains(word)
+                && !compile::STATE_CHANGING_FIRST.contains(word),
+            "{word}"
+        );
+    }
+}
+
+/// `effects = "none"` silences the name's warning, and is refused beside
+/// a grant that can change things.
+#[test]
+fn effects_none_says_a_tool_only_reads_and_its_grants_must_agree() {
+    let warned = |text: &str| {
+        policy(text)
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("sounds like it changes things"))
+    };
+    let loud = "[model]\nmax_calls = 1\n[tools.share_file]\ncomponent = \"x\"\n";
+    assert!(warned(loud));
+    let said = format!("{loud}effects = \"none\"\n");
+    assert!(!warned(&said));
+    assert_eq!(
+        policy(&said).tools["share_file"].effects,
+        Some(Effects::None)
+    );
+    let rw = error(&format!(
+        "{said}fs = {{ \"/out\" = {{ dir = \"out\", mode = \"rw\" }} }}\n"
+    ));
+    assert!(
+        rw.contains("tool `share_file` says `effects = \"none\"` but is granted `/out` read-write"),
+        "{rw}"
+    );
+    assert!(
+        rw.contains(":5:"),
+        "the error points at the `effects` line: {rw}"
+    );
+    let post = error(&format!(
+        "{said}http = {{ allow = [\"https://api.example.com/*\"], methods = [\"GET\", \"POST\"] }}\n"
+    ));
+    assert!(post.contains("may send HTTP `POST` requests"), "{post}");
+    let get = format!("{said}http = {{ allow = [\"https://api.example.com/*\"] }}\n");
+    assert!(!warned(&get));
+    let unknown = error(&format!("{loud}effects = \"some\"\n"));
+    assert!(
+        unknown.contains("none"),
+        "the error lists the one value: {unknown}"
+    );
+}
+
 #[test]
 fn warnings_do_not_stop_loading() {
     let p = policy(
