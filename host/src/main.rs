@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{audit, check, mcp, policy, replay, run, tools};
+use cli::{audit, check, compile, mcp, policy, replay, run, tools};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -35,6 +35,11 @@ enum Command {
     /// refuses. Exit 0 when valid, 1 on errors, 2 with --strict when there
     /// are warnings.
     Check(check::CheckArgs),
+    /// Compile components into the compile cache ahead of a run, as
+    /// `wasmtime compile` does: a Python or JavaScript component takes tens
+    /// of seconds the first time, and a run or `warden mcp` that finds it
+    /// compiled starts in milliseconds.
+    Compile(compile::CompileArgs),
     /// Tools for policy authors.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::block_on(run::run(args)),
         Command::Demo { output } => cli::block_on(run::demo(output)),
         Command::Check(args) => cli::block_on(check::run(args)),
+        Command::Compile(args) => cli::block_on(compile::run(args)),
         Command::Policy(command) => policy::run(command),
         Command::Replay(args) => cli::block_on(replay::run(args)),
         Command::Tools(command) => cli::block_on(tools::run(command)),

@@ -8,6 +8,7 @@ mod agent_loop;
 mod approvals;
 mod boundary;
 mod cli;
+mod compile;
 mod containment;
 mod egress;
 mod files;

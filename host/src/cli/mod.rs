@@ -3,8 +3,10 @@
 
 pub(crate) mod audit;
 pub(crate) mod check;
+pub(crate) mod compile;
 pub(crate) mod mcp;
 pub(crate) mod policy;
+pub(crate) mod progress;
 pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod tools;
@@ -65,6 +67,7 @@ pub(crate) fn start_runtime(
         cache_dir,
         ..RuntimeConfig::default()
     })
+    .map(|runtime| runtime.with_progress(std::sync::Arc::new(progress::StderrProgress)))
     .map_err(|error| bad_input(format!("error: cannot start the engine: {error:#}")))
 }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use warden::audit::{AuditLog, new_run_id};
 use warden::load::{ComponentSource, PolicyFile};
 use warden::run::RunSpec;
-use warden::runtime::{Runtime, RuntimeConfig, cache};
 use warden::transcript::{Transcript, field};
 
-use super::{EXIT_NO_ANSWER, bad_input};
+use super::{EXIT_NO_ANSWER, bad_input, start_runtime};
 
 #[derive(Args)]
 pub(crate) struct ReplayArgs {
@@ -182,12 +181,9 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
         );
     }
     let agent = ComponentSource::parse(&agent_text, Path::new("."));
-    let runtime = match Runtime::new(RuntimeConfig {
-        cache_dir: cache::default_dir(),
-        ..RuntimeConfig::default()
-    }) {
+    let runtime = match start_runtime(None, false) {
         Ok(runtime) => runtime,
-        Err(error) => return bad_input(format!("error: cannot start the engine: {error:#}")),
+        Err(code) => return code,
     };
     // Tool components come from files or the download cache, never the
     // network.

@@ -4,10 +4,9 @@ use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use warden::load::ComponentSource;
-use warden::runtime::{Runtime, RuntimeConfig, cache};
 use warden::transcript::field;
 
-use super::{bad_input, print_all};
+use super::{bad_input, print_all, start_runtime};
 
 #[derive(Subcommand)]
 pub(crate) enum ToolsCommand {
@@ -30,14 +29,16 @@ pub(crate) enum ToolsCommand {
     },
 }
 
-async fn tools_inspect(component: String, json: bool, cache_dir: Option<PathBuf>) -> ExitCode {
+async fn tools_inspect(
+    component: String,
+    json: bool,
+    cache_dir: Option<PathBuf>,
+    no_cache: bool,
+) -> ExitCode {
     let source = ComponentSource::parse(&component, Path::new("."));
-    let runtime = match Runtime::new(RuntimeConfig {
-        cache_dir,
-        ..RuntimeConfig::default()
-    }) {
+    let runtime = match start_runtime(cache_dir, no_cache) {
         Ok(runtime) => runtime,
-        Err(error) => return bad_input(format!("error: cannot start the engine: {error:#}")),
+        Err(code) => return code,
     };
     let inspection = match warden::registry::inspect(&runtime, &source).await {
         Ok(inspection) => inspection,
@@ -84,13 +85,6 @@ pub(crate) async fn run(command: ToolsCommand) -> ExitCode {
             json,
             cache_dir,
             no_cache,
-        } => {
-            let cache_dir = if no_cache {
-                None
-            } else {
-                cache_dir.or_else(cache::default_dir)
-            };
-            tools_inspect(component, json, cache_dir).await
-        }
+        } => tools_inspect(component, json, cache_dir, no_cache).await,
     }
 }

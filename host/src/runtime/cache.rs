@@ -112,26 +112,27 @@ impl CompileCache {
         )
     }
 
-    /// The compiled component for `bytes` (whose hash is `sha256`), from the
-    /// cache if present and its tag verifies; returns whether it was a hit.
+    /// The compiled component whose bytes hash to `sha256`, from the cache
+    /// if present and its tag verifies, else from `compile` (and then
+    /// stored); returns whether it was a hit.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         sha256: &str,
-        bytes: &[u8],
+        compile: impl FnOnce() -> wasmtime::Result<Component>,
     ) -> wasmtime::Result<(Component, bool)> {
         let key = match self.key() {
             Ok(key) => *key,
             Err(why) => {
                 warn_once(why);
-                return Ok((Component::new(engine, bytes)?, false));
+                return Ok((compile()?, false));
             }
         };
         let path = self.path_for(sha256);
         if let Some(component) = self.load(engine, &key, sha256, &path) {
             return Ok((component, true));
         }
-        let component = Component::new(engine, bytes)?;
+        let component = compile()?;
         if let Err(error) = self.store(&key, sha256, &path, &component) {
             tracing::warn!(
                 "could not write the compile cache at {}: {error:#}",

@@ -18,7 +18,7 @@ use cache::CompileCache;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -60,10 +60,21 @@ pub struct LoadedComponent {
     pub load_time: Duration,
 }
 
+/// Told when a component is compiled because no cache held it: the slow
+/// step of a first run (seconds, up to a minute or two for a Python or
+/// JavaScript component), which a person should see happening.
+pub trait CompileProgress: Send + Sync {
+    /// Compiling `name` (`size` bytes) starts; `cached` says whether the
+    /// result will be kept for later runs. The value returned is dropped
+    /// when the compile ends, whether it succeeded or not.
+    fn compiling(&self, name: &str, size: usize, cached: bool) -> Box<dyn Send>;
+}
+
 /// The process's engine, linkers and compile cache.
 pub struct Runtime {
     engine: Engine,
     cache: Option<CompileCache>,
+    progress: Option<Arc<dyn CompileProgress>>,
     agent_linker: Linker<GuestState<AgentRole>>,
     tool_linker: Linker<GuestState<ToolRole>>,
     loaded: Mutex<HashMap<String, Component>>,
@@ -91,6 +102,7 @@ impl Runtime {
             // ones; no cache dir (`--no-cache`) means downloads stay in memory.
             downloader: Downloader::new(config.cache_dir.as_ref().map(|d| d.join("downloads"))),
             cache: config.cache_dir.map(|dir| CompileCache::new(dir, &engine)),
+            progress: None,
             engine,
             agent_linker,
             tool_linker,
@@ -118,6 +130,12 @@ impl Runtime {
     /// directory, other limits).
     pub fn with_downloader(mut self, downloader: Downloader) -> Self {
         self.downloader = downloader;
+        self
+    }
+
+    /// Tell `progress` of every compile from now on.
+    pub fn with_progress(mut self, progress: Arc<dyn CompileProgress>) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -155,9 +173,16 @@ impl Runtime {
                 "{name} is not a WebAssembly component (build it for wasm32-wasip2, which emits components)"
             );
         }
+        let compile = || {
+            let _shown = self
+                .progress
+                .as_ref()
+                .map(|p| p.compiling(name, bytes.len(), self.cache.is_some()));
+            Component::new(&self.engine, bytes)
+        };
         let (component, cache_hit) = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &sha256, bytes)?,
-            None => (Component::new(&self.engine, bytes)?, false),
+            Some(cache) => cache.load_or_compile(&self.engine, &sha256, compile)?,
+            None => (compile()?, false),
         };
         self.loaded
             .lock()
