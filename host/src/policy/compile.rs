@@ -893,7 +893,7 @@ fn arg_rule(
                 found,
                 &from.place(),
                 "`from` is empty, so the rule can never pass".into(),
-                "list sources: \"task\", \"unlabeled\", \"model\", \"tool:NAME\"",
+                "list sources: \"task\", \"unlabeled\", \"model\", \"tool:NAME\", \"label:NAME\"",
             );
         }
         let mut specs = Vec::new();
@@ -1364,16 +1364,36 @@ pub(super) fn host_pattern(host: &str) -> Result<HostPattern, String> {
 
 /// Sinks that wait for a label nobody adds never trigger.
 fn check_labels(model: &ModelPolicy, tools: &BTreeMap<String, ToolPolicy>, found: &mut Findings) {
-    let mut produced: BTreeSet<&str> = model.labels.iter().map(String::as_str).collect();
+    let mut by_tools: BTreeSet<&str> = BTreeSet::new();
     for tool in tools.values() {
-        produced.extend(tool.labels.iter().map(String::as_str));
+        by_tools.extend(tool.labels.iter().map(String::as_str));
         if let Some(http) = &tool.grants.http {
             for rule in &http.rules {
-                produced.extend(rule.labels.iter().map(String::as_str));
+                by_tools.extend(rule.labels.iter().map(String::as_str));
             }
         }
     }
+    let mut produced = by_tools.clone();
+    produced.extend(model.labels.iter().map(String::as_str));
     for tool in tools.values() {
+        for rule in &tool.args {
+            for check in &rule.checks {
+                let super::args::Check::From(specs, _) = check else {
+                    continue;
+                };
+                for spec in specs {
+                    if let SourceSpec::Label(label) = spec
+                        && !by_tools.contains(label.as_str())
+                    {
+                        found.warn(
+                            &rule.place,
+                            format!("`{}` accepts values from results labeled `{label}`, which no tool or HTTP rule adds, so nothing comes from it", rule.rule.as_str()),
+                            format!("add `labels = [\"{label}\"]` to the tools whose results it should accept"),
+                        );
+                    }
+                }
+            }
+        }
         for label in tool.deny_when_labeled.iter().chain(&tool.ask_when_labeled) {
             if !produced.contains(label.as_str()) {
                 found.warn(
@@ -1386,106 +1406,27 @@ fn check_labels(model: &ModelPolicy, tools: &BTreeMap<String, ToolPolicy>, found
     }
 }
 
-/// Words in a tool's name that suggest it changes the world.
 /// Verbs that change something outside the tool: a tool named with one
 /// (`send_email`, `share_file`, `reserve_hotel`) and allowed with no
 /// argument rules gets a warning. Compared whole, as a word of the name.
+#[rustfmt::skip]
 pub(crate) const STATE_CHANGING: &[&str] = &[
-    "add",
-    "append",
-    "approve",
-    "archive",
-    "assign",
-    "ban",
-    "block",
-    "book",
-    "buy",
-    "cancel",
-    "change",
-    "charge",
-    "chmod",
-    "chown",
-    "clear",
-    "close",
-    "comment",
-    "copy",
-    "create",
-    "delete",
-    "deploy",
-    "deposit",
-    "destroy",
-    "disable",
-    "drop",
-    "edit",
-    "enable",
-    "erase",
-    "exec",
-    "execute",
-    "follow",
-    "forward",
-    "grant",
-    "insert",
-    "install",
-    "invite",
-    "invoke",
-    "kill",
-    "launch",
-    "like",
-    "lock",
-    "mark",
-    "merge",
-    "mkdir",
-    "modify",
-    "mute",
-    "notify",
-    "overwrite",
-    "patch",
-    "pay",
-    "publish",
-    "purchase",
-    "put",
-    "refund",
-    "register",
-    "reject",
-    "remove",
-    "rename",
-    "replace",
-    "reply",
-    "reserve",
-    "reset",
-    "restart",
-    "revoke",
-    "rm",
-    "save",
-    "schedule",
-    "send",
-    "set",
-    "share",
-    "shell",
-    "sign",
-    "start",
-    "stop",
-    "store",
-    "submit",
-    "subscribe",
-    "terminate",
-    "transfer",
-    "trigger",
-    "truncate",
-    "uninstall",
-    "unlock",
-    "unsubscribe",
-    "update",
-    "upload",
-    "upsert",
-    "withdraw",
-    "wipe",
-    "write",
+    "add", "append", "approve", "archive", "assign", "ban", "block", "book", "buy", "cancel",
+    "change", "charge", "chmod", "chown", "clear", "close", "comment", "copy", "create", "delete",
+    "deploy", "deposit", "destroy", "disable", "drop", "edit", "enable", "erase", "exec",
+    "execute", "follow", "forward", "grant", "insert", "install", "invite", "invoke", "kill",
+    "launch", "like", "lock", "mark", "merge", "mkdir", "modify", "mute", "notify", "overwrite",
+    "patch", "pay", "publish", "purchase", "put", "refund", "register", "reject", "remove",
+    "rename", "replace", "reply", "reserve", "reset", "restart", "revoke", "rm", "save",
+    "schedule", "send", "set", "share", "shell", "sign", "start", "stop", "store", "submit",
+    "subscribe", "terminate", "transfer", "trigger", "truncate", "uninstall", "unlock",
+    "unsubscribe", "update", "upload", "upsert", "withdraw", "wipe", "write",
 ];
 
 /// Words that change things only as a name's first word, its verb
 /// (`email_user`, `post_message`, `run_query`), and are nouns after one
 /// (`search_contacts_by_email`, `get_post`).
+#[rustfmt::skip]
 pub(crate) const STATE_CHANGING_FIRST: &[&str] = &[
     "commit", "email", "mail", "message", "move", "order", "post", "push", "run", "sms", "text",
     "tweet",
@@ -1494,43 +1435,12 @@ pub(crate) const STATE_CHANGING_FIRST: &[&str] = &[
 /// Verbs that only read or compute: a name starting with one does not
 /// sound like it changes things, whatever nouns follow (`get_sent_mail`,
 /// `list_scheduled_posts`, `search_contacts_by_email`).
+#[rustfmt::skip]
 pub(crate) const READ_ONLY_FIRST: &[&str] = &[
-    "calc",
-    "calculate",
-    "check",
-    "compare",
-    "compute",
-    "convert",
-    "count",
-    "describe",
-    "diff",
-    "download",
-    "estimate",
-    "explain",
-    "extract",
-    "fetch",
-    "find",
-    "format",
-    "get",
-    "grep",
-    "inspect",
-    "list",
-    "lookup",
-    "parse",
-    "peek",
-    "preview",
-    "query",
-    "read",
-    "render",
-    "resolve",
-    "search",
-    "show",
-    "stat",
-    "summarize",
-    "translate",
-    "validate",
-    "verify",
-    "view",
+    "calc", "calculate", "check", "compare", "compute", "convert", "count", "describe", "diff",
+    "download", "estimate", "explain", "extract", "fetch", "find", "format", "get", "grep",
+    "inspect", "list", "lookup", "parse", "peek", "preview", "query", "read", "render", "resolve",
+    "search", "show", "stat", "summarize", "translate", "validate", "verify", "view",
 ];
 
 /// The words of a tool name, lowercase: split at `_`, `-`, `.`, spaces,

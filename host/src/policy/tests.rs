@@ -758,6 +758,26 @@ fn effects_none_says_a_tool_only_reads_and_its_grants_must_agree() {
     );
 }
 
+/// A `label:NAME` source names a label some tool adds; otherwise nothing
+/// can come from it, and `check` says so.
+#[test]
+fn a_label_source_nobody_adds_is_a_warning() {
+    let text = |labels: &str| {
+        format!(
+            "[model]\nmax_calls = 1\n[tools.contacts]\ncomponent = \"x\"\neffects = \"none\"\n{labels}\n[tools.mail]\ncomponent = \"x\"\ndecision = \"ask\"\nargs.to = {{ from = [\"task\", \"label:contacts\"] }}\n"
+        )
+    };
+    let warned = |p: &Policy| {
+        p.warnings
+            .iter()
+            .any(|w| w.message.contains("results labeled `contacts`"))
+    };
+    assert!(warned(&policy(&text(""))));
+    assert!(!warned(&policy(&text("labels = [\"contacts\"]"))));
+    let error = error("[tools.mail]\ncomponent = \"x\"\nargs.to = { from = [\"label:\"] }\n");
+    assert!(error.contains("\"label:NAME\""), "{error}");
+}
+
 #[test]
 fn warnings_do_not_stop_loading() {
     let p = policy(
