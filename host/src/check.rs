@@ -322,6 +322,29 @@ fn describe_check(check: &Check) -> String {
         Check::MaxLen(n) => format!("at most {n} long"),
         Check::Schema(_) => "valid against a schema".into(),
         Check::From(_, names) => format!("seen first in {}", names.join(" or ")),
+        Check::NotMatches(_, pattern) => format!("does not match `{pattern}`"),
+        Check::NotContains(_, written) => format!(
+            "contains none of {}",
+            written
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Check::SameAs(other) => format!("equals `{other}`"),
+        Check::DiffersFrom(other) => format!("differs from `{other}`"),
+        Check::AnyOf(alternatives) => format!(
+            "any of: {}",
+            alternatives
+                .iter()
+                .map(|checks| checks
+                    .iter()
+                    .map(describe_check)
+                    .collect::<Vec<_>>()
+                    .join(" and "))
+                .collect::<Vec<_>>()
+                .join("; or ")
+        ),
     }
 }
 

@@ -66,16 +66,45 @@ impl FieldPath {
         }
     }
 
-    /// The value at this path, if present.
-    pub fn resolve<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
-        for segment in &self.segments {
-            value = match value {
-                Value::Object(map) => map.get(segment)?,
-                Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
-                _ => return None,
+    /// The value at this path, if present. A `*` segment stands for any
+    /// item or member: the first value found is given.
+    pub fn resolve<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        let mut first = None;
+        self.each(value, &mut |v| {
+            first = Some(v);
+            false
+        });
+        first
+    }
+
+    /// Calls `f` with each value at this path (several where a segment is
+    /// `*`: every item of an array, every member of an object), until it
+    /// returns false. Explicit `null`s are values here; rules treat them as
+    /// absent.
+    pub fn each<'v>(&self, value: &'v Value, f: &mut dyn FnMut(&'v Value) -> bool) -> bool {
+        fn walk<'v>(
+            segments: &[String],
+            value: &'v Value,
+            f: &mut dyn FnMut(&'v Value) -> bool,
+        ) -> bool {
+            let Some((segment, rest)) = segments.split_first() else {
+                return f(value);
             };
+            if segment == "*" {
+                return match value {
+                    Value::Array(items) => items.iter().all(|item| walk(rest, item, f)),
+                    Value::Object(map) => map.values().all(|member| walk(rest, member, f)),
+                    _ => true,
+                };
+            }
+            let next = match value {
+                Value::Object(map) => map.get(segment),
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            };
+            next.is_none_or(|next| walk(rest, next, f))
         }
-        Some(value)
+        walk(&self.segments, value, f)
     }
 }
 
@@ -109,6 +138,17 @@ pub enum Check {
     Schema(Arc<jsonschema::Validator>),
     /// Occurring in data from these sources.
     From(Vec<SourceSpec>, Vec<String>),
+    /// A string not matching this regex, whole (the pattern as written).
+    NotMatches(Regex, String),
+    /// A string containing none of these (each case folded, as written).
+    NotContains(Vec<String>, Vec<String>),
+    /// Equal to the argument at this path.
+    SameAs(FieldPath),
+    /// Different from the argument at this path, when it is present.
+    DiffersFrom(FieldPath),
+    /// All the checks of one of these alternatives pass (each with its
+    /// rule's text, for the reason).
+    AnyOf(Vec<Vec<Check>>),
 }
 
 impl Check {
@@ -118,22 +158,41 @@ impl Check {
         match self {
             Check::Equals(expected) => !expected.is_array(),
             Check::OneOf(options) => !options.iter().any(Value::is_array),
-            Check::MaxLen(_) | Check::Schema(_) => false,
+            Check::MaxLen(_) | Check::Schema(_) | Check::AnyOf(_) => false,
+            Check::SameAs(_) | Check::DiffersFrom(_) => false,
             _ => true,
         }
     }
 
-    fn passes(&self, value: &Value, provenance: &Provenance) -> bool {
+    fn passes(&self, value: &Value, arguments: &Value, provenance: &Provenance) -> bool {
         if let Value::Array(items) = value
             && self.per_item()
         {
-            return items.iter().all(|item| self.passes_one(item, provenance));
+            return items
+                .iter()
+                .all(|item| self.passes_one(item, arguments, provenance));
         }
-        self.passes_one(value, provenance)
+        self.passes_one(value, arguments, provenance)
     }
 
-    fn passes_one(&self, value: &Value, provenance: &Provenance) -> bool {
+    fn passes_one(&self, value: &Value, arguments: &Value, provenance: &Provenance) -> bool {
         match self {
+            Check::NotMatches(regex, _) => text_of(value).is_some_and(|t| !regex.is_match(&*t)),
+            Check::NotContains(folded, _) => text_of(value).is_some_and(|t| {
+                let text = t.to_lowercase();
+                !folded.iter().any(|needle| text.contains(needle.as_str()))
+            }),
+            Check::SameAs(other) => other
+                .resolve(arguments)
+                .is_some_and(|o| !o.is_null() && json_eq(value, o)),
+            Check::DiffersFrom(other) => other
+                .resolve(arguments)
+                .is_none_or(|o| o.is_null() || !json_eq(value, o)),
+            Check::AnyOf(alternatives) => alternatives.iter().any(|checks| {
+                checks
+                    .iter()
+                    .all(|check| check.passes(value, arguments, provenance))
+            }),
             Check::Equals(expected) => json_eq(value, expected),
             Check::OneOf(options) => options.iter().any(|o| json_eq(value, o)),
             Check::Matches(regex, _) => text_of(value).is_some_and(|t| regex.is_match(&*t)),
@@ -185,6 +244,29 @@ impl Check {
             Check::MaxLen(max) => format!("must be at most {max} long"),
             Check::Schema(_) => "must match the rule's schema".to_string(),
             Check::From(_, names) => format!("must come from {}", names.join(" or ")),
+            Check::NotMatches(_, pattern) => format!("must not match `{pattern}`"),
+            Check::NotContains(_, written) => format!(
+                "must contain none of {}",
+                written
+                    .iter()
+                    .map(|w| format!("`{w}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Check::SameAs(other) => format!("must equal `{other}`"),
+            Check::DiffersFrom(other) => format!("must differ from `{other}`"),
+            Check::AnyOf(alternatives) => format!(
+                "must pass one of: {}",
+                alternatives
+                    .iter()
+                    .map(|checks| checks
+                        .iter()
+                        .map(Check::expectation)
+                        .collect::<Vec<_>>()
+                        .join(" and "))
+                    .collect::<Vec<_>>()
+                    .join("; or ")
+            ),
         }
     }
 }
@@ -270,23 +352,41 @@ pub struct ArgRule {
 }
 
 impl ArgRule {
-    /// `None` when the arguments satisfy the rule; otherwise why not.
+    /// `None` when the arguments satisfy the rule; otherwise why not. A
+    /// field that is missing or `null` is absent: it passes unless the
+    /// rule is `required`. Under a `*` path every value found must pass.
     pub fn violation(&self, arguments: &Value, provenance: &Provenance) -> Option<String> {
-        let Some(value) = self.path.resolve(arguments) else {
-            return self
-                .required
-                .then(|| format!("`{}` is required", self.path));
-        };
-        let failed = self.checks.iter().find(|c| !c.passes(value, provenance))?;
-        let shown = match value {
-            Value::String(s) => format!("`{}`", printable(s)),
-            other => printable(&other.to_string()),
-        };
-        Some(format!(
-            "`{}` is {shown}, which {}",
-            self.path,
-            failed.expectation()
-        ))
+        let mut present = false;
+        let mut failure = None;
+        self.path.each(arguments, &mut |value| {
+            if value.is_null() {
+                return true;
+            }
+            present = true;
+            match self
+                .checks
+                .iter()
+                .find(|c| !c.passes(value, arguments, provenance))
+            {
+                Some(failed) => {
+                    failure = Some((value, failed));
+                    false
+                }
+                None => true,
+            }
+        });
+        if let Some((value, failed)) = failure {
+            let shown = match value {
+                Value::String(s) => format!("`{}`", printable(s)),
+                other => printable(&other.to_string()),
+            };
+            return Some(format!(
+                "`{}` is {shown}, which {}",
+                self.path,
+                failed.expectation()
+            ));
+        }
+        (!present && self.required).then(|| format!("`{}` is required", self.path))
     }
 }
 
@@ -321,11 +421,20 @@ mod tests {
             Regex::new("^(?:.*@example\\.com)$").unwrap(),
             ".*@example\\.com".into(),
         );
-        assert!(domain.passes(&json!(["a@example.com", "b@example.com"]), &provenance));
-        assert!(!domain.passes(&json!(["a@example.com", "eve@evil.test"]), &provenance));
-        assert!(Check::MaxLen(2).passes(&json!([1, 2]), &provenance));
-        assert!(!Check::MaxLen(2).passes(&json!([1, 2, 3]), &provenance));
-        assert!(Check::Equals(json!(1)).passes(&json!(1.0), &provenance));
-        assert!(!Check::Min(0.into()).passes(&json!("5"), &provenance));
+        let none = json!({});
+        assert!(domain.passes(
+            &json!(["a@example.com", "b@example.com"]),
+            &none,
+            &provenance
+        ));
+        assert!(!domain.passes(
+            &json!(["a@example.com", "eve@evil.test"]),
+            &none,
+            &provenance
+        ));
+        assert!(Check::MaxLen(2).passes(&json!([1, 2]), &none, &provenance));
+        assert!(!Check::MaxLen(2).passes(&json!([1, 2, 3]), &none, &provenance));
+        assert!(Check::Equals(json!(1)).passes(&json!(1.0), &none, &provenance));
+        assert!(!Check::Min(0.into()).passes(&json!("5"), &none, &provenance));
     }
 }

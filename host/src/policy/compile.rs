@@ -925,6 +925,89 @@ fn arg_rule(
         }
         checks.push(Check::From(specs, names));
     }
+    if let Some(pattern) = &raw.not_matches {
+        match regex(&pattern.value, true) {
+            Ok(r) => checks.push(Check::NotMatches(r, pattern.value.clone())),
+            Err(e) => fail(
+                found,
+                &pattern.place(),
+                e,
+                "regexes use Rust syntax and match the whole value: `.*word.*` for one anywhere, or `not_contains`",
+            ),
+        }
+    }
+    if let Some(needles) = &raw.not_contains {
+        if needles.value.iter().any(String::is_empty) {
+            fail(
+                found,
+                &needles.place(),
+                "`not_contains` holds an empty string, which every value contains, so the rule can never pass".into(),
+                "remove the empty string",
+            );
+        }
+        checks.push(Check::NotContains(
+            needles.value.iter().map(|n| n.to_lowercase()).collect(),
+            needles.value.clone(),
+        ));
+    }
+    for (key, other, same) in [
+        ("same_as", &raw.same_as, true),
+        ("differs_from", &raw.differs_from, false),
+    ] {
+        let Some(other) = other else { continue };
+        match FieldPath::parse(&other.value) {
+            Ok(other_path) if other_path == *path => fail(
+                found,
+                &other.place(),
+                format!("`{key}` names the rule's own field `{path}`"),
+                "name another argument, from the arguments' top (`a.b` or `/a/b`)",
+            ),
+            Ok(other_path) => checks.push(if same {
+                Check::SameAs(other_path)
+            } else {
+                Check::DiffersFrom(other_path)
+            }),
+            Err(e) => fail(
+                found,
+                &other.place(),
+                e,
+                "name another argument, from the arguments' top",
+            ),
+        }
+    }
+    if let Some(alternatives) = raw.any_of {
+        if alternatives.value.is_empty() {
+            fail(
+                found,
+                &alternatives.place(),
+                "`any_of` is empty, so the rule can never pass".into(),
+                "list rule tables, e.g. any_of = [{ prefix = \"https://our.example/\" }, { from = [\"task\"] }]",
+            );
+        }
+        let mut compiled = Vec::new();
+        for alternative in alternatives.value {
+            let at = alternative.place();
+            let inner = &alternative.value;
+            let misplaced = [
+                ("required", inner.required.is_some()),
+                ("decision", inner.decision.is_some()),
+                ("any_of", inner.any_of.is_some()),
+            ];
+            if let Some((key, _)) = misplaced.iter().find(|(_, set)| *set) {
+                fail(
+                    found,
+                    &at,
+                    format!("`{key}` inside `any_of` has no meaning: an alternative only checks"),
+                    "write it on the rule that holds `any_of`",
+                );
+                continue;
+            }
+            if let Some(rule) = arg_rule(tool, path, alternative.value, at, tool_names, found) {
+                compiled.push(rule.checks);
+            }
+        }
+        checks.push(Check::AnyOf(compiled));
+    }
     let decision = raw.decision.as_ref().map_or(Verdict::Deny, |d| d.value);
     let ok = found.0.len() == errors_before;
     if decision == Verdict::Allow
@@ -939,7 +1022,7 @@ fn arg_rule(
                 found,
                 &place,
                 format!("the rule on `{path}` checks nothing"),
-                "add a check: equals, one_of, matches, glob, prefix, min, max, max_len, schema or from",
+                "add a check: equals, one_of, matches, not_matches, not_contains, glob, prefix, min, max, max_len, schema, from, same_as, differs_from or any_of",
             );
         }
     }

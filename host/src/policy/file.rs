@@ -579,8 +579,23 @@ pub struct RawInject {
 /// The keys of an argument rule; a table with none of them is a level of a
 /// nested field path.
 pub const RULE_KEYS: &[&str] = &[
-    "equals", "one_of", "matches", "glob", "prefix", "min", "max", "max_len", "schema", "from",
-    "required", "decision",
+    "equals",
+    "one_of",
+    "matches",
+    "not_matches",
+    "not_contains",
+    "glob",
+    "prefix",
+    "min",
+    "max",
+    "max_len",
+    "schema",
+    "from",
+    "same_as",
+    "differs_from",
+    "any_of",
+    "required",
+    "decision",
 ];
 
 /// A rule on one argument field: the checks it makes and what happens when
@@ -595,6 +610,10 @@ pub struct RawRule {
     pub one_of: Option<At<Vec<serde_json::Value>>>,
     /// The value must match this regular expression (whole value).
     pub matches: Option<At<String>>,
+    /// The value must not match this regular expression (whole value).
+    pub not_matches: Option<At<String>>,
+    /// The string must contain none of these (case folded).
+    pub not_contains: Option<At<Vec<String>>>,
     /// The value must match this glob.
     pub glob: Option<At<String>>,
     /// The value must start with this.
@@ -608,8 +627,16 @@ pub struct RawRule {
     /// The value must validate against this JSON Schema.
     pub schema: Option<At<serde_json::Value>>,
     /// The value must occur in data from these sources: "task",
-    /// "unlabeled", "model", "tool:NAME".
+    /// "unlabeled", "model", "tool:NAME", "label:NAME".
     pub from: Option<At<Vec<At<String>>>>,
+    /// The value must equal the argument at this field path.
+    pub same_as: Option<At<String>>,
+    /// The value must differ from the argument at this field path (when
+    /// that one is present).
+    pub differs_from: Option<At<String>>,
+    /// The value passes if it passes all the checks of any one of these
+    /// rule tables (no `required`, `decision` or `any_of` inside).
+    pub any_of: Option<At<Vec<At<RawRule>>>>,
     /// A missing field fails the rule (default: a missing field passes).
     pub required: Option<At<bool>>,
     /// What a failed check decides: deny (default) or ask.
@@ -781,6 +808,23 @@ fn read_rule_key<'de, A: MapAccess<'de>>(
         "equals" => set(&mut rule.equals, map.next_value()?, key),
         "one_of" => set(&mut rule.one_of, map.next_value()?, key),
         "matches" => set(&mut rule.matches, map.next_value()?, key),
+        "not_matches" => set(&mut rule.not_matches, map.next_value()?, key),
+        "not_contains" => set(&mut rule.not_contains, map.next_value()?, key),
+        "same_as" => set(&mut rule.same_as, map.next_value()?, key),
+        "differs_from" => set(&mut rule.differs_from, map.next_value()?, key),
+        "any_of" => {
+            let alternatives: At<Vec<At<RawRuleTable>>> = map.next_value()?;
+            let At { value, span, file } = alternatives;
+            let value = value
+                .into_iter()
+                .map(|rule| At {
+                    value: rule.value.0,
+                    span: rule.span,
+                    file: rule.file,
+                })
+                .collect();
+            set(&mut rule.any_of, At { value, span, file }, key)
+        }
         "glob" => set(&mut rule.glob, map.next_value()?, key),
         "prefix" => set(&mut rule.prefix, map.next_value()?, key),
         "min" => set(&mut rule.min, map.next_value()?, key),

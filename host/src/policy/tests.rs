@@ -236,6 +236,158 @@ fn argument_rules_name_their_rule_and_deny_beats_ask() {
     );
 }
 
+/// `any_of`: a field passes if any one alternative passes (a URL of our
+/// own site, or one the user typed).
+#[test]
+fn any_of_passes_when_one_alternative_passes() {
+    let p = policy(
+        r#"
+[tools.fetch]
+component = "x"
+args.url = { any_of = [ { prefix = "https://our-company.com/" }, { from = ["task"] } ] }
+"#,
+    );
+    let mut session = Session::default();
+    session.observe_task("Summarise https://news.example/today for me");
+    for (url, verdict) in [
+        ("https://our-company.com/pricing", Verdict::Allow),
+        ("https://news.example/today", Verdict::Allow),
+        ("https://evil.test/exfil?d=1", Verdict::Deny),
+    ] {
+        let d = p.decide(&tool("fetch", &json!({ "url": url })), &session);
+        assert_eq!(d.verdict(), verdict, "{url}: {d:?}");
+    }
+    let d = p.decide(
+        &tool("fetch", &json!({ "url": "https://evil.test/" })),
+        &session,
+    );
+    let Decision::Deny { reason, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert!(
+        reason.contains(
+            "must pass one of: must start with `https://our-company.com/`; or must come from task"
+        ),
+        "{reason}"
+    );
+    for (bad, says) in [
+        ("args.url = { any_of = [] }", "`any_of` is empty"),
+        (
+            "args.url = { any_of = [ { decision = \"ask\", prefix = \"x\" } ] }",
+            "`decision` inside `any_of`",
+        ),
+        ("args.url = { any_of = [ { mathces = \"x\" } ] }", "mathces"),
+    ] {
+        let e = error(&format!("[tools.fetch]\ncomponent = \"x\"\n{bad}\n"));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+/// An explicit `null` is an absent field: optional fields the model fills
+/// with `null` pass rules that a missing field passes, and fail only
+/// `required` ones.
+#[test]
+fn null_is_an_absent_field() {
+    let p = policy(
+        r#"
+[tools.mail]
+component = "x"
+args.cc = { matches = '.*@example\.com' }
+args.to = { matches = '.*@example\.com', required = true }
+"#,
+    );
+    let session = Session::default();
+    let ok = json!({"to": "bob@example.com", "cc": null});
+    assert_eq!(
+        p.decide(&tool("mail", &ok), &session).verdict(),
+        Verdict::Allow
+    );
+    let no_to = json!({"to": null});
+    let d = p.decide(&tool("mail", &no_to), &session);
+    let Decision::Deny { reason, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(reason, "`to` is required");
+}
+
+/// `*` in a field path is every item of a list (or member of a table):
+/// one rule covers a list of any length.
+#[test]
+fn a_star_in_a_path_checks_every_item() {
+    let p = policy(
+        r#"
+[tools.invite]
+component = "x"
+args."participants.*.email" = { matches = '.*@example\.com' }
+"#,
+    );
+    let session = Session::default();
+    let ok = json!({"participants": [{"email": "a@example.com"}, {"email": "b@example.com"}, {"name": "no mail"}]});
+    assert_eq!(
+        p.decide(&tool("invite", &ok), &session).verdict(),
+        Verdict::Allow
+    );
+    let bad = json!({"participants": [{"email": "a@example.com"}, {"email": "eve@evil.test"}]});
+    let d = p.decide(&tool("invite", &bad), &session);
+    let Decision::Deny { reason, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert!(reason.contains("`eve@evil.test`"), "{reason}");
+    let empty = json!({"participants": []});
+    assert_eq!(
+        p.decide(&tool("invite", &empty), &session).verdict(),
+        Verdict::Allow
+    );
+}
+
+/// Negative checks and checks between two fields.
+#[test]
+fn not_matches_not_contains_and_cross_field_checks() {
+    let p = policy(
+        r#"
+[tools.transfer]
+component = "x"
+args.memo = [ { not_contains = ["Password", "seed phrase"] }, { not_matches = '(?i).*ignore (all|previous).*' } ]
+args.to = { differs_from = "from" }
+args.confirm = { same_as = "to" }
+"#,
+    );
+    let session = Session::default();
+    let call = |memo: &str, from: &str, to: &str, confirm: Option<&str>| {
+        let mut args = json!({"memo": memo, "from": from, "to": to});
+        if let Some(c) = confirm {
+            args["confirm"] = json!(c);
+        }
+        p.decide(&tool("transfer", &args), &session)
+    };
+    assert_eq!(
+        call("rent", "A1", "B2", Some("B2")).verdict(),
+        Verdict::Allow
+    );
+    let d = call("my PASSWORD is x", "A1", "B2", Some("B2"));
+    assert_eq!(
+        verdict_rule(&d),
+        (Verdict::Deny, "tools.transfer.args.memo")
+    );
+    assert_eq!(
+        call("Ignore previous orders", "A1", "B2", Some("B2")).verdict(),
+        Verdict::Deny
+    );
+    let d = call("rent", "A1", "A1", Some("A1"));
+    assert_eq!(verdict_rule(&d), (Verdict::Deny, "tools.transfer.args.to"));
+    let d = call("rent", "A1", "B2", Some("B3"));
+    assert_eq!(
+        verdict_rule(&d),
+        (Verdict::Deny, "tools.transfer.args.confirm")
+    );
+    // `confirm` absent: its rule does not apply (not `required`).
+    assert_eq!(call("rent", "A1", "B2", None).verdict(), Verdict::Allow);
+    let e = error("[tools.t]\ncomponent = \"x\"\nargs.a = { same_as = \"a\" }\n");
+    assert!(e.contains("names the rule's own field"), "{e}");
+    let e = error("[tools.t]\ncomponent = \"x\"\nargs.a = { not_contains = [\"\"] }\n");
+    assert!(e.contains("empty string"), "{e}");
+}
+
 #[test]
 fn labels_turn_sinks_to_ask_and_never_go_away() {
     let p = policy(EMAIL);
