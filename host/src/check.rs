@@ -431,6 +431,8 @@ struct RawCase {
     model: Option<String>,
     #[serde(default)]
     args: Option<toml::Table>,
+    /// The arguments as JSON text, for what TOML cannot write (`null`).
+    args_json: Option<String>,
     #[serde(default)]
     prompt: String,
     #[serde(default)]
@@ -514,8 +516,21 @@ fn run_case(policy: &Policy, case: &RawCase) -> Result<Decision, String> {
     match (&case.tool, &case.model) {
         (Some(tool), None) => {
             session.tool_calls.insert(tool.clone(), case.calls);
-            let args = serde_json::to_value(case.args.clone().unwrap_or_default())
-                .map_err(|e| format!("bad `args`: {e}"))?;
+            let args = match (&case.args, &case.args_json) {
+                (Some(_), Some(_)) => {
+                    return Err("a case has `args` or `args_json`, not both".into());
+                }
+                (_, Some(json)) => {
+                    let args: serde_json::Value = serde_json::from_str(json)
+                        .map_err(|e| format!("`args_json` is not JSON: {e}"))?;
+                    if !args.is_object() {
+                        return Err("`args_json` is a JSON object of the arguments".into());
+                    }
+                    args
+                }
+                (args, None) => serde_json::to_value(args.clone().unwrap_or_default())
+                    .map_err(|e| format!("bad `args`: {e}"))?,
+            };
             Ok(policy.decide(
                 &Request::Tool {
                     name: tool,

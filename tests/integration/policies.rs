@@ -42,6 +42,42 @@ fn every_example_policy_is_clean_and_passes_its_cases() {
     }
 }
 
+/// A case can give its arguments as JSON, to say what TOML cannot: an
+/// explicit `null`, which rules treat as an absent field.
+#[test]
+fn a_case_gives_null_arguments_as_json() {
+    let policy = Policy::parse(
+        "p.toml",
+        "[tools.mail]\ncomponent = \"c\"\nargs.cc = { matches = '.*@example\\.com' }\nargs.to = { required = true }\n",
+    )
+    .unwrap();
+    let cases = r#"
+[[case]]
+name = "a null cc is no cc"
+tool = "mail"
+args_json = '{"to": "bob@example.com", "cc": null}'
+expect = "allow"
+
+[[case]]
+name = "a null to is no to"
+tool = "mail"
+args_json = '{"to": null}'
+expect = "deny"
+rule = "tools.mail.args.to"
+
+[[case]]
+name = "not JSON"
+tool = "mail"
+args_json = '{"to": '
+expect = "allow"
+"#;
+    let results = run_cases(&policy, "c.toml", cases).unwrap();
+    assert_eq!(results[0].failure, None);
+    assert_eq!(results[1].failure, None);
+    let bad = results[2].failure.as_deref().unwrap_or_default();
+    assert!(bad.contains("`args_json` is not JSON"), "{bad}");
+}
+
 #[test]
 fn a_failing_case_says_what_differed() {
     let policy =
