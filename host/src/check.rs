@@ -333,6 +333,10 @@ fn describe_check(check: &Check) -> String {
         ),
         Check::SameAs(other) => format!("equals `{other}`"),
         Check::DiffersFrom(other) => format!("differs from `{other}`"),
+        Check::MaxTotal(max, count) => format!("adds up to at most {max} over the run ({count})"),
+        Check::MaxDistinct(max, count) => {
+            format!("at most {max} distinct values over the run ({count})")
+        }
         Check::AnyOf(alternatives) => format!(
             "any of: {}",
             alternatives

@@ -425,7 +425,7 @@ impl Gate {
         };
         match decision {
             Decision::Allow { rule } => {
-                state.session.record(request);
+                state.session.record(&self.policy, request);
                 self.write(Entry {
                     kind,
                     event: Event::Decision,
@@ -520,7 +520,7 @@ impl Gate {
                     )?;
                     return Ok(Err(error));
                 }
-                state.session.record(request);
+                state.session.record(&self.policy, request);
                 let mut data = data.unwrap_or_else(|| json!({}));
                 data["approved_by"] = json!(by);
                 data["rules"] = json!(asking);

@@ -149,6 +149,94 @@ pub enum Check {
     /// All the checks of one of these alternatives pass (each with its
     /// rule's text, for the reason).
     AnyOf(Vec<Vec<Check>>),
+    /// The field's numbers, added up over the run's allowed calls (under
+    /// the count named), at most this. Checked over the whole call.
+    MaxTotal(Number, String),
+    /// The field's distinct values over the run's allowed calls (under the
+    /// count named), at most this many. Checked over the whole call.
+    MaxDistinct(u32, String),
+}
+
+/// What the run's allowed calls added up, by count name: the session's
+/// side of `max_total` and `max_distinct`.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregates {
+    counts: std::collections::HashMap<String, Aggregate>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Aggregate {
+    total: f64,
+    /// SHA-256 of each value's JSON form (32 bytes each, whatever the
+    /// value's size). Never more than the largest `max_distinct` naming the
+    /// count (at most [`MAX_DISTINCT`]): a call that would pass it is
+    /// refused, and only allowed calls are counted.
+    distinct: std::collections::HashSet<[u8; 32]>,
+}
+
+/// The largest `max_distinct`: its values' hashes stay under 4 MiB a count.
+pub const MAX_DISTINCT: u32 = 100_000;
+
+/// What `max_distinct` keeps of a value.
+fn value_key(value: &Value) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(value.to_string().as_bytes()).into()
+}
+
+/// The numbers and values one call gives a field: every value found at its
+/// path, items of lists one by one; `null` is nothing. The total is NaN
+/// when a value is not a number.
+fn contribution<'v>(path: &FieldPath, arguments: &'v Value) -> (f64, Vec<&'v Value>) {
+    let mut total = 0.0;
+    let mut values = Vec::new();
+    let mut numbers = true;
+    path.each(arguments, &mut |value| {
+        let items: &[Value] = match value {
+            Value::Array(items) => items,
+            other => std::slice::from_ref(other),
+        };
+        for item in items.iter().filter(|v| !v.is_null()) {
+            match item.as_f64() {
+                Some(n) => total += n,
+                None => numbers = false,
+            }
+            values.push(item);
+        }
+        true
+    });
+    (if numbers { total } else { f64::NAN }, values)
+}
+
+impl Aggregates {
+    /// Count an allowed call's arguments against every aggregate rule.
+    pub fn record(&mut self, rules: &[ArgRule], arguments: &Value) {
+        for rule in rules {
+            for check in &rule.checks {
+                let (Check::MaxTotal(_, count) | Check::MaxDistinct(_, count)) = check else {
+                    continue;
+                };
+                let (total, values) = contribution(&rule.path, arguments);
+                let aggregate = self.counts.entry(count.clone()).or_default();
+                match check {
+                    Check::MaxTotal(..) if total.is_finite() => aggregate.total += total,
+                    Check::MaxDistinct(..) => aggregate
+                        .distinct
+                        .extend(values.iter().map(|v| value_key(v))),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The total counted under `count`.
+    pub fn total(&self, count: &str) -> f64 {
+        self.counts.get(count).map_or(0.0, |a| a.total)
+    }
+
+    /// How many distinct values were counted under `count`.
+    pub fn distinct(&self, count: &str) -> usize {
+        self.counts.get(count).map_or(0, |a| a.distinct.len())
+    }
 }
 
 impl Check {
@@ -160,6 +248,7 @@ impl Check {
             Check::OneOf(options) => !options.iter().any(Value::is_array),
             Check::MaxLen(_) | Check::Schema(_) | Check::AnyOf(_) => false,
             Check::SameAs(_) | Check::DiffersFrom(_) => false,
+            Check::MaxTotal(..) | Check::MaxDistinct(..) => false,
             _ => true,
         }
     }
@@ -177,6 +266,8 @@ impl Check {
 
     fn passes_one(&self, value: &Value, arguments: &Value, provenance: &Provenance) -> bool {
         match self {
+            // Over the whole call: `ArgRule::aggregate_violation`.
+            Check::MaxTotal(..) | Check::MaxDistinct(..) => true,
             Check::NotMatches(regex, _) => text_of(value).is_some_and(|t| !regex.is_match(&*t)),
             Check::NotContains(folded, _) => text_of(value).is_some_and(|t| {
                 let text = t.to_lowercase();
@@ -255,6 +346,12 @@ impl Check {
             ),
             Check::SameAs(other) => format!("must equal `{other}`"),
             Check::DiffersFrom(other) => format!("must differ from `{other}`"),
+            Check::MaxTotal(max, count) => {
+                format!("must add up to at most {max} over the run (count `{count}`)")
+            }
+            Check::MaxDistinct(max, count) => {
+                format!("may take at most {max} distinct values over the run (count `{count}`)")
+            }
             Check::AnyOf(alternatives) => format!(
                 "must pass one of: {}",
                 alternatives
@@ -355,7 +452,15 @@ impl ArgRule {
     /// `None` when the arguments satisfy the rule; otherwise why not. A
     /// field that is missing or `null` is absent: it passes unless the
     /// rule is `required`. Under a `*` path every value found must pass.
-    pub fn violation(&self, arguments: &Value, provenance: &Provenance) -> Option<String> {
+    pub fn violation(
+        &self,
+        arguments: &Value,
+        provenance: &Provenance,
+        aggregates: &Aggregates,
+    ) -> Option<String> {
+        if let Some(why) = self.aggregate_violation(arguments, aggregates) {
+            return Some(why);
+        }
         let mut present = false;
         let mut failure = None;
         self.path.each(arguments, &mut |value| {
@@ -387,6 +492,61 @@ impl ArgRule {
             ));
         }
         (!present && self.required).then(|| format!("`{}` is required", self.path))
+    }
+
+    /// `max_total` and `max_distinct`, over every value the call gives
+    /// the field, with what the run's allowed calls already counted.
+    fn aggregate_violation(&self, arguments: &Value, aggregates: &Aggregates) -> Option<String> {
+        for check in &self.checks {
+            match check {
+                Check::MaxTotal(max, count) => {
+                    let (total, values) = contribution(&self.path, arguments);
+                    if values.is_empty() {
+                        continue;
+                    }
+                    if !total.is_finite() {
+                        return Some(format!(
+                            "`{}` is not a number, which {}",
+                            self.path,
+                            check.expectation()
+                        ));
+                    }
+                    let before = aggregates.total(count);
+                    let limit = max.as_f64().unwrap_or(f64::INFINITY);
+                    if before + total > limit {
+                        return Some(format!(
+                            "`{}` adds {total} to the {before} already counted, past the run's total of {max} (count `{count}`)",
+                            self.path
+                        ));
+                    }
+                }
+                Check::MaxDistinct(max, count) => {
+                    let (_, values) = contribution(&self.path, arguments);
+                    let seen = aggregates.counts.get(count);
+                    let mut new: Vec<([u8; 32], &Value)> = values
+                        .iter()
+                        .map(|v| (value_key(v), *v))
+                        .filter(|(k, _)| seen.is_none_or(|a| !a.distinct.contains(k)))
+                        .collect();
+                    new.sort_by_key(|(k, _)| *k);
+                    new.dedup_by_key(|(k, _)| *k);
+                    let already = aggregates.distinct(count);
+                    if already + new.len() > *max as usize {
+                        let shown = match new.first().map(|(_, v)| *v) {
+                            Some(Value::String(s)) => format!("`{}`", printable(s)),
+                            Some(other) => printable(&other.to_string()),
+                            None => String::new(),
+                        };
+                        return Some(format!(
+                            "`{}` is {shown}, a new value past the run's {max} distinct ones (count `{count}`, {already} so far)",
+                            self.path,
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 }
 

@@ -975,6 +975,41 @@ fn arg_rule(
             ),
         }
     }
+    let count = raw.shared.as_ref().map_or_else(
+        || format!("tools.{tool}.args.{}", path.text),
+        |shared| shared.value.clone(),
+    );
+    if let Some(shared) = &raw.shared {
+        if shared.value.is_empty() {
+            fail(
+                found,
+                &shared.place(),
+                "`shared` names no count".into(),
+                "name the count several rules share, e.g. shared = \"money_out\"",
+            );
+        }
+        if raw.max_total.is_none() && raw.max_distinct.is_none() {
+            fail(found, &shared.place(), "`shared` names the count of `max_total` or `max_distinct`, and this rule has neither".into(), "add `max_total` or `max_distinct`, or remove `shared`");
+        }
+    }
+    if let Some(max) = &raw.max_total {
+        checks.push(Check::MaxTotal(max.value.0.clone(), count.clone()));
+    }
+    if let Some(max) = &raw.max_distinct {
+        if max.value == 0 || max.value > super::args::MAX_DISTINCT {
+            fail(
+                found,
+                &max.place(),
+                format!(
+                    "`max_distinct = {}` is not between 1 and {}",
+                    max.value,
+                    super::args::MAX_DISTINCT
+                ),
+                "write `decision = \"deny\"` on the tool to refuse every call",
+            );
+        }
+        checks.push(Check::MaxDistinct(max.value, count.clone()));
+    }
     if let Some(alternatives) = raw.any_of {
         if alternatives.value.is_empty() {
             fail(
@@ -992,6 +1027,9 @@ fn arg_rule(
                 ("required", inner.required.is_some()),
                 ("decision", inner.decision.is_some()),
                 ("any_of", inner.any_of.is_some()),
+                ("max_total", inner.max_total.is_some()),
+                ("max_distinct", inner.max_distinct.is_some()),
+                ("shared", inner.shared.is_some()),
             ];
             if let Some((key, _)) = misplaced.iter().find(|(_, set)| *set) {
                 fail(
@@ -1022,7 +1060,7 @@ fn arg_rule(
                 found,
                 &place,
                 format!("the rule on `{path}` checks nothing"),
-                "add a check: equals, one_of, matches, not_matches, not_contains, glob, prefix, min, max, max_len, schema, from, same_as, differs_from or any_of",
+                "add a check: equals, one_of, matches, not_matches, not_contains, glob, prefix, min, max, max_len, schema, from, same_as, differs_from, any_of, max_total or max_distinct",
             );
         }
     }

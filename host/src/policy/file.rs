@@ -578,24 +578,11 @@ pub struct RawInject {
 
 /// The keys of an argument rule; a table with none of them is a level of a
 /// nested field path.
+#[rustfmt::skip]
 pub const RULE_KEYS: &[&str] = &[
-    "equals",
-    "one_of",
-    "matches",
-    "not_matches",
-    "not_contains",
-    "glob",
-    "prefix",
-    "min",
-    "max",
-    "max_len",
-    "schema",
-    "from",
-    "same_as",
-    "differs_from",
-    "any_of",
-    "required",
-    "decision",
+    "equals", "one_of", "matches", "not_matches", "not_contains", "glob", "prefix", "min", "max",
+    "max_len", "schema", "from", "same_as", "differs_from", "any_of", "max_total", "max_distinct",
+    "shared", "required", "decision",
 ];
 
 /// A rule on one argument field: the checks it makes and what happens when
@@ -637,6 +624,16 @@ pub struct RawRule {
     /// The value passes if it passes all the checks of any one of these
     /// rule tables (no `required`, `decision` or `any_of` inside).
     pub any_of: Option<At<Vec<At<RawRule>>>>,
+    /// The numbers this field holds, added up over the run's allowed calls,
+    /// must stay at most this.
+    pub max_total: Option<At<Bound>>,
+    /// The distinct values this field holds over the run's allowed calls
+    /// must be at most this many.
+    pub max_distinct: Option<At<u32>>,
+    /// The name of a count `max_total` and `max_distinct` share with every
+    /// rule that names it (several tools sending money from one budget);
+    /// unsaid, the rule counts alone.
+    pub shared: Option<At<String>>,
     /// A missing field fails the rule (default: a missing field passes).
     pub required: Option<At<bool>>,
     /// What a failed check decides: deny (default) or ask.
@@ -811,6 +808,9 @@ fn read_rule_key<'de, A: MapAccess<'de>>(
         "not_matches" => set(&mut rule.not_matches, map.next_value()?, key),
         "not_contains" => set(&mut rule.not_contains, map.next_value()?, key),
         "same_as" => set(&mut rule.same_as, map.next_value()?, key),
+        "max_total" => set(&mut rule.max_total, map.next_value()?, key),
+        "max_distinct" => set(&mut rule.max_distinct, map.next_value()?, key),
+        "shared" => set(&mut rule.shared, map.next_value()?, key),
         "differs_from" => set(&mut rule.differs_from, map.next_value()?, key),
         "any_of" => {
             let alternatives: At<Vec<At<RawRuleTable>>> = map.next_value()?;

@@ -601,14 +601,24 @@ pub struct Session {
     recent: HashMap<String, VecDeque<Duration>>,
     /// Where values came from.
     pub provenance: Provenance,
+    /// What `max_total` and `max_distinct` rules counted.
+    pub aggregates: args::Aggregates,
 }
 
 /// The window of `rate`.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Session {
-    /// Count an allowed request against the run's budgets.
-    pub fn record(&mut self, request: &Request<'_>) {
+    /// Count an allowed request against the run's budgets (and `policy`'s
+    /// run-wide argument counts).
+    pub fn record(&mut self, policy: &Policy, request: &Request<'_>) {
+        if let Request::Tool {
+            name, arguments, ..
+        } = request
+            && let Some(tool) = policy.tools.get(*name)
+        {
+            self.aggregates.record(&tool.args, arguments);
+        }
         match request {
             Request::Model { .. } => {
                 self.model_calls += 1;
@@ -1165,7 +1175,7 @@ impl Policy {
             ));
         }
         for rule in &tool.args {
-            if let Some(why) = rule.violation(arguments, &session.provenance) {
+            if let Some(why) = rule.violation(arguments, &session.provenance, &session.aggregates) {
                 match rule.decision {
                     Verdict::Deny => {
                         return Decision::Deny {

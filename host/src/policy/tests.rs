@@ -81,7 +81,7 @@ fn tools_allow_deny_and_budget() {
             rule: Rule::new("tools.calc")
         }
     );
-    session.record(&call);
+    session.record(&p, &call);
     match p.decide(&call, &session) {
         Decision::Deny { rule, kind, reason } => {
             assert_eq!(rule.as_str(), "tools.calc.max_calls");
@@ -388,6 +388,96 @@ args.confirm = { same_as = "to" }
     assert!(e.contains("empty string"), "{e}");
 }
 
+/// Run-wide counts: money sent by two tools from one budget, and distinct
+/// recipients of one tool. Only allowed calls count.
+#[test]
+fn max_total_and_max_distinct_count_over_the_run() {
+    let p = policy(
+        r#"
+[tools.pay]
+component = "x"
+args.amount = { max_total = 500, shared = "money_out" }
+args.to = { max_distinct = 2 }
+
+[tools.transfer]
+component = "x"
+args."items.*.amount" = { max_total = 500, shared = "money_out" }
+"#,
+    );
+    let mut session = Session::default();
+    let mut call = |name: &str, args: serde_json::Value| {
+        let request = tool(name, &args);
+        let d = p.decide(&request, &session);
+        if d.verdict() == Verdict::Allow {
+            session.record(&p, &request);
+        }
+        d
+    };
+    assert_eq!(
+        call("pay", json!({"amount": 200, "to": "a"})).verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        call("pay", json!({"amount": 100.5, "to": "b"})).verdict(),
+        Verdict::Allow
+    );
+    // A third recipient: refused, and not counted.
+    let d = call("pay", json!({"amount": 1, "to": "c"}));
+    assert_eq!(verdict_rule(&d), (Verdict::Deny, "tools.pay.args.to"));
+    let Decision::Deny { reason, .. } = d else {
+        panic!()
+    };
+    assert!(
+        reason.contains("past the run's 2 distinct ones"),
+        "{reason}"
+    );
+    assert_eq!(
+        call("pay", json!({"amount": 1, "to": "a"})).verdict(),
+        Verdict::Allow
+    );
+    // 301.5 spent: a transfer of two items of 100 passes, one of 200 more does not.
+    assert_eq!(
+        call(
+            "transfer",
+            json!({"items": [{"amount": 100}, {"amount": 98.5}]})
+        )
+        .verdict(),
+        Verdict::Allow
+    );
+    let d = call(
+        "transfer",
+        json!({"items": [{"amount": 0.5}, {"amount": 0.5}]}),
+    );
+    assert_eq!(
+        verdict_rule(&d),
+        (Verdict::Deny, "tools.transfer.args.items.*.amount")
+    );
+    let Decision::Deny { reason, .. } = d else {
+        panic!()
+    };
+    assert!(
+        reason.contains("adds 1 to the 500 already counted, past the run's total of 500"),
+        "{reason}"
+    );
+    assert_eq!(
+        call("pay", json!({"amount": 0, "to": "b"})).verdict(),
+        Verdict::Allow
+    );
+    let d = call("pay", json!({"amount": "lots", "to": "b"}));
+    assert_eq!(verdict_rule(&d), (Verdict::Deny, "tools.pay.args.amount"));
+    for (bad, says) in [
+        ("args.a = { shared = \"m\", max_len = 3 }", "has neither"),
+        ("args.a = { max_distinct = 0 }", "not between 1 and 100000"),
+        (
+            "args.a = { any_of = [ { max_total = 3 } ] }",
+            "`max_total` inside `any_of`",
+        ),
+    ] {
+        let e = error(&format!("[tools.t]\ncomponent = \"x\"\n{bad}\n"));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn labels_turn_sinks_to_ask_and_never_go_away() {
     let p = policy(EMAIL);
@@ -450,7 +540,7 @@ fn rate_limits_count_the_last_minute() {
             p.decide(&tool("calc", &args), &session).verdict(),
             Verdict::Allow
         );
-        session.record(&tool("calc", &args));
+        session.record(&p, &tool("calc", &args));
     }
     session.now = Duration::from_secs(30);
     assert_eq!(
@@ -477,8 +567,8 @@ fn max_steps_counts_model_and_tool_calls() {
         estimated_tokens: 1,
     };
     let mut session = Session::default();
-    session.record(&model);
-    session.record(&tool("calc", &args));
+    session.record(&p, &model);
+    session.record(&p, &tool("calc", &args));
     assert_eq!(
         verdict_rule(&p.decide(&model, &session)),
         (Verdict::Deny, "limits.max_steps")
@@ -581,7 +671,7 @@ fn log_budget_is_the_output_limit() {
         p.decide(&Request::Log { bytes: 1000 }, &session).verdict(),
         Verdict::Allow
     );
-    session.record(&Request::Log { bytes: 1000 });
+    session.record(&p, &Request::Log { bytes: 1000 });
     assert_eq!(
         p.decide(&Request::Log { bytes: 100 }, &session).verdict(),
         Verdict::Deny
