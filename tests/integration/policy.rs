@@ -129,7 +129,7 @@ async fn an_agent_steered_by_injected_text_cannot_redirect_a_payment() {
     let refusal = &requests[2].messages.last().unwrap().content;
     assert_eq!(
         refusal,
-        "error: denied by policy: `account` is `GB00-EVIL-9999`, which must come from task or tool:read_records (rule: tools.pay.args.account)"
+        "error: denied by policy: `account` is `GB00-EVIL-9999`, which must come from task or tool:read_records: it appears in what the model wrote; results of `read_page` (labels: untrusted), and nowhere in the task (rule: tools.pay.args.account)"
     );
     let page = result
         .find("tool", "outcome")

@@ -485,8 +485,13 @@ impl ArgRule {
                 Value::String(s) => format!("`{}`", printable(s)),
                 other => printable(&other.to_string()),
             };
+            // Where the value was seen, for the person an ask goes to.
+            let seen = match (failed, text_of(value)) {
+                (Check::From(..), Some(text)) => format!(": {}", provenance.explain(&text)),
+                _ => String::new(),
+            };
             return Some(format!(
-                "`{}` is {shown}, which {}",
+                "`{}` is {shown}, which {}{seen}",
                 self.path,
                 failed.expectation()
             ));
