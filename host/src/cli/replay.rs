@@ -8,11 +8,16 @@ use warden::audit::{AuditLog, new_run_id};
 use warden::load::{ComponentSource, PolicyFile};
 use warden::run::RunSpec;
 use warden::runtime::{Runtime, RuntimeConfig, cache};
-use warden::transcript::{Transcript, field};
+use warden::transcript::field;
 
-use super::{EXIT_NO_ANSWER, bad_input};
+use super::{EXIT_NO_ANSWER, bad_input, print_json};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  warden replay run.jsonl --trust-log                         # the agent and policy the log names
+  warden replay run.jsonl --agent builtin:react -p policy.toml
+  warden replay run.jsonl --trust-log -p stricter.toml -q     # would the new policy change the run?
+  warden replay run.jsonl --trust-log --json | jq .divergence")]
 pub(crate) struct ReplayArgs {
     /// The audit log of the run.
     log: PathBuf,
@@ -41,6 +46,10 @@ pub(crate) struct ReplayArgs {
     /// Print only the verdict, not the transcript.
     #[arg(long, short)]
     quiet: bool,
+    /// Print no transcript; print one JSON object at the end: same or
+    /// diverged, the first divergence, the counts (docs/cli.md).
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
@@ -55,6 +64,7 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
         read_dirs,
         force,
         quiet,
+        json,
     } = args;
     // The chain first: a log that is not what warden wrote is refused
     // before anything in it is believed.
@@ -200,8 +210,8 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
     let tools = Arc::new(ReplayTools::new(&recorded, divergence.clone()).with_read_dirs(read_dirs));
     let sink = MemorySink::default();
     let mut audit = AuditLog::new(new_run_id()).with_sink(sink.clone());
-    if !quiet {
-        audit = audit.with_sink(Transcript::new(std::io::stdout()));
+    if !quiet && !json {
+        audit = audit.with_sink(super::stdout_transcript());
     }
     let spec = RunSpec {
         policy: policy_file,
@@ -242,6 +252,23 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
         )),
         None => None,
     };
+    if json {
+        let value = serde_json::json!({
+            "exit": if verdict.is_some() { EXIT_NO_ANSWER } else { 0 },
+            "same": verdict.is_none(),
+            "run_id": recorded.run,
+            "divergence": verdict,
+            "model_answers": recorded.model.len(),
+            "tool_results": recorded.tools.len(),
+            "recorded_answer": recorded.answer,
+            "answer": answer,
+        });
+        let code = match verdict {
+            None => ExitCode::SUCCESS,
+            Some(_) => ExitCode::from(EXIT_NO_ANSWER),
+        };
+        return print_json(&value, code);
+    }
     match verdict {
         Some(what) => {
             println!(
