@@ -93,6 +93,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // warden's spans (run, model_call, tool_call, component_load) say
+        // how long they took when they close.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         // Escape codes only for a person at a terminal, never into a file.
         .with_ansi(cli::color_for(std::io::stderr().is_terminal()))
         .init();
