@@ -2,8 +2,9 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use cli::{audit, check, compile, mcp, policy, replay, run, tools};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -11,9 +12,13 @@ use std::process::ExitCode;
     name = "warden",
     version,
     about = "Run AI agents and their tools as WebAssembly components, under a policy that decides and records every model call and side effect.",
-    after_help = "Exit status, for every command: 0 ok; 1 what was run or checked failed (a run with no answer, a divergent replay, an invalid policy under `check`, a failing case, a broken log); 2 bad input (an unreadable file, a bad argument, a policy `run` cannot load)."
+    after_help = "Exit status, for every command: 0 ok; 1 what was run or checked failed (a run with no answer, a divergent replay, an invalid policy under `check`, a failing case, a broken log); 2 bad input (an unreadable file, a bad argument, a policy `run` cannot load).\n\nExamples:\n  warden demo\n  warden check policies/demo.toml\n  warden run builtin:react -p policies/demo.toml -t \"What is 17 * 23?\" -m openai:gpt-4o-mini\n  warden completions bash > ~/.local/share/bash-completion/completions/warden\n\nMachine output (--json), colour, WARDEN_LOG and the other variables: docs/cli.md"
 )]
 struct Cli {
+    /// When to colour warden's own words: auto (on a terminal, unless
+    /// NO_COLOR is set; CLICOLOR_FORCE=1 forces it), always, never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
+    color: cli::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +29,9 @@ enum Command {
     Run(run::RunArgs),
     /// Run the bundled demo: the react agent with the calc and text tools
     /// under policies/demo.toml, answered by a scripted model (offline).
+    #[command(
+        after_help = "Examples:\n  warden demo\n  warden demo -q\n  warden demo --json | jq .summary\n  warden demo --audit demo.jsonl && warden audit show demo.jsonl --decision deny"
+    )]
     Demo {
         #[command(flatten)]
         output: run::OutputArgs,
@@ -55,7 +63,10 @@ enum Command {
     /// the same way, 1 when it diverged, 2 when it cannot be replayed.
     Replay(replay::ReplayArgs),
     /// Tools for people plugging in third-party tools.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  warden tools inspect target/wasm32-wasip2/release/my_tool.wasm"
+    )]
     Tools(tools::ToolsCommand),
     /// Read audit logs: check their hash chain, or show them as a timeline.
     #[command(subcommand)]
@@ -64,18 +75,36 @@ enum Command {
     /// message per line). Every call is decided, limited and audited
     /// exactly like an agent's; a refusal is an error result naming the
     /// rule. Ends when the client closes stdin.
+    #[command(
+        after_help = "Examples:\n  warden mcp -p policies/demo.toml\n  warden mcp -p policies/demo.toml --audit mcp.jsonl"
+    )]
     Mcp(mcp::McpArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  warden completions bash > ~/.local/share/bash-completion/completions/warden\n  warden completions zsh > ~/.zfunc/_warden   # with fpath+=~/.zfunc before compinit\n  warden completions fish > ~/.config/fish/completions/warden.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::set_color(cli.color);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // warden's spans (run, model_call, tool_call, component_load) say
+        // how long they took when they close.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        // Escape codes only for a person at a terminal, never into a file.
+        .with_ansi(cli::color_for(std::io::stderr().is_terminal()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run(args) => cli::block_on(run::run(args)),
         Command::Demo { output } => cli::block_on(run::demo(output)),
         Command::Check(args) => cli::block_on(check::run(args)),
@@ -85,5 +114,10 @@ fn main() -> ExitCode {
         Command::Tools(command) => cli::block_on(tools::run(command)),
         Command::Audit(command) => audit::run(command),
         Command::Mcp(args) => cli::block_on_one_thread(mcp::run(args)),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "warden", &mut script);
+            cli::print_all(&String::from_utf8_lossy(&script))
+        }
     }
 }

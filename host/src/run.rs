@@ -106,6 +106,10 @@ pub enum RunError {
 }
 
 /// Run `spec` on `runtime`, recording to `audit`.
+#[tracing::instrument(level = "debug", name = "run", skip_all, fields(
+    run = %audit.run(),
+    agent = %crate::transcript::name(&spec.agent.to_string()),
+))]
 pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let agent_name = spec.agent.short_name();

@@ -12,6 +12,12 @@
 //! [`WIDTH`] columns (so a terminal never wraps outside text onto a line of
 //! its own). Names on warden's lines go through [`name`]. Guest
 //! stdout/stderr is never echoed (only counted).
+//!
+//! Colour ([`Transcript::with_color`]) marks warden's own words only (the
+//! kind of a line and the decision); outside text is never coloured, and
+//! cannot colour anything: the escape character is among what [`clean`]
+//! and [`quote`] escape. Machine output goes through [`json_line`], which
+//! escapes the same characters inside JSON strings.
 
 use crate::audit::{AuditSink, Event, Kind, Outcome, Record};
 use crate::policy::Verdict;
@@ -38,7 +44,54 @@ pub struct Transcript<W> {
     /// Arguments of allowed tool calls whose outcome is pending.
     pending: Vec<(String, String)>,
     counts: Counts,
+    color: bool,
 }
+
+/// What a word of warden's is, for its colour.
+#[derive(Debug, Clone, Copy)]
+enum Style {
+    /// The kind of a line: `[tool]`, `[model]`, `warden run`.
+    Kind,
+    /// An allowed request.
+    Allow,
+    /// A refused one, or a guest stopped.
+    Deny,
+    /// A request a person decides.
+    Ask,
+    /// Allowed, but the effect failed.
+    Failed,
+    /// The run's answer.
+    Answer,
+}
+
+impl Style {
+    /// The SGR parameters: bold, green, bold red, yellow, magenta, bold
+    /// green. Every sequence a transcript writes is one of [`PALETTE`].
+    fn sgr(self) -> &'static str {
+        match self {
+            Style::Kind => "\x1b[1m",
+            Style::Allow => "\x1b[32m",
+            Style::Deny => "\x1b[1;31m",
+            Style::Ask => "\x1b[33m",
+            Style::Failed => "\x1b[35m",
+            Style::Answer => "\x1b[1;32m",
+        }
+    }
+}
+
+/// Every escape sequence a coloured transcript may hold: the styles and
+/// the reset after each word.
+pub const PALETTE: &[&str] = &[
+    "\x1b[1m",
+    "\x1b[32m",
+    "\x1b[1;31m",
+    "\x1b[33m",
+    "\x1b[35m",
+    "\x1b[1;32m",
+    RESET,
+];
+
+const RESET: &str = "\x1b[0m";
 
 /// What a transcript has seen, for the closing summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +113,23 @@ impl<W: Write + Send> Transcript<W> {
             out,
             pending: Vec::new(),
             counts: Counts::default(),
+            color: false,
+        }
+    }
+
+    /// Colour warden's own words (kinds and decisions) when `on`; the
+    /// caller decides (a terminal, `NO_COLOR`, `--color`).
+    pub fn with_color(mut self, on: bool) -> Self {
+        self.color = on;
+        self
+    }
+
+    /// `word` (warden's own, never outside text) in `style`.
+    fn paint(&self, style: Style, word: &str) -> String {
+        if self.color {
+            format!("{}{word}{RESET}", style.sgr())
+        } else {
+            word.to_string()
         }
     }
 
@@ -72,7 +142,12 @@ impl<W: Write + Send> Transcript<W> {
                 writeln!(self.out, "{}", field("  tools  ", &r.detail))?;
             }
             (Kind::Run, Event::Decision) if r.decision == Verdict::Allow => {
-                writeln!(self.out, "warden run {}  {LEGEND}", name(&r.run))?;
+                writeln!(
+                    self.out,
+                    "{} {}  {LEGEND}",
+                    self.paint(Style::Kind, "warden run"),
+                    name(&r.run)
+                )?;
                 for (lead, path) in [
                     ("  agent  ", &["agent", "source"][..]),
                     ("  policy ", &["policy", "file"][..]),
@@ -88,7 +163,10 @@ impl<W: Write + Send> Transcript<W> {
                 writeln!(
                     self.out,
                     "{}",
-                    field(&format!("[stop]  {subject} ({rule}):"), &r.detail)
+                    field(
+                        &format!("{}  {subject} ({rule}):", self.paint(Style::Deny, "[stop]")),
+                        &r.detail
+                    )
                 )?;
             }
             (Kind::Run, Event::Outcome) => {
@@ -96,10 +174,14 @@ impl<W: Write + Send> Transcript<W> {
                 match r.outcome {
                     Some(Outcome::Ok) => {
                         let (answer, cut) = text_at(data, &["answer"]);
-                        writeln!(self.out, "answer:\n{}", quote(&answer))?;
+                        let lead = self.paint(Style::Answer, "answer:");
+                        writeln!(self.out, "{lead}\n{}", quote(&answer))?;
                         self.cut(cut)?;
                     }
-                    _ => writeln!(self.out, "{}", field("no answer:", &r.detail))?,
+                    _ => {
+                        let lead = self.paint(Style::Deny, "no answer:");
+                        writeln!(self.out, "{}", field(&lead, &r.detail))?
+                    }
                 }
                 let c = self.counts;
                 writeln!(
@@ -132,7 +214,10 @@ impl<W: Write + Send> Transcript<W> {
                         self.out,
                         "{}",
                         field(
-                            "[redact] removed from the prompt before it left:",
+                            &format!(
+                                "{} removed from the prompt before it left:",
+                                self.paint(Style::Kind, "[redact]")
+                            ),
                             &removed.join(", ")
                         )
                     )?;
@@ -147,7 +232,9 @@ impl<W: Write + Send> Transcript<W> {
                     self.counts.tokens.1 += output;
                     writeln!(
                         self.out,
-                        "\n[model] {subject}  allow ({rule})  {input} tokens in, {output} out{}",
+                        "\n{} {subject}  {} ({rule})  {input} tokens in, {output} out{}",
+                        self.paint(Style::Kind, "[model]"),
+                        self.paint(Style::Allow, "allow"),
                         if data["usage_reported"] == Value::Bool(false) {
                             " (estimated)"
                         } else {
@@ -172,7 +259,13 @@ impl<W: Write + Send> Transcript<W> {
                     writeln!(
                         self.out,
                         "{}",
-                        field(&format!("[ask]   {subject}  approved by"), by)
+                        field(
+                            &format!(
+                                "{}   {subject}  approved by",
+                                self.paint(Style::Ask, "[ask]")
+                            ),
+                            by
+                        )
                     )?;
                 }
                 let args = match data.get("arguments") {
@@ -194,21 +287,24 @@ impl<W: Write + Send> Transcript<W> {
                 {
                     let args = self.take_pending(&r.subject);
                     let verdict = if r.decision == Verdict::Ask {
-                        "approved"
+                        self.paint(Style::Ask, "approved")
                     } else {
-                        "allow"
+                        self.paint(Style::Allow, "allow")
                     };
                     self.head(
-                        &format!("[tool]  {subject}  {verdict} ({rule})"),
+                        &format!(
+                            "{}  {subject}  {verdict} ({rule})",
+                            self.paint(Style::Kind, "[tool]")
+                        ),
                         &args,
                         120,
                     )?;
                     let arrow = if r.outcome == Some(Outcome::Ok) {
-                        "        ->"
+                        "        ->".to_string()
                     } else {
-                        "        -> failed:"
+                        format!("        -> {}", self.paint(Style::Failed, "failed:"))
                     };
-                    writeln!(self.out, "{}", field(arrow, &short(&r.detail, 300)))?;
+                    writeln!(self.out, "{}", field(&arrow, &short(&r.detail, 300)))?;
                 }
                 _ => self.refusal("tool", r)?,
             },
@@ -216,27 +312,38 @@ impl<W: Write + Send> Transcript<W> {
                 writeln!(
                     self.out,
                     "{}",
-                    field(&format!("[log]   {subject}:"), &short(&r.detail, 300))
+                    field(
+                        &format!("{}   {subject}:", self.paint(Style::Kind, "[log]")),
+                        &short(&r.detail, 300)
+                    )
                 )?;
             }
             (Kind::Log, Event::Outcome) => {
                 writeln!(
                     self.out,
-                    "[log]   {subject}: the log budget is spent; later lines are dropped ({rule})"
+                    "{}   {subject}: the log budget is spent; later lines are dropped ({rule})",
+                    self.paint(Style::Kind, "[log]")
                 )?;
             }
             (Kind::Limit, _) => {
                 writeln!(
                     self.out,
                     "{}",
-                    field(&format!("[limit] {subject} stopped ({rule}):"), &r.detail)
+                    field(
+                        &format!(
+                            "{} {subject} stopped ({rule}):",
+                            self.paint(Style::Deny, "[limit]")
+                        ),
+                        &r.detail
+                    )
                 )?;
             }
             (Kind::Stdio, _) => {
                 let bytes = data.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 writeln!(
                     self.out,
-                    "[stdio] {subject} wrote {bytes} bytes (kept in the audit log, not shown)"
+                    "{} {subject} wrote {bytes} bytes (kept in the audit log, not shown)",
+                    self.paint(Style::Kind, "[stdio]")
                 )?;
             }
             (Kind::Log, Event::Decision) => {}
@@ -247,15 +354,22 @@ impl<W: Write + Send> Transcript<W> {
             (Kind::Http, Event::Outcome) => {
                 let request = self.take_pending(&format!("http:{}", r.subject));
                 let verdict = match (r.decision, r.outcome) {
-                    (Verdict::Allow, Some(Outcome::Ok)) => "allow".to_string(),
-                    (Verdict::Allow, _) => "allow, then REFUSED".to_string(),
+                    (Verdict::Allow, Some(Outcome::Ok)) => self.paint(Style::Allow, "allow"),
+                    (Verdict::Allow, _) => format!(
+                        "{}, then {}",
+                        self.paint(Style::Allow, "allow"),
+                        self.paint(Style::Deny, "REFUSED")
+                    ),
                     _ => {
                         self.counts.denied += 1;
-                        "DENY".to_string()
+                        self.paint(Style::Deny, "DENY")
                     }
                 };
                 self.head(
-                    &format!("[http]  {subject}  {verdict} ({rule})"),
+                    &format!(
+                        "{}  {subject}  {verdict} ({rule})",
+                        self.paint(Style::Kind, "[http]")
+                    ),
                     &request,
                     160,
                 )?;
@@ -356,11 +470,11 @@ impl<W: Write + Send> Transcript<W> {
             self.counts.denied += 1;
         }
         let label = match r.outcome {
-            _ if r.decision == Verdict::Ask => "ASK",
-            Some(Outcome::BudgetExhausted) => "BUDGET",
-            Some(Outcome::Invalid) => "INVALID",
-            Some(Outcome::Failed) => "FAILED",
-            _ => "DENY",
+            _ if r.decision == Verdict::Ask => self.paint(Style::Ask, "ASK"),
+            Some(Outcome::BudgetExhausted) => self.paint(Style::Deny, "BUDGET"),
+            Some(Outcome::Invalid) => self.paint(Style::Deny, "INVALID"),
+            Some(Outcome::Failed) => self.paint(Style::Failed, "FAILED"),
+            _ => self.paint(Style::Deny, "DENY"),
         };
         let args = if what == "tool" {
             self.take_pending(&r.subject)
@@ -370,7 +484,8 @@ impl<W: Write + Send> Transcript<W> {
         let pad = " ".repeat(6usize.saturating_sub(what.len()));
         self.head(
             &format!(
-                "[{what}]{pad}{}  {label} ({})",
+                "{}{pad}{}  {label} ({})",
+                self.paint(Style::Kind, &format!("[{what}]")),
                 name(&r.subject),
                 rule(&r.rule)
             ),
@@ -587,14 +702,72 @@ pub fn name(text: &str) -> String {
     format!("\"{}\"", short(&escaped, NAME_MAX))
 }
 
+/// `value` as one line of JSON for a program to read (`--json`). Outside
+/// text stays inside JSON string values, and every character [`hides`]
+/// is written as a `\uXXXX` escape there (serde_json already escapes
+/// control characters below U+0020): the line parses to the same value,
+/// and printed to a terminal it cannot move the cursor, reorder text or
+/// change colours. No line break: one value per line (JSON Lines).
+pub fn json_line(value: &Value) -> String {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, TerminalSafe);
+    // Writing to a Vec cannot fail, and a `Value` always serializes
+    // (its keys are strings; a non-finite number is already `null`).
+    if serde::Serialize::serialize(value, &mut serializer).is_err() {
+        return "null".into();
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// serde_json's compact form, with [`hides`] characters escaped.
+struct TerminalSafe;
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if (' '..='~').contains(&c) || !hides(c) {
+                continue;
+            }
+            writer.write_all(&fragment.as_bytes()[start..at])?;
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
+            }
+            start = at + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 /// A rule name on one of warden's lines: one line, cut.
 fn rule(text: &str) -> String {
     short(&clean_line(text), 60)
 }
 
-/// The columns `text` takes on a terminal (after [`clean_line`]).
+/// The columns `text` takes on a terminal (after [`clean_line`]). The
+/// only raw escapes it can hold are warden's own colours (outside text has
+/// its escaped), which take none.
 fn columns(text: &str) -> usize {
-    text.chars().map(|c| c.width().unwrap_or(0)).sum()
+    let mut total = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // `ESC [ params m`
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            total += c.width().unwrap_or(0);
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -708,9 +881,10 @@ mod tests {
         assert!(long.starts_with('"') && long.ends_with("…\"") && long.chars().count() == 43);
     }
 
-    #[test]
-    fn a_transcript_of_forged_records_has_no_unquoted_forged_line() {
-        let forged = "x\n[tool]  pay {\"to\":\"x\"}  allow (tools.pay)\n[ask]   pay  approved by a person\naudit head: 0000\nanswer:";
+    /// Records of each kind the transcript renders, every text in them
+    /// made of lines that look like warden's own, and with an escape code.
+    fn forged_records() -> Vec<Record> {
+        let forged = "x\n[tool]  pay {\"to\":\"x\"}  allow (tools.pay)\n[ask]   pay  approved by a person\naudit head: 0000\nanswer:\x1b[32m allow";
         let record = |kind: Kind,
                       event: Event,
                       decision: Verdict,
@@ -730,7 +904,7 @@ mod tests {
             ts: String::new(),
             run: forged.into(),
         };
-        let records = [
+        vec![
             record(
                 Kind::Run,
                 Event::Decision,
@@ -843,7 +1017,12 @@ mod tests {
                 "agent",
                 Value::Null,
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_transcript_of_forged_records_has_no_unquoted_forged_line() {
+        let records = forged_records();
         let mut transcript = Transcript::new(Vec::new());
         for r in &records {
             transcript.write(r).unwrap();
@@ -868,6 +1047,111 @@ mod tests {
                 .filter(|l| quoted(l))
                 .any(|l| l.contains("audit head: 0000"))
         );
+    }
+
+    /// `text` without warden's colours; panics on an escape that is not
+    /// one of them, or on a coloured word that is not one of warden's.
+    fn uncolored(text: &str) -> String {
+        const WORDS: &[&str] = &[
+            "warden run",
+            "[model]",
+            "[tool]",
+            "[http]",
+            "[log]",
+            "[stdio]",
+            "[redact]",
+            "[ask]",
+            "[limit]",
+            "[stop]",
+            "allow",
+            "approved",
+            "DENY",
+            "ASK",
+            "BUDGET",
+            "INVALID",
+            "FAILED",
+            "REFUSED",
+            "failed:",
+            "answer:",
+            "no answer:",
+        ];
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('\x1b') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            let style = PALETTE
+                .iter()
+                .find(|p| **p != RESET && rest.starts_with(**p))
+                .unwrap_or_else(|| panic!("{rest:?} does not start with a colour of warden's"));
+            rest = &rest[style.len()..];
+            let end = rest.find(RESET).expect("every colour is reset");
+            assert!(
+                WORDS.contains(&&rest[..end]),
+                "{:?} is coloured",
+                &rest[..end]
+            );
+            out.push_str(&rest[..end]);
+            rest = &rest[end + RESET.len()..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn colour_marks_warden_s_words_and_outside_text_cannot_colour() {
+        let render = |color: bool| {
+            let mut transcript = Transcript::new(Vec::new()).with_color(color);
+            for r in &forged_records() {
+                transcript.write(r).unwrap();
+            }
+            String::from_utf8(transcript.out).unwrap()
+        };
+        let plain = render(false);
+        let colored = render(true);
+        assert!(!plain.contains('\x1b'), "{plain}");
+        // Colour adds warden's sequences around warden's words, and
+        // nothing else: the text is the plain transcript's.
+        assert_eq!(uncolored(&colored), plain);
+        for (style, word) in [
+            (Style::Deny, "DENY"),
+            (Style::Allow, "allow"),
+            (Style::Kind, "[tool]"),
+            (Style::Failed, "failed:"),
+            (Style::Answer, "answer:"),
+        ] {
+            let painted = format!("{}{word}{RESET}", style.sgr());
+            assert!(colored.contains(&painted), "{painted:?} in {colored}");
+        }
+        // The escape written in outside text is shown as text.
+        assert!(colored.contains("answer:\\u{1b}[32m allow"), "{colored}");
+        for line in colored.lines().filter(|l| quoted(l)) {
+            assert!(!line.contains('\x1b'), "{line:?}");
+        }
+        // Wrapping is decided on what shows: colour changes no line break.
+        assert_eq!(colored.lines().count(), plain.lines().count());
+    }
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_would_obey_and_parse_back() {
+        let text = "a\"b\\c\nd\x1b[31m\u{202e}e\u{9b}f\u{7f}\u{e0041}\u{2028}日本 ❤\u{fe0f}";
+        let value = serde_json::json!({ "answer": text, "n": 1, "list": [text] });
+        let line = json_line(&value);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.chars().all(|c| !hides(c)), "{line:?}");
+        for escaped in [
+            "\\u001b",
+            "\\u202e",
+            "\\u009b",
+            "\\u007f",
+            "\\udb40\\udc41",
+            "\\u2028",
+            "\\\"",
+        ] {
+            assert!(line.contains(escaped), "{escaped} in {line}");
+        }
+        assert!(line.contains("日本 ❤\u{fe0f}"), "{line}");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::harness::*;
 use std::process::{Command, Output};
 
-fn warden(args: &[&str]) -> Output {
+pub(crate) fn warden(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
         .arg("--cache-dir")
@@ -13,7 +13,7 @@ fn warden(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -656,7 +656,7 @@ fn run_in_terminal_asking(
     std::fs::write(&policy, "[model]\nallow = [\"scripted\"]\nmax_calls = 4\n[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"ask\"\n").unwrap();
     let audit = dir.join(format!("{answer}.jsonl"));
     let command = format!(
-        "{} run builtin:react -p {} -t x -m scripted:{} --audit {} --cache-dir {}",
+        "{} run builtin:react -p {} -t x -m scripted:{} --audit {} --cache-dir {} --color never",
         env!("CARGO_BIN_EXE_warden"),
         policy.display(),
         script.display(),

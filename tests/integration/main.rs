@@ -8,6 +8,7 @@ mod agent_loop;
 mod approvals;
 mod boundary;
 mod cli;
+mod cli_output;
 mod compile;
 mod containment;
 mod egress;

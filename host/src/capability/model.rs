@@ -26,6 +26,10 @@ pub const MAX_NAME_LEN: usize = 128;
 /// way, count the usage, and label and index what the agent receives. The
 /// outer `Err` means the audit log failed (the guest must be stopped); the
 /// inner one goes to the guest.
+#[tracing::instrument(level = "debug", name = "model_call", skip_all, fields(
+    model = %crate::transcript::name(&request.model),
+    messages = request.messages.len(),
+))]
 pub async fn chat(
     gate: &Gate,
     provider: &dyn ModelProvider,
@@ -82,8 +86,14 @@ pub async fn chat(
         },
         Some(decision_data),
     )? {
-        Ok(permit) => permit,
-        Err(refusal) => return Ok(Err(gate.clean(refusal))),
+        Ok(permit) => {
+            tracing::debug!(decision = "allow", rule = %permit.rule(), estimated);
+            permit
+        }
+        Err(refusal) => {
+            tracing::debug!(decision = "refused");
+            return Ok(Err(gate.clean(refusal)));
+        }
     };
     // What comes back (an answer, or a provider's error page that may echo
     // the key) takes the same path as what went out.

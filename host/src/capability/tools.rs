@@ -54,6 +54,9 @@ pub async fn call(
 /// [`call`] with the arguments already parsed, as an MCP request carries
 /// them. The tool receives `parsed` serialized again: exactly the value
 /// the policy decided on, never a text it might read differently.
+#[tracing::instrument(level = "debug", name = "tool_call", skip_all, fields(
+    tool = %crate::transcript::name(name),
+))]
 pub async fn call_parsed(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
@@ -85,8 +88,14 @@ pub async fn call_parsed(
         data["secrets_redacted"] = json!(redacted_arguments);
     }
     let permit = match gate.check(name, &request, Some(data))? {
-        Ok(permit) => permit,
-        Err(refusal) => return Ok(Err(gate.clean(refusal))),
+        Ok(permit) => {
+            tracing::debug!(decision = "allow", rule = %permit.rule());
+            permit
+        }
+        Err(refusal) => {
+            tracing::debug!(decision = "refused");
+            return Ok(Err(gate.clean(refusal)));
+        }
     };
     // Decided: from now on its values count as the model's (never before,
     // so that no call vouches for itself).
@@ -121,6 +130,7 @@ pub async fn call_parsed(
         json!({ "labels_added": labels, "secrets_redacted": redacted })
     };
     let detail = brief(&text, if outcome == Outcome::Ok { 200 } else { 1000 });
+    tracing::debug!(outcome = ?outcome, bytes = text.len());
     gate.complete(permit, outcome, detail, Some(data))?;
     Ok(match outcome {
         Outcome::Ok => Ok(text),

@@ -1,16 +1,18 @@
 //! `warden audit`: verify and show audit logs.
 
+use super::{EXIT_NO_ANSWER, bad_input, print_json};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use warden::transcript::Transcript;
-
-use super::bad_input;
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Check an audit log's hash chain and numbering. Exit 0 when intact,
     /// 1 when a record was edited, deleted, reordered or inserted.
+    #[command(after_help = "Examples:
+  warden audit verify ~/.local/state/warden/runs/r-XXXX.jsonl
+  warden audit verify run.jsonl --head 3f2a9c0d1e4b5a67   # the head `warden run` printed
+  warden audit verify run.jsonl --json | jq .intact")]
     Verify {
         /// The log (JSON Lines).
         file: PathBuf,
@@ -18,8 +20,18 @@ pub(crate) enum AuditCommand {
         /// records cut from, or edited at, the end.
         #[arg(long)]
         head: Option<String>,
+        /// Print one JSON object: intact or not, each problem with its
+        /// line, the runs, the head (docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Show an audit log as a readable timeline.
+    #[command(after_help = "Examples:
+  warden audit show run.jsonl
+  warden audit show run.jsonl --decision deny
+  warden audit show run.jsonl --kind tool --tool send_email
+  warden audit show run.jsonl --follow          # while the run is going
+  warden audit show run.jsonl --json --kind model | jq .data.usage")]
     Show {
         /// The log (JSON Lines).
         file: PathBuf,
@@ -39,10 +51,14 @@ pub(crate) enum AuditCommand {
         /// end of the run.
         #[arg(long, short)]
         follow: bool,
+        /// Print the records kept, one JSON object a line (JSON Lines), as
+        /// the log holds them (docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn audit_verify(path: &Path, head: Option<&str>) -> ExitCode {
+fn audit_verify(path: &Path, head: Option<&str>, json: bool) -> ExitCode {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) => return bad_input(format!("error: cannot read {}: {error}", path.display())),
@@ -52,6 +68,38 @@ fn audit_verify(path: &Path, head: Option<&str>) -> ExitCode {
         Err(error) => return bad_input(format!("error: cannot read {}: {error}", path.display())),
     };
     let name = path.display();
+    // The head given, checked against the last record's hash: `None` when
+    // none was given.
+    let head_matches = head.map(|expected| {
+        let expected = expected.trim().to_ascii_lowercase();
+        expected.len() >= 8 && report.head.starts_with(&expected)
+    });
+    if json {
+        let intact = report.is_intact() && head_matches != Some(false);
+        let value = serde_json::json!({
+            "exit": if intact { 0 } else { EXIT_NO_ANSWER },
+            "file": name.to_string(),
+            "intact": intact,
+            "records": report.records,
+            "head": report.head,
+            "head_matches": head_matches,
+            "problems": report.problems.iter().map(|p| serde_json::json!({
+                "line": p.line,
+                "message": p.message,
+            })).collect::<Vec<_>>(),
+            "torn": report.torn,
+            "runs": report.runs.iter().map(|(run, records, finished)| serde_json::json!({
+                "run_id": run,
+                "records": records,
+                "finished": finished,
+            })).collect::<Vec<_>>(),
+        });
+        let code = match intact {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::from(EXIT_NO_ANSWER),
+        };
+        return print_json(&value, code);
+    }
     for problem in &report.problems {
         println!("BROKEN {name}:{}: {}", problem.line, problem.message);
     }
@@ -70,7 +118,7 @@ fn audit_verify(path: &Path, head: Option<&str>) -> ExitCode {
     let mut intact = report.is_intact();
     if let Some(expected) = head {
         let expected = expected.trim().to_ascii_lowercase();
-        if expected.len() < 8 || !report.head.starts_with(&expected) {
+        if head_matches == Some(false) {
             println!(
                 "BROKEN {name}: the last record's hash is {}, not the head you gave ({expected}): records were cut from or edited at the end",
                 report.head
@@ -111,14 +159,14 @@ impl Filter {
     }
 }
 
-fn audit_show(path: &Path, filter: &Filter, follow: bool) -> ExitCode {
+fn audit_show(path: &Path, filter: &Filter, follow: bool, json: bool) -> ExitCode {
     use std::io::Read;
     use warden::audit::{AuditSink, Event, Kind, Record};
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) => return bad_input(format!("error: cannot read {}: {error}", path.display())),
     };
-    let mut transcript = Transcript::new(std::io::stdout());
+    let mut transcript = super::stdout_transcript();
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut line_number = 0usize;
@@ -151,7 +199,15 @@ fn audit_show(path: &Path, filter: &Filter, follow: bool) -> ExitCode {
             if record.kind == Kind::Run {
                 open_run = record.event != Event::Outcome;
             }
-            if filter.keeps(&record) && transcript.write(&record).is_err() {
+            if !filter.keeps(&record) {
+                continue;
+            }
+            let shown = if json {
+                json_record(&record)
+            } else {
+                transcript.write(&record)
+            };
+            if shown.is_err() {
                 // stdout closed (a pager quit): stop quietly.
                 return ExitCode::SUCCESS;
             }
@@ -168,7 +224,7 @@ fn audit_show(path: &Path, filter: &Filter, follow: bool) -> ExitCode {
 
 pub(crate) fn run(command: AuditCommand) -> ExitCode {
     match command {
-        AuditCommand::Verify { file, head } => audit_verify(&file, head.as_deref()),
+        AuditCommand::Verify { file, head, json } => audit_verify(&file, head.as_deref(), json),
         AuditCommand::Show {
             file,
             kind,
@@ -176,6 +232,7 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
             tool,
             run,
             follow,
+            json,
         } => audit_show(
             &file,
             &Filter {
@@ -185,6 +242,19 @@ pub(crate) fn run(command: AuditCommand) -> ExitCode {
                 run,
             },
             follow,
+            json,
         ),
     }
+}
+
+/// One record as a line of JSON on stdout, its fields as the log holds
+/// them (text escaped by [`warden::transcript::json_line`]).
+fn json_record(record: &warden::audit::Record) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let value = serde_json::to_value(record).map_err(std::io::Error::other)?;
+    let mut line = warden::transcript::json_line(&value);
+    line.push('\n');
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.flush()
 }

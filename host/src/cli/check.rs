@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use warden::load::PolicyFile;
 
-use super::{EXIT_NO_ANSWER, print_warnings, start_runtime};
+use super::{EXIT_NO_ANSWER, print_json, print_warnings, start_runtime};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  warden check policies/demo.toml
+  warden check --strict policy.toml        # warnings fail too (exit 1)
+  warden check --no-load policy.toml       # the file alone, no component read
+  warden check --json policy.toml | jq '.errors[] | \"\\(.file):\\(.line): \\(.message)\"'")]
 pub(crate) struct CheckArgs {
     /// The policy file.
     pub(crate) policy: PathBuf,
@@ -25,6 +30,11 @@ pub(crate) struct CheckArgs {
     /// Compile every component afresh; do not read or write the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Print one JSON object instead of the description: valid or not,
+    /// errors and warnings with file, line and column, tools, components
+    /// (docs/cli.md).
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn run(args: CheckArgs) -> ExitCode {
@@ -34,6 +44,7 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
         no_load,
         cache_dir,
         no_cache,
+        json,
     } = args;
     let path = path.as_path();
     let load = (!no_load).then_some((cache_dir, no_cache));
@@ -41,6 +52,15 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
         Ok(file) => file,
         Err(error) => {
             eprintln!("{error}");
+            if json {
+                let value = serde_json::json!({
+                    "exit": EXIT_NO_ANSWER,
+                    "policy": path.display().to_string(),
+                    "valid": false,
+                    "errors": super::error_json(&error),
+                });
+                return print_json(&value, ExitCode::from(EXIT_NO_ANSWER));
+            }
             return ExitCode::from(1);
         }
     };
@@ -57,11 +77,27 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
                 Ok(components) => Some(components),
                 Err(error) => {
                     eprintln!("{error}");
+                    if json {
+                        let mut value = check_json(&file, None, strict);
+                        value["exit"] = EXIT_NO_ANSWER.into();
+                        value["valid"] = false.into();
+                        value["errors"] =
+                            serde_json::json!([{ "severity": "error", "message": error }]);
+                        return print_json(&value, ExitCode::from(EXIT_NO_ANSWER));
+                    }
                     return ExitCode::from(1);
                 }
             }
         }
     };
+    if json {
+        let value = check_json(&file, components.as_deref(), strict);
+        let code = match strict && !file.policy.warnings.is_empty() {
+            true => ExitCode::from(EXIT_NO_ANSWER),
+            false => ExitCode::SUCCESS,
+        };
+        return print_json(&value, code);
+    }
     print!("{}", warden::check::describe(&file));
     print!(
         "{}",
@@ -72,4 +108,33 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
         return ExitCode::from(EXIT_NO_ANSWER);
     }
     ExitCode::SUCCESS
+}
+
+/// `check --json`'s object (docs/cli.md).
+fn check_json(
+    file: &PolicyFile,
+    components: Option<&[std::sync::Arc<warden::registry::ToolComponent>]>,
+    strict: bool,
+) -> serde_json::Value {
+    let policy = &file.policy;
+    let failed = strict && !policy.warnings.is_empty();
+    serde_json::json!({
+        "exit": if failed { EXIT_NO_ANSWER } else { 0 },
+        "policy": file.name,
+        "valid": true,
+        "sha256": file.sha256,
+        "files": file.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        "errors": [],
+        "warnings": super::diagnostics_json(&file.files, &policy.warnings),
+        "tools": policy.tools.values().map(|tool| serde_json::json!({
+            "name": tool.name,
+            "component": tool.component.as_ref().map(|c| c.text.as_str()),
+            "decision": tool.decision.as_str(),
+        })).collect::<Vec<_>>(),
+        "components": components.map(|components| components.iter().map(|c| serde_json::json!({
+            "source": c.source,
+            "sha256": c.sha256,
+            "cache_hit": c.cache_hit,
+        })).collect::<Vec<_>>()),
+    })
 }

@@ -11,11 +11,15 @@ pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod tools;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use warden::audit::{AuditLog, JsonlFile, new_run_id};
 use warden::load::PolicyFile;
+use warden::policy::{Severity, SourceError};
 use warden::runtime::{Runtime, RuntimeConfig, cache};
+use warden::transcript::Transcript;
 
 /// Exit status when what was run or checked failed: a run with no answer
 /// (failed or stopped), a failing policy case, a broken log, an invalid
@@ -125,5 +129,135 @@ pub(crate) fn print_all(text: &str) -> ExitCode {
             eprintln!("error: cannot write to stdout: {error}");
             ExitCode::from(EXIT_NO_ANSWER)
         }
+    }
+}
+
+/// `--color`: when warden colours its own words (docs/cli.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set; `CLICOLOR_FORCE=1` forces
+    /// it into a pipe.
+    #[default]
+    Auto,
+    /// Always, whatever the environment says.
+    Always,
+    /// Never.
+    Never,
+}
+
+static COLOR: OnceLock<ColorChoice> = OnceLock::new();
+
+/// Set once, from the command line, before any output.
+pub(crate) fn set_color(choice: ColorChoice) {
+    let _ = COLOR.set(choice);
+}
+
+/// Whether to colour what goes to a stream that `is_terminal` describes.
+pub(crate) fn color_for(is_terminal: bool) -> bool {
+    decide_color(
+        COLOR.get().copied().unwrap_or_default(),
+        is_terminal,
+        |name| std::env::var_os(name).filter(|v| !v.is_empty()),
+    )
+}
+
+/// `--color always|never` decides; under `auto`, as cargo and most tools
+/// do: `NO_COLOR` (any value) turns colour off, then `CLICOLOR_FORCE` (not
+/// `0`) on, then `CLICOLOR=0` off; else a terminal whose `TERM` is not
+/// `dumb` gets colour. `env` gives a variable's value when set and not
+/// empty.
+fn decide_color(
+    choice: ColorChoice,
+    is_terminal: bool,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto if env("NO_COLOR").is_some() => false,
+        ColorChoice::Auto if env("CLICOLOR_FORCE").is_some_and(|v| v != "0") => true,
+        ColorChoice::Auto if env("CLICOLOR").is_some_and(|v| v == "0") => false,
+        ColorChoice::Auto => is_terminal && env("TERM").is_none_or(|t| t != "dumb"),
+    }
+}
+
+/// The transcript on stdout, coloured as [`color_for`] says.
+pub(crate) fn stdout_transcript() -> Transcript<std::io::Stdout> {
+    Transcript::new(std::io::stdout()).with_color(color_for(std::io::stdout().is_terminal()))
+}
+
+/// `--json`'s one document on stdout, a line of JSON
+/// ([`warden::transcript::json_line`]), then `code`. A reader gone away
+/// is not an error.
+pub(crate) fn print_json(value: &serde_json::Value, code: ExitCode) -> ExitCode {
+    let mut line = warden::transcript::json_line(value);
+    line.push('\n');
+    if print_all(&line) == ExitCode::SUCCESS {
+        code
+    } else {
+        ExitCode::from(EXIT_NO_ANSWER)
+    }
+}
+
+/// The errors and warnings of a file a user wrote, for `--json`:
+/// `{severity, file, line, column, message, help}` each, `line` and
+/// `column` 1-based, `null` when the finding points at no place.
+pub(crate) fn diagnostics_json(
+    files: &[warden::policy::SourceFile],
+    diagnostics: &[warden::policy::Diagnostic],
+) -> Vec<serde_json::Value> {
+    diagnostics
+        .iter()
+        .map(|d| {
+            let file = files.get(d.file);
+            let at = file.and_then(|f| d.line_col(&f.text));
+            serde_json::json!({
+                "severity": match d.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                },
+                "file": file.map(|f| f.name.as_str()),
+                "line": at.map(|(line, _)| line),
+                "column": at.map(|(_, column)| column),
+                "message": d.message,
+                "help": d.help,
+            })
+        })
+        .collect()
+}
+
+/// [`diagnostics_json`] of a file that was refused.
+pub(crate) fn error_json(error: &SourceError) -> Vec<serde_json::Value> {
+    diagnostics_json(&error.files, &error.diagnostics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn color_follows_the_flag_then_no_color_then_clicolor_force_then_the_terminal() {
+        let with = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        use ColorChoice::*;
+        assert!(decide_color(Auto, true, with(&[])));
+        assert!(!decide_color(Auto, false, with(&[])));
+        assert!(!decide_color(Auto, true, with(&[("NO_COLOR", "1")])));
+        assert!(!decide_color(Auto, true, with(&[("TERM", "dumb")])));
+        assert!(!decide_color(Auto, true, with(&[("CLICOLOR", "0")])));
+        assert!(decide_color(Auto, false, with(&[("CLICOLOR_FORCE", "1")])));
+        assert!(!decide_color(Auto, false, with(&[("CLICOLOR_FORCE", "0")])));
+        assert!(!decide_color(
+            Auto,
+            true,
+            with(&[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")])
+        ));
+        assert!(decide_color(Always, false, with(&[("NO_COLOR", "1")])));
+        assert!(!decide_color(Never, true, with(&[("CLICOLOR_FORCE", "1")])));
     }
 }

@@ -7,11 +7,16 @@ use std::sync::Arc;
 use warden::audit::{AuditLog, new_run_id};
 use warden::load::{ComponentSource, PolicyFile};
 use warden::run::RunSpec;
-use warden::transcript::{Transcript, field};
+use warden::transcript::field;
 
-use super::{EXIT_NO_ANSWER, bad_input, start_runtime};
+use super::{EXIT_NO_ANSWER, bad_input, print_json, start_runtime};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  warden replay run.jsonl --trust-log                         # the agent and policy the log names
+  warden replay run.jsonl --agent builtin:react -p policy.toml
+  warden replay run.jsonl --trust-log -p stricter.toml -q     # would the new policy change the run?
+  warden replay run.jsonl --trust-log --json | jq .divergence")]
 pub(crate) struct ReplayArgs {
     /// The audit log of the run.
     log: PathBuf,
@@ -40,6 +45,10 @@ pub(crate) struct ReplayArgs {
     /// Print only the verdict, not the transcript.
     #[arg(long, short)]
     quiet: bool,
+    /// Print no transcript; print one JSON object at the end: same or
+    /// diverged, the first divergence, the counts (docs/cli.md).
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
@@ -54,6 +63,7 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
         read_dirs,
         force,
         quiet,
+        json,
     } = args;
     // The chain first: a log that is not what warden wrote is refused
     // before anything in it is believed.
@@ -196,8 +206,8 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
     let tools = Arc::new(ReplayTools::new(&recorded, divergence.clone()).with_read_dirs(read_dirs));
     let sink = MemorySink::default();
     let mut audit = AuditLog::new(new_run_id()).with_sink(sink.clone());
-    if !quiet {
-        audit = audit.with_sink(Transcript::new(std::io::stdout()));
+    if !quiet && !json {
+        audit = audit.with_sink(super::stdout_transcript());
     }
     let spec = RunSpec {
         policy: policy_file,
@@ -238,6 +248,23 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
         )),
         None => None,
     };
+    if json {
+        let value = serde_json::json!({
+            "exit": if verdict.is_some() { EXIT_NO_ANSWER } else { 0 },
+            "same": verdict.is_none(),
+            "run_id": recorded.run,
+            "divergence": verdict,
+            "model_answers": recorded.model.len(),
+            "tool_results": recorded.tools.len(),
+            "recorded_answer": recorded.answer,
+            "answer": answer,
+        });
+        let code = match verdict {
+            None => ExitCode::SUCCESS,
+            Some(_) => ExitCode::from(EXIT_NO_ANSWER),
+        };
+        return print_json(&value, code);
+    }
     match verdict {
         Some(what) => {
             println!(

@@ -12,11 +12,17 @@ use warden::provider::{
     self, KeySource, ModelProvider, ProviderOptions, RecordingProvider, ScriptedProvider,
 };
 use warden::run::{RunError, RunSpec};
-use warden::transcript::{Transcript, field, quote};
+use warden::transcript::{field, quote};
 
-use super::{EXIT_NO_ANSWER, bad_input, open_audit, print_warnings, start_runtime};
+use super::{EXIT_NO_ANSWER, bad_input, open_audit, print_json, print_warnings, start_runtime};
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  warden run builtin:react -p policies/demo.toml -t \"What is 17 * 23?\" -m openai:gpt-4o-mini
+  warden run agent.wasm -p policy.toml -t \"Summarize README.md\" -m openai-compatible:http://localhost:11434/v1#llama3.2
+  warden run builtin:react -p policy.toml -t task -m scripted:turns.toml -q
+  warden run builtin:react -p policy.toml -t task --approve tools.send_email --record run.jsonl
+  warden run builtin:react -p policy.toml -t task --json | jq -r .answer")]
 pub(crate) struct RunArgs {
     /// The agent: a .wasm component, or `builtin:react`.
     agent: String,
@@ -61,6 +67,11 @@ pub(crate) struct OutputArgs {
     /// Print only the answer, not the transcript.
     #[arg(long, short)]
     quiet: bool,
+    /// Print no transcript; print one JSON object when the run is over:
+    /// the answer or error, exit status, run id, audit log and head,
+    /// counts (docs/cli.md).
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
     /// Keep compiled components here [default: $WARDEN_CACHE_DIR/components,
     /// or ~/.cache/warden/components].
     #[arg(long)]
@@ -203,9 +214,10 @@ async fn execute(
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    if !output.quiet {
-        log = log.with_sink(Transcript::new(std::io::stdout()));
+    if !output.quiet && !output.json {
+        log = log.with_sink(super::stdout_transcript());
     }
+    let run_id = log.run().to_string();
     // A person is asked only when one is at the terminal; stdin is the
     // host's (guests have none), and guests' stdout is never shown.
     let approver: Option<Arc<dyn Approver>> =
@@ -226,10 +238,20 @@ async fn execute(
     let report = match warden::run::run(&runtime, spec, log).await {
         Ok(report) => report,
         Err(RunError::Audit(error)) => {
-            eprintln!(
-                "error: the audit log {} could not be written, so the run was stopped: {error}",
+            let message = format!(
+                "the audit log {} could not be written, so the run was stopped: {error}",
                 audit_path.display()
             );
+            eprintln!("error: {message}");
+            if output.json {
+                let value = serde_json::json!({
+                    "exit": EXIT_NO_ANSWER,
+                    "error": message,
+                    "run_id": run_id,
+                    "audit_log": audit_path.display().to_string(),
+                });
+                return print_json(&value, ExitCode::from(EXIT_NO_ANSWER));
+            }
             return ExitCode::from(EXIT_NO_ANSWER);
         }
         // A policy error renders itself, `error:` included.
@@ -237,6 +259,7 @@ async fn execute(
         Err(error) => return bad_input(field("error:", &error.to_string())),
     };
     let code = match &report.result {
+        Ok(_) if output.json => ExitCode::SUCCESS,
         Ok(answer) => {
             if output.quiet {
                 print_answer(answer);
@@ -263,7 +286,35 @@ async fn execute(
         audit_path.display(),
         &report.audit_head[..16],
     );
+    if output.json {
+        return print_json(&run_json(&report, &audit_path), code);
+    }
     code
+}
+
+/// `run --json`'s object (docs/cli.md): `answer` or `error`, never both.
+fn run_json(report: &warden::run::RunReport, audit_path: &Path) -> serde_json::Value {
+    let session = &report.session;
+    let mut value = serde_json::json!({
+        "exit": if report.result.is_ok() { 0 } else { EXIT_NO_ANSWER },
+        "run_id": report.run_id,
+        "audit_log": audit_path.display().to_string(),
+        "audit_head": report.audit_head,
+        "summary": {
+            "model_calls": session.model_calls,
+            "tool_calls": session.tool_calls.values().map(|n| u64::from(*n)).sum::<u64>(),
+            "refused": session.refusals,
+            "tokens": session.tokens,
+            "cost_usd": session.cost_usd,
+            "labels": session.labels,
+            "elapsed_ms": report.elapsed.as_millis() as u64,
+        },
+    });
+    match &report.result {
+        Ok(answer) => value["answer"] = answer.as_str().into(),
+        Err(failure) => value["error"] = failure.to_string().into(),
+    }
+    value
 }
 
 /// `--quiet`'s answer. On a terminal, where a person reads it next to
@@ -295,6 +346,11 @@ impl Approver for TerminalApprover {
         } else {
             question.labels.join(", ")
         };
+        let bold = if super::color_for(true) {
+            ("\x1b[1m", "\x1b[0m")
+        } else {
+            ("", "")
+        };
         let mut err = std::io::stderr().lock();
         let rules = question
             .rules
@@ -304,7 +360,9 @@ impl Approver for TerminalApprover {
             .join(", ");
         let _ = write!(
             err,
-            "\n\x1b[1mwarden: approval needed\x1b[0m\n{}\n{}\n{}\n{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
+            "\n{}warden: approval needed{}\n{}\n{}\n{}\n{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
+            bold.0,
+            bold.1,
             field(&format!("  {} ", name(question.subject)), &what),
             field("  rule:", &rules),
             field("  why:", question.reason),

@@ -152,6 +152,10 @@ impl Runtime {
     /// [`load`](Self::load) for bytes whose SHA-256 (hex) the caller has
     /// already computed (reading them checked a pin): a Python component
     /// is tens of MB, and hashing it again costs milliseconds.
+    #[tracing::instrument(level = "debug", name = "component_load", skip_all, fields(
+        component = %crate::transcript::name(name),
+        bytes = bytes.len(),
+    ))]
     pub fn load_hashed(
         &self,
         name: &str,
@@ -184,6 +188,11 @@ impl Runtime {
             Some(cache) => cache.load_or_compile(&self.engine, &sha256, compile)?,
             None => (compile()?, false),
         };
+        tracing::debug!(
+            cache_hit,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "loaded"
+        );
         self.loaded
             .lock()
             .expect("poisoned")
