@@ -359,7 +359,8 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
 
     // Progress can only reach the client in an event stream, and is only
     // sent while a request waits for the tools.
-    let streams = accepts_events(&headers)
+    let streams = !is_initialize
+        && accepts_events(&headers)
         && parsed
             .as_ref()
             .and_then(|m| m.get("params"))
@@ -471,8 +472,19 @@ impl http_body::Body for EventStream {
                 event.extend_from_slice(b"\n\n");
                 Poll::Ready(Some(Ok(http_body::Frame::data(event.into()))))
             }
-            // Every sender is gone: the calls have ended.
+            // Every sender is gone: the calls are ending; their results
+            // are read before the stream ends.
             Poll::Ready(None) => {
+                loop {
+                    match this.calls.poll_join_next(cx) {
+                        Poll::Ready(Some(Ok(Err(error)))) => {
+                            this.failure.get_or_insert(error);
+                        }
+                        Poll::Ready(Some(_)) => {}
+                        Poll::Ready(None) => break,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 if let Some(error) = this.failure.take() {
                     lock(&this.shared.failure).get_or_insert(error);
                     this.shared.server.failed.notify_one();

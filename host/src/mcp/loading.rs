@@ -117,7 +117,7 @@ impl ToolSet {
             started: Instant::now(),
         });
         set.gauge.set_tools(ToolsStatus::Loading);
-        let loader = set.clone();
+        let (loader, loader_gate) = (set.clone(), gate.clone());
         let spawned = std::thread::Builder::new()
             .name("warden-mcp-load".into())
             .spawn(move || {
@@ -125,17 +125,25 @@ impl ToolSet {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(loader.load(runtime, &policy, &gate)),
-                    Err(error) => rt_failed(&loader, &gate, &error),
+                    Ok(rt) => rt.block_on(loader.load(runtime, &policy, &loader_gate)),
+                    Err(error) => loader.failed_to_start(&loader_gate, "runtime", &error),
                 }
             });
         if let Err(error) = spawned {
-            let plain = RunError::Agent(format!(
-                "the tools could not be loaded: no thread to load them on ({error})"
-            ));
-            set.failed(None, plain);
+            set.failed_to_start(&gate, "thread", &error);
         }
         set
+    }
+
+    /// No thread, or no runtime on it, to load the tools on.
+    fn failed_to_start(&self, gate: &Gate, what: &str, error: &std::io::Error) {
+        // Held only by the session's end: then nothing more is written.
+        let Ok(_records) = self.records.try_lock() else {
+            return;
+        };
+        let message = format!("the tools could not be loaded: no {what} to load them on ({error})");
+        let note = gate.note(failure_entry(&message));
+        self.failed(note.err(), RunError::Agent(message));
     }
 
     async fn load(&self, runtime: &Runtime, policy: &PolicyFile, gate: &Arc<Gate>) {
@@ -328,13 +336,6 @@ impl ToolSet {
     }
 }
 
-/// The loader thread could not start its runtime.
-fn rt_failed(set: &ToolSet, gate: &Gate, error: &std::io::Error) {
-    let message = format!("the tools could not be loaded: no runtime to load them on ({error})");
-    let note = gate.note(failure_entry(&message));
-    set.failed(note.err(), RunError::Agent(message));
-}
-
 /// The audit record of a failed load: not an end record (the session goes
 /// on, refusing what needs the tools), but the reason for what follows.
 fn note_failure(gate: &Gate, error: &SourceError) -> std::io::Result<u64> {
@@ -348,7 +349,7 @@ fn failure_entry(detail: &str) -> crate::audit::Entry {
         subject: "tools".into(),
         decision: Verdict::Deny,
         rule: "policy".into(),
-        detail: format!("the tools could not be loaded: {detail}"),
+        detail: detail.to_string(),
         outcome: None,
         data: None,
     }
