@@ -13,7 +13,9 @@
 //! adds over a bare stdio server doing the same mediated call.
 //! The in-process call is measured on its own; the two servers alternate. Also: how
 //! long `warden mcp` takes to start and answer `initialize` with the
-//! compile cache warm. Run with `make bench` or
+//! compile cache warm, and cold with the Python tool (18 MiB, compiled in
+//! the background), and how long it takes to exit when the client closes
+//! stdin mid-compile. Run with `make bench` or
 //! `cargo bench -p warden --bench mcp`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -95,9 +97,12 @@ impl Peer {
         elapsed
     }
 
-    fn stop(mut self) {
+    /// Close stdin and wait for the exit; how long that took.
+    fn stop(mut self) -> Duration {
         drop(self.input);
+        let started = Instant::now();
         self.child.wait().unwrap();
+        started.elapsed()
     }
 }
 
@@ -204,6 +209,35 @@ fn main() {
         server.stop();
     }
 
+    // Cold: the Python tool compiles in the background (20-80 s); the
+    // client leaves as soon as `initialize` is answered.
+    let python = std::path::Path::new(guests::WORDFREQ_PY);
+    let (mut cold_t, mut leave_t) = (Vec::new(), Vec::new());
+    if python.exists() {
+        let cold_policy = dir.path().join("cold.toml");
+        std::fs::write(
+            &cold_policy,
+            format!(
+                "[model]\nallow = [\"scripted\"]\n[tools.word_frequencies]\ncomponent = {:?}\n",
+                guests::WORDFREQ_PY
+            ),
+        )
+        .unwrap();
+        for _ in 0..starts.min(10) {
+            let started = Instant::now();
+            let mut server = Peer::start(
+                Command::new(env!("CARGO_BIN_EXE_warden"))
+                    .args(["mcp", "--no-cache", "--policy"])
+                    .arg(&cold_policy)
+                    .arg("--audit")
+                    .arg(dir.path().join("cold.jsonl")),
+            );
+            server.ask(INITIALIZE);
+            cold_t.push(started.elapsed());
+            leave_t.push(server.stop());
+        }
+    }
+
     let (i, b, m) = (
         median(&mut inproc_t),
         median(&mut bare_t),
@@ -239,4 +273,22 @@ fn main() {
         "warden mcp start to initialize answered (cache warm), {starts} starts: median {:.1?}",
         median(&mut start_t)
     );
+    if cold_t.is_empty() {
+        println!(
+            "(cold start not measured: {} is not built)",
+            python.display()
+        );
+    } else {
+        println!(
+            "warden mcp start to initialize answered (cache cold, Python tool compiling), {} starts: median {:.1?}, max {:.1?}",
+            cold_t.len(),
+            median(&mut cold_t),
+            cold_t.iter().max().copied().unwrap_or_default()
+        );
+        println!(
+            "  stdin closed mid-compile to exit: median {:.1?}, max {:.1?}",
+            median(&mut leave_t),
+            leave_t.iter().max().copied().unwrap_or_default()
+        );
+    }
 }

@@ -115,6 +115,19 @@ impl<'p> ToolSources<'p> {
         hashes.sort();
         hashes
     }
+
+    /// Each distinct component's source, bytes and SHA-256, sorted by
+    /// source: what [`ToolRegistry::load_sources`] compiles (a caller may
+    /// compile them first, elsewhere, to report progress or to abandon).
+    pub fn components(&self) -> Vec<(&ComponentSource, &[u8], &str)> {
+        let mut components: Vec<_> = self
+            .bytes
+            .iter()
+            .map(|(source, (bytes, sha256))| (source, &bytes[..], sha256.as_str()))
+            .collect();
+        components.sort_by_key(|(source, _, _)| source.to_string());
+        components
+    }
 }
 
 /// Why the component of `entry` could not be had, at its `component`.

@@ -258,27 +258,12 @@ pub(crate) async fn open_session(
         .map(ToolSources::hashes)
         .unwrap_or_default();
     let gate = Arc::new(gate.with_dirs(policy.dirs.clone()));
-    let secrets = gate.secrets();
-    let mut data = opening.data;
-    data["policy"] = json!({ "file": policy.name, "sha256": policy.sha256 });
-    data["secrets"] = json!({
-        "loaded": secrets.names(),
-        "missing": secrets.missing().iter().map(|(name, why)| json!({ "name": name, "why": why })).collect::<Vec<_>>(),
-    });
-    data["components"] = component_hashes
+    let components = component_hashes
         .iter()
         .map(|(source, sha256)| json!({ "source": source, "sha256": sha256 }))
         .collect();
-    gate.note(Entry {
-        kind: Kind::Run,
-        event: Event::Decision,
-        subject: opening.subject.clone(),
-        decision: Verdict::Allow,
-        rule: "policy".into(),
-        detail: opening.detail,
-        outcome: None,
-        data: Some(data),
-    })?;
+    let subject = opening.subject.clone();
+    record_opening(&gate, policy, opening, components)?;
 
     let registry = match sources {
         Ok(sources) => ToolRegistry::load_sources(runtime, policy, sources, &gate).await,
@@ -287,16 +272,47 @@ pub(crate) async fn open_session(
     let tools = match registry {
         Ok(tools) => Arc::new(tools),
         Err(error) => {
-            end_record(
-                &gate,
-                &opening.subject,
-                Outcome::Failed,
-                error.render(),
-                json!({}),
-            )?;
+            end_record(&gate, &subject, Outcome::Failed, error.render(), json!({}))?;
             return Err(RunError::Policy(error));
         }
     };
+    record_granted(&gate, &tools)?;
+    Ok((gate, tools))
+}
+
+/// The first record of a session: `opening`, the policy's identity, the
+/// secrets loaded and missing, and `components` (what is known of the tool
+/// components: their sources, and their hashes once read).
+pub(crate) fn record_opening(
+    gate: &Gate,
+    policy: &PolicyFile,
+    opening: Opening,
+    components: serde_json::Value,
+) -> std::io::Result<()> {
+    let secrets = gate.secrets();
+    let mut data = opening.data;
+    data["policy"] = json!({ "file": policy.name, "sha256": policy.sha256 });
+    data["secrets"] = json!({
+        "loaded": secrets.names(),
+        "missing": secrets.missing().iter().map(|(name, why)| json!({ "name": name, "why": why })).collect::<Vec<_>>(),
+    });
+    data["components"] = components;
+    gate.note(Entry {
+        kind: Kind::Run,
+        event: Event::Decision,
+        subject: opening.subject,
+        decision: Verdict::Allow,
+        rule: "policy".into(),
+        detail: opening.detail,
+        outcome: None,
+        data: Some(data),
+    })
+    .map(drop)
+}
+
+/// The record of the tools loaded: which are granted, and every
+/// component's source and hash.
+pub(crate) fn record_granted(gate: &Gate, tools: &ToolRegistry) -> std::io::Result<()> {
     gate.note(Entry {
         kind: Kind::Run,
         event: Event::Decision,
@@ -317,8 +333,8 @@ pub(crate) async fn open_session(
                 "source": c.source, "sha256": c.sha256,
             })).collect::<Vec<_>>(),
         })),
-    })?;
-    Ok((gate, tools))
+    })
+    .map(drop)
 }
 
 /// The session's numbers for its end record: decisions, calls, budgets.

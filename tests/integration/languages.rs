@@ -6,7 +6,7 @@ use crate::harness::{Recording, guests, run_agent, run_calls, runtime};
 use serde_json::json;
 use std::path::Path;
 
-fn built(path: &str) -> &str {
+pub(crate) fn built(path: &str) -> &str {
     assert!(
         Path::new(path).exists(),
         "{path} was not built: the Python and JavaScript guests need componentize-py and componentize-js; run `make setup`, then build again"

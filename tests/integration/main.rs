@@ -19,6 +19,7 @@ mod ledger;
 mod limits;
 mod loading;
 mod mcp;
+mod mcp_startup;
 mod mock_model;
 mod policies;
 mod policy;

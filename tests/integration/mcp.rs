@@ -7,9 +7,11 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden::audit::{AuditLog, MemorySink, Record, new_run_id};
-use warden::mcp::{LATEST, MAX_MESSAGE, MAX_RECORDED, SERVER_BUSY, ServeSpec, serve};
+use warden::mcp::{
+    Gauge, LATEST, MAX_MESSAGE, MAX_RECORDED, SERVER_BUSY, ServeSpec, ToolsStatus, serve,
+};
 
 const DEMO_LIKE: &str = r#"
 [model]
@@ -34,6 +36,25 @@ pub(crate) async fn session(policy_text: &str, input: &[u8]) -> (Vec<Value>, Vec
     session_with(spec, input).await
 }
 
+/// A client's side of stdin that sends `input`, then closes once the
+/// server's tools are loaded (or could not be): a client that closes it
+/// before leaves, and what waits for the tools is refused.
+pub(crate) fn sent_once_loaded(
+    input: &[u8],
+    gauge: &Gauge,
+) -> tokio::io::BufReader<tokio::io::DuplexStream> {
+    let (server_end, mut client_end) = tokio::io::duplex(64 * 1024);
+    let (input, gauge) = (input.to_vec(), gauge.clone());
+    tokio::spawn(async move {
+        // Fails only when the server stopped reading and left.
+        let _ = client_end.write_all(&input).await;
+        while gauge.tools() == ToolsStatus::Loading {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::io::BufReader::new(server_end)
+}
+
 /// [`session`] with a spec of the test's own.
 async fn session_with(spec: ServeSpec, input: &[u8]) -> (Vec<Value>, Vec<Record>) {
     let memory = MemorySink::default();
@@ -44,7 +65,7 @@ async fn session_with(spec: ServeSpec, input: &[u8]) -> (Vec<Value>, Vec<Record>
         client_end.read_to_end(&mut out).await.unwrap();
         out
     });
-    let input = tokio::io::BufReader::new(input);
+    let input = sent_once_loaded(input, &spec.gauge);
     let report = serve(
         runtime(),
         spec,
@@ -648,7 +669,7 @@ async fn a_client_that_reads_nothing_stops_the_server_instead_of_growing_it() {
     let big = "x".repeat(64 * 1024);
     let mut messages = vec![initialize(LATEST)];
     messages.extend((1..=200).map(|id| call(id, "echo", json!({ "text": big }))));
-    let input = lines(&messages);
+    let input = sent_once_loaded(&lines(&messages), &gauge);
     let memory = MemorySink::default();
     let audit = AuditLog::new(new_run_id()).with_sink(memory.clone());
     let (output, _never_read) = tokio::io::duplex(4 * 1024);
@@ -656,7 +677,7 @@ async fn a_client_that_reads_nothing_stops_the_server_instead_of_growing_it() {
         runtime(),
         spec,
         audit,
-        tokio::io::BufReader::new(&input[..]),
+        input,
         output,
         std::future::pending(),
     );

@@ -4,8 +4,9 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use warden::load::PolicyFile;
+use warden::mcp::ToolsLoaded;
 use warden::run::RunError;
-use warden::transcript::{Transcript, field};
+use warden::transcript::{Transcript, field, name};
 
 use super::{EXIT_NO_ANSWER, bad_input, open_audit, print_warnings, start_runtime};
 
@@ -45,9 +46,10 @@ pub(crate) struct McpArgs {
     #[arg(long, short)]
     verbose: bool,
     /// Serve MCP's streamable-HTTP transport at http://ADDR/mcp instead of
-    /// stdio (e.g. `127.0.0.1:8931`; port 0 picks one). Loopback only.
+    /// stdio (e.g. `localhost:8931` or `127.0.0.1:8931`; port 0 picks one).
+    /// Loopback only: a host name must resolve to loopback addresses only.
     #[arg(long, value_name = "ADDR")]
-    http: Option<std::net::SocketAddr>,
+    http: Option<String>,
     /// Write the audit log (JSON Lines) here [default: a new file under
     /// $XDG_STATE_HOME/warden/runs/].
     #[arg(long)]
@@ -68,10 +70,21 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
         Err(error) => return bad_input(error),
     };
     print_warnings(&policy);
-    let runtime = match start_runtime(args.cache_dir, args.no_cache) {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
+    // Before anything is loaded: a refused address is refused at once.
+    let address = match &args.http {
+        Some(text) => match warden::mcp::listen_address(text).await {
+            Ok(address) => Some(address),
+            Err(message) => return bad_input(format!("error: {message}")),
+        },
+        None => None,
     };
+    // The process's engine; a compile abandoned when the client leaves
+    // goes on using it until the process exits (at once).
+    let runtime: &'static warden::runtime::Runtime =
+        match start_runtime(args.cache_dir, args.no_cache) {
+            Ok(runtime) => Box::leak(Box::new(runtime)),
+            Err(code) => return code,
+        };
     let (audit_path, mut log) = match open_audit(args.audit) {
         Ok(opened) => opened,
         Err(code) => return code,
@@ -86,13 +99,11 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
         write_timeout: std::time::Duration::from_secs(args.write_timeout),
         max_sessions: args.max_sessions as usize,
         session_idle: std::time::Duration::from_secs(args.session_idle),
+        on_tools: Some(std::sync::Arc::new(tools_loaded)),
         ..warden::mcp::ServeSpec::new(policy)
     };
-    let report = match args.http {
+    let report = match address {
         Some(address) => {
-            if let Err(message) = warden::mcp::check_address(address) {
-                return bad_input(format!("error: {message}"));
-            }
             let listener = match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => listener,
                 Err(error) => {
@@ -102,12 +113,12 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
             if let Ok(bound) = listener.local_addr() {
                 eprintln!("warden mcp: listening on http://{bound}/mcp");
             }
-            warden::mcp::serve_http(&runtime, spec, log, listener, stop_signal()).await
+            warden::mcp::serve_http(runtime, spec, log, listener, stop_signal()).await
         }
         None => {
             let (input, output) = stdio();
             warden::mcp::serve(
-                &runtime,
+                runtime,
                 spec,
                 log,
                 tokio::io::BufReader::new(input),
@@ -137,9 +148,36 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
             );
             ExitCode::from(EXIT_NO_ANSWER)
         }
-        // A policy error renders itself, `error:` included.
-        Err(RunError::Policy(error)) => bad_input(error),
+        // Printed when it happened (see `tools_loaded`).
+        Err(RunError::Policy(_)) => bad_input(format!(
+            "error: warden mcp served no tools: they could not be loaded (the error is above); audit log: {}",
+            audit_path.display()
+        )),
         Err(error) => bad_input(field("error:", &error.to_string())),
+    }
+}
+
+/// Say on stderr (stdout is the protocol) when the tools are ready, or at
+/// once why they could not be loaded: the client only learns it from its
+/// `tools/list`.
+fn tools_loaded(loaded: &ToolsLoaded<'_>) {
+    match loaded {
+        ToolsLoaded::Ready { granted, elapsed } => {
+            let names: Vec<String> = granted.iter().map(|n| name(n)).collect();
+            eprintln!(
+                "warden mcp: tools ready in {elapsed:.1?}: {}",
+                if names.is_empty() {
+                    "none granted".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+        // A policy error renders itself, `error:` included.
+        ToolsLoaded::Failed(RunError::Policy(error)) => eprintln!(
+            "{error}\nwarden mcp: the tools could not be loaded; tools/list and tools/call answer with this error until the client leaves"
+        ),
+        ToolsLoaded::Failed(error) => eprintln!("{}", field("error:", &error.to_string())),
     }
 }
 

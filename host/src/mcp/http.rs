@@ -1,15 +1,18 @@
 //! The streamable-HTTP transport of MCP: `warden mcp --http ADDR`.
 //!
 //! One endpoint, `/mcp`. A client POSTs one JSON-RPC message; a request is
-//! answered with `application/json` (this server never streams), a
-//! notification with `202 Accepted`. `initialize` opens a protocol session
+//! answered with `application/json`, a notification with `202 Accepted`.
+//! The one exception: a request that waits for the tools to load, carries
+//! a `_meta.progressToken` and accepts `text/event-stream` gets its
+//! progress notifications and then its answer as an event stream. `initialize` opens a protocol session
 //! whose id (`Mcp-Session-Id`) every later POST must carry; `DELETE` ends
 //! it; `GET` (a server-to-client stream) is `405`, as warden sends nothing
 //! unasked. Every MCP session shares the one warden session behind it:
 //! one policy, one set of budgets, one audit log.
 //!
 //! Exposure: only loopback addresses are accepted (there is no
-//! authentication), and a request whose `Origin` is not a loopback origin
+//! authentication; a host name is resolved, and refused if any of its
+//! addresses is not loopback), and a request whose `Origin` is not a loopback origin
 //! is refused (`403`), so a web page the user visits cannot drive the tools
 //! through the browser (DNS rebinding).
 //!
@@ -34,7 +37,9 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -116,7 +121,7 @@ impl Sessions {
 /// audit log fails); then finish the calls in flight and write the end
 /// record. Refuses a listener that is not on a loopback address.
 pub async fn serve_http(
-    runtime: &Runtime,
+    runtime: &'static Runtime,
     spec: ServeSpec,
     audit: AuditLog,
     listener: tokio::net::TcpListener,
@@ -131,7 +136,7 @@ pub async fn serve_http(
         refused: 0,
     };
     let read_timeout = spec.write_timeout;
-    let server = begin(runtime, spec, audit, "http").await?;
+    let server = begin(runtime, spec, audit, "http")?;
     let shared = Arc::new(Shared {
         server,
         read_timeout,
@@ -147,8 +152,16 @@ pub async fn serve_http(
             () = stop => {}
             () = failed.server.failed.notified() => {}
         }
+        // Before the requests in flight are waited for: those waiting for
+        // the tools are refused now, not after a compile.
+        failed.server.tools.stop().await
     })
     .await;
+    let (served, _records) = match served {
+        Ok(Some(records)) => (Ok(()), records),
+        Ok(None) => (Ok(()), shared.server.tools.stop().await),
+        Err(error) => (Err(error), shared.server.tools.stop().await),
+    };
     let failure = lock(&shared.failure).take().or(served.err());
     let mut notes = serde_json::Map::new();
     notes.insert(
@@ -168,6 +181,67 @@ pub fn check_address(address: std::net::SocketAddr) -> Result<(), String> {
     Err(format!(
         "warden mcp --http listens only on loopback addresses (127.0.0.1, [::1]); {address} is not one: MCP over HTTP has no authentication here"
     ))
+}
+
+/// Where `--http ADDR` listens: an address (`127.0.0.1:8931`, `[::1]:0`)
+/// or a host name and port (`localhost:8931`), resolved. Refused unless
+/// every address the name resolves to is loopback (see [`loopback_only`]).
+pub async fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(address) = text.parse::<std::net::SocketAddr>() {
+        check_address(address)?;
+        return Ok(address);
+    }
+    let shown = crate::capability::brief(text, 100);
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "`--http {shown}` needs a port: e.g. `localhost:8931` or `127.0.0.1:8931` (port 0 picks a free one)"
+        ));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!(
+            "`--http {shown}`: `{}` is not a port (0-65535); e.g. `localhost:8931`",
+            crate::capability::brief(port, 20)
+        ));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!(
+            "`--http {shown}` needs a host: e.g. `localhost:{port}` or `127.0.0.1:{port}`"
+        ));
+    }
+    let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => addresses.take(64).collect(),
+        Err(error) => {
+            return Err(format!(
+                "`--http {shown}`: cannot resolve `{}`: {error}; give a loopback address such as 127.0.0.1:{port}",
+                crate::capability::brief(host, 100)
+            ));
+        }
+    };
+    loopback_only(host, &resolved)
+}
+
+/// The address to listen on among those `host` resolved to: refused when
+/// there are none, or when any is not loopback (a name that also points
+/// elsewhere is not this machine's alone); else the first IPv4 one (what
+/// most clients try first for `localhost`), or the first.
+pub fn loopback_only(
+    host: &str,
+    resolved: &[std::net::SocketAddr],
+) -> Result<std::net::SocketAddr, String> {
+    let host = crate::capability::brief(host, 100);
+    if let Some(outside) = resolved.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "warden mcp --http listens only on loopback addresses; `{host}` resolves to {}, which is not one: MCP over HTTP has no authentication here (use localhost, 127.0.0.1 or [::1])",
+            outside.ip()
+        ));
+    }
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
 }
 
 /// A JSON-RPC error as an HTTP response (for messages refused before
@@ -283,10 +357,32 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
         }
     }
 
+    // Progress can only reach the client in an event stream, and is only
+    // sent while a request waits for the tools.
+    let streams = !is_initialize
+        && accepts_events(&headers)
+        && parsed
+            .as_ref()
+            .and_then(|m| m.get("params"))
+            .and_then(super::progress_token)
+            .is_some()
+        && shared.server.tools.loaded().is_none();
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    let sink = Sink::new(sender, &shared.server).holding(slot);
+    let mut sink = Sink::new(sender, &shared.server).holding(slot);
+    if !streams {
+        sink = sink.without_progress();
+    }
     let mut calls = JoinSet::new();
     let mut failure = shared.server.handle(&body, &sink, &mut calls).err();
+    if streams {
+        drop(sink);
+        return events(EventStream {
+            receiver,
+            calls,
+            failure,
+            shared: shared.clone(),
+        });
+    }
     while let Some(joined) = calls.join_next().await {
         if let Ok(Err(error)) = joined {
             failure.get_or_insert(error);
@@ -319,6 +415,85 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
         response.headers_mut().insert(SESSION_HEADER, value);
     }
     response
+}
+
+/// Whether the client takes an event stream as an answer.
+fn accepts_events(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// The messages answering one request, as server-sent events: its
+/// progress notifications, then its answer. The calls it answers are
+/// driven (and, if the client goes, dropped) with it, as a JSON answer's
+/// are with its handler.
+struct EventStream {
+    receiver: mpsc::UnboundedReceiver<super::Outgoing>,
+    calls: JoinSet<io::Result<()>>,
+    failure: Option<io::Error>,
+    shared: Arc<Shared>,
+}
+
+fn events(stream: EventStream) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::new(stream),
+    )
+        .into_response()
+}
+
+impl http_body::Body for EventStream {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        while let Poll::Ready(Some(joined)) = this.calls.poll_join_next(cx) {
+            if let Ok(Err(error)) = joined {
+                this.failure.get_or_insert(error);
+            }
+        }
+        match this.receiver.poll_recv(cx) {
+            Poll::Ready(Some(message)) => {
+                let json = message.bytes.strip_suffix(b"\n").unwrap_or(&message.bytes);
+                let mut event = Vec::with_capacity(json.len() + 24);
+                event.extend_from_slice(b"event: message\ndata: ");
+                event.extend_from_slice(json);
+                event.extend_from_slice(b"\n\n");
+                Poll::Ready(Some(Ok(http_body::Frame::data(event.into()))))
+            }
+            // Every sender is gone: the calls are ending; their results
+            // are read before the stream ends.
+            Poll::Ready(None) => {
+                loop {
+                    match this.calls.poll_join_next(cx) {
+                        Poll::Ready(Some(Ok(Err(error)))) => {
+                            this.failure.get_or_insert(error);
+                        }
+                        Poll::Ready(Some(_)) => {}
+                        Poll::Ready(None) => break,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                if let Some(error) = this.failure.take() {
+                    lock(&this.shared.failure).get_or_insert(error);
+                    this.shared.server.failed.notify_one();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 async fn no_stream() -> Response {
@@ -373,19 +548,23 @@ fn new_session_id() -> String {
 /// accepted when one closes), and a connection whose request head does not
 /// arrive whole within `read_timeout` (an idle keep-alive connection too)
 /// is closed: neither slow nor silent clients hold the server.
-async fn serve_bounded(
+async fn serve_bounded<T>(
     listener: tokio::net::TcpListener,
     app: Router,
     read_timeout: Duration,
-    stop: impl Future<Output = ()>,
-) -> io::Result<()> {
+    stop: impl Future<Output = T>,
+) -> io::Result<Option<T>> {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
+    let mut stopped = None;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit,
-            () = &mut stop => break,
+            out = &mut stop => {
+                stopped = Some(out);
+                break;
+            }
         };
         // The semaphore is never closed.
         let Ok(permit) = permit else { break };
@@ -399,7 +578,10 @@ async fn serve_bounded(
                     continue;
                 }
             },
-            () = &mut stop => break,
+            out = &mut stop => {
+                stopped = Some(out);
+                break;
+            }
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = hyper::server::conn::http1::Builder::new()
@@ -414,8 +596,61 @@ async fn serve_bounded(
         });
     }
     graceful.shutdown().await;
-    Ok(())
+    Ok(stopped)
 }
 
 /// Most bytes of a request head (and read buffer) per connection.
 const MAX_HEAD: usize = 64 << 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn addresses(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_name_is_refused_when_any_address_it_resolves_to_is_not_loopback() {
+        let both = addresses(&["[::1]:8931", "127.0.0.1:8931"]);
+        assert_eq!(
+            loopback_only("localhost", &both).unwrap(),
+            "127.0.0.1:8931".parse::<SocketAddr>().unwrap(),
+            "IPv4 first, as most clients try it"
+        );
+        let v6 = addresses(&["[::1]:8931"]);
+        assert_eq!(loopback_only("ip6-localhost", &v6).unwrap(), v6[0]);
+        // A name that also points elsewhere is not this machine's alone.
+        let mixed = addresses(&["127.0.0.1:8931", "192.168.1.20:8931"]);
+        let refused = loopback_only("dev.example", &mixed).unwrap_err();
+        assert!(
+            refused.contains("`dev.example` resolves to 192.168.1.20, which is not one"),
+            "{refused}"
+        );
+        assert!(loopback_only("empty.example", &[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn listen_addresses_are_literals_or_names_with_a_port() {
+        assert_eq!(
+            listen_address("127.0.0.1:0").await.unwrap(),
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap()
+        );
+        assert!(
+            listen_address("localhost:0")
+                .await
+                .unwrap()
+                .ip()
+                .is_loopback()
+        );
+        let refused = listen_address("10.0.0.1:1").await.unwrap_err();
+        assert!(refused.contains("10.0.0.1:1 is not one"), "{refused}");
+        let refused = listen_address("[::]:1").await.unwrap_err();
+        assert!(refused.contains("is not one"), "{refused}");
+        let refused = listen_address("localhost").await.unwrap_err();
+        assert!(refused.contains("needs a port"), "{refused}");
+        let refused = listen_address(":8931").await.unwrap_err();
+        assert!(refused.contains("needs a host"), "{refused}");
+    }
+}

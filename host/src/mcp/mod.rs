@@ -10,6 +10,14 @@
 //! messages are size-limited, calls run concurrently up to a bound, and
 //! the end of input (or a stop signal) ends the session with an end record.
 //!
+//! Start-up: `initialize` is answered at once; the tools' components are
+//! read, compiled and described in the background ([`loading`]), and a
+//! request that needs them (`tools/list`, `tools/call`) waits for them in
+//! its slot, told how far loading got by `notifications/progress` when it
+//! carries a `_meta.progressToken`. If loading fails, those requests are
+//! refused with the reason (the component, the policy's line); if the
+//! client leaves first, loading is abandoned and the session ends at once.
+//!
 //! Backpressure: every message read takes a slot (`concurrency` running
 //! plus `queue` waiting) and keeps it until its answer is written to the
 //! client. When the slots are taken, stdin is not read until one frees, so
@@ -34,9 +42,10 @@ use crate::gate::{Gate, GuestError};
 use crate::load::PolicyFile;
 use crate::policy::Verdict;
 use crate::registry::ToolRegistry;
-use crate::run::{Opening, RunError, end_record, open_session, summary};
+use crate::run::{Opening, RunError, end_record, record_opening, summary};
 use crate::runtime::Runtime;
 use crate::secrets::{Clean, Secrets};
+use loading::ToolSet;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,11 +54,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 mod http;
-pub use http::{MAX_CONNECTIONS, check_address, serve_http};
+mod loading;
+pub use http::{MAX_CONNECTIONS, check_address, listen_address, loopback_only, serve_http};
+pub use loading::{OnTools, ToolsLoaded, ToolsStatus};
 
 /// The protocol revisions negotiated at `initialize`, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -106,6 +117,8 @@ pub struct ServeSpec {
     pub session_idle: Duration,
     /// Counters the caller may watch while the server runs.
     pub gauge: Gauge,
+    /// Told when the tools are loaded, or why they could not be.
+    pub on_tools: Option<OnTools>,
 }
 
 impl ServeSpec {
@@ -120,6 +133,7 @@ impl ServeSpec {
             max_sessions: DEFAULT_MAX_SESSIONS,
             session_idle: DEFAULT_SESSION_IDLE,
             gauge: Gauge::default(),
+            on_tools: None,
         }
     }
 }
@@ -139,6 +153,7 @@ struct Counters {
     stalls: AtomicU64,
     busy: AtomicU64,
     written: AtomicU64,
+    tools: std::sync::atomic::AtomicU8,
 }
 
 impl Gauge {
@@ -173,6 +188,26 @@ impl Gauge {
     /// Answers written to the client.
     pub fn written(&self) -> u64 {
         self.0.written.load(Ordering::Relaxed)
+    }
+
+    /// How far loading the tools got.
+    pub fn tools(&self) -> ToolsStatus {
+        match self.0.tools.load(Ordering::Acquire) {
+            1 => ToolsStatus::Ready,
+            2 => ToolsStatus::Failed,
+            3 => ToolsStatus::Abandoned,
+            _ => ToolsStatus::Loading,
+        }
+    }
+
+    fn set_tools(&self, status: ToolsStatus) {
+        let value = match status {
+            ToolsStatus::Loading => 0,
+            ToolsStatus::Ready => 1,
+            ToolsStatus::Failed => 2,
+            ToolsStatus::Abandoned => 3,
+        };
+        self.0.tools.store(value, Ordering::Release);
     }
 
     fn hold(&self) {
@@ -229,10 +264,13 @@ pub struct ServeReport {
 
 /// Serve the policy's tools over `input`/`output` until `input` ends or
 /// `stop` completes; then wait for the calls in flight, write the end
-/// record and return. `Err` when the session could not start (a tool
-/// failed to load) or the audit log failed.
+/// record and return. The tools load in the background (`runtime` is
+/// `'static` because a compile abandoned when the client leaves goes on
+/// using it); requests arriving first wait for them. `Err` when the tools
+/// could not be loaded (after the session served what it could and ended)
+/// or the audit log failed.
 pub async fn serve<R, W>(
-    runtime: &Runtime,
+    runtime: &'static Runtime,
     spec: ServeSpec,
     audit: AuditLog,
     input: R,
@@ -249,7 +287,7 @@ where
     // than there are slots, and a finished call never waits to hand off.
     let (sender, receiver) = mpsc::unbounded_channel::<Outgoing>();
     let write_timeout = spec.write_timeout;
-    let server = begin(runtime, spec, audit, "stdio").await?;
+    let server = begin(runtime, spec, audit, "stdio")?;
     let writer = tokio::spawn(write_messages(
         output,
         receiver,
@@ -260,6 +298,10 @@ where
 
     let mut calls = JoinSet::new();
     let ended = read_messages(&server, &out, input, &mut calls, stop).await;
+    // The client is gone: requests waiting for the tools are refused now,
+    // loading (if not done) is abandoned, and the loader writes nothing
+    // more while `_records` is held.
+    let _records = server.tools.stop().await;
     // Every call admitted is answered before the session ends.
     let mut failure = ended.err();
     while let Some(joined) = calls.join_next().await {
@@ -276,9 +318,9 @@ where
     finish(&server, started, failure, notes)
 }
 
-/// Open the session: the tools loaded, the first records written.
-async fn begin(
-    runtime: &Runtime,
+/// Open the session: the first record written, the tools loading.
+fn begin(
+    runtime: &'static Runtime,
     spec: ServeSpec,
     audit: AuditLog,
     transport: &str,
@@ -286,6 +328,7 @@ async fn begin(
     let gate = Gate::new(spec.policy.policy.clone(), audit)
         .with_approvals(None, &spec.approve)
         .with_secrets(Secrets::load(&spec.policy));
+    let gate = Arc::new(gate.with_dirs(spec.policy.dirs.clone()));
     let opening = Opening {
         subject: "mcp".into(),
         detail: format!(
@@ -294,13 +337,26 @@ async fn begin(
         ),
         data: json!({ "server": "mcp", "transport": transport, "versions": SUPPORTED_VERSIONS }),
     };
-    let (gate, registry) = open_session(runtime, &spec.policy, gate, opening).await?;
+    // Their hashes are in the `tools` record, once they are read.
+    let components: Vec<Value> = named_components(&spec.policy)
+        .into_iter()
+        .map(|source| json!({ "source": source }))
+        .collect();
+    record_opening(&gate, &spec.policy, opening, components.into())?;
+    let policy_name = spec.policy.name.clone();
+    let tools = ToolSet::start(
+        runtime,
+        Arc::new(spec.policy),
+        gate.clone(),
+        spec.gauge.clone(),
+        spec.on_tools,
+    );
     Ok(Arc::new(Server {
         gate,
-        registry,
+        tools,
         in_flight: Mutex::default(),
         failed: Notify::new(),
-        policy_name: spec.policy.name.clone(),
+        policy_name,
         version: Mutex::new(None),
         calls: Semaphore::new(spec.concurrency.max(1)),
         slots: Arc::new(Semaphore::new(spec.concurrency.max(1) + spec.queue)),
@@ -308,7 +364,30 @@ async fn begin(
         client_gone: Notify::new(),
         gone_because: Mutex::new(None),
         answered: AtomicU64::new(0),
+        line: Mutex::default(),
+        places: AtomicU64::new(0),
     }))
+}
+
+/// The distinct components `policy` names, as written (resolved against
+/// the policy's directory), sorted.
+fn named_components(policy: &PolicyFile) -> Vec<String> {
+    let mut sources: Vec<String> = policy
+        .policy
+        .tools
+        .values()
+        .filter_map(|entry| entry.component.as_ref())
+        .map(|reference| {
+            crate::load::ComponentSource::parse(
+                &reference.text,
+                policy.dir_of(reference.place.file),
+            )
+            .to_string()
+        })
+        .collect();
+    sources.sort();
+    sources.dedup();
+    sources
 }
 
 /// End the session: the end record, the log synced, the report.
@@ -322,15 +401,32 @@ fn finish(
     let calls_answered = server.answered.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     let gone = lock(&server.gone_because).take();
-    let (outcome, detail) = match (&failure, &gone) {
-        (Some(error), _) => (Outcome::Failed, format!("stopped: {error}")),
-        (None, Some(why)) => (
+    let (tools, load_error) = server.tools.outcome();
+    let (failure, load_error) = match load_error {
+        Some(RunError::Audit(error)) => (failure.or(Some(error)), None),
+        other => (failure, other),
+    };
+    let (outcome, mut detail) = match (&failure, &gone, &load_error) {
+        (Some(error), _, _) => (Outcome::Failed, format!("stopped: {error}")),
+        (None, Some(why), _) => (
             Outcome::Failed,
             format!("{calls_answered} tool calls answered; stopped: {why}"),
         ),
-        (None, None) => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
+        (None, None, Some(_)) => (
+            Outcome::Failed,
+            format!(
+                "no tools served: {}",
+                tools["failed"]
+                    .as_str()
+                    .unwrap_or("they could not be loaded")
+            ),
+        ),
+        (None, None, None) => (Outcome::Ok, format!("{calls_answered} tool calls answered")),
     };
-    let mut data = json!({ "calls_answered": calls_answered });
+    if tools.get("abandoned").is_some() {
+        detail.push_str("; the client left while the tools were loading");
+    }
+    let mut data = json!({ "calls_answered": calls_answered, "tools": tools });
     if let Some(why) = gone {
         data["stopped"] = json!(why);
     }
@@ -343,6 +439,9 @@ fn finish(
     if let Some(error) = failure {
         return Err(RunError::Audit(error));
     }
+    if let Some(error) = load_error {
+        return Err(error);
+    }
     Ok(ServeReport {
         run_id: gate.run_id().to_string(),
         calls: calls_answered,
@@ -353,7 +452,8 @@ fn finish(
 
 struct Server {
     gate: Arc<Gate>,
-    registry: Arc<ToolRegistry>,
+    /// Loading, loaded, or why not.
+    tools: Arc<ToolSet>,
     /// Calls in flight by request id, and whether the client cancelled
     /// each (a cancelled call's answer is not sent).
     in_flight: Mutex<HashMap<String, bool>>,
@@ -371,6 +471,18 @@ struct Server {
     client_gone: Notify,
     gone_because: Mutex<Option<String>>,
     answered: AtomicU64,
+    /// The last of the requests that came before the tools were loaded:
+    /// they go on in the order they came, each after the one before it.
+    line: Mutex<Option<(u64, oneshot::Receiver<()>)>>,
+    places: AtomicU64,
+}
+
+/// A request's place in the [`Server::line`]: it goes on once `after`
+/// (the one before it) has; dropping `release` lets the next one go on.
+struct Place {
+    id: u64,
+    after: Option<oneshot::Receiver<()>>,
+    release: oneshot::Sender<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -583,6 +695,9 @@ struct Sink {
     gauge: Gauge,
     /// The slot of the message this sink answers, carried by its answer.
     slot: Option<Arc<Slot>>,
+    /// Whether progress notifications can reach the client (over HTTP,
+    /// only when the answer is an event stream).
+    progress: bool,
 }
 
 impl Sink {
@@ -592,7 +707,14 @@ impl Sink {
             gate: server.gate.clone(),
             gauge: server.gauge.clone(),
             slot: None,
+            progress: true,
         }
+    }
+
+    /// This sink, sending no progress notifications.
+    fn without_progress(mut self) -> Sink {
+        self.progress = false;
+        self
     }
 
     /// This sink for one message, its answer holding `slot`.
@@ -618,6 +740,32 @@ impl Sink {
 
     fn result(&self, id: Value, result: Value) {
         self.send(json!({ "jsonrpc": "2.0", "id": id, "result": result }));
+    }
+
+    /// `notifications/progress` for the request that gave `token`: one per
+    /// component compiled, so at most a few per request.
+    fn progress(&self, token: &Value, done: usize, total: usize, message: Option<&str>) {
+        if !self.progress {
+            return;
+        }
+        let mut params = json!({ "progressToken": token, "progress": done, "total": total });
+        if let Some(message) = message {
+            params["message"] = json!(message);
+        }
+        self.send(
+            json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": params }),
+        );
+    }
+
+    /// A request that needs the tools, refused (they could not be loaded,
+    /// or the session ended first).
+    fn refuse(&self, id: Value, refusal: &loading::Refusal) {
+        self.error(
+            id,
+            INTERNAL_ERROR,
+            refusal.message.clone(),
+            refusal.data.clone(),
+        );
     }
 
     fn error(&self, id: Value, code: i64, message: String, data: Option<Value>) {
@@ -705,8 +853,22 @@ impl Server {
         match method {
             "initialize" => self.initialize(out, id, &params)?,
             "ping" => out.result(id, json!({})),
-            "tools/list" => out.result(id, json!({ "tools": self.tool_list() })),
+            "tools/list" => match self.tools.loaded() {
+                Some(tools) => out.result(id, json!({ "tools": tool_list(&tools) })),
+                None => {
+                    let token = progress_token(&params);
+                    self.in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.to_string(), false);
+                    let place = self.take_place();
+                    let server = self.clone();
+                    let out = out.clone();
+                    calls.spawn(async move { server.list(out, id, token, place).await });
+                }
+            },
             "tools/call" => {
+                let token = progress_token(&params);
                 let (name, arguments) = match Self::call_params(params) {
                     Ok(call) => call,
                     Err(message) => {
@@ -718,9 +880,12 @@ impl Server {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id.to_string(), false);
+                let place = self.take_place();
                 let server = self.clone();
                 let out = out.clone();
-                calls.spawn(async move { server.call(out, id, name, arguments).await });
+                calls.spawn(
+                    async move { server.call(out, id, name, arguments, token, place).await },
+                );
             }
             other => out.error(
                 id,
@@ -802,17 +967,84 @@ impl Server {
         Ok(())
     }
 
-    fn tool_list(&self) -> Vec<Value> {
-        self.registry
-            .granted()
-            .map(|spec| {
-                json!({
-                    "name": spec.name,
-                    "description": spec.description,
-                    "inputSchema": spec.parameters,
-                })
+    /// A place in the line when the tools are not loaded yet (or requests
+    /// that came before are still waiting); `None` when nothing waits.
+    fn take_place(&self) -> Option<Place> {
+        let mut line = lock(&self.line);
+        if line.is_none() && self.tools.loaded().is_some() {
+            return None;
+        }
+        let (release, receiver) = oneshot::channel();
+        let id = self.places.fetch_add(1, Ordering::Relaxed);
+        let after = line.replace((id, receiver)).map(|(_, before)| before);
+        Some(Place { id, after, release })
+    }
+
+    /// Let the request after `place` go on (it has its turn, or is done).
+    fn go_on(&self, place: Option<Place>) {
+        let Some(place) = place else { return };
+        let mut line = lock(&self.line);
+        if line.as_ref().is_some_and(|(last, _)| *last == place.id) {
+            *line = None;
+        }
+        drop(place.release);
+    }
+
+    /// Wait for the tools, telling the client how far loading got when it
+    /// gave a progress token, and for the request before `place` to go on.
+    async fn wait_for_tools(
+        &self,
+        out: &Sink,
+        token: Option<Value>,
+        place: &mut Option<Place>,
+    ) -> Result<Arc<ToolRegistry>, Arc<loading::Refusal>> {
+        let with_message = self
+            .version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|v| v >= "2025-03-26");
+        let tools = self
+            .tools
+            .ready(|compiled, total, current| {
+                if let Some(token) = &token {
+                    out.progress(token, compiled, total, current.filter(|_| with_message));
+                }
             })
-            .collect()
+            .await;
+        if let Some(after) = place.as_mut().and_then(|p| p.after.take()) {
+            // Sent or dropped: either way the one before has gone on.
+            let _ = after.await;
+        }
+        tools
+    }
+
+    /// Whether the client cancelled request `id` (it is forgotten).
+    fn cancelled(&self, id: &Value) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id.to_string())
+            .unwrap_or(false)
+    }
+
+    /// A `tools/list` that came before the tools were loaded.
+    async fn list(
+        self: Arc<Self>,
+        out: Sink,
+        id: Value,
+        token: Option<Value>,
+        mut place: Option<Place>,
+    ) -> io::Result<()> {
+        let tools = self.wait_for_tools(&out, token, &mut place).await;
+        self.go_on(place);
+        if self.cancelled(&id) {
+            return Ok(());
+        }
+        match tools {
+            Ok(tools) => out.result(id, json!({ "tools": tool_list(&tools) })),
+            Err(refusal) => out.refuse(id, &refusal),
+        }
+        Ok(())
     }
 
     /// The tool name and arguments of a `tools/call`.
@@ -841,18 +1073,29 @@ impl Server {
         id: Value,
         name: String,
         arguments: Value,
+        token: Option<Value>,
+        mut place: Option<Place>,
     ) -> io::Result<()> {
         let name = name.as_str();
-        let Ok(_turn) = self.calls.acquire().await else {
+        let registry = match self.wait_for_tools(&out, token, &mut place).await {
+            Ok(registry) => registry,
+            Err(refusal) => {
+                self.go_on(place);
+                if !self.cancelled(&id) {
+                    out.refuse(id, &refusal);
+                }
+                return Ok(());
+            }
+        };
+        let turn = self.calls.acquire().await;
+        // Its turn taken (turns are given in the order asked): the next
+        // request of the line may ask for one.
+        self.go_on(place);
+        let Ok(_turn) = turn else {
             return Ok(());
         };
-        let result = tools::call_parsed(&self.gate, &self.registry, None, name, &arguments).await;
-        let cancelled = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id.to_string())
-            .unwrap_or(false);
+        let result = tools::call_parsed(&self.gate, &registry, None, name, &arguments).await;
+        let cancelled = self.cancelled(&id);
         let result = match result {
             Ok(result) => result,
             Err(error) => {
@@ -883,12 +1126,12 @@ impl Server {
             // A name the policy does not know is the client's mistake, not
             // the model's: a protocol error (the refusal is audited all
             // the same).
-            Err(GuestError::Denied(message)) if self.registry.schema(name).is_none() => out
+            Err(GuestError::Denied(message)) if registry.schema(name).is_none() => out
                 .error(
                     id,
                     INVALID_PARAMS,
                     format!("unknown tool `{}`: {message}", brief(name, 100)),
-                    Some(json!({ "tools": self.registry.granted().map(|s| s.name.clone()).collect::<Vec<_>>() })),
+                    Some(json!({ "tools": registry.granted().map(|s| s.name.clone()).collect::<Vec<_>>() })),
                 ),
             Err(error) => {
                 let kind = match &error {
@@ -910,6 +1153,36 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The tools granted, as `tools/list` lists them.
+fn tool_list(tools: &ToolRegistry) -> Vec<Value> {
+    tools
+        .granted()
+        .map(|spec| {
+            json!({
+                "name": spec.name,
+                "description": spec.description,
+                "inputSchema": spec.parameters,
+            })
+        })
+        .collect()
+}
+
+/// The longest progress token honoured: each notification echoes it, so a
+/// longer one (the spec lets a server send no progress) is ignored.
+const MAX_PROGRESS_TOKEN: usize = 256;
+
+/// A request's `_meta.progressToken`, if it is one (a string or an integer)
+/// warden will echo.
+fn progress_token(params: &Value) -> Option<Value> {
+    let token = params.get("_meta")?.get("progressToken")?;
+    let usable = match token {
+        Value::String(text) => text.len() <= MAX_PROGRESS_TOKEN,
+        Value::Number(_) => token.is_i64() || token.is_u64(),
+        _ => false,
+    };
+    usable.then(|| token.clone())
 }
 
 /// Whether `id` is one a request may carry: a string or an integer.
@@ -961,11 +1234,13 @@ mod tests {
 
     /// The answers of a session reading `input`, under a policy with no tools.
     async fn answers(input: &str) -> Vec<Value> {
-        let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: None,
-            max_instances: 2,
-        })
-        .unwrap();
+        let runtime: &'static Runtime = Box::leak(Box::new(
+            Runtime::new(RuntimeConfig {
+                cache_dir: None,
+                max_instances: 2,
+            })
+            .unwrap(),
+        ));
         let policy = PolicyFile::from_text(
             "test.toml".into(),
             "/nonexistent".into(),
@@ -983,7 +1258,7 @@ mod tests {
         });
         let input = tokio::io::BufReader::new(input.as_bytes());
         serve(
-            &runtime,
+            runtime,
             ServeSpec::new(policy),
             audit,
             input,
