@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{audit, check, mcp, policy, replay, run, tools};
+use cli::{audit, call, check, mcp, new, policy, replay, run, tools};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -60,6 +60,15 @@ enum Command {
     /// exactly like an agent's; a refusal is an error result naming the
     /// rule. Ends when the client closes stdin.
     Mcp(mcp::McpArgs),
+    /// Call one tool of a component, with no agent: decided, run in a
+    /// fresh instance and audited as an agent's call. With --policy, by
+    /// that policy's entry for the tool; without, the tool is granted
+    /// nothing (no HTTP, files, environment or secrets). Prints the
+    /// result; exit 1 when the call is refused or fails, 2 on bad input.
+    Call(call::CallArgs),
+    /// Create a tool or agent project (Rust, Python or JavaScript) that
+    /// builds with one command and runs under its own policy.
+    New(new::NewArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,5 +88,7 @@ fn main() -> ExitCode {
         Command::Tools(command) => cli::block_on(tools::run(command)),
         Command::Audit(command) => audit::run(command),
         Command::Mcp(args) => cli::block_on_one_thread(mcp::run(args)),
+        Command::Call(args) => cli::block_on(call::run(args)),
+        Command::New(args) => new::run(args),
     }
 }

@@ -2,8 +2,10 @@
 //! module owns its arguments and its output.
 
 pub(crate) mod audit;
+pub(crate) mod call;
 pub(crate) mod check;
 pub(crate) mod mcp;
+pub(crate) mod new;
 pub(crate) mod policy;
 pub(crate) mod replay;
 pub(crate) mod run;
