@@ -24,4 +24,5 @@ mod providers;
 mod real_tools;
 mod remote;
 mod replay;
+mod scaffold;
 mod transcript;
