@@ -586,3 +586,82 @@ fn a_new_js_agent_builds_passes_its_tests_and_runs_under_its_policy() {
     );
     assert_eq!(exited(&out, 0).0, "6 * 7 = 42\n");
 }
+
+/// What the probe checks: where the component's engine differs from
+/// Node's, each as an expression whose value (or thrown error's name) is
+/// compared.
+const ENGINE_PROBE: &str = r#"
+const CHECKS = {
+  normalize: () => typeof String.prototype.normalize,
+  intl: () => typeof globalThis.Intl,
+  localeCompare: () => ['b', 'a', 'B', 'é', 'ab'].sort((x, y) => x.localeCompare(y)).join() + ' ' + 'a'.localeCompare('B'),
+  localeCase: () => 'İI'.toLocaleLowerCase('tr') + 'ıi'.toLocaleUpperCase('tr'),
+  numbers: () => [(1234567.891).toLocaleString('de-DE'), (1e21).toLocaleString(), (12345678901234567890n).toLocaleString()].join(),
+  dates: () => [0, 34567890123, -1].map((t) => { const d = new Date(t); return [d.toLocaleString(), d.toLocaleDateString(), d.toLocaleTimeString()].join('|'); }).join(),
+  invalidDate: () => { const d = new Date(NaN); return [d.toLocaleString(), d.toLocaleDateString(), d.toLocaleTimeString(), String(d)].join('|'); },
+  propertyEscape: () => new RegExp('\\p{L}', 'u').test('é'),
+  propertyEscapeV: () => new RegExp('[\\P{L}]', 'v').test('1'),
+  escapedBackslash: () => new RegExp('\\\\p{L}', 'u').test('\\p{L}'),
+  noUnicodeFlag: () => new RegExp('\\p{L}').test('p{L}'),
+  textEncoder: () => new TextEncoder().encode('é').length,
+};
+function probe() {
+  const out = {};
+  for (const [name, check] of Object.entries(CHECKS)) {
+    try { out[name] = String(check()); } catch (e) { out[name] = `throws ${e.name}`; }
+  }
+  return out;
+}
+"#;
+
+#[test]
+fn node_under_the_sdk_hook_lacks_what_the_js_component_lacks() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = repo().join("guest-sdk/js");
+    let tool = format!(
+        "import {{ defineTools }} from {:?};\n{ENGINE_PROBE}\nexport const {{ describe, invoke }} = defineTools([{{ name: 'probe', description: 'What the engine has.', parameters: {{ type: 'object' }}, run: probe }}]);\n",
+        sdk.join("warden-tool.js")
+    );
+    std::fs::write(dir.path().join("probe.js"), tool).unwrap();
+
+    // In Node, as `node --test` runs it: with the SDK's register hook.
+    let mut node = Command::new("node");
+    node.arg("--import")
+        .arg(sdk.join("node/register.mjs"))
+        .arg("--input-type=module")
+        .arg("-e")
+        .arg("const { invoke } = await import('./probe.js'); console.log((await invoke('probe', '{}')).val);")
+        .current_dir(dir.path());
+    let in_node: Value = serde_json::from_str(&run_ok(node, "node")).unwrap();
+    assert_eq!(in_node["normalize"], "undefined", "{in_node}");
+    assert_eq!(in_node["intl"], "undefined", "{in_node}");
+
+    // In the component, built by the SDK's script (its WIT by default).
+    let mut build = Command::new("node");
+    build
+        .arg(sdk.join("componentize.mjs"))
+        .args(["probe.js", "tool", "probe.wasm"])
+        .current_dir(dir.path());
+    run_ok(build, "componentize.mjs");
+    let out = warden(dir.path(), state.path(), &["call", "probe.wasm", "probe"]);
+    let in_component: Value = serde_json::from_str(&exited(&out, 0).0).unwrap();
+    assert_eq!(in_node, in_component);
+
+    // A regex literal with a property escape cannot be caught in Node: the
+    // build fails, at the source's line, saying what to do.
+    let letters = format!(
+        "import {{ defineTools }} from {:?};\n\nconst LETTER = /\\p{{L}}/u;\nexport const {{ describe, invoke }} = defineTools([{{ name: 'letter', description: 'x', parameters: {{}}, run: ({{ s }}) => LETTER.test(s) }}]);\n",
+        sdk.join("warden-tool.js")
+    );
+    std::fs::write(dir.path().join("letters.js"), letters).unwrap();
+    let out = Command::new("node")
+        .arg(sdk.join("componentize.mjs"))
+        .args(["letters.js", "tool", "letters.wasm"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (_, stderr) = exited(&out, 2);
+    assert!(stderr.contains("letters.js:3:"), "{stderr}");
+    assert!(stderr.contains("no Unicode property escapes"), "{stderr}");
+}

@@ -12,7 +12,8 @@
 //   `toLocaleLowerCase` are `toUpperCase` and `toLowerCase`, a number's or
 //   a bigint's `toLocaleString` is `String(value)`, and a date's
 //   `toLocaleString`, `toLocaleDateString` and `toLocaleTimeString` are
-//   C's `%c`, `%x` and `%X` (in UTC, the component's only time zone);
+//   C's `%c`, `%x` and `%X` (in UTC, the component's only time zone; an
+//   invalid date is `InvalidDate`);
 // - no Unicode property escapes in regular expressions (`\p{L}`, `\P{L}`
 //   with the `u` or `v` flag are a SyntaxError);
 // - no `WebAssembly`, `SharedArrayBuffer` or `Atomics`.
@@ -62,7 +63,8 @@ const time = (d) => `${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.g
 function dateFormat(format) {
   return function () {
     const d = this;
-    if (Number.isNaN(Date.prototype.getTime.call(d))) return 'Invalid Date';
+    // Without a space, unlike `String(date)`: as the component has it.
+    if (Number.isNaN(Date.prototype.getTime.call(d))) return 'InvalidDate';
     return format(d);
   };
 }
