@@ -45,6 +45,7 @@
 pub mod audit;
 pub mod bindings;
 pub mod bundled;
+pub mod call;
 pub mod capability;
 pub mod chat;
 pub mod check;

@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use cli::{audit, check, compile, mcp, policy, replay, run, tools};
+use cli::{audit, call, check, compile, mcp, new, policy, replay, run, tools};
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
@@ -87,6 +87,15 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Call one tool of a component, with no agent: decided, run in a
+    /// fresh instance and audited as an agent's call. With --policy, by
+    /// that policy's entry for the tool; without, the tool is granted
+    /// nothing (no HTTP, files, environment or secrets). Prints the
+    /// result; exit 1 when the call is refused or fails, 2 on bad input.
+    Call(call::CallArgs),
+    /// Create a tool or agent project (Rust, Python or JavaScript) that
+    /// builds with one command and runs under its own policy.
+    New(new::NewArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,5 +128,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "warden", &mut script);
             cli::print_all(&String::from_utf8_lossy(&script))
         }
+        Command::Call(args) => cli::block_on(call::run(args)),
+        Command::New(args) => new::run(args),
     }
 }

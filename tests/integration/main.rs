@@ -27,4 +27,5 @@ mod providers;
 mod real_tools;
 mod remote;
 mod replay;
+mod scaffold;
 mod transcript;

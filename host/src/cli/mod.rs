@@ -2,9 +2,11 @@
 //! module owns its arguments and its output.
 
 pub(crate) mod audit;
+pub(crate) mod call;
 pub(crate) mod check;
 pub(crate) mod compile;
 pub(crate) mod mcp;
+pub(crate) mod new;
 pub(crate) mod policy;
 pub(crate) mod progress;
 pub(crate) mod replay;

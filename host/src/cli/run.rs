@@ -331,7 +331,7 @@ fn print_answer(answer: &str) {
 
 /// Asks the person at the terminal (stderr and stdin, which no guest can
 /// reach) about each `ask` decision.
-struct TerminalApprover;
+pub(crate) struct TerminalApprover;
 
 impl Approver for TerminalApprover {
     fn ask(&self, question: &Question<'_>) -> Option<Approval> {

@@ -1,0 +1,7 @@
+// Node stand-in for `warden:sandbox/model@0.1.0`: there is no model here.
+
+import { needsHost } from './stand-in.mjs';
+
+export function chat() {
+  throw needsHost('model.chat');
+}
