@@ -43,9 +43,12 @@ pub async fn call(
                 )
             });
             let data = json!({ "arguments": brief(arguments, 1000) });
-            return gate
-                .refuse(Kind::Tool, name, "arguments", error, Some(data))
-                .map(|error| Err(gate.clean(error)));
+            let error =
+                gate.clean(gate.refuse(Kind::Tool, name, "arguments", error, Some(data))?);
+            if let Some(replay) = replay {
+                replay.refused(name, &json!(arguments), &error);
+            }
+            return Ok(Err(error));
         }
     };
     call_parsed(gate, registry, replay, name, &parsed).await
@@ -86,7 +89,13 @@ pub async fn call_parsed(
     }
     let permit = match gate.check(name, &request, Some(data))? {
         Ok(permit) => permit,
-        Err(refusal) => return Ok(Err(gate.clean(refusal))),
+        Err(refusal) => {
+            let refusal = gate.clean(refusal);
+            if let Some(replay) = replay {
+                replay.refused(name, parsed, &refusal);
+            }
+            return Ok(Err(refusal));
+        }
     };
     // Decided: from now on its values count as the model's (never before,
     // so that no call vouches for itself).
@@ -94,7 +103,9 @@ pub async fn call_parsed(
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
         Some(replay) => (
-            replay.next(name, parsed).map_err(ToolFailure::Returned),
+            replay
+                .next(name, parsed, permit.rule().as_str())
+                .map_err(ToolFailure::Returned),
             Vec::new(),
         ),
         None => registry.invoke(name, &parsed.to_string(), gate).await?,
