@@ -191,8 +191,10 @@ impl std::error::Error for SourceError {}
 /// The most errors reported from one file; the rest are counted.
 pub const MAX_REPORTED: usize = 20;
 
-/// How many errors are looked for in one file before the search stops.
-const MAX_COLLECTED: usize = 1000;
+/// How many parts of one file are tried on their own, at most: each try
+/// copies and reads its part, so a large file with many mistakes is
+/// searched for a bounded time; past it, what is left is reported whole.
+const MAX_ATTEMPTS: usize = 4000;
 
 /// How deep into nested tables errors are looked for one by one.
 const MAX_DEPTH: usize = 8;
@@ -237,15 +239,10 @@ pub fn toml_diagnostics(errors: &[toml::de::Error], text: &str) -> Vec<Diagnosti
     diagnostics.dedup_by(|a, b| a.span == b.span && a.message == b.message);
     if diagnostics.len() > MAX_REPORTED {
         let more = diagnostics.len() - MAX_REPORTED;
-        let at_least = if errors.len() >= MAX_COLLECTED {
-            "at least "
-        } else {
-            ""
-        };
         diagnostics.truncate(MAX_REPORTED);
         diagnostics.push(
             Diagnostic::error(
-                format!("and {at_least}{more} more error(s) in this file, not shown"),
+                format!("and {more} more error(s) in this file, not shown"),
                 None,
             )
             .with_help("fix the errors above and check again"),
@@ -370,17 +367,21 @@ pub fn from_toml_all<T: serde::de::DeserializeOwned>(
     if !syntax.is_empty() {
         return Err(syntax);
     }
-    let span = root.span();
-    let value = toml::Spanned::new(span, DeValue::Table(root.into_inner()));
-    let attempt = |value: &toml::Spanned<DeValue<'_>>, path: &[Step<'_>]| {
-        let document = wrap(value.clone(), path);
-        T::deserialize(Deserializer::from(document)).map(|_| ())
-    };
-    // The whole first: most files are fine, and this is the value kept.
-    let document = wrap(value.clone(), &[]);
-    let whole = match T::deserialize(Deserializer::from(document)) {
+    // The whole first: most files are fine, and are read once.
+    let whole = match T::deserialize(Deserializer::from(root)) {
         Ok(parsed) => return Ok(parsed),
         Err(error) => error,
+    };
+    // Read again (the first reading was consumed), to try it in parts.
+    let (root, _) = DeTable::parse_recoverable(text);
+    let span = root.span();
+    let value = toml::Spanned::new(span, DeValue::Table(root.into_inner()));
+    let budget = std::cell::Cell::new(MAX_ATTEMPTS);
+    let attempt = |value: &toml::Spanned<DeValue<'_>>, path: &[Step<'_>]| {
+        let left = budget.get().checked_sub(1)?;
+        budget.set(left);
+        let document = wrap(value.clone(), path);
+        Some(T::deserialize(Deserializer::from(document)).map(|_| ()))
     };
     let mut errors = Vec::new();
     find_errors(&value, &mut Vec::new(), whole, &attempt, &mut errors);
@@ -468,9 +469,12 @@ fn misspelled(error: &toml::de::Error, found: &[toml::de::Error]) -> bool {
     })
 }
 
-/// What a value tried alone is checked with.
-type Attempt<'a, 'i> =
-    &'a dyn Fn(&toml::Spanned<toml::de::DeValue<'i>>, &[Step<'i>]) -> Result<(), toml::de::Error>;
+/// What a value tried alone is checked with: `None` once the tries are
+/// spent.
+type Attempt<'a, 'i> = &'a dyn Fn(
+    &toml::Spanned<toml::de::DeValue<'i>>,
+    &[Step<'i>],
+) -> Option<Result<(), toml::de::Error>>;
 
 /// The errors in `value` (at `path`, which failed as a whole with
 /// `whole`), found part by part, into `errors`: the errors of each part
@@ -485,7 +489,7 @@ fn find_errors<'i>(
 ) {
     use toml::de::{DeArray, DeTable, DeValue};
     let found = errors.len();
-    if found >= MAX_COLLECTED || path.len() >= MAX_DEPTH {
+    if path.len() >= MAX_DEPTH {
         errors.push(whole);
         return;
     }
@@ -499,7 +503,8 @@ fn find_errors<'i>(
                 errors: &mut Vec<toml::de::Error>| {
         path.push(step);
         let mut mine = Vec::new();
-        if let Err(error) = attempt(item, path) {
+        // Not tried (the tries are spent): its errors are the rest's.
+        if let Some(Err(error)) = attempt(item, path) {
             find_errors(item, path, error, attempt, &mut mine);
         }
         path.pop();
@@ -542,7 +547,7 @@ fn find_errors<'i>(
     // left out: a key it needs, or keys that do not go together (but not
     // the keys left out, which it now misses).
     if let Some((rest, left_out)) = rest
-        && let Err(error) = attempt(&toml::Spanned::new(span, rest), path)
+        && let Some(Err(error)) = attempt(&toml::Spanned::new(span, rest), path)
         && !left_out
             .iter()
             .any(|key| error.message().contains(key.as_str()))
