@@ -255,10 +255,15 @@ impl ComponentSource {
         match self {
             ComponentSource::Builtin(name) => {
                 bundled::component(name).map(Cow::Borrowed).ok_or_else(|| {
-                    format!(
-                        "there is no built-in component `{name}`; the built-ins are: {}",
-                        bundled::NAMES.join(", ")
-                    )
+                    match crate::diagnostic::closest(name, bundled::NAMES.iter().copied()) {
+                        Some(known) => format!(
+                            "there is no built-in component `{name}`: did you mean `builtin:{known}`?"
+                        ),
+                        None => format!(
+                            "there is no built-in component `{name}`; the built-ins are: {}",
+                            bundled::NAMES.join(", ")
+                        ),
+                    }
                 })
             }
             ComponentSource::File(path) => read_bounded(path, MAX_COMPONENT_FILE)

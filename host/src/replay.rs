@@ -53,6 +53,13 @@ pub struct Recorded {
     pub answer: Option<String>,
 }
 
+impl Recorded {
+    /// The recorded tool calls that ran (the others were refused).
+    pub fn tool_results(&self) -> usize {
+        self.tools.iter().filter(|t| t.permitted).count()
+    }
+}
+
 /// One model call that reached the provider.
 #[derive(Debug, Clone)]
 pub struct ModelStep {
@@ -67,15 +74,41 @@ pub struct ModelStep {
     pub answer: Result<ChatResponse, String>,
 }
 
-/// One tool call that ran.
+/// One tool call the agent made: one that ran, or one the policy refused
+/// (a refusal is a step too, so that a decision that changed is reported
+/// as that, not as a different call).
 #[derive(Debug, Clone)]
 pub struct ToolStep {
     /// The tool.
     pub name: String,
     /// Its arguments.
     pub arguments: Value,
-    /// What it returned, or how it failed.
+    /// Whether it went ahead: allowed, or asked and approved.
+    pub permitted: bool,
+    /// What the policy answered (`ask` for an approved call, and for one
+    /// that asked and was not approved).
+    pub verdict: Verdict,
+    /// The rule that decided.
+    pub rule: String,
+    /// What it returned, or how it failed; for a refusal, the reason.
     pub result: Result<String, String>,
+}
+
+impl ToolStep {
+    /// How the recorded run decided it, for a sentence: "denied in the
+    /// recorded run (rule tools.x)".
+    fn decided(&self) -> String {
+        let how = match (self.permitted, self.verdict) {
+            (true, Verdict::Ask) => "approved",
+            (true, _) => "allowed",
+            (false, Verdict::Ask) => "asked about and not approved",
+            (false, _) => "denied",
+        };
+        format!(
+            "{how} in the recorded run (rule {})",
+            crate::transcript::clean_line(&self.rule)
+        )
+    }
 }
 
 /// Read run `run` (default: the last) from the records of an audit log.
@@ -95,6 +128,12 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         .find(|r| r.seq == 1)
         .ok_or(format!("run {run} has no start record"))?;
     let data = start.data.clone().unwrap_or(Value::Null);
+    if is_mcp_start(start) {
+        return Err(format!(
+            "run {} is a `warden mcp` session: it served the policy's tools to an MCP client and ran no agent, so there is nothing to replay",
+            crate::transcript::name(&run)
+        ));
+    }
     whole(start, &data, &["task"])?;
     let text = |pointer: &str| {
         data.pointer(pointer)
@@ -116,6 +155,8 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
     };
     let mut model_requests: VecDeque<(u64, Option<String>, Vec<String>)> = VecDeque::new();
     let mut tool_arguments: Vec<(String, Value)> = Vec::new();
+    // The decision of each call in `tool_arguments`, at the same place.
+    let mut tool_decisions: Vec<(Verdict, String)> = Vec::new();
     for record in &mine {
         let data = record.data.clone().unwrap_or(Value::Null);
         let permitted = matches!(record.decision, Verdict::Allow)
@@ -180,6 +221,19 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
             (Kind::Tool, Event::Decision) if permitted => {
                 whole(record, &data, &["arguments"])?;
                 tool_arguments.push((record.subject.clone(), data["arguments"].clone()));
+                tool_decisions.push((record.decision, record.rule.clone()));
+            }
+            // A refusal: its decision and outcome records are written
+            // together, and nothing ran.
+            (Kind::Tool, Event::Decision) => {
+                recorded.tools.push(ToolStep {
+                    name: record.subject.clone(),
+                    arguments: data["arguments"].clone(),
+                    permitted: false,
+                    verdict: record.decision,
+                    rule: record.rule.clone(),
+                    result: Err(record.detail.clone()),
+                });
             }
             (Kind::Tool, Event::Outcome) if permitted => {
                 let position = tool_arguments
@@ -190,6 +244,7 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                         record.seq, record.subject
                     ))?;
                 let (name, arguments) = tool_arguments.remove(position);
+                let (verdict, rule) = tool_decisions.remove(position);
                 let result = match record.outcome {
                     Some(Outcome::Ok) => {
                         whole(record, &data, &["result"])?;
@@ -200,6 +255,9 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                 recorded.tools.push(ToolStep {
                     name,
                     arguments,
+                    permitted: true,
+                    verdict,
+                    rule,
                     result,
                 });
             }
@@ -207,6 +265,24 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         }
     }
     Ok(recorded)
+}
+
+/// Whether `start` (a run's first record) opens a `warden mcp` session,
+/// which serves tools to a client and has no agent.
+fn is_mcp_start(start: &Record) -> bool {
+    start.subject == "mcp"
+        && start
+            .data
+            .as_ref()
+            .is_some_and(|d| d.get("server").and_then(Value::as_str) == Some("mcp"))
+}
+
+/// Whether run `run` in `records` is a `warden mcp` session.
+pub fn is_mcp_session(records: &[Record], run: &str) -> bool {
+    records
+        .iter()
+        .find(|r| r.run == run && r.seq == 1)
+        .is_some_and(is_mcp_start)
 }
 
 /// An error unless each of `fields` is whole in the record: a value longer
@@ -391,9 +467,10 @@ impl ReplayTools {
         &self.divergence
     }
 
-    /// The recorded result of the next tool call, if it is this call;
+    /// The recorded result of the next tool call, which the policy allowed
+    /// now under `rule`, if the recorded run made this call and it ran;
     /// otherwise the divergence, as an error for the agent.
-    pub fn next(&self, name: &str, arguments: &Value) -> Result<String, String> {
+    pub fn next(&self, name: &str, arguments: &Value, rule: &str) -> Result<String, String> {
         let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         let call = self.total - steps.len() + 1;
         let Some(step) = steps.pop_front() else {
@@ -412,7 +489,57 @@ impl ReplayTools {
             self.divergence.note(what.clone());
             return Err(format!("replay diverged: {what}"));
         }
+        if !step.permitted {
+            // The same call, decided otherwise: the policy changed (or the
+            // session did), and the record holds no result to give.
+            let what = format!(
+                "tool call {call} (`{name}`) was {} and is allowed now (rule {}); it did not run then, so the record holds no result to give the agent, and the replay gives it an error instead",
+                step.decided(),
+                crate::transcript::clean_line(rule),
+            );
+            self.divergence.note(what.clone());
+            return Err(format!("replay diverged: {what}"));
+        }
         step.result
+    }
+
+    /// Note that the policy refused a tool call now (`refusal` is what the
+    /// agent gets): a divergence unless the recorded run made this call
+    /// and it was refused then too.
+    pub fn refused(&self, name: &str, arguments: &Value, refusal: &crate::gate::GuestError) {
+        use crate::gate::GuestError;
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let call = self.total - steps.len() + 1;
+        let how = match refusal {
+            GuestError::Denied(_) => "denied",
+            GuestError::BudgetExhausted(_) => "refused, a budget being spent",
+            GuestError::Invalid(_) => "refused as invalid",
+            GuestError::Failed(_) => "refused",
+        };
+        let reason = crate::transcript::clean_line(refusal.reason());
+        let refusal = format!("{how}: {reason}");
+        let Some(step) = steps.pop_front() else {
+            self.divergence.note(format!(
+                "tool call {call}: the agent called `{name}` {arguments} (refused now: {refusal}); the recorded run made {} tool call(s)",
+                self.total
+            ));
+            return;
+        };
+        // A call refused for its arguments keeps them as text: only its
+        // name is compared.
+        let same_arguments = step.arguments == *arguments
+            || (!step.permitted && (step.arguments.is_string() || arguments.is_string()));
+        if step.name != name || !same_arguments {
+            self.divergence.note(format!(
+                "tool call {call}: the agent called `{name}` {arguments} (refused now: {refusal}); the recorded run called `{}` {}",
+                step.name, step.arguments
+            ));
+        } else if step.permitted {
+            self.divergence.note(format!(
+                "tool call {call} (`{name}`) was {} and is {how} now: {reason}; the agent gets the refusal instead of the recorded result, so what it does next may differ",
+                step.decided(),
+            ));
+        }
     }
 
     /// Recorded tool calls the replay never reached.
@@ -537,5 +664,141 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(divergence.first(), None);
+    }
+
+    /// A refused tool call as the gate records it: a decision and an
+    /// outcome, written together.
+    fn refusal(seq: u64, tool: &str, rule: &str, arguments: Value) -> Vec<Record> {
+        let mut decision = record(
+            seq,
+            Kind::Tool,
+            Event::Decision,
+            json!({ "arguments": arguments }),
+        );
+        decision.subject = tool.into();
+        decision.decision = Verdict::Deny;
+        decision.rule = rule.into();
+        decision.detail = format!("no (rule: {rule})");
+        let mut outcome = decision.clone();
+        outcome.seq = seq + 1;
+        outcome.event = Event::Outcome;
+        outcome.outcome = Some(Outcome::Denied);
+        outcome.data = None;
+        vec![decision, outcome]
+    }
+
+    fn ran(seq: u64, tool: &str, arguments: Value, result: &str) -> Vec<Record> {
+        let mut decision = record(
+            seq,
+            Kind::Tool,
+            Event::Decision,
+            json!({ "arguments": arguments }),
+        );
+        decision.subject = tool.into();
+        decision.rule = format!("tools.{tool}");
+        let mut outcome = record(
+            seq + 1,
+            Kind::Tool,
+            Event::Outcome,
+            json!({ "result": result }),
+        );
+        outcome.subject = tool.into();
+        outcome.rule = format!("tools.{tool}");
+        vec![decision, outcome]
+    }
+
+    #[test]
+    fn refused_calls_are_steps_with_their_decision() {
+        let mut records = vec![record(
+            1,
+            Kind::Run,
+            Event::Decision,
+            json!({ "task": "t" }),
+        )];
+        records.extend(ran(2, "a", json!({ "x": 1 }), "one"));
+        records.extend(refusal(4, "b", "tools.b.args.x", json!({ "x": 2 })));
+        records.extend(ran(6, "a", json!({ "x": 3 }), "three"));
+        let recorded = read(&records, None).unwrap();
+        let steps: Vec<(&str, bool, &str)> = recorded
+            .tools
+            .iter()
+            .map(|t| (t.name.as_str(), t.permitted, t.rule.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("a", true, "tools.a"),
+                ("b", false, "tools.b.args.x"),
+                ("a", true, "tools.a")
+            ]
+        );
+        assert_eq!(recorded.tool_results(), 2);
+    }
+
+    #[test]
+    fn a_decision_that_changed_is_reported_as_one() {
+        let mut records = vec![record(
+            1,
+            Kind::Run,
+            Event::Decision,
+            json!({ "task": "t" }),
+        )];
+        records.extend(refusal(2, "b", "tools.b.args.x", json!({ "x": 2 })));
+        records.extend(ran(4, "a", json!({}), "r"));
+        let recorded = read(&records, None).unwrap();
+
+        // Denied then, allowed now.
+        let divergence = std::sync::Arc::new(Divergence::default());
+        let tools = ReplayTools::new(&recorded, divergence.clone());
+        let error = tools.next("b", &json!({ "x": 2 }), "tools.b").unwrap_err();
+        let what = divergence.first().unwrap();
+        assert!(error.contains(&what));
+        assert!(
+            what.starts_with(
+                "tool call 1 (`b`) was denied in the recorded run (rule tools.b.args.x) and is allowed now (rule tools.b); it did not run then"
+            ),
+            "{what}"
+        );
+        assert!(!what.contains("the recorded run called"), "{what}");
+
+        // Allowed then, denied now.
+        let divergence = std::sync::Arc::new(Divergence::default());
+        let tools = ReplayTools::new(&recorded, divergence.clone());
+        tools.refused(
+            "b",
+            &json!({ "x": 2 }),
+            &crate::gate::GuestError::Denied("no (rule: tools.b.args.x)".into()),
+        );
+        assert_eq!(divergence.first(), None, "refused both times");
+        tools.refused(
+            "a",
+            &json!({}),
+            &crate::gate::GuestError::Denied("not now (rule: tools.a)".into()),
+        );
+        let what = divergence.first().unwrap();
+        assert!(
+            what.starts_with(
+                "tool call 2 (`a`) was allowed in the recorded run (rule tools.a) and is denied now: not now (rule: tools.a); the agent gets the refusal"
+            ),
+            "{what}"
+        );
+        assert_eq!(tools.left(), 0);
+    }
+
+    #[test]
+    fn an_mcp_session_is_not_replayed_as_an_agent() {
+        let mut start = record(
+            1,
+            Kind::Run,
+            Event::Decision,
+            json!({ "server": "mcp", "transport": "stdio" }),
+        );
+        start.subject = "mcp".into();
+        let error = read(std::slice::from_ref(&start), None).unwrap_err();
+        assert!(
+            error.contains("`warden mcp` session") && error.contains("no agent"),
+            "{error}"
+        );
+        assert!(is_mcp_session(&[start], "r"));
     }
 }

@@ -53,6 +53,17 @@ fn counting_server() -> (String, Arc<AtomicUsize>) {
 /// Run the effects agent on `task` (its JSON list of operations) under
 /// `policy`, the model answering `script`; the audit log's path.
 fn record(dir: &Path, policy: &str, script: &str, task: &str) -> (PathBuf, PathBuf) {
+    record_agent(dir, guests::EFFECTS_AGENT, policy, script, task)
+}
+
+/// [`record`] with another agent.
+fn record_agent(
+    dir: &Path,
+    agent: &str,
+    policy: &str,
+    script: &str,
+    task: &str,
+) -> (PathBuf, PathBuf) {
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, policy).unwrap();
     let script_path = dir.join("script.toml");
@@ -60,7 +71,7 @@ fn record(dir: &Path, policy: &str, script: &str, task: &str) -> (PathBuf, PathB
     let audit = dir.join("audit.jsonl");
     let out = warden(&[
         "run",
-        guests::EFFECTS_AGENT,
+        agent,
         "-q",
         "--policy",
         policy_path.to_str().unwrap(),
@@ -351,4 +362,114 @@ fn replay_passes_the_agent_no_environment_of_the_host() {
         out.contains("the answer differs") && out.contains("now Some(\"[{\\\"error\\\""),
         "{out}"
     );
+}
+
+/// The verdict's reason, unwrapped from its quoted block (`  │ ` lines).
+fn divergence(out: &str) -> String {
+    out.lines()
+        .filter_map(|line| line.strip_prefix("  │ "))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn a_decision_that_changed_is_reported_as_the_decision_not_as_another_call() {
+    // The model asks for the same three calls each time; the second is
+    // denied by an argument rule in one policy and allowed in the other.
+    let narrow = format!(
+        "{MODEL_ONLY}max_calls = 5\n[tools.regex_search]\ncomponent = \"builtin:text\"\n[tools.word_count]\ncomponent = \"builtin:text\"\nargs.text = {{ max_len = 1 }}\n"
+    );
+    let wide = narrow.replace("args.text = { max_len = 1 }\n", "");
+    let script = r#"[[turn]]
+calls = [
+  { tool = "regex_search", arguments = { text = "a", pattern = "a" } },
+  { tool = "word_count", arguments = { text = "a b" } },
+  { tool = "regex_search", arguments = { text = "b", pattern = "b" } },
+]
+[[turn]]
+text = "done"
+"#;
+    for (then, now, expected) in [
+        (
+            &narrow,
+            &wide,
+            "tool call 2 (`word_count`) was denied in the recorded run (rule tools.word_count.args.text) and is allowed now (rule tools.word_count); it did not run then, so the record holds no result",
+        ),
+        (
+            &wide,
+            &narrow,
+            "tool call 2 (`word_count`) was allowed in the recorded run (rule tools.word_count) and is denied now: `text` is `a b`",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, _) = record_agent(dir.path(), "builtin:react", then, script, "count");
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, now).unwrap();
+        let args = [
+            "--policy",
+            other.to_str().unwrap(),
+            "--agent",
+            "builtin:react",
+        ];
+        let (code, out, err) = replay(&audit, &args);
+        assert_eq!(code, Some(1), "{out}{err}");
+        let reason = divergence(&out);
+        assert!(out.contains("DIVERGED"), "{out}");
+        assert!(reason.contains(expected), "{reason}");
+        // The agent called the same tool both times.
+        assert!(!reason.contains("the recorded run called"), "{reason}");
+    }
+
+    // Under the policy it was recorded with, the refusal is replayed as one.
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, policy) = record_agent(dir.path(), "builtin:react", &narrow, script, "count");
+    let args = [
+        "--policy",
+        policy.to_str().unwrap(),
+        "--agent",
+        "builtin:react",
+    ];
+    let (code, out, err) = replay(&audit, &args);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("2 tool result(s) replayed"), "{out}");
+}
+
+#[test]
+fn an_mcp_session_log_is_refused_as_having_no_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[tools.calc]\ncomponent = \"builtin:calc\"\n").unwrap();
+    let audit = dir.path().join("mcp.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["mcp", "--policy", policy.to_str().unwrap(), "--audit"])
+        .arg(&audit)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let initialize = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } },
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{initialize}\n").as_bytes())
+        .unwrap();
+    let served = child.wait_with_output().unwrap();
+    assert!(served.status.success(), "{}", text(&served.stderr));
+
+    let (code, out, err) = replay(&audit, &["--trust-log"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("is a `warden mcp` session")
+            && err.contains("ran no agent, so there is nothing to replay")
+            && err.contains(&format!("help: `warden audit show {}`", audit.display())),
+        "{err}"
+    );
+    assert!(!err.contains("cannot read"), "{err}");
 }

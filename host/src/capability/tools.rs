@@ -43,9 +43,12 @@ pub async fn call(
                 )
             });
             let data = json!({ "arguments": brief(arguments, 1000) });
-            return gate
-                .refuse(Kind::Tool, name, "arguments", error, Some(data))
-                .map(|error| Err(gate.clean(error)));
+            let error =
+                gate.clean(gate.refuse(Kind::Tool, name, "arguments", error, Some(data))?);
+            if let Some(replay) = replay {
+                replay.refused(name, &json!(arguments), &error);
+            }
+            return Ok(Err(error));
         }
     };
     call_parsed(gate, registry, replay, name, &parsed).await
@@ -94,7 +97,11 @@ pub async fn call_parsed(
         }
         Err(refusal) => {
             tracing::debug!(decision = "refused");
-            return Ok(Err(gate.clean(refusal)));
+            let refusal = gate.clean(refusal);
+            if let Some(replay) = replay {
+                replay.refused(name, parsed, &refusal);
+            }
+            return Ok(Err(refusal));
         }
     };
     // Decided: from now on its values count as the model's (never before,
@@ -103,7 +110,9 @@ pub async fn call_parsed(
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
         Some(replay) => (
-            replay.next(name, parsed).map_err(ToolFailure::Returned),
+            replay
+                .next(name, parsed, permit.rule().as_str())
+                .map_err(ToolFailure::Returned),
             Vec::new(),
         ),
         None => registry.invoke(name, &parsed.to_string(), gate).await?,

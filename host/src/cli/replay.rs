@@ -111,6 +111,13 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
     };
     let recorded = match warden::replay::read(&records, Some(&run_id)) {
         Ok(recorded) => recorded,
+        Err(error) if warden::replay::is_mcp_session(&records, &run_id) => {
+            return bad_input(format!(
+                "error: {}: {error}\nhelp: `warden audit show {}` shows what the client called",
+                log.display(),
+                log.display()
+            ));
+        }
         Err(error) => return bad_input(format!("error: {}: {error}", log.display())),
     };
     let clean = warden::transcript::clean;
@@ -220,6 +227,8 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
     };
     let report = match warden::run::run(&runtime, spec, audit).await {
         Ok(report) => report,
+        // Rendered with its file and line, `error:` included.
+        Err(warden::run::RunError::Policy(error)) => return bad_input(error),
         Err(error) => return bad_input(field("error:", &error.to_string())),
     };
     if let Some(sha) = sink.records().first().and_then(|r| {
@@ -284,7 +293,7 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
                 "SAME as run {}: {} model answer(s) and {} tool result(s) replayed, same answer",
                 warden::transcript::name(&recorded.run),
                 recorded.model.len(),
-                recorded.tools.len()
+                recorded.tool_results()
             );
             ExitCode::SUCCESS
         }

@@ -919,7 +919,11 @@ fn arg_rule(
                     found,
                     &source.place(),
                     e,
-                    "sources say where a value must have been seen first",
+                    &match crate::diagnostic::closest(&source.value, ["task", "unlabeled", "model"])
+                    {
+                        Some(known) => format!("did you mean `{known}`?"),
+                        None => "sources say where a value must have been seen first".into(),
+                    },
                 ),
             }
         }
@@ -1254,7 +1258,10 @@ fn grants(
             None => found.error(
                 &name.place(),
                 format!("there is no secret `{}`", name.value),
-                format!("define it under [secrets.{}]", name.value),
+                match crate::diagnostic::closest(&name.value, secrets.keys().map(String::as_str)) {
+                    Some(known) => format!("did you mean `{known}`?"),
+                    None => format!("define it under [secrets.{}]", name.value),
+                },
             ),
             Some(secret) => {
                 if let (Some(inject), Some(http)) = (&secret.inject, &http)
@@ -1369,7 +1376,10 @@ fn http(raw: At<RawHttp>, found: &mut Findings) -> HttpGrant {
             found.error(
                 &method.place(),
                 format!("`{}` is not an HTTP method warden knows", method.value),
-                format!("use one of {}", METHODS.join(", ")),
+                match crate::diagnostic::closest(&upper, METHODS.iter().copied()) {
+                    Some(known) => format!("did you mean `{known}`?"),
+                    None => format!("use one of {}", METHODS.join(", ")),
+                },
             );
         }
     }

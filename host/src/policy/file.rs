@@ -699,68 +699,116 @@ impl JsonSchema for RawArgEntry {
 
 impl<'de> Deserialize<'de> for RawArgEntry {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntryVisitor;
-        impl<'de> Visitor<'de> for EntryVisitor {
-            type Value = RawArgEntry;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(
-                    f,
-                    "a rule table such as `{{ matches = '...' }}`, a list of them, or a table of deeper fields (any key but the rule keys {} names a deeper field)",
-                    RULE_KEYS
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawArgEntry, A::Error> {
-                let mut rules = Vec::new();
-                while let Some(rule) = seq.next_element::<At<RawRuleTable>>()? {
-                    rules.push(At {
-                        value: rule.value.0,
-                        span: rule.span,
-                        file: rule.file,
-                    });
-                }
-                Ok(RawArgEntry::Rules(rules))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawArgEntry, A::Error> {
-                let mut rule = RawRule::default();
-                let mut has_rule = false;
-                let mut nested = BTreeMap::new();
-                while let Some(key) = map.next_key::<At<String>>()? {
-                    if RULE_KEYS.contains(&key.value.as_str()) {
-                        has_rule = true;
-                        read_rule_key(&mut rule, &key.value, &mut map)?;
-                    } else {
-                        nested.insert(key, map.next_value::<At<RawArgEntry>>()?);
-                    }
-                }
-                match (has_rule, nested.is_empty()) {
-                    (true, true) => Ok(RawArgEntry::Rules(vec![At {
-                        value: rule,
-                        span: 0..0,
-                        file: CURRENT_FILE.with(Cell::get),
-                    }])),
-                    (false, _) => Ok(RawArgEntry::Nested(nested)),
-                    (true, false) => {
-                        let fields: Vec<_> =
-                            nested.keys().map(|k| format!("`{}`", k.value)).collect();
-                        Err(de::Error::custom(format!(
-                            "this table mixes rule keys with {}, which are not rule keys (expected one of {})",
-                            fields.join(", "),
-                            RULE_KEYS
-                                .iter()
-                                .map(|k| format!("`{k}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )))
-                    }
-                }
+        let key = DEEPER_KEY.with(|k| k.borrow_mut().take());
+        deserializer.deserialize_any(EntryVisitor {
+            key: key.as_deref(),
+        })
+    }
+}
+
+/// The keys of a rule, for a message: "`equals`, `one_of`, ...".
+fn rule_keys() -> String {
+    RULE_KEYS
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads what stands under `args.FIELD`; `key` is the key it stands
+/// under when that is not a rule key (so it names a deeper field, and a
+/// plain value there is most likely a misspelled rule key).
+struct EntryVisitor<'k> {
+    key: Option<&'k str>,
+}
+
+impl EntryVisitor<'_> {
+    fn not_a_rule<E: de::Error>(&self, what: de::Unexpected<'_>) -> E {
+        match self.key {
+            Some(key) => E::custom(format!(
+                "unknown rule key `{key}`, expected one of {}; a key that is not a rule key names a deeper field, and holds a table of rules, not {what}",
+                rule_keys()
+            )),
+            None => E::invalid_type(what, self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for EntryVisitor<'_> {
+    type Value = RawArgEntry;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a rule table such as `{{ matches = '...' }}`, a list of them, or a table of deeper fields (any key but the rule keys {} names a deeper field)",
+            rule_keys()
+        )
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawArgEntry, E> {
+        Err(self.not_a_rule(de::Unexpected::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawArgEntry, E> {
+        Err(self.not_a_rule(de::Unexpected::Signed(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawArgEntry, E> {
+        Err(self.not_a_rule(de::Unexpected::Unsigned(v)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawArgEntry, E> {
+        Err(self.not_a_rule(de::Unexpected::Float(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawArgEntry, E> {
+        Err(self.not_a_rule(de::Unexpected::Str(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawArgEntry, A::Error> {
+        let mut rules = Vec::new();
+        while let Some(rule) = seq.next_element::<At<RawRuleTable>>()? {
+            rules.push(At {
+                value: rule.value.0,
+                span: rule.span,
+                file: rule.file,
+            });
+        }
+        Ok(RawArgEntry::Rules(rules))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawArgEntry, A::Error> {
+        let mut rule = RawRule::default();
+        let mut has_rule = false;
+        let mut nested = BTreeMap::new();
+        while let Some(key) = map.next_key::<At<String>>()? {
+            if RULE_KEYS.contains(&key.value.as_str()) {
+                has_rule = true;
+                read_rule_key(&mut rule, &key.value, &mut map)?;
+            } else {
+                DEEPER_KEY.with(|k| *k.borrow_mut() = Some(key.value.clone()));
+                let entry = map.next_value::<At<RawArgEntry>>();
+                DEEPER_KEY.with(|k| k.borrow_mut().take());
+                nested.insert(key, entry?);
             }
         }
-        deserializer.deserialize_any(EntryVisitor)
+        match (has_rule, nested.is_empty()) {
+            (true, true) => Ok(RawArgEntry::Rules(vec![At {
+                value: rule,
+                span: 0..0,
+                file: CURRENT_FILE.with(Cell::get),
+            }])),
+            (false, _) => Ok(RawArgEntry::Nested(nested)),
+            (true, false) => {
+                let fields: Vec<_> = nested.keys().map(|k| format!("`{}`", k.value)).collect();
+                Err(de::Error::custom(format!(
+                    "this table mixes rule keys with {}, which are not rule keys (expected one of {})",
+                    fields.join(", "),
+                    rule_keys()
+                )))
+            }
+        }
     }
+}
+
+thread_local! {
+    /// The key the [`RawArgEntry`] about to be read stands under, when it
+    /// is not a rule key: set just before the value is read, taken by the
+    /// first entry read, and cleared after. (A `DeserializeSeed` cannot
+    /// reach through [`At`]'s `Spanned`.)
+    static DEEPER_KEY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A rule table in a list, where every key must be a rule key.
@@ -839,8 +887,9 @@ fn read_rule_key<'de, A: MapAccess<'de>>(
     result.map_err(de::Error::custom)
 }
 
-/// Deserialize one file's text as file number `file` of a load.
-pub fn parse_raw(file: usize, text: &str) -> Result<RawPolicy, toml::de::Error> {
+/// Deserialize one file's text as file number `file` of a load; on
+/// failure, every error found (see [`crate::diagnostic::from_toml_all`]).
+pub fn parse_raw(file: usize, text: &str) -> Result<RawPolicy, Vec<toml::de::Error>> {
     struct Reset(usize);
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -848,7 +897,7 @@ pub fn parse_raw(file: usize, text: &str) -> Result<RawPolicy, toml::de::Error> 
         }
     }
     let _reset = Reset(CURRENT_FILE.with(|c| c.replace(file)));
-    toml::from_str(text)
+    crate::diagnostic::from_toml_all(text)
 }
 
 /// The JSON Schema of a policy file, for editors.

@@ -26,7 +26,7 @@ use super::{
     ChangeKind, HostPattern, IncludeChange, IncludeLayer, Limits, Policy, ProviderLimits,
     SourceError, SourceFile,
 };
-use crate::diagnostic::{Diagnostic, Severity, toml_diagnostic};
+use crate::diagnostic::{Diagnostic, Severity, toml_diagnostics};
 use globset::Glob;
 use std::collections::BTreeMap;
 
@@ -80,8 +80,10 @@ impl Loader<'_> {
     fn layer(&mut self, index: usize) -> Option<RawPolicy> {
         let raw = match parse_raw(index, &self.files[index].text) {
             Ok(raw) => raw,
-            Err(e) => {
-                self.found.0.push(toml_diagnostic(&e).in_file(index));
+            Err(errors) => {
+                let text = &self.files[index].text;
+                let found = toml_diagnostics(&errors, text).into_iter();
+                self.found.0.extend(found.map(|d| d.in_file(index)));
                 return None;
             }
         };

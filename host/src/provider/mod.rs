@@ -310,7 +310,19 @@ pub fn parse_spec(spec: &str) -> Result<Spec, String> {
         "openai" => Api::OpenAi,
         "openai-compatible" => Api::OpenAiCompatible,
         "anthropic" => Api::Anthropic,
-        other => return Err(format!("unknown model provider `{other}`")),
+        other => {
+            let known = [
+                "openai",
+                "anthropic",
+                "openai-compatible",
+                "scripted",
+                "replay",
+            ];
+            return Err(match crate::diagnostic::closest(other, known) {
+                Some(known) => format!("unknown model provider `{other}`: did you mean `{known}`?"),
+                None => format!("unknown model provider `{other}`"),
+            });
+        }
     };
     let (base, model) = match rest.rsplit_once('#') {
         Some((url, model)) if url.contains("://") => (url, model),
