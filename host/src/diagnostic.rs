@@ -529,7 +529,7 @@ fn find_errors<'i>(
                     left_out.push(format!("`{}`", key.get_ref()));
                 }
             }
-            (rest.len() < table.len()).then(|| (DeValue::Table(rest), left_out))
+            (rest.len() < table.len()).then_some((DeValue::Table(rest), left_out))
         }
         DeValue::Array(array) if array.len() > 1 => {
             let mut rest = DeArray::new();
