@@ -241,7 +241,10 @@ impl ComponentSource {
             Some(name) => ComponentSource::Builtin(name.to_string()),
             None => {
                 let path = Path::new(text);
-                if path.is_absolute() {
+                // Relative to the working directory: the path as written
+                // (`nope.wasm`, not `././nope.wasm`), in messages too.
+                let here = base.as_os_str().is_empty() || base == Path::new(".");
+                if path.is_absolute() || here {
                     ComponentSource::File(path.to_path_buf())
                 } else {
                     ComponentSource::File(base.join(path))

@@ -366,7 +366,8 @@ fn replay_json_says_same_or_the_divergence() {
             value["model_answers"].clone(),
             value["tool_results"].clone()
         ),
-        (4.into(), 2.into())
+        // Refused calls are steps of the record too: 2 allowed, 2 denied.
+        (4.into(), 4.into())
     );
     assert_eq!(value["answer"], value["recorded_answer"]);
 

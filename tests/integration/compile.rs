@@ -66,7 +66,7 @@ fn compile_warms_the_cache_for_the_run_that_follows() {
 fn compile_refuses_what_it_cannot_compile() {
     let cache = tempfile::tempdir().unwrap();
     for (target, says) in [
-        ("nope.wasm", "cannot read ./nope.wasm"),
+        ("nope.wasm", "cannot read nope.wasm:"),
         ("builtin:nope", "there is no built-in component `nope`"),
         (
             "https://tools.example.com/t.wasm",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use warden::load::PolicyFile;
 
-use super::{EXIT_NO_ANSWER, print_json, print_warnings, start_runtime};
+use super::{EXIT_NO_ANSWER, print_all, print_json, print_warnings, start_runtime};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -98,11 +98,15 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
         };
         return print_json(&value, code);
     }
-    print!("{}", warden::check::describe(&file));
-    print!(
-        "{}",
+    // A reader that went away (`| head`) is not an error.
+    let printed = print_all(&format!(
+        "{}{}",
+        warden::check::describe(&file),
         warden::check::describe_components(components.as_deref())
-    );
+    ));
+    if printed != ExitCode::SUCCESS {
+        return printed;
+    }
     if strict && !file.policy.warnings.is_empty() {
         eprintln!("\n--strict: {} warning(s)", file.policy.warnings.len());
         return ExitCode::from(EXIT_NO_ANSWER);
