@@ -427,7 +427,7 @@ fn each_token(text: &str, indexing: bool, mut f: impl FnMut(&str)) {
     let base = text.as_ptr() as usize;
     let mut joined = String::new();
     let mut flush = |run: &mut Vec<&str>, f: &mut dyn FnMut(&str), canonical: &mut Canonical| {
-        let whole = if run.len() >= 2 {
+        let whole = if !indexing && run.len() >= 2 {
             joined.clear();
             for group in run.iter() {
                 joined.extend(group.chars().filter(|c| !is_group_separator(*c)));
