@@ -108,6 +108,116 @@ impl FieldPath {
     }
 }
 
+/// A path into a tool's JSON result that labels the values under it:
+/// the JSON Pointer form of [`FieldPath`] (`/a/0/b`, or dotted `a.b`),
+/// where a segment `*` stands for one item or member and `**` for any
+/// number of them (none included); `/` alone is the whole result. A path
+/// that stops at an object or array labels every value inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelPath {
+    /// As written.
+    pub text: String,
+    segments: Vec<String>,
+}
+
+/// Most segments of a label path (JSON nests at most 128 deep as parsed).
+const MAX_LABEL_PATH: usize = 64;
+
+impl LabelPath {
+    /// Parse `/`, a JSON Pointer or a dotted path, with `*` and `**`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "/" {
+            return Ok(LabelPath {
+                text: text.to_string(),
+                segments: Vec::new(),
+            });
+        }
+        let path = FieldPath::parse(text).map_err(|_| {
+            format!(
+                "`{text}` is not a label path: write `/` (the whole result), a JSON Pointer such as `/items/0/subject`, `*` for one segment or `**` for any depth, e.g. `/**/subject`"
+            )
+        })?;
+        let mut segments: Vec<String> = Vec::with_capacity(path.segments.len());
+        for segment in path.segments {
+            // `**/**` says no more than `**`.
+            if segment == "**" && segments.last().is_some_and(|s| s == "**") {
+                continue;
+            }
+            segments.push(segment);
+        }
+        if segments.len() > MAX_LABEL_PATH {
+            return Err(format!(
+                "`{text}` has {} segments; a label path may have at most {MAX_LABEL_PATH}",
+                segments.len()
+            ));
+        }
+        Ok(LabelPath {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    /// Whether this is `/`, the whole result.
+    pub fn is_root(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Whether the value at `at` (the keys and indexes from the result's
+    /// root) is at or under this path. Linear in `at` times the path's
+    /// length, whatever the number of `**`.
+    pub fn covers<S: AsRef<str>>(&self, at: &[S]) -> bool {
+        // The pattern positions reachable after each prefix of `at`; a
+        // value is covered once the whole pattern is matched by a prefix.
+        let n = self.segments.len();
+        let mut states = vec![false; n + 1];
+        states[0] = true;
+        let close = |states: &mut Vec<bool>| {
+            // `**` may match nothing: skip over it.
+            for i in 0..n {
+                if states[i] && self.segments[i] == "**" {
+                    states[i + 1] = true;
+                }
+            }
+        };
+        close(&mut states);
+        if states[n] {
+            return true;
+        }
+        for key in at {
+            let mut next = vec![false; n + 1];
+            for i in 0..n {
+                if !states[i] {
+                    continue;
+                }
+                match self.segments[i].as_str() {
+                    "**" => {
+                        next[i] = true;
+                        next[i + 1] = true;
+                    }
+                    "*" => next[i + 1] = true,
+                    literal if literal == key.as_ref() => next[i + 1] = true,
+                    _ => {}
+                }
+            }
+            close(&mut next);
+            if next[n] {
+                return true;
+            }
+            if !next.iter().any(|s| *s) {
+                return false;
+            }
+            states = next;
+        }
+        false
+    }
+}
+
+impl fmt::Display for LabelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -577,6 +687,49 @@ mod tests {
             .unwrap()
             .join(&FieldPath::parse("b").unwrap());
         assert_eq!(joined.text, "a.b");
+    }
+
+    #[test]
+    fn label_paths_cover_values_at_and_under_them() {
+        let path = |t: &str| LabelPath::parse(t).unwrap();
+        assert!(path("/").covers::<&str>(&[]));
+        assert!(path("/").covers(&["a", "0"]));
+        assert!(path("/description").covers(&["description"]));
+        assert!(
+            path("/description").covers(&["description", "0", "text"]),
+            "a path at an object labels what is inside"
+        );
+        assert!(!path("/description").covers(&["account"]));
+        assert!(
+            !path("/description").covers::<&str>(&[]),
+            "not the root beside it"
+        );
+        assert!(path("description").covers(&["description"]), "dotted too");
+        assert!(path("/items/*/subject").covers(&["items", "3", "subject"]));
+        assert!(!path("/items/*/subject").covers(&["items", "subject"]));
+        assert!(
+            path("/**/subject").covers(&["subject"]),
+            "`**` may be empty"
+        );
+        assert!(path("/**/subject").covers(&["a", "b", "7", "subject"]));
+        assert!(!path("/**/subject").covers(&["a", "subject_line"]));
+        assert!(path("/a/**/b/**/c").covers(&["a", "x", "b", "y", "z", "c"]));
+        assert!(!path("/a/**/b/**/c").covers(&["a", "x", "c", "b"]));
+        assert!(path("/a~1b").covers(&["a/b"]), "pointer escapes");
+        // Many `**` against a deep path stays linear.
+        let deep: Vec<&str> = std::iter::repeat_n("x", 120).collect();
+        let stars = format!("{}/y", "/**/x".repeat(30));
+        assert!(!path(&stars).covers(&deep));
+        for bad in ["", "//", "/a//b", "a..b"] {
+            assert!(
+                LabelPath::parse(bad)
+                    .unwrap_err()
+                    .contains("is not a label path"),
+                "{bad}"
+            );
+        }
+        assert!(LabelPath::parse(&"/a".repeat(65)).is_err());
+        assert_eq!(path("/**/**/a").segments, ["**", "a"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and URL pattern is compiled here, once; every mistake becomes an error
 //! or warning pointing at the text, with a hint.
 
-use super::args::{ArgRule, Check, FieldPath, compare_numbers, json_eq};
+use super::args::{ArgRule, Check, FieldPath, LabelPath, compare_numbers, json_eq};
 use super::file::{
     At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy,
     RawReproducible, RawRule, RawSecret, RawTool, Verdict,
@@ -314,6 +314,62 @@ fn labels(list: Vec<At<String>>, found: &mut Findings) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A tool's `labels`: the whole result's (the list form and `/`), and
+/// those of parts by path, in file order.
+fn result_labels(
+    raw: super::file::RawLabels,
+    found: &mut Findings,
+) -> (Vec<String>, Vec<(LabelPath, Vec<String>)>) {
+    let mut whole = labels(raw.whole, found);
+    let mut parts: Vec<(Place, LabelPath, Vec<String>)> = Vec::new();
+    for (path, list) in raw.paths {
+        let list = labels(list, found);
+        match LabelPath::parse(&path.value) {
+            Ok(parsed) if parsed.is_root() => whole.extend(list),
+            Ok(parsed) => parts.push((path.place(), parsed, list)),
+            Err(e) => found.error(
+                &path.place(),
+                e,
+                "label paths name parts of the tool's JSON result, e.g. `\"/description\" = [\"untrusted\"]`",
+            ),
+        }
+    }
+    whole.sort();
+    whole.dedup();
+    parts.sort_by_key(|(place, ..)| (place.file, place.span.start));
+    let parts = parts
+        .into_iter()
+        .filter(|(_, _, list)| !list.is_empty())
+        .map(|(_, path, list)| (path, list))
+        .collect();
+    (whole, parts)
+}
+
+/// The stores a tool shares state through, for labels that flow: its
+/// component (tools of one component may keep state for each other: a
+/// mail component's send and list, a remote API's post and get) and each
+/// directory it is granted (another component may read what it wrote).
+/// Named as written: two spellings of one directory are two stores.
+fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> Vec<String> {
+    let mut stores = Vec::new();
+    if let Some(component) = component {
+        let text = component.text.trim();
+        if text.starts_with("builtin:") || text.contains("://") {
+            stores.push(format!("component {text}"));
+        } else {
+            stores.push(format!("component {text} (file {})", component.place.file));
+        }
+    }
+    for mount in &grants.fs {
+        let dir = mount.dir.trim_end_matches('/');
+        let dir = if dir.is_empty() { "/" } else { dir };
+        stores.push(format!("dir {dir} (file {})", mount.place.file));
+    }
+    stores.sort();
+    stores.dedup();
+    stores
 }
 
 fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
@@ -662,7 +718,9 @@ fn tool(
     // The first failing rule of the strongest verdict is the one named:
     // keep the order of the file, not of the field names.
     args.sort_by_key(|r: &ArgRule| (r.place.file, r.place.span.start));
-    let tool_labels = labels(raw.labels, found);
+    let (tool_labels, path_labels) = result_labels(raw.labels, found);
+    let third_party_labels = labels(raw.third_party_labels, found);
+    let labels_flow = raw.labels_flow.as_ref().is_none_or(|f| f.value);
     let deny_when_labeled = labels(raw.deny_when_labeled, found);
     let ask_when_labeled = labels(raw.ask_when_labeled, found);
     for label in ask_when_labeled
@@ -717,6 +775,7 @@ fn tool(
             "remove them, or change `decision`",
         );
     }
+    let stores = stores_of(component.as_ref(), &grants);
     Some(ToolPolicy {
         rules: ToolRules {
             entry: Rule::new(format!("tools.{name}")),
@@ -734,6 +793,10 @@ fn tool(
         rate: raw.rate.map(|v| v.value),
         args,
         labels: tool_labels,
+        path_labels,
+        third_party_labels,
+        labels_flow,
+        stores,
         deny_when_labeled,
         ask_when_labeled,
         effects,
@@ -1498,6 +1561,10 @@ fn check_labels(model: &ModelPolicy, tools: &BTreeMap<String, ToolPolicy>, found
     let mut by_tools: BTreeSet<&str> = BTreeSet::new();
     for tool in tools.values() {
         by_tools.extend(tool.labels.iter().map(String::as_str));
+        for (_, list) in &tool.path_labels {
+            by_tools.extend(list.iter().map(String::as_str));
+        }
+        by_tools.extend(tool.third_party_labels.iter().map(String::as_str));
         if let Some(http) = &tool.grants.http {
             for rule in &http.rules {
                 by_tools.extend(rule.labels.iter().map(String::as_str));

@@ -363,9 +363,20 @@ pub struct RawTool {
     /// Rules on the call's JSON arguments, by field.
     #[serde(default)]
     pub args: BTreeMap<At<String>, At<RawArgEntry>>,
-    /// Labels this tool's results add to the session.
+    /// Labels this tool's results carry: a list (the whole result), or a
+    /// table from label paths to lists (parts of a JSON result).
     #[serde(default)]
-    pub labels: Vec<At<String>>,
+    pub labels: RawLabels,
+    /// Labels for the parts of a result that the tool's own description
+    /// marks as third-party (`x-warden-third-party` in its schema). Unset:
+    /// the tool's declaration is ignored.
+    #[serde(default)]
+    pub third_party_labels: Vec<At<String>>,
+    /// Whether labels flow through the tool (default true): its results
+    /// carry the labels of the argument values that produced them and of
+    /// what was written to its store; a call of a tool with effects writes
+    /// its arguments' labels to its store.
+    pub labels_flow: Option<At<bool>>,
     /// Deny calls once the session carries any of these labels.
     #[serde(default)]
     pub deny_when_labeled: Vec<At<String>>,
@@ -435,6 +446,67 @@ pub struct RawHttp {
     pub max_response: Option<At<ByteSize>>,
     /// Connect plus transfer time per request (default "30s").
     pub timeout: Option<At<HumanDuration>>,
+}
+
+/// A tool's `labels`: `["untrusted"]` labels the whole result;
+/// `{ "/description" = ["untrusted"], "/" = [...] }` labels parts of a
+/// JSON result by path (`/` is the whole).
+#[derive(Debug, Clone, Default)]
+pub struct RawLabels {
+    /// The list form.
+    pub whole: Vec<At<String>>,
+    /// The table form, by path as written.
+    pub paths: BTreeMap<At<String>, Vec<At<String>>>,
+}
+
+impl JsonSchema for RawLabels {
+    fn schema_name() -> Cow<'static, str> {
+        "Labels".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Labels the tool's results carry: a list (the whole result), or a table from label paths (`/` for the whole result, a JSON Pointer such as `/description`, `*` for one segment, `**` for any depth) to lists, labelling those parts of a JSON result.",
+            "anyOf": [
+                { "type": "array", "items": { "type": "string" } },
+                {
+                    "type": "object",
+                    "additionalProperties": { "type": "array", "items": { "type": "string" } }
+                }
+            ]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawLabels {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LabelsVisitor;
+        impl<'de> Visitor<'de> for LabelsVisitor {
+            type Value = RawLabels;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a list of labels, or a table from result paths to lists of labels (`{ \"/description\" = [\"untrusted\"] }`)",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawLabels, A::Error> {
+                let mut whole = Vec::new();
+                while let Some(label) = seq.next_element::<At<String>>()? {
+                    whole.push(label);
+                }
+                Ok(RawLabels {
+                    whole,
+                    paths: BTreeMap::new(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawLabels, A::Error> {
+                let paths = BTreeMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawLabels {
+                    whole: Vec::new(),
+                    paths,
+                })
+            }
+        }
+        deserializer.deserialize_any(LabelsVisitor)
+    }
 }
 
 /// One URL rule.

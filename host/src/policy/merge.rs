@@ -393,6 +393,53 @@ fn union(
     below
 }
 
+/// A tool's `labels` only add up: the whole result's and each path's.
+fn merge_labels(
+    n: &mut Narrowing<'_>,
+    key: &str,
+    mut below: super::file::RawLabels,
+    over: super::file::RawLabels,
+) -> super::file::RawLabels {
+    below.whole = union(n, key, below.whole, over.whole);
+    for (path, list) in over.paths {
+        let path_key = format!("{key}.{:?}", path.value);
+        match below.paths.remove(&path) {
+            Some(mine) => {
+                let merged = union(n, &path_key, mine, list);
+                below.paths.insert(path, merged);
+            }
+            None => {
+                for label in &list {
+                    n.narrowed(&path_key, format!("adds `{}`", label.value));
+                }
+                below.paths.insert(path, list);
+            }
+        }
+    }
+    below
+}
+
+/// `labels_flow`: on (the default) is narrower than off.
+fn merge_flow(
+    n: &mut Narrowing<'_>,
+    key: &str,
+    below: Option<At<bool>>,
+    over: Option<At<bool>>,
+) -> Option<At<bool>> {
+    let Some(o) = over else { return below };
+    let before = below.as_ref().is_none_or(|b| b.value);
+    match (before, o.value) {
+        (true, false) => n.widening(
+            key,
+            &o,
+            "it turns off labels that flow through the tool".into(),
+        ),
+        (false, true) => n.narrowed(key, "off -> on".into()),
+        _ => {}
+    }
+    Some(o)
+}
+
 /// Every key of the schema is destructured below without `..`, so a key
 /// added to a `Raw*` type does not compile until it has a merge rule here
 /// (and a row in docs/policy.md): nothing is taken from an include unchecked.
@@ -756,6 +803,8 @@ fn merge_tools(
             rate,
             args,
             labels,
+            third_party_labels,
+            labels_flow,
             deny_when_labeled,
             ask_when_labeled,
             effects,
@@ -818,7 +867,14 @@ fn merge_tools(
             max_calls: n.at_most(&format!("{key}.max_calls"), b.max_calls, max_calls, None),
             rate: n.at_most(&format!("{key}.rate"), b.rate, rate, None),
             args: merge_args(n, &format!("{key}.args"), b.args, args),
-            labels: union(n, &format!("{key}.labels"), b.labels, labels),
+            labels: merge_labels(n, &format!("{key}.labels"), b.labels, labels),
+            third_party_labels: union(
+                n,
+                &format!("{key}.third_party_labels"),
+                b.third_party_labels,
+                third_party_labels,
+            ),
+            labels_flow: merge_flow(n, &format!("{key}.labels_flow"), b.labels_flow, labels_flow),
             deny_when_labeled: union(
                 n,
                 &format!("{key}.deny_when_labeled"),

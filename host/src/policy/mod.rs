@@ -267,8 +267,18 @@ pub struct ToolPolicy {
     pub rate: Option<u32>,
     /// Rules on the arguments, in file order.
     pub args: Vec<ArgRule>,
-    /// Labels its results add to the session.
+    /// Labels its whole results carry (the list form, and `"/"`).
     pub labels: Vec<String>,
+    /// Labels of parts of a JSON result, by path, in file order.
+    pub path_labels: Vec<(args::LabelPath, Vec<String>)>,
+    /// Labels for the parts of a result the tool's own description marks
+    /// as third-party; empty: the declaration is ignored.
+    pub third_party_labels: Vec<String>,
+    /// Whether labels flow through it (`labels_flow`, default true).
+    pub labels_flow: bool,
+    /// The stores it shares state through (its component, its
+    /// directories), for labels that flow.
+    pub stores: Vec<String>,
     /// Labels that deny it.
     pub deny_when_labeled: Vec<String>,
     /// Labels that make it ask.
@@ -603,6 +613,31 @@ pub struct Session {
     pub provenance: Provenance,
     /// What `max_total` and `max_distinct` rules counted.
     pub aggregates: args::Aggregates,
+    /// Labels written to each store (see [`ToolPolicy::stores`]) by calls
+    /// of tools with effects: every later result of a tool sharing the
+    /// store carries them. Bounded by the policy's stores and labels.
+    pub stores: BTreeMap<String, Vec<String>>,
+}
+
+/// Where a tool's result came from besides the tool: what
+/// [`Session::observe_tool_result_from`] labels it by.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResultOrigin<'a> {
+    /// Labels of the HTTP rules that served it (the tool's own).
+    pub http_labels: &'a [String],
+    /// Labels its call's arguments carried ([`Session::flow_into_call`]).
+    pub inherited: &'a [String],
+    /// Parts the tool's own description marks as third-party.
+    pub declared: &'a [args::LabelPath],
+}
+
+/// Union of two sorted, deduplicated label lists.
+fn union_labels(into: &mut Vec<String>, more: &[String]) {
+    for label in more {
+        if let Err(at) = into.binary_search(label) {
+            into.insert(at, label.clone());
+        }
+    }
 }
 
 /// The window of `rate`.
@@ -709,17 +744,237 @@ impl Session {
         text: &str,
         extra: &[String],
     ) {
-        let mut labels: Vec<String> = policy
-            .tools
-            .get(tool)
-            .map(|t| t.labels.clone())
-            .unwrap_or_default();
-        labels.extend(extra.iter().cloned());
-        labels.sort();
-        labels.dedup();
-        self.add_labels(&labels);
-        self.provenance
-            .observe(Source::Tool(tool.to_string()), &labels, text);
+        self.observe_tool_result_from(
+            policy,
+            tool,
+            text,
+            &ResultOrigin {
+                http_labels: extra,
+                ..ResultOrigin::default()
+            },
+        );
+    }
+
+    /// The labels the values of `arguments` carry: for each value (and
+    /// key), the labels of the data it was found in
+    /// ([`Provenance::labels_of`]), or the session's labels when only the
+    /// model wrote it or it was seen nowhere.
+    pub fn labels_of_arguments(&self, arguments: &serde_json::Value) -> Vec<String> {
+        use serde_json::Value;
+        let mut out: Vec<String> = Vec::new();
+        let look = |text: &str, out: &mut Vec<String>| match self.provenance.labels_of(text) {
+            Some(labels) => union_labels(out, &labels),
+            None => union_labels(out, &self.labels),
+        };
+        let mut stack = vec![arguments];
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::String(s) => look(s, &mut out),
+                Value::Number(n) => look(&n.to_string(), &mut out),
+                Value::Bool(_) | Value::Null => {}
+                Value::Array(items) => stack.extend(items.iter()),
+                Value::Object(map) => {
+                    for (key, member) in map {
+                        look(key, &mut out);
+                        stack.push(member);
+                    }
+                }
+            }
+            if out.len() >= self.labels.len() && out == self.labels {
+                // Nothing can add more than the session has.
+                break;
+            }
+        }
+        out
+    }
+
+    /// A call of `tool` was decided and goes ahead: when labels flow
+    /// through it (`labels_flow`, the default), the labels its argument
+    /// values carry are written to its stores if it may change things
+    /// (any `effects` but `"none"`), and returned: its result inherits
+    /// them. Call it before [`Session::observe_tool_call`].
+    pub fn flow_into_call(
+        &mut self,
+        policy: &Policy,
+        tool: &str,
+        arguments: &serde_json::Value,
+    ) -> Vec<String> {
+        let Some(entry) = policy.tools.get(tool) else {
+            return Vec::new();
+        };
+        if !entry.labels_flow {
+            return Vec::new();
+        }
+        let inherited = self.labels_of_arguments(arguments);
+        if entry.effects != Some(Effects::None) && !inherited.is_empty() {
+            for store in &entry.stores {
+                match self.stores.get_mut(store) {
+                    Some(labels) => union_labels(labels, &inherited),
+                    None => {
+                        self.stores.insert(store.clone(), inherited.clone());
+                    }
+                }
+            }
+        }
+        inherited
+    }
+
+    /// A tool's result reached the agent. Its labels: the tool's own (its
+    /// entry's whole-result `labels`, the HTTP rules'), those that flowed
+    /// in (its arguments', its stores'), and, for a JSON object or array,
+    /// per value those of every label path covering it (the policy's, and
+    /// the tool's declared third-party parts if the policy accepts them).
+    /// Each value is indexed with its own labels; the session gains every
+    /// label present. A result that is not a JSON object or array, from a
+    /// tool with label paths, carries every path's labels.
+    pub fn observe_tool_result_from(
+        &mut self,
+        policy: &Policy,
+        tool: &str,
+        text: &str,
+        origin: &ResultOrigin<'_>,
+    ) {
+        let entry = policy.tools.get(tool);
+        let mut own: Vec<String> = entry.map(|t| t.labels.clone()).unwrap_or_default();
+        union_labels(&mut own, &{
+            let mut http = origin.http_labels.to_vec();
+            http.sort();
+            http.dedup();
+            http
+        });
+        let mut flowed: Vec<String> = Vec::new();
+        if let Some(entry) = entry.filter(|e| e.labels_flow) {
+            union_labels(&mut flowed, origin.inherited);
+            for store in &entry.stores {
+                if let Some(labels) = self.stores.get(store) {
+                    union_labels(&mut flowed, labels);
+                }
+            }
+        }
+        let mut parts: Vec<(&args::LabelPath, &[String])> = Vec::new();
+        if let Some(entry) = entry {
+            parts.extend(entry.path_labels.iter().map(|(p, l)| (p, l.as_slice())));
+            if !entry.third_party_labels.is_empty() {
+                parts.extend(
+                    origin
+                        .declared
+                        .iter()
+                        .map(|p| (p, entry.third_party_labels.as_slice())),
+                );
+            }
+        }
+        let mut whole = own.clone();
+        union_labels(&mut whole, &flowed);
+        let source = Source::Tool(tool.to_string());
+        let foreign = !flowed.is_empty();
+        if parts.is_empty() {
+            self.add_labels(&whole);
+            self.provenance.observe_part(source, &whole, foreign, text);
+            return;
+        }
+        let parsed = if self.provenance.is_full() {
+            None
+        } else {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .filter(|v| v.is_object() || v.is_array())
+        };
+        let Some(value) = parsed else {
+            // Not JSON with fields: every part's labels, the safe side.
+            for (_, labels) in &parts {
+                union_labels(&mut whole, labels);
+            }
+            self.add_labels(&whole);
+            self.provenance.observe_part(source, &whole, true, text);
+            return;
+        };
+        let mut groups = PartGroups::default();
+        let mut at: Vec<Cow<'_, str>> = Vec::new();
+        label_parts(&value, &mut at, &parts, &whole, foreign, &mut groups);
+        for ((labels, foreign), text) in groups.0 {
+            self.add_labels(&labels);
+            self.provenance
+                .observe_part(source.clone(), &labels, foreign, &text);
+        }
+        // Labels the whole result carries, even where no value is left.
+        self.add_labels(&whole);
+    }
+}
+
+/// The text of a result's values, grouped by the labels each carries
+/// (and whether they are a foreign part).
+#[derive(Default)]
+struct PartGroups(Vec<((Vec<String>, bool), String)>);
+
+impl PartGroups {
+    fn push(&mut self, labels: Vec<String>, foreign: bool, text: &str) {
+        let key = (labels, foreign);
+        let at = match self.0.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                self.0.push((key, String::new()));
+                self.0.len() - 1
+            }
+        };
+        let buffer = &mut self.0[at].1;
+        buffer.push_str(text);
+        buffer.push('\n');
+    }
+}
+
+/// Each value (and key) of `value`, at path `at`, into `groups` with the
+/// labels of `whole` and of every part covering it. Recursion is bounded:
+/// the JSON parser refuses nesting deeper than 128.
+fn label_parts<'v>(
+    value: &'v serde_json::Value,
+    at: &mut Vec<Cow<'v, str>>,
+    parts: &[(&args::LabelPath, &[String])],
+    whole: &[String],
+    foreign: bool,
+    groups: &mut PartGroups,
+) {
+    use serde_json::Value;
+    let labels_here = |at: &[Cow<'v, str>]| {
+        let mut labels = whole.to_vec();
+        let mut covered = false;
+        for (path, extra) in parts {
+            if path.covers(at) {
+                covered = true;
+                union_labels(&mut labels, extra);
+            }
+        }
+        (labels, foreign || covered)
+    };
+    match value {
+        Value::Null => {}
+        Value::String(s) => {
+            let (labels, foreign) = labels_here(at);
+            groups.push(labels, foreign, s);
+        }
+        Value::Number(n) => {
+            let (labels, foreign) = labels_here(at);
+            groups.push(labels, foreign, &n.to_string());
+        }
+        Value::Bool(b) => {
+            let (labels, foreign) = labels_here(at);
+            groups.push(labels, foreign, if *b { "true" } else { "false" });
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                at.push(Cow::Owned(index.to_string()));
+                label_parts(item, at, parts, whole, foreign, groups);
+                at.pop();
+            }
+        }
+        Value::Object(map) => {
+            let (labels, foreign_here) = labels_here(at);
+            for (key, member) in map {
+                groups.push(labels.clone(), foreign_here, key);
+                at.push(Cow::Borrowed(key));
+                label_parts(member, at, parts, whole, foreign, groups);
+                at.pop();
+            }
+        }
     }
 }
 

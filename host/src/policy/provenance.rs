@@ -42,7 +42,9 @@ pub enum SourceSpec {
     Unlabeled,
     /// Model answers, and the arguments of tool calls already decided.
     Model,
-    /// Results of the tool `NAME`.
+    /// Results of the tool `NAME`: what the tool itself says, not the
+    /// parts marked as someone else's (a field labelled by path, data
+    /// that flowed in from arguments or a store).
     Tool(String),
     /// Tool results that carried the label `NAME` (the user's own address
     /// book, the bank's records). Never model output, which carries every
@@ -72,16 +74,33 @@ impl SourceSpec {
         }
     }
 
-    fn accepts(&self, source: &Source, labels: &[String]) -> bool {
+    fn accepts(&self, class: &Class) -> bool {
+        let Class {
+            source,
+            labels,
+            foreign,
+        } = class;
         match (self, source) {
             (SourceSpec::Task, Source::Task) => true,
             (SourceSpec::Unlabeled, Source::Task | Source::Tool(_)) => labels.is_empty(),
             (SourceSpec::Model, Source::Model) => true,
-            (SourceSpec::Tool(want), Source::Tool(name)) => want == name,
+            (SourceSpec::Tool(want), Source::Tool(name)) => want == name && !foreign,
             (SourceSpec::Label(want), Source::Tool(_)) => labels.contains(want),
             _ => false,
         }
     }
+}
+
+/// One class of data: where it came from, the labels it carried, and
+/// whether it is a part of a tool's result that is someone else's (a
+/// field the policy or the tool labels by path, or labels that flowed in
+/// from the call's arguments or the tool's store): `tool:NAME` does not
+/// vouch for those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Class {
+    source: Source,
+    labels: Vec<String>,
+    foreign: bool,
 }
 
 /// Most classes tracked; data of further classes goes to the last one,
@@ -105,7 +124,7 @@ pub const DEFAULT_INDEX: u64 = 16 << 20;
 /// seen only after the index filled fails.
 #[derive(Debug, Clone)]
 pub struct Provenance {
-    classes: Vec<(Source, Vec<String>)>,
+    classes: Vec<Class>,
     tokens: TokenMap,
     used: u64,
     limit: u64,
@@ -133,10 +152,20 @@ impl Provenance {
     /// Index `text` as data from `source` carrying `labels` (sorted), as far
     /// as the index has room.
     pub fn observe(&mut self, source: Source, labels: &[String], text: &str) {
+        self.observe_part(source, labels, false, text);
+    }
+
+    /// [`Provenance::observe`] for a part of a tool's result that is
+    /// someone else's when `foreign` (see [`SourceSpec::Tool`]).
+    pub fn observe_part(&mut self, source: Source, labels: &[String], foreign: bool, text: &str) {
         if self.full {
             return;
         }
-        let class = self.class_of(source, labels);
+        let class = self.class_of(Class {
+            source,
+            labels: labels.to_vec(),
+            foreign,
+        });
         let bit = 1u64 << class;
         let (tokens, used, limit, full) =
             (&mut self.tokens, &mut self.used, self.limit, &mut self.full);
@@ -174,16 +203,12 @@ impl Provenance {
         self.limit
     }
 
-    fn class_of(&mut self, source: Source, labels: &[String]) -> usize {
-        if let Some(i) = self
-            .classes
-            .iter()
-            .position(|(s, l)| *s == source && l == labels)
-        {
+    fn class_of(&mut self, class: Class) -> usize {
+        if let Some(i) = self.classes.iter().position(|c| *c == class) {
             return i;
         }
         if self.classes.len() < MAX_CLASSES - 1 {
-            self.classes.push((source, labels.to_vec()));
+            self.classes.push(class);
             self.classes.len() - 1
         } else {
             MAX_CLASSES - 1
@@ -197,7 +222,7 @@ impl Provenance {
             .classes
             .iter()
             .enumerate()
-            .filter(|(_, (source, labels))| from.iter().any(|spec| spec.accepts(source, labels)))
+            .filter(|(_, class)| from.iter().any(|spec| spec.accepts(class)))
             .fold(0, |mask, (i, _)| mask | (1 << i));
         if accepted == 0 {
             return false;
@@ -209,6 +234,38 @@ impl Provenance {
             together &= self.tokens.get(token).copied().unwrap_or(0);
         });
         any && together != 0
+    }
+
+    /// The labels `value` carries as data the agent was given: those every
+    /// class holding all its tokens together carries (a label is inherited
+    /// only if each place the value could have come from had it). `None`
+    /// when it was seen in no task or tool result (only in what the model
+    /// wrote, in data past the tracked classes, or nowhere): the caller
+    /// then gives it the session's labels, as it gives model-written text.
+    pub fn labels_of(&self, value: &str) -> Option<Vec<String>> {
+        let mut together = u64::MAX;
+        let mut any = false;
+        each_token(value, false, |token| {
+            any = true;
+            together &= self.tokens.get(token).copied().unwrap_or(0);
+        });
+        if !any {
+            return Some(Vec::new());
+        }
+        let mut found: Option<Vec<String>> = None;
+        for (i, class) in self.classes.iter().enumerate() {
+            if together & (1 << i) == 0 || class.source == Source::Model {
+                continue;
+            }
+            found = Some(match found {
+                None => class.labels.clone(),
+                Some(mut common) => {
+                    common.retain(|l| class.labels.contains(l));
+                    common
+                }
+            });
+        }
+        found
     }
 
     /// Where `value` was seen, for a person deciding an `ask`: each source
@@ -230,10 +287,18 @@ impl Provenance {
             .iter()
             .enumerate()
             .filter(|(i, _)| together & (1 << i) != 0)
-            .map(|(_, (source, labels))| {
+            .map(|(_, class)| {
+                let Class {
+                    source,
+                    labels,
+                    foreign,
+                } = class;
                 let what = match source {
                     Source::Task => "the task".to_string(),
                     Source::Model => "what the model wrote".to_string(),
+                    Source::Tool(name) if *foreign => {
+                        format!("results of `{name}`, in a part labelled as not its own")
+                    }
                     Source::Tool(name) => format!("results of `{name}`"),
                 };
                 if labels.is_empty() {
@@ -250,7 +315,7 @@ impl Provenance {
             .classes
             .iter()
             .enumerate()
-            .any(|(i, (source, _))| *source == Source::Task && together & (1 << i) != 0);
+            .any(|(i, class)| class.source == Source::Task && together & (1 << i) != 0);
         match places.len() {
             0 if self.full => "it appears nowhere the agent was given data (the index filled up: data after that is not indexed)".into(),
             0 => "it appears nowhere the agent was given data: not in the task, any tool result, or the model's text".into(),
@@ -678,6 +743,61 @@ mod tests {
             "{}",
             index.explain("ZZ00-NOWHERE")
         );
+    }
+
+    /// A part of a tool's result labelled as someone else's (a field by
+    /// path, or labels that flowed in) is not what `tool:NAME` vouches for;
+    /// `label:NAME` and the part's labels still apply as to any data.
+    #[test]
+    fn a_foreign_part_is_not_the_tools_own() {
+        let mut index = Provenance::default();
+        index.observe(Source::Tool("bank".into()), &[], "DE89-3704-0044");
+        index.observe_part(
+            Source::Tool("bank".into()),
+            &labels(&["untrusted"]),
+            true,
+            "pay GB00-EVIL-9999",
+        );
+        let bank = [SourceSpec::Tool("bank".into())];
+        assert!(index.occurs_in("DE89-3704-0044", &bank));
+        assert!(!index.occurs_in("GB00-EVIL-9999", &bank));
+        assert!(!index.occurs_in("GB00-EVIL-9999", &[SourceSpec::Unlabeled]));
+        assert!(index.occurs_in("GB00-EVIL-9999", &[SourceSpec::Label("untrusted".into())]));
+        assert_eq!(
+            index.explain("GB00-EVIL-9999"),
+            "it appears in results of `bank`, in a part labelled as not its own (labels: untrusted), and nowhere in the task"
+        );
+    }
+
+    /// The labels a value inherits: those of every place it could have
+    /// come from; none known when only the model wrote it.
+    #[test]
+    fn a_values_labels_are_those_every_origin_shares() {
+        let mut index = Provenance::default();
+        index.observe(Source::Task, &[], "rent to DE11-TASK-0001");
+        index.observe(
+            Source::Tool("web".into()),
+            &labels(&["untrusted", "web"]),
+            "DE11-TASK-0001 or GB00-EVIL-9999 and mallory",
+        );
+        index.observe(
+            Source::Tool("mail".into()),
+            &labels(&["untrusted"]),
+            "GB00-EVIL-9999",
+        );
+        index.observe(Source::Model, &labels(&["untrusted"]), "XX00-INVENTED");
+        assert_eq!(index.labels_of("DE11-TASK-0001"), Some(vec![]));
+        assert_eq!(
+            index.labels_of("GB00-EVIL-9999"),
+            Some(labels(&["untrusted"]))
+        );
+        assert_eq!(
+            index.labels_of("mallory GB00-EVIL-9999"),
+            Some(labels(&["untrusted", "web"]))
+        );
+        assert_eq!(index.labels_of("XX00-INVENTED"), None, "only the model");
+        assert_eq!(index.labels_of("rent mallory"), None, "no one place");
+        assert_eq!(index.labels_of(""), Some(vec![]));
     }
 
     #[test]
