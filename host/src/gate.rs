@@ -796,6 +796,15 @@ impl Gate {
         self.note_index_full(&mut state)
     }
 
+    /// A tool call was allowed and goes ahead: the labels its arguments
+    /// carry flow into its stores and its result (see
+    /// [`Session::flow_into_call`]). Returns the labels its result
+    /// inherits. Before [`Gate::observe_tool_call`].
+    pub fn flow_into_call(&self, tool: &str, arguments: &Value) -> Vec<String> {
+        let mut state = self.lock();
+        state.session.flow_into_call(&self.policy, tool, arguments)
+    }
+
     /// Once, when the provenance index has filled: say so, and what it
     /// means for `from` rules.
     fn note_index_full(&self, state: &mut State) -> io::Result<()> {
@@ -819,6 +828,24 @@ impl Gate {
             data: Some(data),
         })?;
         Ok(())
+    }
+
+    /// A tool's result reached the agent: label and index it by what it
+    /// came from (see [`Session::observe_tool_result_from`]). Returns the
+    /// labels it added to the session.
+    pub fn observe_tool_result_from(
+        &self,
+        tool: &str,
+        text: &str,
+        origin: &crate::policy::ResultOrigin<'_>,
+    ) -> io::Result<Vec<String>> {
+        let mut state = self.lock();
+        let before = state.session.labels.clone();
+        state
+            .session
+            .observe_tool_result_from(&self.policy, tool, text, origin);
+        self.note_index_full(&mut state)?;
+        Ok(added(&before, &state.session.labels))
     }
 
     /// A tool's result reached the agent: label and index it. Returns the

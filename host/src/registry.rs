@@ -14,6 +14,7 @@ use crate::diagnostic::SourceError;
 use crate::gate::Gate;
 use crate::load::{ComponentSource, PolicyFile};
 use crate::policy::Verdict;
+use crate::policy::args::{LabelPath, declared_third_party};
 use crate::remote::{Downloader, FetchError};
 use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
@@ -34,6 +35,8 @@ pub struct ToolComponent {
 
 struct RegisteredTool {
     spec: ToolSpec,
+    /// Parts of its results its description marks as third-party.
+    third_party: Vec<LabelPath>,
     schema: Arc<jsonschema::Validator>,
     component: Arc<ToolComponent>,
     granted: bool,
@@ -276,6 +279,7 @@ impl ToolRegistry {
             tools.insert(
                 entry.name.clone(),
                 RegisteredTool {
+                    third_party: declared_third_party(&spec.parameters).unwrap_or_default(),
                     schema: Arc::new(schema),
                     spec: spec.clone(),
                     component: component.clone(),
@@ -294,6 +298,13 @@ impl ToolRegistry {
     /// The compiled JSON Schema `name` declared for its arguments.
     pub fn schema(&self, name: &str) -> Option<&jsonschema::Validator> {
         self.tools.get(name).map(|t| &*t.schema)
+    }
+
+    /// The parts of `name`'s results its description marks as
+    /// third-party (`x-warden-third-party`); what they count for is the
+    /// policy's `third_party_labels`.
+    pub fn third_party(&self, name: &str) -> &[LabelPath] {
+        self.tools.get(name).map_or(&[], |t| &t.third_party)
     }
 
     /// Every distinct component loaded.
@@ -429,6 +440,9 @@ async fn describe(
                 "`{source}` describes `{}` with a parameters schema that is not a JSON object",
                 spec.name
             ));
+        }
+        if let Err(e) = declared_third_party(&parameters) {
+            return Err(format!("`{source}` describes `{}` with {e}", spec.name));
         }
         out.push(ToolSpec {
             name: spec.name,

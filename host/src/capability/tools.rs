@@ -106,6 +106,8 @@ pub async fn call_parsed(
     };
     // Decided: from now on its values count as the model's (never before,
     // so that no call vouches for itself).
+    // Labels its argument values carry flow into its stores and result.
+    let inherited = gate.flow_into_call(name, parsed);
     gate.observe_tool_call(parsed)?;
     let (outcome, http_labels) = match replay {
         // A replay returns what the tool returned then; nothing runs.
@@ -128,7 +130,12 @@ pub async fn call_parsed(
     };
     let mut redacted = Redactions::new();
     let text = gate.secrets().clean(text, &mut redacted);
-    let labels = gate.observe_tool_result(name, &text, &http_labels)?;
+    let origin = crate::policy::ResultOrigin {
+        http_labels: &http_labels,
+        inherited: &inherited,
+        declared: registry.third_party(name),
+    };
+    let labels = gate.observe_tool_result_from(name, &text, &origin)?;
     let data = if outcome == Outcome::Ok {
         json!({
             "result": *text,

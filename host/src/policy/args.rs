@@ -212,6 +212,45 @@ impl LabelPath {
     }
 }
 
+/// The annotation in a tool's parameters schema (top level) that lists the
+/// parts of its results that are third-party: label paths, e.g.
+/// `"x-warden-third-party": ["/description", "/**/subject"]`.
+pub const THIRD_PARTY_KEY: &str = "x-warden-third-party";
+
+/// Most paths one tool may declare third-party.
+pub const MAX_THIRD_PARTY: usize = 64;
+
+/// The label paths `schema` declares third-party (none without the
+/// annotation), or what is wrong with them, for the tool's author.
+pub fn declared_third_party(schema: &Value) -> Result<Vec<LabelPath>, String> {
+    let Some(declared) = schema.get(THIRD_PARTY_KEY) else {
+        return Ok(Vec::new());
+    };
+    let wrong = |why: String| {
+        format!(
+            "`{THIRD_PARTY_KEY}` that {why}: give a list of at most {MAX_THIRD_PARTY} result paths such as [\"/description\", \"/**/subject\"]"
+        )
+    };
+    let Some(list) = declared.as_array() else {
+        return Err(wrong("is not a list".into()));
+    };
+    if list.len() > MAX_THIRD_PARTY {
+        return Err(wrong(format!("has {} paths", list.len())));
+    }
+    list.iter()
+        .map(|item| {
+            let text = item.as_str().ok_or_else(|| {
+                wrong(format!(
+                    "holds {}, not a string",
+                    printable(&item.to_string())
+                ))
+            })?;
+            LabelPath::parse(text)
+                .map_err(|e| wrong(format!("holds a bad path ({})", printable(&e))))
+        })
+        .collect()
+}
+
 impl fmt::Display for LabelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)

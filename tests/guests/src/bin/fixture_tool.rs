@@ -1,5 +1,6 @@
 //! Tools for policy tests: a web page reader (returns whatever text the
-//! page "has", injected instructions included), the user's bank records,
+//! page "has", injected instructions included), the user's bank records
+//! and a statement (JSON, with a subject an outsider wrote),
 //! and two sinks that change the world: `pay` and `send_email`. Every
 //! invocation logs its tool name, so a test can see whether a tool ran.
 
@@ -18,6 +19,18 @@ impl Tool for Fixture {
                     "type": "object",
                     "properties": { "url": { "type": "string" }, "content": { "type": "string" } },
                     "required": ["url", "content"],
+                }),
+            ),
+            // A bank statement: the bank's own fields, and a subject the
+            // payer wrote, which the tool's description marks third-party.
+            ToolSpec::new(
+                "read_statement",
+                "Read the latest bank statement.",
+                json!({
+                    "type": "object",
+                    "properties": { "subject": { "type": "string" } },
+                    "required": ["subject"],
+                    "x-warden-third-party": ["/**/subject"],
                 }),
             ),
             ToolSpec::new(
@@ -59,6 +72,14 @@ impl Tool for Fixture {
         let args: Value = serde_json::from_str(&arguments).map_err(|e| e.to_string())?;
         match name.as_str() {
             "read_page" => Ok(args["content"].as_str().unwrap_or("").to_string()),
+            "read_statement" => Ok(json!({
+                "entries": [{
+                    "account": "DE89-3704-0044-0532",
+                    "amount": 900,
+                    "subject": args["subject"].as_str().unwrap_or(""),
+                }]
+            })
+            .to_string()),
             "read_records" => Ok("Landlord: Jan Novak, account DE89-3704-0044-0532".into()),
             "pay" => Ok(format!(
                 "paid {} to {}",
