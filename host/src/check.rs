@@ -29,6 +29,17 @@ pub async fn load_components(
     runtime: &Runtime,
     file: &PolicyFile,
 ) -> Result<Vec<Arc<ToolComponent>>, String> {
+    load_tools(runtime, file)
+        .await
+        .map(|tools| tools.components())
+}
+
+/// [`load_components`], keeping the tools as loaded (their specs and what
+/// their descriptions declare).
+pub async fn load_tools(
+    runtime: &Runtime,
+    file: &PolicyFile,
+) -> Result<Arc<crate::registry::ToolRegistry>, String> {
     use crate::run::{Opening, RunError, open_session};
     let audit = crate::audit::AuditLog::new(crate::audit::new_run_id());
     let gate = crate::gate::Gate::new(file.policy.clone(), audit);
@@ -38,7 +49,7 @@ pub async fn load_components(
         data: serde_json::json!({}),
     };
     match open_session(runtime, file, gate, opening).await {
-        Ok((_, tools)) => Ok(tools.components()),
+        Ok((_, tools)) => Ok(tools),
         Err(RunError::Policy(error)) => Err(error.render()),
         Err(error) => Err(format!("error: {error}")),
     }
@@ -66,6 +77,39 @@ pub fn describe_components(components: Option<&[Arc<ToolComponent>]>) -> String 
                 ""
             }
         );
+    }
+    out
+}
+
+/// What `warden check` says of the parts of results that tools'
+/// descriptions mark third-party (`x-warden-third-party`), and whether
+/// the policy accepts them.
+pub fn describe_declared(
+    policy: &crate::policy::Policy,
+    tools: &crate::registry::ToolRegistry,
+) -> String {
+    let mut out = String::new();
+    for tool in policy.tools.values() {
+        let declared = tools.third_party(&tool.name);
+        if declared.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str(
+                "Result parts tools declare third-party:
+",
+            );
+        }
+        let paths: Vec<String> = declared
+            .iter()
+            .map(|p| format!("`{}`", crate::transcript::clean_line(&p.text)))
+            .collect();
+        let what = if tool.third_party_labels.is_empty() {
+            "ignored: the entry has no `third_party_labels`".to_string()
+        } else {
+            format!("labeled {}", tool.third_party_labels.join(", "))
+        };
+        let _ = writeln!(out, "  {}: {} ({what})", tool.name, paths.join(", "));
     }
     out
 }
@@ -245,6 +289,28 @@ pub fn describe(file: &PolicyFile) -> String {
                 "    its results label the session: {}",
                 tool.labels.join(", ")
             );
+        }
+        if !tool.path_labels.is_empty() {
+            let parts: Vec<String> = tool
+                .path_labels
+                .iter()
+                .map(|(path, labels)| format!("`{path}`: {}", labels.join(", ")))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    parts of its JSON results carry labels: {} (a result that is not a JSON object or array carries them all)",
+                parts.join("; ")
+            );
+        }
+        if !tool.third_party_labels.is_empty() {
+            let _ = writeln!(
+                out,
+                "    parts its description marks third-party carry: {}",
+                tool.third_party_labels.join(", ")
+            );
+        }
+        if !tool.labels_flow {
+            out.push_str("    labels do not flow through it: its results do not carry its arguments' or its store's labels\n");
         }
         if !tool.deny_when_labeled.is_empty() {
             let _ = writeln!(

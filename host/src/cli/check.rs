@@ -73,8 +73,8 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
                 // Printed; the check could not be done (bad input, 2).
                 Err(code) => return code,
             };
-            match warden::check::load_components(&runtime, &file).await {
-                Ok(components) => Some(components),
+            match warden::check::load_tools(&runtime, &file).await {
+                Ok(tools) => Some(tools),
                 Err(error) => {
                     eprintln!("{error}");
                     if json {
@@ -91,7 +91,8 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
         }
     };
     if json {
-        let value = check_json(&file, components.as_deref(), strict);
+        let loaded = components.as_ref().map(|tools| tools.components());
+        let value = check_json(&file, loaded.as_deref(), strict);
         let code = match strict && !file.policy.warnings.is_empty() {
             true => ExitCode::from(EXIT_NO_ANSWER),
             false => ExitCode::SUCCESS,
@@ -99,10 +100,15 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
         return print_json(&value, code);
     }
     // A reader that went away (`| head`) is not an error.
+    let loaded = components.as_ref().map(|tools| tools.components());
+    let declared = components
+        .as_ref()
+        .map(|tools| warden::check::describe_declared(&file.policy, tools))
+        .unwrap_or_default();
     let printed = print_all(&format!(
-        "{}{}",
+        "{}{declared}{}",
         warden::check::describe(&file),
-        warden::check::describe_components(components.as_deref())
+        warden::check::describe_components(loaded.as_deref())
     ));
     if printed != ExitCode::SUCCESS {
         return printed;
