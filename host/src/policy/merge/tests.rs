@@ -349,6 +349,7 @@ fn widening_includes() -> Vec<(String, String)> {
         ("tools.fetch.decision", "[tools.fetch]\ndecision = \"allow\""),
         ("tools.fetch.max_calls", "[tools.fetch]\nmax_calls = 6"),
         ("tools.fetch.rate", "[tools.fetch]\nrate = 3"),
+        ("tools.fetch.labels_flow", "[tools.fetch]\nlabels_flow = false"),
         ("secrets.TOKEN.from_env", "[secrets.TOKEN]\nfrom_env = \"OTHER\"\ninject = { host = \"a.test\", header = \"Authorization\", format = \"Bearer {}\" }"),
         ("secrets.TOKEN.inject.host", "[secrets.TOKEN]\nfrom_env = \"TOKEN\"\ninject = { host = \"b.test\", header = \"Authorization\", format = \"Bearer {}\" }"),
         ("secrets.TOKEN.inject.header", "[secrets.TOKEN]\nfrom_env = \"TOKEN\"\ninject = { host = \"a.test\", header = \"X-Log\", format = \"Bearer {}\" }"),
@@ -659,4 +660,35 @@ fn an_include_cannot_trade_a_secret_for_the_model_key_or_back() {
             "secrets.K",
         );
     }
+}
+
+/// Labels by path only add up through an include, and turning flows back
+/// on narrows.
+#[test]
+fn an_include_adds_path_labels_and_may_turn_flows_on() {
+    let base = "[tools.bank]\ncomponent = \"b.wasm\"\nlabels = { \"/subject\" = [\"untrusted\"] }\nlabels_flow = false\n";
+    let p = over(
+        base,
+        "[tools.bank]\nlabels = { \"/subject\" = [\"web\"], \"/note\" = [\"untrusted\"], \"/\" = [\"bank\"] }\nlabels_flow = true\nthird_party_labels = [\"untrusted\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bank = &p.tools["bank"];
+    assert_eq!(bank.labels, ["bank"]);
+    let paths: Vec<(String, Vec<String>)> = bank
+        .path_labels
+        .iter()
+        .map(|(path, labels)| (path.text.clone(), labels.clone()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (
+                "/subject".to_string(),
+                vec!["untrusted".to_string(), "web".to_string()]
+            ),
+            ("/note".to_string(), vec!["untrusted".to_string()]),
+        ]
+    );
+    assert!(bank.labels_flow);
+    assert_eq!(bank.third_party_labels, ["untrusted"]);
 }
