@@ -7,8 +7,14 @@
 //!   carries 2 labels the tool's label rules look at.
 //! - `decide/model_call`: the model entry with deny patterns and budgets.
 //! - `load/500_rules`: parse and compile a policy of 500 rules.
+//! - `observe/statement_plain` and `observe/statement_by_path`: index a
+//!   statement of 2,000 entries (about 200 KB of JSON) into a fresh
+//!   session, labelled whole, then by two label paths (a parse and a walk
+//!   besides the tokens).
+//! - `flow/call`: the labels a call's arguments carry, looked up in that
+//!   index.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::hint::black_box;
 use warden::chat::{Message, Role};
@@ -136,5 +142,49 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(policy, benches);
+fn labels(c: &mut Criterion) {
+    let entries: Vec<serde_json::Value> = (0..2000)
+        .map(|i| {
+            json!({
+                "account": format!("DE89-3704-{i:04}"),
+                "amount": i,
+                "subject": format!("Invoice {i}: pay within 30 days, see https://shop{i}.example/terms"),
+            })
+        })
+        .collect();
+    let statement = json!({ "owner": "Jan Novak", "entries": entries }).to_string();
+    let plain = Policy::parse(
+        "plain.toml",
+        "[tools.bank]\ncomponent = \"b.wasm\"\nlabels = [\"untrusted\"]\n[tools.pay]\ncomponent = \"p.wasm\"\n",
+    )
+    .unwrap();
+    let by_path = Policy::parse(
+        "paths.toml",
+        "[tools.bank]\ncomponent = \"b.wasm\"\nlabels = { \"/entries/*/subject\" = [\"untrusted\"], \"/**/note\" = [\"untrusted\"] }\n[tools.pay]\ncomponent = \"p.wasm\"\n",
+    )
+    .unwrap();
+    for (name, policy) in [
+        ("observe/statement_plain", &plain),
+        ("observe/statement_by_path", &by_path),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                Session::default,
+                |mut session| {
+                    session.observe_tool_result(policy, "bank", black_box(&statement), &[]);
+                    session
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    let mut session = Session::default();
+    session.observe_tool_result(&by_path, "bank", &statement, &[]);
+    let args = json!({"account": "DE89-3704-1999", "amount": 12, "memo": "Invoice 1999: pay within 30 days"});
+    c.bench_function("flow/call", |b| {
+        b.iter(|| black_box(session.labels_of_arguments(black_box(&args))))
+    });
+}
+
+criterion_group!(policy, benches, labels);
 criterion_main!(policy);

@@ -130,10 +130,24 @@ pub async fn call_parsed(
     };
     let mut redacted = Redactions::new();
     let text = gate.secrets().clean(text, &mut redacted);
+    // Parsed here, not under the gate's lock: it may be a megabyte.
+    let declared = registry.third_party(name);
+    let by_path = gate
+        .policy()
+        .tools
+        .get(name)
+        .is_some_and(|tool| tool.labels_by_path(declared));
+    let json = by_path
+        .then(|| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .flatten();
     let origin = crate::policy::ResultOrigin {
         http_labels: &http_labels,
         inherited: &inherited,
-        declared: registry.third_party(name),
+        declared,
+        json: match &json {
+            Some(value) => crate::policy::ResultJson::Json(value),
+            None => crate::policy::ResultJson::NotJson,
+        },
     };
     let labels = gate.observe_tool_result_from(name, &text, &origin)?;
     let data = if outcome == Outcome::Ok {

@@ -121,7 +121,7 @@ pub struct LabelPath {
 }
 
 /// Most segments of a label path (JSON nests at most 128 deep as parsed).
-const MAX_LABEL_PATH: usize = 64;
+pub const MAX_LABEL_PATH: usize = 32;
 
 impl LabelPath {
     /// Parse `/`, a JSON Pointer or a dotted path, with `*` and `**`.
@@ -163,52 +163,82 @@ impl LabelPath {
     }
 
     /// Whether the value at `at` (the keys and indexes from the result's
-    /// root) is at or under this path. Linear in `at` times the path's
-    /// length, whatever the number of `**`.
+    /// root) is at or under this path.
     pub fn covers<S: AsRef<str>>(&self, at: &[S]) -> bool {
-        // The pattern positions reachable after each prefix of `at`; a
-        // value is covered once the whole pattern is matched by a prefix.
-        let n = self.segments.len();
-        let mut states = vec![false; n + 1];
-        states[0] = true;
-        let close = |states: &mut Vec<bool>| {
-            // `**` may match nothing: skip over it.
-            for i in 0..n {
-                if states[i] && self.segments[i] == "**" {
-                    states[i + 1] = true;
-                }
-            }
-        };
-        close(&mut states);
-        if states[n] {
-            return true;
-        }
+        let mut state = self.start();
         for key in at {
-            let mut next = vec![false; n + 1];
-            for i in 0..n {
-                if !states[i] {
-                    continue;
-                }
-                match self.segments[i].as_str() {
-                    "**" => {
-                        next[i] = true;
-                        next[i + 1] = true;
-                    }
-                    "*" => next[i + 1] = true,
-                    literal if literal == key.as_ref() => next[i + 1] = true,
-                    _ => {}
-                }
+            if state.is_covered() || state.is_dead() {
+                break;
             }
-            close(&mut next);
-            if next[n] {
-                return true;
-            }
-            if !next.iter().any(|s| *s) {
-                return false;
-            }
-            states = next;
+            state = self.step(state, key.as_ref());
         }
-        false
+        state.is_covered()
+    }
+
+    /// Where matching stands at the root.
+    pub fn start(&self) -> PathState {
+        self.close(PathState(1))
+    }
+
+    /// Where matching stands one key or index further down: linear in the
+    /// path's length. Once covered, a value's whole subtree is.
+    pub fn step(&self, state: PathState, key: &str) -> PathState {
+        if state.is_covered() || state.is_dead() {
+            return state;
+        }
+        let n = self.segments.len();
+        let mut next = 0u64;
+        for (i, segment) in self.segments.iter().enumerate() {
+            if state.0 & (1 << i) == 0 {
+                continue;
+            }
+            match segment.as_str() {
+                "**" => next |= (1 << i) | (1 << (i + 1)),
+                "*" => next |= 1 << (i + 1),
+                literal if literal == key => next |= 1 << (i + 1),
+                _ => {}
+            }
+        }
+        let next = self.close(PathState(next));
+        if next.0 & (1 << n) != 0 {
+            PathState::COVERED
+        } else {
+            next
+        }
+    }
+
+    /// `**` may match nothing: from each reached `**`, the next position.
+    fn close(&self, mut state: PathState) -> PathState {
+        for (i, segment) in self.segments.iter().enumerate() {
+            if state.0 & (1 << i) != 0 && segment == "**" {
+                state.0 |= 1 << (i + 1);
+            }
+        }
+        if state.0 & (1 << self.segments.len()) != 0 {
+            PathState::COVERED
+        } else {
+            state
+        }
+    }
+}
+
+/// How far a [`LabelPath`] has matched the keys from the root: the set of
+/// pattern positions reached (a bit each; paths have at most
+/// [`MAX_LABEL_PATH`] segments), or covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathState(u64);
+
+impl PathState {
+    const COVERED: PathState = PathState(u64::MAX);
+
+    /// Whether the value here, and all under it, is covered.
+    pub fn is_covered(self) -> bool {
+        self == Self::COVERED
+    }
+
+    /// Whether nothing here or below can be covered.
+    pub fn is_dead(self) -> bool {
+        self.0 == 0
     }
 }
 
@@ -218,7 +248,7 @@ impl LabelPath {
 pub const THIRD_PARTY_KEY: &str = "x-warden-third-party";
 
 /// Most paths one tool may declare third-party.
-pub const MAX_THIRD_PARTY: usize = 64;
+pub const MAX_THIRD_PARTY: usize = 32;
 
 /// The label paths `schema` declares third-party (none without the
 /// annotation), or what is wrong with them, for the tool's author.
@@ -757,7 +787,7 @@ mod tests {
         assert!(path("/a~1b").covers(&["a/b"]), "pointer escapes");
         // Many `**` against a deep path stays linear.
         let deep: Vec<&str> = std::iter::repeat_n("x", 120).collect();
-        let stars = format!("{}/y", "/**/x".repeat(30));
+        let stars = format!("{}/y", "/**/x".repeat(15));
         assert!(!path(&stars).covers(&deep));
         for bad in ["", "//", "/a//b", "a..b"] {
             assert!(
@@ -767,7 +797,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(LabelPath::parse(&"/a".repeat(65)).is_err());
+        assert!(LabelPath::parse(&"/a".repeat(33)).is_err());
+        assert!(LabelPath::parse(&"/a".repeat(32)).is_ok());
         assert_eq!(path("/**/**/a").segments, ["**", "a"]);
     }
 

@@ -302,6 +302,15 @@ struct ToolRules {
     ask_when_labeled: Rule,
 }
 
+impl ToolPolicy {
+    /// Whether its results are labelled by part: it has label paths, or
+    /// accepts what its description (`declared`) marks third-party.
+    pub fn labels_by_path(&self, declared: &[args::LabelPath]) -> bool {
+        !self.path_labels.is_empty()
+            || (!self.third_party_labels.is_empty() && !declared.is_empty())
+    }
+}
+
 /// Where a component comes from, as written in the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentRef {
@@ -629,6 +638,20 @@ pub struct ResultOrigin<'a> {
     pub inherited: &'a [String],
     /// Parts the tool's own description marks as third-party.
     pub declared: &'a [args::LabelPath],
+    /// The result as JSON, if the caller parsed it (outside any lock).
+    pub json: ResultJson<'a>,
+}
+
+/// A result as JSON, for labels by path.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum ResultJson<'a> {
+    /// Not parsed yet: parsed when the tool labels parts.
+    #[default]
+    Unparsed,
+    /// Parsed.
+    Json(&'a serde_json::Value),
+    /// Not JSON.
+    NotJson,
 }
 
 /// Union of two sorted, deduplicated label lists.
@@ -872,14 +895,17 @@ impl Session {
             self.provenance.observe_part(source, &whole, foreign, text);
             return;
         }
-        let parsed = if self.provenance.is_full() {
-            None
-        } else {
-            serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .filter(|v| v.is_object() || v.is_array())
+        let parsed;
+        let value = match origin.json {
+            _ if self.provenance.is_full() => None,
+            ResultJson::Json(value) => Some(value),
+            ResultJson::NotJson => None,
+            ResultJson::Unparsed => {
+                parsed = serde_json::from_str::<serde_json::Value>(text).ok();
+                parsed.as_ref()
+            }
         };
-        let Some(value) = parsed else {
+        let Some(value) = value.filter(|v| v.is_object() || v.is_array()) else {
             // Not JSON with fields: every part's labels, the safe side.
             for (_, labels) in &parts {
                 union_labels(&mut whole, labels);
@@ -889,8 +915,8 @@ impl Session {
             return;
         };
         let mut groups = PartGroups::default();
-        let mut at: Vec<Cow<'_, str>> = Vec::new();
-        label_parts(&value, &mut at, &parts, &whole, foreign, &mut groups);
+        let states: Vec<args::PathState> = parts.iter().map(|(path, _)| path.start()).collect();
+        label_parts(value, &states, &parts, &whole, foreign, &mut groups);
         for ((labels, foreign), text) in groups.0 {
             self.add_labels(&labels);
             self.provenance
@@ -904,75 +930,67 @@ impl Session {
 /// The text of a result's values, grouped by the labels each carries
 /// (and whether they are a foreign part).
 #[derive(Default)]
-struct PartGroups(Vec<((Vec<String>, bool), String)>);
+struct PartGroups(HashMap<(Vec<String>, bool), String>);
 
 impl PartGroups {
-    fn push(&mut self, labels: Vec<String>, foreign: bool, text: &str) {
-        let key = (labels, foreign);
-        let at = match self.0.iter().position(|(k, _)| *k == key) {
-            Some(at) => at,
-            None => {
-                self.0.push((key, String::new()));
-                self.0.len() - 1
-            }
-        };
-        let buffer = &mut self.0[at].1;
+    fn push(&mut self, key: (Vec<String>, bool), text: &str) {
+        let buffer = self.0.entry(key).or_default();
         buffer.push_str(text);
         buffer.push('\n');
     }
 }
 
-/// Each value (and key) of `value`, at path `at`, into `groups` with the
-/// labels of `whole` and of every part covering it. Recursion is bounded:
-/// the JSON parser refuses nesting deeper than 128.
-fn label_parts<'v>(
-    value: &'v serde_json::Value,
-    at: &mut Vec<Cow<'v, str>>,
+/// Each value (and key) of `value` into `groups`, with the labels of
+/// `whole` and of every part covering it; `states` says how far each
+/// part's path has matched down to here. Linear in the result's size
+/// times the parts' lengths. Recursion is bounded: the JSON parser refuses
+/// nesting deeper than 128.
+fn label_parts(
+    value: &serde_json::Value,
+    states: &[args::PathState],
     parts: &[(&args::LabelPath, &[String])],
     whole: &[String],
     foreign: bool,
     groups: &mut PartGroups,
 ) {
     use serde_json::Value;
-    let labels_here = |at: &[Cow<'v, str>]| {
+    let key_here = || {
         let mut labels = whole.to_vec();
         let mut covered = false;
-        for (path, extra) in parts {
-            if path.covers(at) {
+        for ((_, extra), state) in parts.iter().zip(states) {
+            if state.is_covered() {
                 covered = true;
                 union_labels(&mut labels, extra);
             }
         }
         (labels, foreign || covered)
     };
+    let below = |key: &str| -> Vec<args::PathState> {
+        parts
+            .iter()
+            .zip(states)
+            .map(|((path, _), state)| path.step(*state, key))
+            .collect()
+    };
     match value {
         Value::Null => {}
-        Value::String(s) => {
-            let (labels, foreign) = labels_here(at);
-            groups.push(labels, foreign, s);
-        }
-        Value::Number(n) => {
-            let (labels, foreign) = labels_here(at);
-            groups.push(labels, foreign, &n.to_string());
-        }
-        Value::Bool(b) => {
-            let (labels, foreign) = labels_here(at);
-            groups.push(labels, foreign, if *b { "true" } else { "false" });
-        }
+        Value::String(s) => groups.push(key_here(), s),
+        Value::Number(n) => groups.push(key_here(), &n.to_string()),
+        Value::Bool(b) => groups.push(key_here(), if *b { "true" } else { "false" }),
         Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                at.push(Cow::Owned(index.to_string()));
-                label_parts(item, at, parts, whole, foreign, groups);
-                at.pop();
+            let mut index = String::new();
+            for (i, item) in items.iter().enumerate() {
+                use std::fmt::Write;
+                index.clear();
+                let _ = write!(index, "{i}");
+                label_parts(item, &below(&index), parts, whole, foreign, groups);
             }
         }
         Value::Object(map) => {
-            let (labels, foreign_here) = labels_here(at);
+            let here = key_here();
             for (key, member) in map {
-                groups.push(labels.clone(), foreign_here, key);
-                at.push(Cow::Borrowed(key));
-                label_parts(member, at, parts, whole, foreign, groups);
-                at.pop();
+                groups.push(here.clone(), key);
+                label_parts(member, &below(key), parts, whole, foreign, groups);
             }
         }
     }
