@@ -297,7 +297,7 @@ impl Provenance {
                     Source::Task => "the task".to_string(),
                     Source::Model => "what the model wrote".to_string(),
                     Source::Tool(name) if *foreign => {
-                        format!("results of `{name}`, in a part labelled as not its own")
+                        format!("results of `{name}`, in a part not its own")
                     }
                     Source::Tool(name) => format!("results of `{name}`"),
                 };
@@ -765,7 +765,7 @@ mod tests {
         assert!(index.occurs_in("GB00-EVIL-9999", &[SourceSpec::Label("untrusted".into())]));
         assert_eq!(
             index.explain("GB00-EVIL-9999"),
-            "it appears in results of `bank`, in a part labelled as not its own (labels: untrusted), and nowhere in the task"
+            "it appears in results of `bank`, in a part not its own (labels: untrusted), and nowhere in the task"
         );
     }
 

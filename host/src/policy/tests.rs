@@ -1361,9 +1361,7 @@ fn a_labelled_field_does_not_taint_the_fields_beside_it() {
         unreachable!()
     };
     assert!(
-        reason.contains(
-            "results of `bank`, in a part labelled as not its own (labels: bank, untrusted)"
-        ),
+        reason.contains("results of `bank`, in a part not its own (labels: bank, untrusted)"),
         "{reason}"
     );
     // `label:bank` still accepts it: the part carries the whole's labels.
