@@ -595,3 +595,23 @@ fn every_command_s_help_shows_examples_of_itself() {
         );
     }
 }
+
+/// `check --json` says what a tool's labels are beyond the default: its
+/// label paths, the labels it gives declared third-party parts, flows off.
+#[test]
+fn check_json_shows_label_paths_and_flows() {
+    let out = warden(&["check", "--json", "--no-load", "tests/ui/check/labels.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value = one_json(&out);
+    let tools = value["tools"].as_array().unwrap();
+    assert_eq!(
+        tools[0],
+        serde_json::json!({
+            "name": "bank", "component": "bank.wasm", "decision": "allow",
+            "label_paths": { "/transactions/*/subject": ["untrusted"], "/**/note": ["untrusted"] },
+            "third_party_labels": ["untrusted"],
+        })
+    );
+    assert_eq!(tools[1]["labels_flow"], false, "{value}");
+    assert_eq!(tools[2].get("labels_flow"), None, "{value}");
+}

@@ -121,6 +121,32 @@ pub(crate) async fn run(args: CheckArgs) -> ExitCode {
 }
 
 /// `check --json`'s object (docs/cli.md).
+/// One tool in `check --json`: its name, component and decision, and
+/// where it says more than the default about labels, its label paths,
+/// `third_party_labels` and `labels_flow`.
+fn tool_json(tool: &warden::policy::ToolPolicy) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "name": tool.name,
+        "component": tool.component.as_ref().map(|c| c.text.as_str()),
+        "decision": tool.decision.as_str(),
+    });
+    if !tool.path_labels.is_empty() {
+        value["label_paths"] = tool
+            .path_labels
+            .iter()
+            .map(|(path, labels)| (path.text.clone(), serde_json::json!(labels)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    if !tool.third_party_labels.is_empty() {
+        value["third_party_labels"] = serde_json::json!(tool.third_party_labels);
+    }
+    if !tool.labels_flow {
+        value["labels_flow"] = false.into();
+    }
+    value
+}
+
 fn check_json(
     file: &PolicyFile,
     components: Option<&[std::sync::Arc<warden::registry::ToolComponent>]>,
@@ -136,11 +162,7 @@ fn check_json(
         "files": file.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
         "errors": [],
         "warnings": super::diagnostics_json(&file.files, &policy.warnings),
-        "tools": policy.tools.values().map(|tool| serde_json::json!({
-            "name": tool.name,
-            "component": tool.component.as_ref().map(|c| c.text.as_str()),
-            "decision": tool.decision.as_str(),
-        })).collect::<Vec<_>>(),
+        "tools": policy.tools.values().map(tool_json).collect::<Vec<_>>(),
         "components": components.map(|components| components.iter().map(|c| serde_json::json!({
             "source": c.source,
             "sha256": c.sha256,
