@@ -803,6 +803,27 @@ mod tests {
     }
 
     #[test]
+    fn a_tools_third_party_declaration_is_checked() {
+        let declared = |schema: Value| declared_third_party(&schema);
+        assert_eq!(declared(json!({"type": "object"})), Ok(vec![]));
+        let paths = declared(json!({"x-warden-third-party": ["/a", "/**/b"]})).unwrap();
+        assert_eq!(paths.len(), 2);
+        assert!(paths[1].covers(&["x", "b"]));
+        for (bad, says) in [
+            (json!("/a"), "is not a list"),
+            (json!([1]), "holds 1, not a string"),
+            (json!(["/a//b"]), "holds a bad path"),
+            (json!(vec!["/a"; 33]), "has 33 paths"),
+        ] {
+            let e = declared(json!({ "x-warden-third-party": bad })).unwrap_err();
+            assert!(
+                e.contains(says) && e.starts_with("`x-warden-third-party` that"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn checks_apply_per_item_of_arrays() {
         let provenance = Provenance::default();
         let domain = Check::Matches(
