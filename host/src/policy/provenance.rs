@@ -4,7 +4,10 @@
 //! hash lookups, not a scan.
 //!
 //! Each piece of data belongs to a *class*: its source (the task, the model,
-//! a tool) and the labels it carried. The index maps a normalized token to
+//! a tool), the labels it carried, and whether it is a part of a tool's
+//! result that is not the tool's own (a field labelled by path, labels
+//! that flowed in). A JSON result labelled by path is indexed value by
+//! value, each in its own class. The index maps a normalized token to
 //! the set of classes it occurred in (a 64-bit mask). A value comes from a
 //! source when every one of its tokens occurs in one class that the source
 //! spec accepts.
