@@ -2,7 +2,8 @@
 //! NUL byte is the policy; the rest is a tool call's arguments (as JSON if
 //! it parses, else as a string) and the data the session has seen. Every
 //! tool of the policy, and an unknown one, is decided with it, before and
-//! after the session gathers labels. Deciding must never panic.
+//! after the session gathers labels (results labelled by the policy's
+//! label paths, labels flowing through calls). Deciding must never panic.
 
 #![no_main]
 
@@ -34,9 +35,14 @@ fuzz_target!(|data: &[u8]| {
         for name in &names {
             let request = Request::Tool { name, arguments: &arguments, schema: None };
             if let warden::policy::Decision::Allow { .. } = policy.decide(&request, &session) {
-                session.record(&request);
+                session.record(&policy, &request);
             }
-            session.observe_tool_result(&policy, name, &rest_text, &[]);
+            // Labels flow through the call; the result (the input, often
+            // JSON) is labelled by the policy's label paths.
+            let inherited = session.flow_into_call(&policy, name, &arguments);
+            session.observe_tool_call(&arguments);
+            let origin = warden::policy::ResultOrigin { inherited: &inherited, ..Default::default() };
+            session.observe_tool_result_from(&policy, name, &rest_text, &origin);
         }
         for model in policy.model.allow.iter().map(String::as_str).chain(["other"]) {
             let request = Request::Model { model, messages: &messages, estimated_tokens: rest.len() as u64 };
