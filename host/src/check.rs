@@ -262,6 +262,24 @@ pub fn describe(file: &PolicyFile) -> String {
         }
         describe_grants(&mut out, &tool.grants, policy);
     }
+    if policy.plan.required {
+        let (sinks, read_only): (Vec<_>, Vec<_>) =
+            policy.granted_tools().partition(|tool| tool.has_effects());
+        let names = |tools: &[&crate::policy::ToolPolicy]| match tools {
+            [] => "none".to_string(),
+            some => some
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let _ = writeln!(
+            out,
+            "Plan: required. The agent declares the tools with effects it will use before the session carries any label; once labeled, a tool with effects outside its plan is refused, and with no plan every one is.\n  Tools with effects: {}.\n  Read-only (`effects = \"none\"`), never refused by the plan: {}.",
+            names(&sinks),
+            names(&read_only)
+        );
+    }
     if policy.agent.is_empty() {
         out.push_str("Agent: no files, network, environment or secrets.\n");
     } else {

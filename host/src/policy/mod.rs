@@ -18,6 +18,7 @@ pub mod args;
 mod compile;
 pub mod file;
 mod merge;
+pub mod plan;
 pub mod provenance;
 mod units;
 
@@ -53,6 +54,8 @@ pub struct Policy {
     pub secrets: BTreeMap<String, SecretPolicy>,
     /// A fixed clock and seeded randomness, when asked for.
     pub reproducible: Reproducible,
+    /// `[plan]`: whether the agent must declare its sinks before any label.
+    pub plan: plan::PlanPolicy,
     /// Findings that did not stop the policy from loading.
     pub warnings: Vec<Diagnostic>,
     /// What each including file changed in what it includes, in load order.
@@ -523,6 +526,12 @@ pub enum Request<'a> {
         /// Its length.
         bytes: u64,
     },
+    /// The agent declares its plan: the tools with effects it will use
+    /// once the session is labeled (`tools.declare-plan`).
+    Plan {
+        /// The tool names as the guest gave them.
+        tools: &'a [String],
+    },
     /// An outgoing HTTP request from a tool (or, with `None`, the agent).
     Http {
         /// The tool making it; `None` for the agent.
@@ -603,6 +612,8 @@ pub struct Session {
     pub provenance: Provenance,
     /// What `max_total` and `max_distinct` rules counted.
     pub aggregates: args::Aggregates,
+    /// The plan the agent declared (sorted, no duplicates), if it did.
+    pub plan: Option<Vec<String>>,
 }
 
 /// The window of `rate`.
@@ -643,6 +654,7 @@ impl Session {
                 }
             }
             Request::Log { bytes } => self.log_bytes += bytes,
+            Request::Plan { tools } => self.plan = Some(plan::normalized(tools)),
             Request::Http { .. } => {}
         }
     }
@@ -930,6 +942,7 @@ impl Policy {
                 method,
                 target,
             } => self.decide_http(tool, method, target),
+            Request::Plan { tools } => self.decide_plan(tools, session),
             Request::Log { bytes } => {
                 if session.log_bytes.saturating_add(bytes) > self.limits.output {
                     Decision::Deny {
@@ -1167,6 +1180,9 @@ impl Policy {
                 reason: format!("tool `{name}` may not run once the session is labeled `{label}`"),
                 kind: DenyKind::Policy,
             };
+        }
+        if let Some(denial) = self.outside_plan(tool, session) {
+            return denial;
         }
         if let Some(label) = session.has_any(&tool.ask_when_labeled) {
             asks.push((
