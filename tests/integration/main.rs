@@ -22,6 +22,7 @@ mod mcp;
 mod mcp_startup;
 mod mock_model;
 mod policies;
+mod plan;
 mod policy;
 mod providers;
 mod real_tools;

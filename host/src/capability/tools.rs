@@ -7,6 +7,7 @@ use crate::audit::{Kind, Outcome};
 use crate::bindings::WitToolSpec;
 use crate::bindings::agent::warden::sandbox::tools as wit;
 use crate::gate::{Gate, GuestError};
+use crate::policy::plan::MAX_PLAN_TOOLS;
 use crate::policy::{Request, printable};
 use crate::registry::{ToolFailure, ToolRegistry};
 use crate::secrets::{Clean, Redactions};
@@ -150,6 +151,35 @@ pub async fn call_parsed(
     })
 }
 
+/// Decide and record the agent's plan (`tools.declare-plan`): one
+/// decision record before, one outcome after, like every request. The
+/// record keeps at most [`MAX_PLAN_TOOLS`] names (a longer plan is refused
+/// anyway) and how many there were.
+pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clean<GuestError>>> {
+    let request = Request::Plan { tools };
+    let data = json!({
+        "tools": &tools[..tools.len().min(MAX_PLAN_TOOLS)],
+        "listed": tools.len(),
+    });
+    match gate.check("agent", &request, Some(data))? {
+        Ok(permit) => {
+            let declared = crate::policy::plan::normalized(tools);
+            let detail = if declared.is_empty() {
+                "no tools with effects".to_string()
+            } else {
+                declared
+                    .iter()
+                    .map(|name| printable(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            gate.complete(permit, Outcome::Ok, detail, None)?;
+            Ok(Ok(()))
+        }
+        Err(refusal) => Ok(Err(gate.clean(refusal))),
+    }
+}
+
 impl wit::Host for GuestState<AgentRole> {
     async fn list_tools(&mut self) -> wasmtime::Result<Vec<WitToolSpec>> {
         let specs: Vec<_> = self.role.tools.granted().cloned().collect();
@@ -175,5 +205,13 @@ impl wit::Host for GuestState<AgentRole> {
         let replay = self.role.replay.clone();
         let result = call(&self.gate, &registry, replay.as_deref(), &name, &arguments).await?;
         Ok(result.map(Clean::into_inner).map_err(to_wit))
+    }
+
+    async fn declare_plan(
+        &mut self,
+        tools: Vec<String>,
+    ) -> wasmtime::Result<Result<(), crate::bindings::WitError>> {
+        let result = declare_plan(&self.gate, &tools)?;
+        Ok(result.map_err(to_wit))
     }
 }

@@ -33,7 +33,7 @@ impl ToolPolicy {
 }
 
 /// A plan as the session keeps it: sorted, without duplicates.
-pub(super) fn normalized(tools: &[String]) -> Vec<String> {
+pub fn normalized(tools: &[String]) -> Vec<String> {
     let mut plan = tools.to_vec();
     plan.sort();
     plan.dedup();
