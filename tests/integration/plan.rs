@@ -73,7 +73,12 @@ async fn declare_plan_is_accepted_once_before_the_first_label_and_binds_after_it
         json!({ "max_steps": 30, "max_model_calls": 7, "plan_required": true })
     );
     assert_eq!(report[1]["error"]["kind"], "invalid", "{}", report[1]);
-    assert!(report[1]["error"]["reason"].as_str().unwrap().contains("`nope`"));
+    assert!(
+        report[1]["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`nope`")
+    );
     assert_eq!(report[2]["ok"], "declared");
     assert_eq!(report[3]["error"]["kind"], "denied");
     assert!(
@@ -289,10 +294,15 @@ async fn a_plan_answer_that_is_not_a_list_declares_an_empty_plan() {
         .await;
         let plans = result.find("plan", "outcome");
         assert_eq!(plans[0].detail, "no tools with effects", "{agent}");
-        assert!(!ran(&result, "pay") && !ran(&result, "send_email"), "{agent}");
         assert!(
-            result.records.iter().any(|r| r.kind == Kind::Log
-                && r.detail.contains("not a JSON list of tool names")),
+            !ran(&result, "pay") && !ran(&result, "send_email"),
+            "{agent}"
+        );
+        assert!(
+            result
+                .records
+                .iter()
+                .any(|r| r.kind == Kind::Log && r.detail.contains("not a JSON list of tool names")),
             "{agent}"
         );
     }
@@ -333,4 +343,89 @@ async fn the_react_agents_step_limit_comes_from_the_policys_max_steps() {
             "{agent}: {failure}"
         );
     }
+}
+
+fn warden(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_show_and_replay_handle_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, plan_policy(REQUIRED)).unwrap();
+    let script = dir.path().join("script.toml");
+    std::fs::write(&script, INJECTED).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let (policy, script, audit) = (
+        policy.to_str().unwrap(),
+        script.to_str().unwrap(),
+        audit.to_str().unwrap(),
+    );
+    let cache = cache_dir().to_str().unwrap();
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-q",
+        "--policy",
+        policy,
+        "--task",
+        "Summarize the news.",
+        "--model",
+        &format!("scripted:{script}"),
+        "--audit",
+        audit,
+        "--cache-dir",
+        cache,
+    ]);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let shown = text(&warden(&["audit", "show", "--color", "never", audit]).stdout);
+    assert!(
+        shown.contains("[plan]") && shown.contains("declared (plan):"),
+        "{shown}"
+    );
+    assert!(shown.contains("read_page"), "{shown}");
+
+    let replay = |policy: &str| {
+        let out = warden(&[
+            "replay",
+            "-q",
+            audit,
+            "--policy",
+            policy,
+            "--agent",
+            "builtin:react",
+        ]);
+        (out.status.code(), text(&out.stdout) + &text(&out.stderr))
+    };
+    let (code, said) = replay(policy);
+    assert_eq!(code, Some(0), "{said}");
+
+    // The same model answers, but now every answer labels the session:
+    // the plan comes too late, and the replay says so.
+    let labeled = dir.path().join("labeled.toml");
+    std::fs::write(
+        &labeled,
+        plan_policy(REQUIRED).replace("max_calls = 7", "max_calls = 7\nlabels = [\"model\"]"),
+    )
+    .unwrap();
+    let (code, said) = replay(labeled.to_str().unwrap());
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("DIVERGED")
+            && said.contains("declared the plan [\"read_page\"] (refused now)")
+            && said.contains("(accepted then)"),
+        "{said}"
+    );
 }

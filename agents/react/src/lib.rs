@@ -160,7 +160,14 @@ mod tests {
             Some(vec!["search".into(), "send_email".into()])
         );
         assert_eq!(plan("[]"), Some(vec![]));
-        for garbage in ["", "search and send_email", "[1, 2]", "[\"search\"", "][", "{\"a\": 1}"] {
+        for garbage in [
+            "",
+            "search and send_email",
+            "[1, 2]",
+            "[\"search\"",
+            "][",
+            "{\"a\": 1}",
+        ] {
             assert_eq!(plan(garbage), None, "{garbage:?}");
         }
         let many = format!("[{}]", vec!["\"search\""; 100_000].join(","));

@@ -157,11 +157,15 @@ pub async fn call_parsed(
 /// anyway) and how many there were.
 pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clean<GuestError>>> {
     let request = Request::Plan { tools };
-    let data = json!({
-        "tools": &tools[..tools.len().min(MAX_PLAN_TOOLS)],
-        "listed": tools.len(),
-    });
-    match gate.check("agent", &request, Some(data))? {
+    let listed = json!(&tools[..tools.len().min(MAX_PLAN_TOOLS)]);
+    let data = json!({ "tools": listed, "listed": tools.len() });
+    let decided = gate.check("agent", &request, Some(data))?;
+    // A replay compares the plan with the recorded one (it performs
+    // nothing: a plan has no effect but on later decisions).
+    if let Some(replay) = gate.replay() {
+        replay.planned(&listed, decided.is_ok());
+    }
+    match decided {
         Ok(permit) => {
             let declared = crate::policy::plan::normalized(tools);
             let detail = if declared.is_empty() {

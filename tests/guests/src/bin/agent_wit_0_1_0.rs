@@ -38,7 +38,10 @@ impl bindings::Guest for OldAgent {
             temperature: None,
         };
         let reply = model::chat(&request).map_err(|e| format!("{e:?}"))?;
-        Ok(format!("{first} -> {result}; model: {}", reply.message.content))
+        Ok(format!(
+            "{first} -> {result}; model: {}",
+            reply.message.content
+        ))
     }
 }
 
