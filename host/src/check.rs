@@ -459,6 +459,8 @@ struct RawCase {
     prompt: String,
     #[serde(default)]
     labels: Vec<String>,
+    /// The plan the agent declared before the session's labels.
+    plan: Option<Vec<String>>,
     #[serde(default)]
     calls: u32,
     #[serde(default)]
@@ -517,6 +519,13 @@ fn run_case(policy: &Policy, case: &RawCase) -> Result<Decision, String> {
     session.steps = case.steps;
     session.tokens = case.tokens;
     session.cost_usd = case.cost_usd;
+    if let Some(plan) = &case.plan {
+        let request = Request::Plan { tools: plan };
+        if let Decision::Deny { reason, .. } = policy.decide(&request, &session) {
+            return Err(format!("the case's `plan` is refused: {reason}"));
+        }
+        session.record(policy, &request);
+    }
     let mut labels = case.labels.clone();
     labels.sort();
     labels.dedup();
