@@ -396,6 +396,13 @@ fn audit_show_and_replay_handle_plans() {
         "{shown}"
     );
     assert!(shown.contains("read_page"), "{shown}");
+    let only = warden(&["audit", "show", "--json", "--kind", "plan", audit]);
+    let plans: Vec<serde_json::Value> = text(&only.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(plans.len(), 2, "{}", text(&only.stderr));
+    assert!(plans.iter().all(|r| r["kind"] == "plan"));
 
     let replay = |policy: &str| {
         let out = warden(&[
@@ -428,4 +435,31 @@ fn audit_show_and_replay_handle_plans() {
             && said.contains("(accepted then)"),
         "{said}"
     );
+}
+
+#[tokio::test]
+async fn a_huge_plan_is_refused_and_recorded_bounded() {
+    let many: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+    let long = "x".repeat(1 << 20);
+    let task = format!(
+        "calls:{}",
+        json!([{ "plan": many }, { "plan": [long] }, { "plan": ["pay"] }])
+    );
+    let result = run_agent(guests::ATTACKER, &plan_policy(REQUIRED), no_model(), &task).await;
+    let report = calls_report(&result);
+    assert_eq!(report[0]["error"]["kind"], "invalid");
+    assert!(
+        report[0]["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("at most 128")
+    );
+    assert_eq!(report[1]["error"]["kind"], "invalid");
+    assert!(report[1]["error"]["reason"].as_str().unwrap().len() < 1000);
+    assert_eq!(report[2]["ok"], "declared");
+    let decisions = result.find("plan", "decision");
+    let data = |i: usize| decisions[i].data.clone().unwrap();
+    assert_eq!(data(0)["tools"].as_array().unwrap().len(), 128);
+    assert_eq!(data(0)["listed"], 100_000);
+    assert_eq!(data(1)["tools"][0].as_str().unwrap().len(), 128);
 }

@@ -153,11 +153,18 @@ pub async fn call_parsed(
 
 /// Decide and record the agent's plan (`tools.declare-plan`): one
 /// decision record before, one outcome after, like every request. The
-/// record keeps at most [`MAX_PLAN_TOOLS`] names (a longer plan is refused
-/// anyway) and how many there were.
+/// record keeps at most [`MAX_PLAN_TOOLS`] names of at most 128 bytes
+/// each (a longer plan or name is refused anyway) and how many there were.
 pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clean<GuestError>>> {
     let request = Request::Plan { tools };
-    let listed = json!(&tools[..tools.len().min(MAX_PLAN_TOOLS)]);
+    // What the record keeps is bounded before it is built: a plan that
+    // long or names that long are refused anyway.
+    let listed: Vec<&str> = tools
+        .iter()
+        .take(MAX_PLAN_TOOLS)
+        .map(|name| brief_name(name))
+        .collect();
+    let listed = json!(listed);
     let data = json!({ "tools": listed, "listed": tools.len() });
     let decided = gate.check("agent", &request, Some(data))?;
     // A replay compares the plan with the recorded one (it performs
@@ -182,6 +189,15 @@ pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clea
         }
         Err(refusal) => Ok(Err(gate.clean(refusal))),
     }
+}
+
+/// At most 128 bytes of a name, cut at a character boundary.
+fn brief_name(name: &str) -> &str {
+    let mut end = name.len().min(128);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 impl wit::Host for GuestState<AgentRole> {
