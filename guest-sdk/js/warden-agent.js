@@ -21,8 +21,13 @@
 // fields are camelCase (`toolCalls`, `toolCallId`, `maxTokens`); enums are
 // their lowercase names (`'user'`, `'tool-calls'`).
 
-import { chat as witChat } from 'warden:sandbox/model@0.1.0';
-import { call as witCall, listTools as witListTools } from 'warden:sandbox/tools@0.1.0';
+import { chat as witChat } from 'warden:sandbox/model@0.1.1';
+import {
+  call as witCall,
+  declarePlan as witDeclarePlan,
+  listTools as witListTools,
+} from 'warden:sandbox/tools@0.1.1';
+import { get as witLimits } from 'warden:sandbox/limits@0.1.1';
 
 export { log } from './warden-tool.js';
 
@@ -110,7 +115,26 @@ export const tools = {
     const text = typeof args === 'string' ? args : JSON.stringify(args);
     return host(() => witCall(name, text));
   },
+  /**
+   * Declare the plan: the tools with effects this run will use. Accepted
+   * once, before the session carries any label; once labeled, a tool with
+   * effects outside the plan is refused. Throws a `HostError` (`denied`
+   * when too late or declared already, `invalid` for a name that is not a
+   * granted tool).
+   * @param {string[]} names
+   */
+  declarePlan(names) {
+    return host(() => witDeclarePlan([...names].map(String)));
+  },
 };
+
+/**
+ * The run's limits as the policy sets them:
+ * `{ maxSteps, maxModelCalls, planRequired }` (`undefined` where unset).
+ */
+export function limits() {
+  return witLimits();
+}
 
 /**
  * Turn `answer(task)` (may be async) into the `run` export. Its result (a

@@ -35,7 +35,7 @@
 // non-Error value (or an object with a `payload`) is `err`, but a thrown
 // `Error` instance TRAPS the component. So `invoke` below never throws.
 
-import { log as wardenLog } from 'warden:sandbox/log@0.1.0';
+import { log as wardenLog } from 'warden:sandbox/log@0.1.1';
 
 /** Log lines that land in the run's audit log (the `warden:sandbox/log` import). */
 export const log = {

@@ -2,7 +2,7 @@
 //! only copy of it. These types stop at `capability/`: everything past it
 //! speaks the host's own types.
 
-/// The `agent` world: imports model, tools and log; exports `run`.
+/// The `agent` world: imports model, tools, log and limits; exports `run`.
 #[allow(missing_docs)]
 pub mod agent {
     wasmtime::component::bindgen!({

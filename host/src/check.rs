@@ -328,6 +328,24 @@ pub fn describe(file: &PolicyFile) -> String {
         }
         describe_grants(&mut out, &tool.grants, policy);
     }
+    if policy.plan.required {
+        let (sinks, read_only): (Vec<_>, Vec<_>) =
+            policy.granted_tools().partition(|tool| tool.has_effects());
+        let names = |tools: &[&crate::policy::ToolPolicy]| match tools {
+            [] => "none".to_string(),
+            some => some
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let _ = writeln!(
+            out,
+            "Plan: required. The agent declares the tools with effects it will use before the session carries any label; once labeled, a tool with effects outside its plan is refused, and with no plan every one is.\n  Tools with effects: {}.\n  Read-only (`effects = \"none\"`), never refused by the plan: {}.",
+            names(&sinks),
+            names(&read_only)
+        );
+    }
     if policy.agent.is_empty() {
         out.push_str("Agent: no files, network, environment or secrets.\n");
     } else {
@@ -507,6 +525,8 @@ struct RawCase {
     prompt: String,
     #[serde(default)]
     labels: Vec<String>,
+    /// The plan the agent declared before the session's labels.
+    plan: Option<Vec<String>>,
     #[serde(default)]
     calls: u32,
     #[serde(default)]
@@ -565,6 +585,13 @@ fn run_case(policy: &Policy, case: &RawCase) -> Result<Decision, String> {
     session.steps = case.steps;
     session.tokens = case.tokens;
     session.cost_usd = case.cost_usd;
+    if let Some(plan) = &case.plan {
+        let request = Request::Plan { tools: plan };
+        if let Decision::Deny { reason, .. } = policy.decide(&request, &session) {
+            return Err(format!("the case's `plan` is refused: {reason}"));
+        }
+        session.record(policy, &request);
+    }
     let mut labels = case.labels.clone();
     labels.sort();
     labels.dedup();

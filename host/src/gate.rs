@@ -951,6 +951,7 @@ fn kind_of(request: &Request<'_>) -> Kind {
         Request::Model { .. } => Kind::Model,
         Request::Tool { .. } => Kind::Tool,
         Request::Log { .. } => Kind::Log,
+        Request::Plan { .. } => Kind::Plan,
         Request::Http { .. } => Kind::Http,
     }
 }

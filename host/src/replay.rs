@@ -47,6 +47,8 @@ pub struct Recorded {
     pub model: Vec<ModelStep>,
     /// The tool calls that ran, in order.
     pub tools: Vec<ToolStep>,
+    /// The plans the agent declared (`tools.declare-plan`), in order.
+    pub plans: Vec<PlanStep>,
     /// Rules a person approved during the run.
     pub approved: Vec<String>,
     /// The run's answer, if it gave one.
@@ -72,6 +74,16 @@ pub struct ModelStep {
     pub tools: Vec<String>,
     /// The answer, or the provider's error.
     pub answer: Result<ChatResponse, String>,
+}
+
+/// One plan the agent declared, and whether it was accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanStep {
+    /// The names as the agent listed them (as recorded: at most
+    /// [`crate::policy::plan::MAX_PLAN_TOOLS`]).
+    pub tools: Value,
+    /// Whether the policy accepted it.
+    pub accepted: bool,
 }
 
 /// One tool call the agent made: one that ran, or one the policy refused
@@ -150,6 +162,7 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
         task: text("/task"),
         model: Vec::new(),
         tools: Vec::new(),
+        plans: Vec::new(),
         approved: Vec::new(),
         answer: None,
     };
@@ -218,6 +231,10 @@ pub fn read(records: &[Record], run: Option<&str>) -> Result<Recorded, String> {
                     answer,
                 });
             }
+            (Kind::Plan, Event::Decision) => recorded.plans.push(PlanStep {
+                tools: data["tools"].clone(),
+                accepted: record.decision == Verdict::Allow,
+            }),
             (Kind::Tool, Event::Decision) if permitted => {
                 whole(record, &data, &["arguments"])?;
                 tool_arguments.push((record.subject.clone(), data["arguments"].clone()));
@@ -434,6 +451,7 @@ impl ModelProvider for ReplayModel {
 /// host). The gate holds it for the whole replay ([`crate::gate::Gate::replay`]).
 pub struct ReplayTools {
     steps: Mutex<VecDeque<ToolStep>>,
+    plans: Mutex<VecDeque<PlanStep>>,
     total: usize,
     divergence: std::sync::Arc<Divergence>,
     read_dirs: bool,
@@ -444,6 +462,7 @@ impl ReplayTools {
     pub fn new(recorded: &Recorded, divergence: std::sync::Arc<Divergence>) -> Self {
         ReplayTools {
             steps: Mutex::new(recorded.tools.iter().cloned().collect()),
+            plans: Mutex::new(recorded.plans.iter().cloned().collect()),
             total: recorded.tools.len(),
             divergence,
             read_dirs: false,
@@ -539,6 +558,32 @@ impl ReplayTools {
                 "tool call {call} (`{name}`) was {} and is {how} now: {reason}; the agent gets the refusal instead of the recorded result, so what it does next may differ",
                 step.decided(),
             ));
+        }
+    }
+
+    /// Note the plan the agent declared now (`tools`, as the gate records
+    /// it) and whether the policy accepted it: a divergence unless the
+    /// recorded run declared the same plan, decided the same way.
+    pub fn planned(&self, tools: &Value, accepted: bool) {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let how = |accepted: bool| if accepted { "accepted" } else { "refused" };
+        let shown = |tools: &Value| crate::transcript::clean_line(&tools.to_string());
+        match plans.pop_front() {
+            None => self.divergence.note(format!(
+                "the agent declared the plan {} ({} now); the recorded run declared no further plan",
+                shown(tools),
+                how(accepted)
+            )),
+            Some(step) if step.tools != *tools || step.accepted != accepted => {
+                self.divergence.note(format!(
+                    "the agent declared the plan {} ({} now); the recorded run declared {} ({} then)",
+                    shown(tools),
+                    how(accepted),
+                    shown(&step.tools),
+                    how(step.accepted)
+                ))
+            }
+            Some(_) => {}
         }
     }
 

@@ -347,6 +347,21 @@ impl<W: Write + Send> Transcript<W> {
                 )?;
             }
             (Kind::Log, Event::Decision) => {}
+            (Kind::Plan, Event::Decision) => {}
+            (Kind::Plan, Event::Outcome) if r.outcome == Some(Outcome::Ok) => {
+                writeln!(
+                    self.out,
+                    "{}",
+                    field(
+                        &format!(
+                            "{}  {subject}  declared ({rule}):",
+                            self.paint(Style::Kind, "[plan]")
+                        ),
+                        &short(&r.detail, 300)
+                    )
+                )?;
+            }
+            (Kind::Plan, Event::Outcome) => self.refusal("plan", r)?,
             (Kind::Http, Event::Decision) => {
                 let request = format!("{} {}", str_at(data, &["method"]), str_at(data, &["url"]));
                 self.pending.push((format!("http:{}", r.subject), request));

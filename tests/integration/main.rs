@@ -21,6 +21,7 @@ mod loading;
 mod mcp;
 mod mcp_startup;
 mod mock_model;
+mod plan;
 mod policies;
 mod policy;
 mod providers;

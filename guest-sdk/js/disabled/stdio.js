@@ -5,7 +5,7 @@
 // a line of the warden log (the `warden:sandbox/log` import every warden
 // world has), which lands in the run's audit log, as stdout and stderr do.
 
-import { log } from 'warden:sandbox/log@0.1.0';
+import { log } from 'warden:sandbox/log@0.1.1';
 
 function show(value) {
   if (typeof value === 'string') return value;

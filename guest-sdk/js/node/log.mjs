@@ -1,4 +1,4 @@
-// Node stand-in for `warden:sandbox/log@0.1.0`.
+// Node stand-in for `warden:sandbox/log@0.1.1`.
 
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
 

@@ -1,4 +1,4 @@
-// Node stand-in for `warden:sandbox/model@0.1.0`: there is no model here.
+// Node stand-in for `warden:sandbox/model@0.1.1`: there is no model here.
 
 import { needsHost } from './stand-in.mjs';
 

@@ -5,7 +5,7 @@
 //   node --import warden-guest-js/node/register.mjs --test     (in a project)
 //
 // Resolves the `warden:sandbox/*` imports that componentize-js provides in
-// a component to stand-ins: `warden:sandbox/log@0.1.0` writes to stderr;
+// a component to stand-ins: `warden:sandbox/log@0.1.1` writes to stderr;
 // the model and tools of the `agent` world answer that they need the host
 // (a test passes its own stand-ins). And it makes Node's JavaScript behave
 // as the component's engine where the two differ (engine.mjs: no

@@ -1,4 +1,4 @@
-// Node stand-in for `warden:sandbox/tools@0.1.0`: no tools are granted here.
+// Node stand-in for `warden:sandbox/tools@0.1.1`: no tools are granted here.
 
 import { needsHost } from './stand-in.mjs';
 
@@ -8,4 +8,8 @@ export function listTools() {
 
 export function call(name) {
   throw needsHost(`tools.call(${name})`);
+}
+
+export function declarePlan() {
+  throw needsHost('tools.declarePlan');
 }

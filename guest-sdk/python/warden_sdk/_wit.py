@@ -24,6 +24,7 @@ types = _optional("wit_world.imports.types")
 log = _optional("wit_world.imports.log")
 model = _optional("wit_world.imports.model")
 tools = _optional("wit_world.imports.tools")
+limits = _optional("wit_world.imports.limits")
 
 
 def need(module, what: str):

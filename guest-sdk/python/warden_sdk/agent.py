@@ -30,6 +30,8 @@ __all__ = [
     "assistant",
     "call_tool",
     "chat",
+    "declare_plan",
+    "limits",
     "list_tools",
     "system",
     "tool_result",
@@ -100,6 +102,27 @@ def call_tool(name: str, arguments: Union[str, Dict[str, Any]]) -> str:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments)
     return _host_call(tools.call, name, arguments)
+
+
+def declare_plan(names: Sequence[str]) -> None:
+    """Declare the plan: the tools with effects this run will use.
+
+    The host accepts one plan, and only while the session carries no label
+    (before the agent has read anything labeled); otherwise it raises
+    :class:`HostError` kind ``denied``. Once the session is labeled, a tool
+    with effects outside the plan is refused. A name that is not a granted
+    tool: kind ``invalid``. Whether the policy requires a plan:
+    :func:`limits`.
+    """
+    tools = _wit.need(_wit.tools, "the `tools` import")
+    _host_call(tools.declare_plan, [str(n) for n in names])
+
+
+def limits():
+    """The run's limits as the policy sets them: a ``run-limits`` record
+    with ``max_steps`` and ``max_model_calls`` (``None`` where unset) and
+    ``plan_required``."""
+    return _wit.need(_wit.limits, "the `limits` import").get()
 
 
 def chat(

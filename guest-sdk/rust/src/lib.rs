@@ -60,7 +60,7 @@
 /// crate; these are public for the export macros and for advanced uses.
 #[doc(hidden)]
 pub mod bindings {
-    /// The `agent` world: imports model, tools and log; exports `run`.
+    /// The `agent` world: imports model, tools, log and limits; exports `run`.
     #[allow(missing_docs)]
     pub mod agent {
         wit_bindgen::generate!({
@@ -83,8 +83,8 @@ pub mod bindings {
             export_macro_name: "export_tool_world",
             default_bindings_module: "::warden_guest::bindings::tool",
             with: {
-                "warden:sandbox/types@0.1.0": crate::bindings::agent::warden::sandbox::types,
-                "warden:sandbox/log@0.1.0": crate::bindings::agent::warden::sandbox::log,
+                "warden:sandbox/types@0.1.1": crate::bindings::agent::warden::sandbox::types,
+                "warden:sandbox/log@0.1.1": crate::bindings::agent::warden::sandbox::log,
             },
         });
     }
@@ -309,6 +309,43 @@ pub mod tools {
     pub fn call_json(name: &str, arguments: &serde_json::Value) -> Result<String, Error> {
         call(name, &arguments.to_string())
     }
+
+    /// Declare the plan: the tools with effects this run will use. The
+    /// host accepts one plan, and only while the session carries no label
+    /// (before the agent has read anything labeled): `Error::Denied`
+    /// otherwise. Once the session is labeled, a tool with effects that is
+    /// not in the plan is refused. A name that is not a granted tool is
+    /// `Error::Invalid`. Whether the policy requires a plan:
+    /// [`crate::limits::get`]. (Off Wasm there is no host: an error.)
+    pub fn declare_plan(names: &[String]) -> Result<(), Error> {
+        #[cfg(target_family = "wasm")]
+        return wit::tools::declare_plan(names);
+        #[cfg(not(target_family = "wasm"))]
+        {
+            let _ = names;
+            Err(super::off_wasm("tools::declare_plan"))
+        }
+    }
+}
+
+/// The run's limits as the policy sets them, so an agent can stay within
+/// them and knows whether it must declare a plan.
+pub mod limits {
+    pub use super::wit::limits::RunLimits;
+
+    /// The run's limits: `max_steps` (model plus tool calls, `None`: the
+    /// policy sets none), `max_model_calls`, `plan_required`. Off Wasm
+    /// (a unit test): no limits, no plan required.
+    pub fn get() -> RunLimits {
+        #[cfg(target_family = "wasm")]
+        return super::wit::limits::get();
+        #[cfg(not(target_family = "wasm"))]
+        RunLimits {
+            max_steps: None,
+            max_model_calls: None,
+            plan_required: false,
+        }
+    }
 }
 
 /// Helpers for tool components.
@@ -385,5 +422,10 @@ mod tests {
         }
         let request = model::ChatRequest::new(vec![model::Message::user("hi")]);
         assert!(matches!(model::chat(&request), Err(Error::Failed(_))));
+        assert!(matches!(
+            tools::declare_plan(&["calc".to_string()]),
+            Err(Error::Failed(_))
+        ));
+        assert!(!limits::get().plan_required);
     }
 }

@@ -37,6 +37,8 @@ pub enum Kind {
     Model,
     /// A tool call.
     Tool,
+    /// The agent's plan: the tools with effects it declared it will use.
+    Plan,
     /// A log line from a guest.
     Log,
     /// An outgoing HTTP request from a guest.
@@ -54,6 +56,7 @@ impl Kind {
             Kind::Run => "run",
             Kind::Model => "model",
             Kind::Tool => "tool",
+            Kind::Plan => "plan",
             Kind::Log => "log",
             Kind::Http => "http",
             Kind::Limit => "limit",

@@ -8,6 +8,7 @@
 //! an agent can reach the model and tools, a tool only the log.
 
 pub mod http;
+pub mod limits;
 pub mod log;
 pub mod model;
 pub mod stdio;

@@ -7,6 +7,7 @@ use crate::audit::{Kind, Outcome};
 use crate::bindings::WitToolSpec;
 use crate::bindings::agent::warden::sandbox::tools as wit;
 use crate::gate::{Gate, GuestError};
+use crate::policy::plan::MAX_PLAN_TOOLS;
 use crate::policy::{Request, printable};
 use crate::registry::{ToolFailure, ToolRegistry};
 use crate::secrets::{Clean, Redactions};
@@ -171,6 +172,55 @@ pub async fn call_parsed(
     })
 }
 
+/// Decide and record the agent's plan (`tools.declare-plan`): one
+/// decision record before, one outcome after, like every request. The
+/// record keeps at most [`MAX_PLAN_TOOLS`] names of at most 128 bytes
+/// each (a longer plan or name is refused anyway) and how many there were.
+pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clean<GuestError>>> {
+    let request = Request::Plan { tools };
+    // What the record keeps is bounded before it is built: a plan that
+    // long or names that long are refused anyway.
+    let listed: Vec<&str> = tools
+        .iter()
+        .take(MAX_PLAN_TOOLS)
+        .map(|name| brief_name(name))
+        .collect();
+    let listed = json!(listed);
+    let data = json!({ "tools": listed, "listed": tools.len() });
+    let decided = gate.check("agent", &request, Some(data))?;
+    // A replay compares the plan with the recorded one (it performs
+    // nothing: a plan has no effect but on later decisions).
+    if let Some(replay) = gate.replay() {
+        replay.planned(&listed, decided.is_ok());
+    }
+    match decided {
+        Ok(permit) => {
+            let declared = crate::policy::plan::normalized(tools);
+            let detail = if declared.is_empty() {
+                "no tools with effects".to_string()
+            } else {
+                declared
+                    .iter()
+                    .map(|name| printable(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            gate.complete(permit, Outcome::Ok, detail, None)?;
+            Ok(Ok(()))
+        }
+        Err(refusal) => Ok(Err(gate.clean(refusal))),
+    }
+}
+
+/// At most 128 bytes of a name, cut at a character boundary.
+fn brief_name(name: &str) -> &str {
+    let mut end = name.len().min(128);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 impl wit::Host for GuestState<AgentRole> {
     async fn list_tools(&mut self) -> wasmtime::Result<Vec<WitToolSpec>> {
         let specs: Vec<_> = self.role.tools.granted().cloned().collect();
@@ -196,5 +246,13 @@ impl wit::Host for GuestState<AgentRole> {
         let replay = self.role.replay.clone();
         let result = call(&self.gate, &registry, replay.as_deref(), &name, &arguments).await?;
         Ok(result.map(Clean::into_inner).map_err(to_wit))
+    }
+
+    async fn declare_plan(
+        &mut self,
+        tools: Vec<String>,
+    ) -> wasmtime::Result<Result<(), crate::bindings::WitError>> {
+        let result = declare_plan(&self.gate, &tools)?;
+        Ok(result.map_err(to_wit))
     }
 }

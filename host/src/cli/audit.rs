@@ -36,7 +36,7 @@ pub(crate) enum AuditCommand {
         /// The log (JSON Lines).
         file: PathBuf,
         /// Only records of this kind.
-        #[arg(long, value_parser = ["run", "model", "tool", "http", "log", "limit", "stdio"])]
+        #[arg(long, value_parser = ["run", "model", "tool", "http", "log", "limit", "stdio", "plan"])]
         kind: Option<String>,
         /// Only records with this decision.
         #[arg(long, value_parser = ["allow", "ask", "deny"])]

@@ -4,9 +4,10 @@
 
 use super::args::{ArgRule, Check, FieldPath, LabelPath, compare_numbers, json_eq};
 use super::file::{
-    At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPolicy,
+    At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPlan, RawPolicy,
     RawReproducible, RawRule, RawSecret, RawTool, Verdict,
 };
+use super::plan::PlanPolicy;
 use super::provenance::SourceSpec;
 use super::{
     CommonRules, ComponentRef, Grants, HostPattern, HttpGrant, Inject, Limits, ModelPolicy,
@@ -70,6 +71,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
         }
     }
     check_labels(&model, &tools, found);
+    let plan = plan(raw.plan.unwrap_or_default(), &model, found);
     risks(
         &model,
         &agent,
@@ -81,6 +83,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
     Policy {
         limits,
         reproducible,
+        plan,
         model,
         agent,
         tools,
@@ -1359,6 +1362,26 @@ fn grants(
 }
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// `[plan]`. A plan must come before the first label; if every model
+/// answer is labeled, the agent cannot ask the model for one.
+fn plan(raw: RawPlan, model: &ModelPolicy, found: &mut Findings) -> PlanPolicy {
+    let required = raw.required.as_ref().is_some_and(|r| r.value);
+    if required
+        && !model.labels.is_empty()
+        && let Some(at) = &raw.required
+    {
+        found.warn(
+            &at.place(),
+            format!(
+                "a plan is required, but `[model] labels` labels the session with the model's first answer (`{}`), so no plan can be declared after asking the model for one",
+                model.labels.join("`, `")
+            ),
+            "remove `[model] labels`, or make sure the agent declares its plan before its first model call",
+        );
+    }
+    PlanPolicy { required }
+}
 
 fn reproducible(raw: RawReproducible, found: &mut Findings) -> super::Reproducible {
     let time = raw

@@ -242,6 +242,23 @@ pub struct RawPolicy {
     pub secrets: BTreeMap<At<String>, At<RawSecret>>,
     /// A fixed clock and seeded randomness for every guest, so runs repeat.
     pub reproducible: Option<RawReproducible>,
+    /// Whether the agent must declare, before the session carries any
+    /// label, which tools with effects it will use.
+    pub plan: Option<RawPlan>,
+}
+
+/// `[plan]`: plan before taint.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Plan")]
+pub struct RawPlan {
+    /// The agent must declare the tools with effects it will use (its
+    /// plan, `tools.declare-plan`) before the session carries any label;
+    /// once labeled, a tool with effects outside the plan is refused, and
+    /// with no plan every tool with effects is (default false). A tool is
+    /// read-only, and never refused by the plan, only if its entry says
+    /// `effects = "none"`.
+    pub required: Option<At<bool>>,
 }
 
 /// `[reproducible]`.

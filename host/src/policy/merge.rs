@@ -19,7 +19,8 @@ use super::compile::{
 };
 use super::file::{
     At, MountMode, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits, RawModel, RawMount,
-    RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool, RawUrlRule, Verdict, parse_raw,
+    RawPlan, RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool, RawUrlRule, Verdict,
+    parse_raw,
 };
 use super::units::{ByteSize, HumanDuration};
 use super::{
@@ -471,6 +472,7 @@ fn overlay(
         tools: b_tools,
         secrets: b_secrets,
         reproducible: b_reproducible,
+        plan: b_plan,
     } = below;
     let RawPolicy {
         include: _,
@@ -481,6 +483,7 @@ fn overlay(
         tools: o_tools,
         secrets: o_secrets,
         reproducible: o_reproducible,
+        plan: o_plan,
     } = over;
     check_key_sources(&b_model, &b_secrets, &o_model, &o_secrets, &mut n);
     let merged = RawPolicy {
@@ -488,6 +491,7 @@ fn overlay(
         widen: Vec::new(),
         limits: merge_limits(b_limits, o_limits, &mut n),
         reproducible: merge_reproducible(b_reproducible, o_reproducible, &mut n),
+        plan: merge_plan(b_plan, o_plan, &mut n),
         model: merge_model(b_model, o_model, &mut n),
         agent: match (b_agent, o_agent) {
             (Some(b), Some(o)) => Some(merge_grants("agent", b, o, &mut n)),
@@ -588,6 +592,37 @@ fn merge_reproducible(
             |b, o| b.value == o.value,
         ),
     })
+}
+
+/// Requiring a plan narrows (fewer sinks once labeled); an including file
+/// that turns off a plan its include requires widens.
+fn merge_plan(
+    below: Option<RawPlan>,
+    over: Option<RawPlan>,
+    n: &mut Narrowing<'_>,
+) -> Option<RawPlan> {
+    let (b, o) = match section(n, "plan", below, over) {
+        Ok(both) => both,
+        Err(one) => return one,
+    };
+    let RawPlan { required } = o;
+    let below_required = b.required.as_ref().is_some_and(|r| r.value);
+    let required = match required {
+        Some(o) => {
+            if below_required && !o.value {
+                n.widening(
+                    "plan.required",
+                    &o,
+                    "it turns off the plan required below".to_string(),
+                );
+            } else if o.value && !below_required {
+                n.narrowed("plan.required", "false -> true".to_string());
+            }
+            Some(o)
+        }
+        None => b.required,
+    };
+    Some(RawPlan { required })
 }
 
 /// The price `prices` charges for the model `name`: the most specific

@@ -18,6 +18,7 @@ pub mod args;
 mod compile;
 pub mod file;
 mod merge;
+pub mod plan;
 pub mod provenance;
 mod units;
 
@@ -53,6 +54,8 @@ pub struct Policy {
     pub secrets: BTreeMap<String, SecretPolicy>,
     /// A fixed clock and seeded randomness, when asked for.
     pub reproducible: Reproducible,
+    /// `[plan]`: whether the agent must declare its sinks before any label.
+    pub plan: plan::PlanPolicy,
     /// Findings that did not stop the policy from loading.
     pub warnings: Vec<Diagnostic>,
     /// What each including file changed in what it includes, in load order.
@@ -542,6 +545,12 @@ pub enum Request<'a> {
         /// Its length.
         bytes: u64,
     },
+    /// The agent declares its plan: the tools with effects it will use
+    /// once the session is labeled (`tools.declare-plan`).
+    Plan {
+        /// The tool names as the guest gave them.
+        tools: &'a [String],
+    },
     /// An outgoing HTTP request from a tool (or, with `None`, the agent).
     Http {
         /// The tool making it; `None` for the agent.
@@ -626,6 +635,8 @@ pub struct Session {
     /// of tools with effects: every later result of a tool sharing the
     /// store carries them. Bounded by the policy's stores and labels.
     pub stores: BTreeMap<String, Vec<String>>,
+    /// The plan the agent declared (sorted, no duplicates), if it did.
+    pub plan: Option<Vec<String>>,
 }
 
 /// Where a tool's result came from besides the tool: what
@@ -701,6 +712,7 @@ impl Session {
                 }
             }
             Request::Log { bytes } => self.log_bytes += bytes,
+            Request::Plan { tools } => self.plan = Some(plan::normalized(tools)),
             Request::Http { .. } => {}
         }
     }
@@ -1203,6 +1215,7 @@ impl Policy {
                 method,
                 target,
             } => self.decide_http(tool, method, target),
+            Request::Plan { tools } => self.decide_plan(tools, session),
             Request::Log { bytes } => {
                 if session.log_bytes.saturating_add(bytes) > self.limits.output {
                     Decision::Deny {
@@ -1440,6 +1453,9 @@ impl Policy {
                 reason: format!("tool `{name}` may not run once the session is labeled `{label}`"),
                 kind: DenyKind::Policy,
             };
+        }
+        if let Some(denial) = self.outside_plan(tool, session) {
+            return denial;
         }
         if let Some(label) = session.has_any(&tool.ask_when_labeled) {
             asks.push((

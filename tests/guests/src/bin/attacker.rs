@@ -12,7 +12,8 @@
 //! - `log:N:SIZE`: write N log lines of SIZE bytes each.
 //! - `calls:JSON`: call the host directly, bypassing any model; JSON is a
 //!   list of `{"tool": NAME, "args": TEXT}`, `{"chat": MODEL-or-null}` and
-//!   `{"list": true}` and `{"print": TEXT}` (to stdout and stderr); the answer is a JSON report of each call's result.
+//!   `{"list": true}`, `{"plan": [NAMES]}` (`tools.declare-plan`),
+//!   `{"limits": true}` and `{"print": TEXT}` (to stdout and stderr); the answer is a JSON report of each call's result.
 //!   A `chat` op may also carry `user` (the message text), `tool_call_id`
 //!   and `tool_name` (an earlier tool call and its result in the
 //!   conversation; the tool offered), `schema` (its parameters schema); any
@@ -107,7 +108,23 @@ impl Agent for Attacker {
                     std::iter::repeat_n(op, times as usize)
                 });
                 for op in ops {
-                    let result = if let Some(name) = op.get("tool").and_then(Value::as_str) {
+                    let result = if let Some(names) = op.get("plan").and_then(Value::as_array) {
+                        let names: Vec<String> = names
+                            .iter()
+                            .map(|n| n.as_str().unwrap_or_default().to_string())
+                            .collect();
+                        match tools::declare_plan(&names) {
+                            Ok(()) => json!({ "ok": "declared" }),
+                            Err(e) => error_json(&e),
+                        }
+                    } else if op.get("limits").is_some() {
+                        let limits = warden_guest::limits::get();
+                        json!({ "ok": {
+                            "max_steps": limits.max_steps,
+                            "max_model_calls": limits.max_model_calls,
+                            "plan_required": limits.plan_required,
+                        } })
+                    } else if let Some(name) = op.get("tool").and_then(Value::as_str) {
                         let mut args = op
                             .get("args")
                             .and_then(Value::as_str)
