@@ -89,7 +89,7 @@ fuzz:
 	rustup toolchain install nightly --profile minimal
 	cargo install cargo-fuzz --locked
 	$(CARGO) build --release --target $(TARGET) --target-dir target/guests \
-		-p react -p calc -p text -p fetch -p files -p warden-test-guests
+		-p react -p calc -p text -p fetch -p files -p warden-test-guests -p injection-tool
 	for t in policy_parse policy_decide url_match mcp_framing; do \
 		mkdir -p fuzz/corpus/$$t; \
 		(cd fuzz && WARDEN_GUESTS_DIR=$(CURDIR)/target/guests/$(TARGET)/release \
