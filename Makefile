@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup setup-rust demo install test lint bench fuzz clean-cache
+.PHONY: setup setup-rust demo install test lint bench bench-injection fuzz clean-cache
 
 ## Install the guest target (and the lint tools), componentize-py and the
 ## MCP SDK (pinned, in target/venv) and componentize-js (pinned, npm ci).
@@ -74,8 +74,15 @@ lint: setup
 
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
-bench: setup
+bench: setup bench-injection
 	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages
+
+## The prompt-injection benchmark (bench/injection/README.md): per scenario,
+## benign tasks without a person, asks, attack success with no human and
+## with every ask approved. Decisions, not timings: a debug build will do.
+## BENCH_ARGS=--json for JSON, BENCH_ARGS="--scenario crm" for one.
+bench-injection: setup-rust
+	$(CARGO) run -p warden --example injection -- $(BENCH_ARGS)
 
 ## Remove compiled components from the cache.
 clean-cache:
