@@ -376,21 +376,33 @@ impl Bench<'_> {
     }
 }
 
-/// From the audit log: the tool calls allowed (with their arguments) and
-/// refused (with the rule), by their final decision records.
+/// From the audit log: the tool calls that ran (with the arguments their
+/// decision record holds) and those refused (with the rule). Every tool
+/// request has a decision record carrying its arguments, then an outcome
+/// record: `ok` or `failed` when the tool ran, `denied`, `invalid` or
+/// `budget-exhausted` when it did not.
 fn audited_tool_calls(text: &str) -> Result<(Vec<(String, Value)>, Vec<(String, String)>), String> {
     let mut allowed = Vec::new();
     let mut refused = Vec::new();
+    let mut arguments: std::collections::HashMap<String, Value> = Default::default();
     for line in text.lines() {
         let record: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        if record["kind"] != "tool" || record["event"] != "outcome" {
+        if record["kind"] != "tool" {
             continue;
         }
         let tool = record["subject"].as_str().unwrap_or("").to_string();
-        if record["decision"] == "allow" {
-            allowed.push((tool, record["data"]["arguments"].clone()));
-        } else {
-            refused.push((tool, record["rule"].as_str().unwrap_or("").to_string()));
+        if record["event"] == "decision" {
+            if let Some(args) = record["data"].get("arguments") {
+                arguments.insert(tool, args.clone());
+            }
+            continue;
+        }
+        match record["outcome"].as_str() {
+            Some("ok" | "failed") => {
+                let args = arguments.get(&tool).cloned().unwrap_or(Value::Null);
+                allowed.push((tool, args));
+            }
+            _ => refused.push((tool, record["rule"].as_str().unwrap_or("").to_string())),
         }
     }
     Ok((allowed, refused))
