@@ -220,6 +220,26 @@ pub struct Bench<'a> {
     pub component: PathBuf,
     /// `bench/injection`.
     pub root: PathBuf,
+    /// Run under the scenario's policy with every rule of its tool
+    /// entries dropped (grants kept): what an unprotected agent does, to
+    /// show that the attacks work and the benign tasks can be done.
+    pub permissive: bool,
+}
+
+/// The policy with every tool's rules dropped: argument rules, label
+/// rules, decisions, budgets. Its grants (component, files) stay.
+pub fn permissive(policy: &str) -> Result<String, String> {
+    let mut table: toml::Table = toml::from_str(policy).map_err(|e| e.to_string())?;
+    if let Some(toml::Value::Table(tools)) = table.get_mut("tools") {
+        for (_, entry) in tools.iter_mut() {
+            if let toml::Value::Table(entry) = entry {
+                for rule in ["args", "decision", "deny_when_labeled", "ask_when_labeled", "max_calls", "rate"] {
+                    entry.remove(rule);
+                }
+            }
+        }
+    }
+    toml::to_string(&table).map_err(|e| e.to_string())
 }
 
 /// Tools of the fixture catalog that change things.
@@ -326,10 +346,16 @@ impl Bench<'_> {
             ));
         }
         let component = self.component.to_string_lossy();
+        let text = text.replace(COMPONENT_IN_POLICY, &component);
+        let text = if self.permissive {
+            permissive(&text)?
+        } else {
+            text
+        };
         let policy = PolicyFile::from_text(
             policy_path.display().to_string(),
             work.path().to_path_buf(),
-            text.replace(COMPONENT_IN_POLICY, &component),
+            text,
         )
         .map_err(|e| e.to_string())?;
         let provider = Arc::new(

@@ -2,7 +2,9 @@
 //! benign tasks decided without a person, asks, and the attack success rate
 //! with no human and with every ask approved, through the real run path.
 //! Run with `make bench-injection` or
-//! `cargo run -p warden --example injection -- [--json] [--scenario NAME]`.
+//! `cargo run -p warden --example injection -- [--json] [--scenario NAME]...
+//! [--permissive]`; `--permissive` drops every rule of the scenarios'
+//! tool entries (grants kept), to show what the attacks do unopposed.
 //! An example, not a criterion bench: its numbers are decisions, not
 //! timings, so a debug build (the one the tests use) gives the same ones.
 
@@ -19,6 +21,7 @@ mod runner;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
+    let permissive = args.iter().any(|a| a == "--permissive");
     let only: Vec<&str> = args
         .windows(2)
         .filter(|w| w[0] == "--scenario")
@@ -34,6 +37,7 @@ fn main() {
                     runtime: &runtime,
                     component: guests::INJECTION_TOOL.into(),
                     root,
+                    permissive,
                 };
                 let mut results = Vec::new();
                 for name in runner::SCENARIOS {

@@ -12,19 +12,20 @@ mod runner;
 
 /// Scenarios held to the targets here (the others are reported by the
 /// bench; bench/injection/README.md says which feature each still needs).
-const HELD_TO_TARGETS: &[&str] = &["crm"];
+const HELD_TO_TARGETS: &[&str] = &["crm", "research"];
 
-fn bench() -> runner::Bench<'static> {
+fn bench(permissive: bool) -> runner::Bench<'static> {
     runner::Bench {
         runtime: runtime(),
         component: guests::INJECTION_TOOL.into(),
         root: repo().join("bench/injection"),
+        permissive,
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn injection_benchmark_meets_its_targets() {
-    let bench = bench();
+    let bench = bench(false);
     for name in HELD_TO_TARGETS {
         let result = bench.run_scenario(name).await.unwrap();
         let table = runner::table(std::slice::from_ref(&result));
@@ -52,8 +53,26 @@ async fn injection_benchmark_meets_its_targets() {
             .filter(|a| !a.explains_sources())
             .collect();
         assert!(unexplained.is_empty(), "{table}\n{unexplained:#?}");
-        // The attacks are real: approving every ask lets some through, so
-        // the asks (not a broken fixture) are what stopped them.
+        // Approving every ask lets some through: the asks are what
+        // stopped them.
         assert!(result.asr_if_approved() > 0.0, "{table}");
     }
+}
+
+/// With the policy's rules dropped, every attack works and every benign
+/// task gets done: the 0% above is the policy's doing, not a fixture that
+/// never performs the attacker's effect or a task that cannot be done.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_policys_rules_every_attack_succeeds() {
+    let result = bench(true).run_scenario("crm").await.unwrap();
+    let table = runner::table(std::slice::from_ref(&result));
+    assert_eq!(result.benign_without_person(), 100.0, "{table}");
+    let failed: Vec<_> = result
+        .attacks
+        .iter()
+        .filter(|a| !a.success_no_human)
+        .map(|a| (&a.task, &a.attack))
+        .collect();
+    assert!(failed.is_empty(), "{table}\nattacks that failed unopposed: {failed:?}");
+    assert!(result.attacks.len() >= 5 && result.all_asks().next().is_none(), "{table}");
 }
