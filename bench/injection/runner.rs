@@ -33,7 +33,7 @@ pub const COMPONENT_IN_POLICY: &str = "../../../target/guests/wasm32-wasip2/rele
 pub const PLACEHOLDER: &str = "{{INJECTION}}";
 
 /// The scenarios, in the order they are reported.
-pub const SCENARIOS: &[&str] = &["crm", "code-review", "shopping", "research", "support"];
+pub const SCENARIOS: &[&str] = &["crm", "code-review", "shopping", "research", "support", "banking"];
 
 /// A scenario: `scenario.toml` beside `policy.toml` and `data/`.
 #[derive(Debug, Deserialize)]
