@@ -26,14 +26,22 @@ use warden::runtime::Runtime;
 /// How a scenario's policy names the fixture component (relative to the
 /// policy, so `warden check --strict` loads it from a built tree); the
 /// runner points it at the component this build made.
-pub const COMPONENT_IN_POLICY: &str = "../../../target/guests/wasm32-wasip2/release/injection_tool.wasm";
+pub const COMPONENT_IN_POLICY: &str =
+    "../../../target/guests/wasm32-wasip2/release/injection_tool.wasm";
 
 /// Where third-party content in a scenario's data carries the attack (an
 /// empty string in benign runs).
 pub const PLACEHOLDER: &str = "{{INJECTION}}";
 
 /// The scenarios, in the order they are reported.
-pub const SCENARIOS: &[&str] = &["crm", "code-review", "shopping", "research", "support", "banking"];
+pub const SCENARIOS: &[&str] = &[
+    "crm",
+    "code-review",
+    "shopping",
+    "research",
+    "support",
+    "banking",
+];
 
 /// A scenario: `scenario.toml` beside `policy.toml` and `data/`.
 #[derive(Debug, Deserialize)]
@@ -233,7 +241,14 @@ pub fn permissive(policy: &str) -> Result<String, String> {
     if let Some(toml::Value::Table(tools)) = table.get_mut("tools") {
         for (_, entry) in tools.iter_mut() {
             if let toml::Value::Table(entry) = entry {
-                for rule in ["args", "decision", "deny_when_labeled", "ask_when_labeled", "max_calls", "rate"] {
+                for rule in [
+                    "args",
+                    "decision",
+                    "deny_when_labeled",
+                    "ask_when_labeled",
+                    "max_calls",
+                    "rate",
+                ] {
                     entry.remove(rule);
                 }
             }
@@ -385,7 +400,12 @@ impl Bench<'_> {
             Ok(text) => text
                 .lines()
                 .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .map(|v| (v["tool"].as_str().unwrap_or("").to_string(), v["args"].clone()))
+                .map(|v| {
+                    (
+                        v["tool"].as_str().unwrap_or("").to_string(),
+                        v["args"].clone(),
+                    )
+                })
                 .collect(),
             Err(_) => Vec::new(),
         };
@@ -484,14 +504,11 @@ pub struct ScenarioResult {
 impl ScenarioResult {
     /// Every ask, benign and attack runs, both answers.
     pub fn all_asks(&self) -> impl Iterator<Item = &Ask> {
-        self.tasks
-            .iter()
-            .flat_map(|t| t.asks.iter())
-            .chain(
-                self.attacks
-                    .iter()
-                    .flat_map(|a| a.asks.iter().chain(a.asks_if_approved.iter())),
-            )
+        self.tasks.iter().flat_map(|t| t.asks.iter()).chain(
+            self.attacks
+                .iter()
+                .flat_map(|a| a.asks.iter().chain(a.asks_if_approved.iter())),
+        )
     }
 
     /// Benign tasks completed without a person, in percent.
@@ -513,7 +530,10 @@ impl ScenarioResult {
     /// Attack success rate with every ask approved, in percent.
     pub fn asr_if_approved(&self) -> f64 {
         percent(
-            self.attacks.iter().filter(|a| a.success_if_approved).count(),
+            self.attacks
+                .iter()
+                .filter(|a| a.success_if_approved)
+                .count(),
             self.attacks.len(),
         )
     }
@@ -521,7 +541,10 @@ impl ScenarioResult {
     /// Asks whose reason names the value's sources, and all asks.
     pub fn explained(&self) -> (usize, usize) {
         let all: Vec<_> = self.all_asks().collect();
-        (all.iter().filter(|a| a.explains_sources()).count(), all.len())
+        (
+            all.iter().filter(|a| a.explains_sources()).count(),
+            all.len(),
+        )
     }
 
     /// As JSON, for `--json`.
@@ -603,9 +626,8 @@ impl Bench<'_> {
         let effect_tools = effect_tools(&self.root)?;
         let mut tasks = Vec::new();
         for task in &scenario.task {
-            let run = |approve| {
-                self.run_one(name, &task.prompt, &task.turns, &task.answer, "", approve)
-            };
+            let run =
+                |approve| self.run_one(name, &task.prompt, &task.turns, &task.answer, "", approve);
             let alone = run(false).await.map_err(|e| format!("{}: {e}", task.id))?;
             let done = completed(&effect_tools, &task.turns, &alone);
             let completed_if_approved = if alone.asks.is_empty() {

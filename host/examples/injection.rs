@@ -51,7 +51,10 @@ fn main() {
         });
     match result {
         Ok(results) if json => {
-            let all: Vec<_> = results.iter().map(runner::ScenarioResult::to_json).collect();
+            let all: Vec<_> = results
+                .iter()
+                .map(runner::ScenarioResult::to_json)
+                .collect();
             println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         }
         Ok(results) => print!("{}", runner::table(&results)),

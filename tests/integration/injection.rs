@@ -30,7 +30,10 @@ async fn injection_benchmark_meets_its_targets() {
         let result = bench.run_scenario(name).await.unwrap();
         let table = runner::table(std::slice::from_ref(&result));
         eprintln!("{table}");
-        assert!(result.tasks.len() >= 10 && result.attacks.len() >= 5, "{table}");
+        assert!(
+            result.tasks.len() >= 10 && result.attacks.len() >= 5,
+            "{table}"
+        );
         let failed: Vec<_> = result
             .tasks
             .iter()
@@ -73,6 +76,12 @@ async fn without_the_policys_rules_every_attack_succeeds() {
         .filter(|a| !a.success_no_human)
         .map(|a| (&a.task, &a.attack))
         .collect();
-    assert!(failed.is_empty(), "{table}\nattacks that failed unopposed: {failed:?}");
-    assert!(result.attacks.len() >= 5 && result.all_asks().next().is_none(), "{table}");
+    assert!(
+        failed.is_empty(),
+        "{table}\nattacks that failed unopposed: {failed:?}"
+    );
+    assert!(
+        result.attacks.len() >= 5 && result.all_asks().next().is_none(),
+        "{table}"
+    );
 }

@@ -134,7 +134,11 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), tools.len());
-        assert!(tools.iter().all(|(_, _, schema, _)| schema["type"] == "object"));
+        assert!(
+            tools
+                .iter()
+                .all(|(_, _, schema, _)| schema["type"] == "object")
+        );
     }
 
     #[test]
@@ -143,12 +147,19 @@ mod tests {
             { "when": { "id": "T-1" }, "result": "one" },
             { "result": { "all": true } }
         ]);
-        assert_eq!(answer("t", &cases, &json!({ "id": "t-1 " })).unwrap(), "one");
+        assert_eq!(
+            answer("t", &cases, &json!({ "id": "t-1 " })).unwrap(),
+            "one"
+        );
         assert_eq!(
             answer("t", &cases, &json!({ "id": "T-2" })).unwrap(),
             r#"{"all":true}"#
         );
         let only = json!([{ "when": { "id": "T-1" }, "result": "one" }]);
-        assert!(answer("t", &only, &json!({})).unwrap_err().starts_with("not found"));
+        assert!(
+            answer("t", &only, &json!({}))
+                .unwrap_err()
+                .starts_with("not found")
+        );
     }
 }
