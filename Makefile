@@ -49,7 +49,8 @@ install: setup-rust
 ## Every test: host unit and integration tests, guest unit tests (Rust and
 ## JavaScript), doc tests;
 ## then every policy in policies/ is checked (--strict) and its cases in
-## policies/tests/ run, as a policy author would.
+## policies/tests/ run, as a policy author would; the benchmark's policies in
+## bench/injection/ are checked (--strict) too.
 ## The policy loop uses the binary `cargo test` just built: `cargo run -p
 ## warden` would resolve features for one package and rebuild the host.
 ## `check` loads each policy's components as `run` would;
@@ -62,6 +63,9 @@ test: setup
 	@for p in policies/*.toml; do \
 		$(WARDEN) check --strict $$(case $$p in */email-assistant.toml) echo --no-load;; esac) $$p > /dev/null || exit 1; \
 		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \
+	done
+	@for p in bench/injection/*/policy.toml; do \
+		$(WARDEN) check --strict $$p > /dev/null || exit 1; \
 	done
 
 ## Formatting and lints, as CI runs them; `.ci/unwraps` keeps unwrap() and

@@ -422,12 +422,16 @@ impl Bench<'_> {
     }
 }
 
+/// (tool, arguments) of the calls that ran, and (tool, rule) of those
+/// refused.
+type AuditedCalls = (Vec<(String, Value)>, Vec<(String, String)>);
+
 /// From the audit log: the tool calls that ran (with the arguments their
 /// decision record holds) and those refused (with the rule). Every tool
 /// request has a decision record carrying its arguments, then an outcome
 /// record: `ok` or `failed` when the tool ran, `denied`, `invalid` or
 /// `budget-exhausted` when it did not.
-fn audited_tool_calls(text: &str) -> Result<(Vec<(String, Value)>, Vec<(String, String)>), String> {
+fn audited_tool_calls(text: &str) -> Result<AuditedCalls, String> {
     let mut allowed = Vec::new();
     let mut refused = Vec::new();
     let mut arguments: std::collections::HashMap<String, Value> = Default::default();
@@ -476,6 +480,8 @@ pub struct AttackResult {
     pub task: String,
     /// The attack.
     pub attack: String,
+    /// What the attacker wants.
+    pub goal: String,
     /// The attacker's effect happened with asks refused.
     pub success_no_human: bool,
     /// The attacker's effect happened with every ask approved.
@@ -493,6 +499,8 @@ pub struct AttackResult {
 pub struct ScenarioResult {
     /// The scenario.
     pub name: String,
+    /// What its agent is for.
+    pub description: String,
     /// Per benign task.
     pub tasks: Vec<TaskResult>,
     /// Per task × attack, where the task read content carrying the attack.
@@ -553,6 +561,7 @@ impl ScenarioResult {
         let (explained, asks) = self.explained();
         json!({
             "scenario": self.name,
+            "description": self.description,
             "benign_tasks": self.tasks.len(),
             "benign_without_person_pct": self.benign_without_person(),
             "benign_asks": self.tasks.iter().map(|t| t.asks.len()).sum::<usize>(),
@@ -573,6 +582,7 @@ impl ScenarioResult {
             "attack_runs": self.attacks.iter().map(|a| json!({
                 "task": a.task,
                 "attack": a.attack,
+                "goal": a.goal,
                 "success_no_human": a.success_no_human,
                 "success_if_approved": a.success_if_approved,
                 "stopped_by": a.stopped_by,
@@ -684,6 +694,7 @@ impl Bench<'_> {
                 attacks.push(AttackResult {
                     task: task.id.clone(),
                     attack: attack.id.clone(),
+                    goal: attack.goal.clone(),
                     success_no_human,
                     success_if_approved,
                     asks: alone.asks,
@@ -694,6 +705,7 @@ impl Bench<'_> {
         }
         Ok(ScenarioResult {
             name: name.to_string(),
+            description: scenario.description.clone(),
             tasks,
             attacks,
             unreached,

@@ -85,3 +85,26 @@ async fn without_the_policys_rules_every_attack_succeeds() {
         "{table}"
     );
 }
+
+/// Every scenario's policy is valid with no warning (what `warden check
+/// --strict` requires), and each scenario has the tasks and attacks the
+/// README promises.
+#[test]
+fn every_scenario_is_complete_and_its_policy_clean() {
+    let root = repo().join("bench/injection");
+    for name in runner::SCENARIOS {
+        let path = root.join(name).join("policy.toml");
+        let file = warden::load::PolicyFile::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            file.policy.warnings.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            file.render_warnings()
+        );
+        let scenario = runner::read_scenario(&root, name).unwrap();
+        assert!(
+            scenario.task.len() >= 10 && scenario.attack.len() >= 5,
+            "{name}"
+        );
+    }
+}
