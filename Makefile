@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup setup-rust demo install test lint bench fuzz clean-cache
+.PHONY: setup setup-rust demo install test lint bench bench-injection fuzz clean-cache
 
 ## Install the guest target (and the lint tools), componentize-py and the
 ## MCP SDK (pinned, in target/venv) and componentize-js (pinned, npm ci).
@@ -49,7 +49,8 @@ install: setup-rust
 ## Every test: host unit and integration tests, guest unit tests (Rust and
 ## JavaScript), doc tests;
 ## then every policy in policies/ is checked (--strict) and its cases in
-## policies/tests/ run, as a policy author would.
+## policies/tests/ run, as a policy author would; the benchmark's policies in
+## bench/injection/ are checked (--strict) too.
 ## The policy loop uses the binary `cargo test` just built: `cargo run -p
 ## warden` would resolve features for one package and rebuild the host.
 ## `check` loads each policy's components as `run` would;
@@ -63,6 +64,9 @@ test: setup
 		$(WARDEN) check --strict $$(case $$p in */email-assistant.toml) echo --no-load;; esac) $$p > /dev/null || exit 1; \
 		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \
 	done
+	@for p in bench/injection/*/policy.toml; do \
+		$(WARDEN) check --strict $$p > /dev/null || exit 1; \
+	done
 
 ## Formatting and lints, as CI runs them; `.ci/unwraps` keeps unwrap() and
 ## expect() out of host code that handles outside data (each one left is
@@ -74,8 +78,15 @@ lint: setup
 
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
-bench: setup
+bench: setup bench-injection
 	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages
+
+## The prompt-injection benchmark (bench/injection/README.md): per scenario,
+## benign tasks without a person, asks, attack success with no human and
+## with every ask approved. Decisions, not timings: a debug build will do.
+## BENCH_ARGS=--json for JSON, BENCH_ARGS="--scenario crm" for one.
+bench-injection: setup-rust
+	$(CARGO) run -p warden --example injection -- $(BENCH_ARGS)
 
 ## Remove compiled components from the cache.
 clean-cache:
@@ -89,7 +100,7 @@ fuzz:
 	rustup toolchain install nightly --profile minimal
 	cargo install cargo-fuzz --locked
 	$(CARGO) build --release --target $(TARGET) --target-dir target/guests \
-		-p react -p calc -p text -p fetch -p files -p warden-test-guests
+		-p react -p calc -p text -p fetch -p files -p warden-test-guests -p injection-tool
 	for t in policy_parse policy_decide url_match mcp_framing; do \
 		mkdir -p fuzz/corpus/$$t; \
 		(cd fuzz && WARDEN_GUESTS_DIR=$(CURDIR)/target/guests/$(TARGET)/release \

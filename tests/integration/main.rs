@@ -13,6 +13,7 @@ mod compile;
 mod containment;
 mod egress;
 mod files;
+mod injection;
 mod isolation;
 mod languages;
 mod ledger;
