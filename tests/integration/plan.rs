@@ -198,6 +198,7 @@ fn agents() -> [&'static str; 2] {
 
 #[tokio::test]
 async fn the_react_agents_plan_from_the_task_alone_and_an_injected_sink_is_refused() {
+    let mut planning = Vec::new();
     for agent in agents() {
         let model = Recording::new(INJECTED);
         let result = run_agent(
@@ -236,7 +237,12 @@ async fn the_react_agents_plan_from_the_task_alone_and_an_injected_sink_is_refus
                 && !question.contains("IMPORTANT"),
             "{agent}: {question}"
         );
+        planning.push(serde_json::to_value(&first.messages).unwrap());
     }
+    assert_eq!(
+        planning[0], planning[1],
+        "the Python agent plans with the Rust one's words"
+    );
 }
 
 #[tokio::test]
