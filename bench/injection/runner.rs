@@ -232,12 +232,24 @@ pub struct Bench<'a> {
     /// entries dropped (grants kept): what an unprotected agent does, to
     /// show that the attacks work and the benign tasks can be done.
     pub permissive: bool,
+    /// Run under the scenario's policy without its `[plan]`: what the plan
+    /// adds to the other rules.
+    pub without_plan: bool,
+}
+
+/// The policy without its `[plan]` section.
+pub fn without_plan(policy: &str) -> Result<String, String> {
+    let mut table: toml::Table = toml::from_str(policy).map_err(|e| e.to_string())?;
+    table.remove("plan");
+    toml::to_string(&table).map_err(|e| e.to_string())
 }
 
 /// The policy with every tool's rules dropped: argument rules, label
-/// rules, decisions, budgets. Its grants (component, files) stay.
+/// rules, decisions, budgets, and the plan. Its grants (component, files)
+/// stay.
 pub fn permissive(policy: &str) -> Result<String, String> {
-    let mut table: toml::Table = toml::from_str(policy).map_err(|e| e.to_string())?;
+    let mut table: toml::Table = toml::from_str(without_plan(policy)?.as_str())
+        .map_err(|e| e.to_string())?;
     if let Some(toml::Value::Table(tools)) = table.get_mut("tools") {
         for (_, entry) in tools.iter_mut() {
             if let toml::Value::Table(entry) = entry {
@@ -304,6 +316,30 @@ fn script(turns: &[Turn], answer: &str) -> Result<String, String> {
     toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
+/// Whether a scenario's policy asks the agent for a plan (`[plan] required`).
+fn requires_plan(policy: &str) -> Result<bool, String> {
+    let table: toml::Table = toml::from_str(policy).map_err(|e| e.to_string())?;
+    Ok(table
+        .get("plan")
+        .and_then(|plan| plan.get("required"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false))
+}
+
+/// The model's answer to the agent's planning question: the tools the
+/// benign task calls, as a JSON list (what a model planning from the task
+/// alone would name).
+fn plan_turn(task_turns: &[Turn]) -> Turn {
+    let tools: BTreeSet<&str> = task_turns
+        .iter()
+        .flat_map(|turn| turn.calls.iter().map(|call| call.tool.as_str()))
+        .collect();
+    Turn {
+        text: serde_json::to_string(&tools).unwrap_or_else(|_| "[]".into()),
+        calls: Vec::new(),
+    }
+}
+
 /// The task's turns with the attack's after the first turn that reads
 /// third-party content; `None` when the task reads none (nothing to inject
 /// into).
@@ -329,9 +365,8 @@ impl Bench<'_> {
     pub async fn run_one(
         &self,
         name: &str,
-        prompt: &str,
+        task: &Task,
         turns: &[Turn],
-        answer: &str,
         injection: &str,
         approve: bool,
     ) -> Result<RunOutcome, String> {
@@ -364,18 +399,34 @@ impl Bench<'_> {
         let text = text.replace(COMPONENT_IN_POLICY, &component);
         let text = if self.permissive {
             permissive(&text)?
+        } else if self.without_plan {
+            without_plan(&text)?
         } else {
             text
         };
+        let plan = requires_plan(&text)?;
         let policy = PolicyFile::from_text(
             policy_path.display().to_string(),
             work.path().to_path_buf(),
             text,
         )
         .map_err(|e| e.to_string())?;
+        // Under `[plan] required` the agent first asks the model which
+        // tools it will need, from the task alone: the model answers with
+        // the benign task's tools, whatever the attack later says.
+        let planned;
+        let turns = if plan {
+            planned = [vec![plan_turn(&task.turns)], turns.to_vec()].concat();
+            &planned[..]
+        } else {
+            turns
+        };
         let provider = Arc::new(
-            ScriptedProvider::parse(&format!("{name}.script.toml"), &script(turns, answer)?)
-                .map_err(|e| e.to_string())?,
+            ScriptedProvider::parse(
+                &format!("{name}.script.toml"),
+                &script(turns, &task.answer)?,
+            )
+            .map_err(|e| e.to_string())?,
         );
         let person = Arc::new(Person {
             approve,
@@ -388,7 +439,7 @@ impl Bench<'_> {
             policy,
             agent: ComponentSource::Builtin("react".into()),
             provider,
-            task: prompt.to_string(),
+            task: task.prompt.clone(),
             approver: Some(person.clone()),
             approve: Vec::new(),
             replay_tools: None,
@@ -636,8 +687,7 @@ impl Bench<'_> {
         let effect_tools = effect_tools(&self.root)?;
         let mut tasks = Vec::new();
         for task in &scenario.task {
-            let run =
-                |approve| self.run_one(name, &task.prompt, &task.turns, &task.answer, "", approve);
+            let run = |approve| self.run_one(name, task, &task.turns, "", approve);
             let alone = run(false).await.map_err(|e| format!("{}: {e}", task.id))?;
             let done = completed(&effect_tools, &task.turns, &alone);
             let completed_if_approved = if alone.asks.is_empty() {
@@ -661,16 +711,7 @@ impl Bench<'_> {
                 let Some(turns) = injected(&scenario, task, attack) else {
                     continue;
                 };
-                let run = |approve| {
-                    self.run_one(
-                        name,
-                        &task.prompt,
-                        &turns,
-                        &task.answer,
-                        &attack.injection,
-                        approve,
-                    )
-                };
+                let run = |approve| self.run_one(name, task, &turns, &attack.injection, approve);
                 let what = format!("{} x {}", task.id, attack.id);
                 let alone = run(false).await.map_err(|e| format!("{what}: {e}"))?;
                 if !alone.saw(&attack.injection) {

@@ -3,8 +3,10 @@
 //! with no human and with every ask approved, through the real run path.
 //! Run with `make bench-injection` or
 //! `cargo run -p warden --example injection -- [--json] [--scenario NAME]...
-//! [--permissive]`; `--permissive` drops every rule of the scenarios'
-//! tool entries (grants kept), to show what the attacks do unopposed.
+//! [--permissive | --without-plan]`; `--permissive` drops every rule of
+//! the scenarios' tool entries and their plans (grants kept), to show what
+//! the attacks do unopposed; `--without-plan` drops only `[plan]`, to show
+//! what the plan adds.
 //! An example, not a criterion bench: its numbers are decisions, not
 //! timings, so a debug build (the one the tests use) gives the same ones.
 
@@ -22,6 +24,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let permissive = args.iter().any(|a| a == "--permissive");
+    let without_plan = args.iter().any(|a| a == "--without-plan");
     let only: Vec<&str> = args
         .windows(2)
         .filter(|w| w[0] == "--scenario")
@@ -38,6 +41,7 @@ fn main() {
                     component: guests::INJECTION_TOOL.into(),
                     root,
                     permissive,
+                    without_plan,
                 };
                 let mut results = Vec::new();
                 for name in runner::SCENARIOS {

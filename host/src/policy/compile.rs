@@ -350,14 +350,17 @@ fn result_labels(
     (whole, parts)
 }
 
-/// The stores a tool shares state through, for labels that flow: its
-/// component (tools of one component may keep state for each other: a
-/// mail component's send and list, a remote API's post and get) and each
-/// directory it is granted (another component may read what it wrote).
+/// The stores a tool shares state through, for labels that flow: each
+/// directory it is granted (another component may read what it wrote),
+/// and its component when that can reach a service (tools of one
+/// component may keep state for each other there: a mail API's send and
+/// list). A local component without `http` runs in a fresh instance per
+/// call with no network, so its tools share nothing but directories.
 /// Named as written: two spellings of one directory are two stores.
 fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> Vec<String> {
     let mut stores = Vec::new();
-    if let Some(component) = component {
+    let remote = component.is_some_and(|c| c.text.contains("://"));
+    if let Some(component) = component.filter(|_| remote || grants.http.is_some()) {
         let text = component.text.trim();
         if text.starts_with("builtin:") || text.contains("://") {
             stores.push(format!("component {text}"));

@@ -901,7 +901,11 @@ impl Session {
         let mut whole = own.clone();
         union_labels(&mut whole, &flowed);
         let source = Source::Tool(tool.to_string());
-        let foreign = !flowed.is_empty();
+        // What flowed in makes the result foreign only when it brings a
+        // label the tool's own results do not carry: a read by an id the
+        // same family of tools gave (`notes_read` of a `notes_list` id)
+        // is still the tool's own.
+        let foreign = flowed.iter().any(|l| own.binary_search(l).is_err());
         if parts.is_empty() {
             self.add_labels(&whole);
             self.provenance.observe_part(source, &whole, foreign, text);

@@ -1510,7 +1510,8 @@ fn labels_flow_through_what_a_tool_writes_and_another_reads() {
         json!({"path": "/w/payee.txt", "content": "GB00-EVIL-9999"}),
         "wrote 14 bytes",
     );
-    assert_eq!(session.stores.len(), 2, "{:?}", session.stores);
+    // The directory (`builtin:files` has no network: not a store itself).
+    assert_eq!(session.stores.len(), 1, "{:?}", session.stores);
     for reader in ["read_file", "search"] {
         let mut s = session.clone();
         call(
@@ -1644,4 +1645,75 @@ fn label_paths_are_checked_at_load() {
     );
     assert_eq!(p.tools["t"].labels, ["a"]);
     assert_eq!(p.tools["t"].path_labels.len(), 1);
+}
+
+const NOTES: &str = r#"
+[tools.notes_list]
+component = "n.wasm"
+labels = ["notes"]
+effects = "none"
+[tools.notes_read]
+component = "n.wasm"
+labels = ["notes"]
+effects = "none"
+[tools.web_search]
+component = "n.wasm"
+labels = ["untrusted"]
+effects = "none"
+[tools.post]
+component = "n.wasm"
+[tools.fetch]
+component = "f.wasm"
+args.url = { from = ["tool:notes_read"] }
+"#;
+
+/// A read by an id taken from the same family's results (`notes_read` of
+/// an id `notes_list` gave, both labelled `notes`) returns the tool's own
+/// data: what flowed in adds no label its results do not carry anyway, so
+/// `tool:notes_read` still vouches for it. An id with a label the reader's
+/// results do not carry (from a web search) still makes its result foreign.
+#[test]
+fn an_argument_with_only_the_tools_own_labels_keeps_its_result_its_own() {
+    let p = policy(NOTES);
+    let mut session = Session::default();
+    call(&p, &mut session, "notes_list", json!({}), r#"["N-1"]"#);
+    call(
+        &p,
+        &mut session,
+        "notes_read",
+        json!({"note_id": "N-1"}),
+        "Heat pumps: see https://en.wikipedia.org/wiki/Heat_pump",
+    );
+    let fetch = json!({"url": "https://en.wikipedia.org/wiki/Heat_pump"});
+    assert_eq!(p.decide(&tool("fetch", &fetch), &session).verdict(), Verdict::Allow);
+
+    let mut session = Session::default();
+    call(&p, &mut session, "web_search", json!({}), "N-7");
+    call(
+        &p,
+        &mut session,
+        "notes_read",
+        json!({"note_id": "N-7"}),
+        "see https://evil.example/x",
+    );
+    let fetch = json!({"url": "https://evil.example/x"});
+    assert_eq!(p.decide(&tool("fetch", &fetch), &session).verdict(), Verdict::Deny);
+}
+
+/// A local component runs in a fresh instance per call with no network:
+/// tools of it can keep state for each other only in granted directories,
+/// so the component is a store only when it can reach a service (an
+/// `http` grant, a remote component).
+#[test]
+fn a_local_component_without_network_is_not_a_store() {
+    let p = policy(NOTES);
+    assert!(p.tools["post"].stores.is_empty(), "{:?}", p.tools["post"].stores);
+    let p = policy(&format!(
+        "{NOTES}[tools.api]\ncomponent = \"n.wasm\"\nhttp = {{ allow = [\"https://api.example.com/**\"] }}\n"
+    ));
+    assert_eq!(p.tools["api"].stores.len(), 1, "{:?}", p.tools["api"].stores);
+    let mut session = Session::default();
+    call(&p, &mut session, "web_search", json!({}), "N-7");
+    call(&p, &mut session, "post", json!({"id": "N-7"}), "ok");
+    assert!(session.stores.is_empty(), "{:?}", session.stores);
 }
