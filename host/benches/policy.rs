@@ -8,7 +8,7 @@
 //! - `decide/model_call`: the model entry with deny patterns and budgets.
 //! - `load/500_rules`: parse and compile a policy of 500 rules.
 //! - `observe/statement_plain` and `observe/statement_by_path`: index a
-//!   statement of 2,000 entries (about 200 KB of JSON) into a fresh
+//!   statement of 2,000 entries (245 KB of JSON) into a fresh
 //!   session, labelled whole, then by two label paths (a parse and a walk
 //!   besides the tokens).
 //! - `flow/call`: the labels a call's arguments carry, looked up in that
