@@ -248,8 +248,8 @@ pub fn without_plan(policy: &str) -> Result<String, String> {
 /// rules, decisions, budgets, and the plan. Its grants (component, files)
 /// stay.
 pub fn permissive(policy: &str) -> Result<String, String> {
-    let mut table: toml::Table = toml::from_str(without_plan(policy)?.as_str())
-        .map_err(|e| e.to_string())?;
+    let mut table: toml::Table =
+        toml::from_str(without_plan(policy)?.as_str()).map_err(|e| e.to_string())?;
     if let Some(toml::Value::Table(tools)) = table.get_mut("tools") {
         for (_, entry) in tools.iter_mut() {
             if let toml::Value::Table(entry) = entry {

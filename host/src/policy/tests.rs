@@ -1685,7 +1685,10 @@ fn an_argument_with_only_the_tools_own_labels_keeps_its_result_its_own() {
         "Heat pumps: see https://en.wikipedia.org/wiki/Heat_pump",
     );
     let fetch = json!({"url": "https://en.wikipedia.org/wiki/Heat_pump"});
-    assert_eq!(p.decide(&tool("fetch", &fetch), &session).verdict(), Verdict::Allow);
+    assert_eq!(
+        p.decide(&tool("fetch", &fetch), &session).verdict(),
+        Verdict::Allow
+    );
 
     let mut session = Session::default();
     call(&p, &mut session, "web_search", json!({}), "N-7");
@@ -1697,7 +1700,10 @@ fn an_argument_with_only_the_tools_own_labels_keeps_its_result_its_own() {
         "see https://evil.example/x",
     );
     let fetch = json!({"url": "https://evil.example/x"});
-    assert_eq!(p.decide(&tool("fetch", &fetch), &session).verdict(), Verdict::Deny);
+    assert_eq!(
+        p.decide(&tool("fetch", &fetch), &session).verdict(),
+        Verdict::Deny
+    );
 }
 
 /// A local component runs in a fresh instance per call with no network:
@@ -1707,11 +1713,20 @@ fn an_argument_with_only_the_tools_own_labels_keeps_its_result_its_own() {
 #[test]
 fn a_local_component_without_network_is_not_a_store() {
     let p = policy(NOTES);
-    assert!(p.tools["post"].stores.is_empty(), "{:?}", p.tools["post"].stores);
+    assert!(
+        p.tools["post"].stores.is_empty(),
+        "{:?}",
+        p.tools["post"].stores
+    );
     let p = policy(&format!(
         "{NOTES}[tools.api]\ncomponent = \"n.wasm\"\nhttp = {{ allow = [\"https://api.example.com/**\"] }}\n"
     ));
-    assert_eq!(p.tools["api"].stores.len(), 1, "{:?}", p.tools["api"].stores);
+    assert_eq!(
+        p.tools["api"].stores.len(),
+        1,
+        "{:?}",
+        p.tools["api"].stores
+    );
     let mut session = Session::default();
     call(&p, &mut session, "web_search", json!({}), "N-7");
     call(&p, &mut session, "post", json!({"id": "N-7"}), "ok");
