@@ -34,6 +34,9 @@ pub struct RunSpec {
     pub approver: Option<Arc<dyn Approver>>,
     /// Rules approved in advance (`--approve RULE`).
     pub approve: Vec<String>,
+    /// Sources whose values approve an ask (`--approve-from SOURCE`): an
+    /// ask is approved when every value that triggered it came from one.
+    pub approve_from: Vec<crate::policy::explain::ApproveFrom>,
     /// In a replay, the recorded tool results: no tool is called, and no
     /// guest touches anything outside the host (no HTTP, no directory
     /// unless the replay grants the policy's read-only, no inherited
@@ -134,6 +137,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     }
     let gate = Gate::new(policy.clone(), audit)
         .with_approvals(spec.approver.clone(), &spec.approve)
+        .with_approve_from(spec.approve_from.clone())
         .with_secrets(secrets)
         .with_replay(spec.replay_tools.clone());
     let opening = Opening {

@@ -259,6 +259,25 @@ impl Provenance {
         }
     }
 
+    /// What brought `label`: each tool whose results (or HTTP responses)
+    /// carried it, as `results of `NAME``, at most `max`. Tool names are
+    /// the policy's. Data that arrived after the index filled is not
+    /// known here.
+    pub fn carriers(&self, label: &str, max: usize) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (source, labels) in &self.classes {
+            if let Source::Tool(name) = source
+                && labels.iter().any(|l| l == label)
+            {
+                let what = format!("results of `{name}`");
+                if !out.contains(&what) && out.len() < max {
+                    out.push(what);
+                }
+            }
+        }
+        out
+    }
+
     /// Distinct tokens indexed.
     pub fn len(&self) -> usize {
         self.tokens.len()
