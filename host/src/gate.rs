@@ -136,6 +136,17 @@ pub trait Approver: Send + Sync {
     fn ask(&self, question: &Question<'_>) -> Option<Approval>;
 }
 
+/// A tool call's record data with where each argument value came from
+/// (`data.sources`), for `warden policy learn`.
+fn with_sources(data: Option<Value>, request: &Request<'_>, session: &Session) -> Option<Value> {
+    let Request::Tool { arguments, .. } = request else {
+        return data;
+    };
+    let mut data = data.unwrap_or_else(|| json!({}));
+    data["sources"] = crate::policy::explain::argument_sources(&session.provenance, arguments);
+    Some(data)
+}
+
 /// The values of `explained` that `reason` does not already show (an
 /// argument rule's reason names its value), as `; values: ...`, or nothing.
 fn unexplained(reason: &str, explained: &Explanation) -> String {
@@ -470,6 +481,7 @@ impl Gate {
         match decision {
             Decision::Allow { rule } => {
                 state.session.record(&self.policy, request);
+                let data = with_sources(data, request, &state.session);
                 self.write(Entry {
                     kind,
                     event: Event::Decision,
@@ -617,7 +629,8 @@ impl Gate {
                     return Ok(Err(error));
                 }
                 state.session.record(&self.policy, request);
-                let mut data = data.unwrap_or_else(|| json!({}));
+                let mut data =
+                    with_sources(data, request, &state.session).unwrap_or_else(|| json!({}));
                 data["approved_by"] = json!(by);
                 data["rules"] = json!(asking);
                 data["asked"] = asked;

@@ -273,6 +273,48 @@ impl Collector<'_> {
     }
 }
 
+/// Where each value of a tool call's `arguments` came from, for its
+/// decision record: `[{"field": "to", "sources": ["task", "unlabeled"]}]`,
+/// the first [`MAX_VALUES`] values (strings, numbers, booleans; a string
+/// longer than 4 KiB is not looked up). What `warden policy learn` needs
+/// to propose `from` rules.
+pub fn argument_sources(provenance: &Provenance, arguments: &Value) -> Value {
+    let mut out = Vec::new();
+    let mut stack: Vec<(String, &Value)> = vec![(String::new(), arguments)];
+    while let Some((at, value)) = stack.pop() {
+        if out.len() >= MAX_VALUES {
+            break;
+        }
+        let join = |key: &str| {
+            if at.is_empty() {
+                key.to_string()
+            } else {
+                format!("{at}.{key}")
+            }
+        };
+        match value {
+            Value::Array(items) => stack.extend(
+                items
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(i, v)| (join(&i.to_string()), v)),
+            ),
+            Value::Object(map) => stack.extend(map.iter().rev().map(|(k, v)| (join(k), v))),
+            Value::Null => {}
+            leaf => {
+                if let Some(text) = text_of(leaf).filter(|t| t.len() <= 4096) {
+                    out.push(serde_json::json!({
+                        "field": at,
+                        "sources": provenance.sources_of(&text),
+                    }));
+                }
+            }
+        }
+    }
+    Value::Array(out)
+}
+
 impl Policy {
     /// Why the call of tool `name` with `arguments` asked under `asking`:
     /// the values of each asking argument rule's field; for a label's or

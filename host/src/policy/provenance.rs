@@ -278,6 +278,42 @@ impl Provenance {
         out
     }
 
+    /// Every source a `from` rule could name that `value` comes from:
+    /// `task`, `unlabeled`, `model`, `tool:NAME`, `label:NAME` (sorted, no
+    /// duplicates); empty when it appears nowhere. What `warden policy
+    /// learn` reads back from the audit log.
+    pub fn sources_of(&self, value: &str) -> Vec<String> {
+        let mut together = u64::MAX;
+        let mut any = false;
+        each_token(value, false, |token| {
+            any = true;
+            together &= self.tokens.get(token).copied().unwrap_or(0);
+        });
+        let mut out: Vec<String> = Vec::new();
+        if !any {
+            return out;
+        }
+        for (i, (source, labels)) in self.classes.iter().enumerate() {
+            if together & (1 << i) == 0 {
+                continue;
+            }
+            match source {
+                Source::Task => out.push("task".into()),
+                Source::Model => out.push("model".into()),
+                Source::Tool(name) => {
+                    out.push(format!("tool:{name}"));
+                    out.extend(labels.iter().map(|l| format!("label:{l}")));
+                }
+            }
+            if labels.is_empty() && *source != Source::Model {
+                out.push("unlabeled".into());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Distinct tokens indexed.
     pub fn len(&self) -> usize {
         self.tokens.len()
