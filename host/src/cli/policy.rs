@@ -24,6 +24,24 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Propose the least-privilege policy that allows what the runs in
+    /// these audit logs did (run them under a permissive policy, in a
+    /// sandbox, and keep the logs of runs you consider good). Prints TOML
+    /// with a comment on every line saying why; review it before use.
+    #[command(after_help = "Examples:
+  warden run builtin:react -p permissive.toml -t \"Summarize README.md\" --audit good-1.jsonl
+  warden policy learn good-1.jsonl good-2.jsonl > policy.toml
+  warden check --strict policy.toml
+  warden replay good-1.jsonl --policy policy.toml --trust-log")]
+    Learn {
+        /// Audit logs (JSON Lines, as `warden run --audit` writes them).
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Learn from a log whose hash chain is broken (it may have been
+        /// edited: what it says was allowed may not have been).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the JSON Schema of policy files (for editors).
     #[command(after_help = "Examples:
   warden policy schema > policy.schema.json
@@ -90,12 +108,110 @@ pub(crate) fn run(command: PolicyCommand) -> ExitCode {
             cases,
             json,
         } => policy_test(&policy, &cases, json),
+        PolicyCommand::Learn { logs, force } => policy_learn(&logs, force),
         PolicyCommand::Schema => {
             let schema = warden::policy::Policy::json_schema();
             print_all(&format!(
                 "{}\n",
                 serde_json::to_string_pretty(&schema).expect("a schema serializes")
             ))
+        }
+    }
+}
+
+/// Longest audit line `policy learn` holds: far above any record warden
+/// writes with the largest `audit_field`, so a longer one is not a record.
+const MAX_LEARN_LINE: usize = 64 << 20;
+
+fn policy_learn(logs: &[PathBuf], force: bool) -> ExitCode {
+    let mut learner = warden::policy::learn::Learner::new();
+    for path in logs {
+        let name = path.display().to_string();
+        let open = || warden::load::open_regular(path);
+        let file = match open() {
+            Ok(file) => file,
+            Err(error) => {
+                return bad_input(format!("error: cannot read the audit log {name}: {error}"));
+            }
+        };
+        match warden::audit::verify::verify(std::io::BufReader::new(file)) {
+            Ok(report) if !report.is_intact() && !force => {
+                let first = report
+                    .problems
+                    .first()
+                    .map(|p| format!("line {}: {}", p.line, p.message))
+                    .unwrap_or_default();
+                return bad_input(format!(
+                    "error: the audit log {name} is not intact ({first}): what it says was allowed may not have been\n  = help: check it with `warden audit verify {name}`; learn from it anyway with --force"
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return bad_input(format!("error: cannot read the audit log {name}: {error}"));
+            }
+        }
+        let file = match open() {
+            Ok(file) => file,
+            Err(error) => {
+                return bad_input(format!("error: cannot read the audit log {name}: {error}"));
+            }
+        };
+        match learn_from(&mut learner, file) {
+            Ok((0, _)) => {
+                return bad_input(format!(
+                    "error: {name} holds no audit records\n  = help: give the file `warden run --audit FILE` wrote"
+                ));
+            }
+            Ok((_, skipped)) if skipped > 0 => {
+                eprintln!(
+                    "warning: {name}: {skipped} line(s) are not audit records and were skipped"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return bad_input(format!("error: cannot read the audit log {name}: {error}"));
+            }
+        }
+    }
+    let names: Vec<String> = logs.iter().map(|p| p.display().to_string()).collect();
+    print_all(&learner.policy(&names.join(", ")))
+}
+
+/// Feed every record of `file` to `learner`, a line at a time (memory
+/// bounded by [`MAX_LEARN_LINE`] whatever the log's size): records read,
+/// and lines skipped.
+fn learn_from(
+    learner: &mut warden::policy::learn::Learner,
+    file: std::fs::File,
+) -> std::io::Result<(u64, u64)> {
+    use std::io::{BufRead as _, Read as _};
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    let (mut read, mut skipped) = (0u64, 0u64);
+    loop {
+        line.clear();
+        if (&mut reader)
+            .take(MAX_LEARN_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?
+            == 0
+        {
+            return Ok((read, skipped));
+        }
+        if line.len() > MAX_LEARN_LINE && line.last() != Some(&b'\n') {
+            let mut byte = [0u8; 1];
+            while reader.read(&mut byte)? == 1 && byte[0] != b'\n' {}
+            skipped += 1;
+            continue;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<warden::audit::Record>(&line) {
+            Ok(record) => {
+                read += 1;
+                learner.observe(&record);
+            }
+            Err(_) => skipped += 1,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod args;
 mod compile;
 pub mod explain;
 pub mod file;
+pub mod learn;
 mod merge;
 pub mod provenance;
 mod units;
