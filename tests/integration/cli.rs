@@ -1059,3 +1059,68 @@ fn policy_learn_refuses_an_edited_log_and_a_file_that_is_not_one() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn policy_diff_says_what_each_side_allows_in_words_and_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(repo().join("policies/demo.toml")).unwrap();
+    let wider = dir.path().join("wider.toml");
+    std::fs::write(
+        &wider,
+        demo.replace(
+            "[tools.regex_search]\ncomponent = \"builtin:text\"\ndecision = \"deny\"",
+            "[tools.regex_search]\ncomponent = \"builtin:text\"",
+        ),
+    )
+    .unwrap();
+    // Through an include, with nothing changed: the same policy.
+    let layered = dir.path().join("layered.toml");
+    std::fs::write(
+        &layered,
+        format!(
+            "include = [{:?}]\n",
+            repo().join("policies/demo.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = bare(&[
+        "policy",
+        "diff",
+        "policies/demo.toml",
+        layered.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("allow the same"));
+
+    let out = bare(&[
+        "policy",
+        "diff",
+        "policies/demo.toml",
+        wider.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("allows what policies/demo.toml does not:\n  tools.regex_search: added tool regex_search"),
+        "{stdout}"
+    );
+    let out = bare(&[
+        "policy",
+        "diff",
+        "--json",
+        wider.to_str().unwrap(),
+        "policies/demo.toml",
+    ]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["exit"], 1);
+    assert_eq!(
+        value["differences"][0],
+        serde_json::json!({ "direction": "narrows", "key": "tools.regex_search", "text": "removed tool regex_search" })
+    );
+}

@@ -42,6 +42,22 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Say what NEW allows that OLD does not, and the other way round,
+    /// comparing the compiled policies (includes applied), not their text.
+    /// Exit 0 when they allow the same, 1 when they differ.
+    #[command(after_help = "Examples:
+  warden policy diff policies/demo.toml learned.toml
+  warden policy diff old.toml new.toml --json | jq -r '.differences[] | select(.direction == \"widens\") | .text'")]
+    Diff {
+        /// The policy before.
+        old: PathBuf,
+        /// The policy after.
+        new: PathBuf,
+        /// Print one JSON object: every difference with its direction
+        /// (`widens`, `narrows`, `changes`), key and text (docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of policy files (for editors).
     #[command(after_help = "Examples:
   warden policy schema > policy.schema.json
@@ -109,6 +125,7 @@ pub(crate) fn run(command: PolicyCommand) -> ExitCode {
             json,
         } => policy_test(&policy, &cases, json),
         PolicyCommand::Learn { logs, force } => policy_learn(&logs, force),
+        PolicyCommand::Diff { old, new, json } => policy_diff(&old, &new, json),
         PolicyCommand::Schema => {
             let schema = warden::policy::Policy::json_schema();
             print_all(&format!(
@@ -214,4 +231,65 @@ fn learn_from(
             Err(_) => skipped += 1,
         }
     }
+}
+
+fn policy_diff(old: &Path, new: &Path, json: bool) -> ExitCode {
+    let read = |path: &Path| PolicyFile::read(path);
+    let (old_file, new_file) = match (read(old), read(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(error), _) | (_, Err(error)) => return bad_input(error),
+    };
+    let differences = warden::policy::diff::diff(&old_file.policy, &new_file.policy);
+    let code = if differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NO_ANSWER)
+    };
+    if json {
+        let value = serde_json::json!({
+            "exit": if differences.is_empty() { 0 } else { EXIT_NO_ANSWER },
+            "old": old_file.name,
+            "new": new_file.name,
+            "differences": differences,
+        });
+        return print_json(&value, code);
+    }
+    use warden::policy::diff::Direction;
+    let mut out = String::new();
+    if differences.is_empty() {
+        out.push_str(&format!(
+            "{} and {} allow the same\n",
+            old_file.name, new_file.name
+        ));
+    }
+    for (direction, heading) in [
+        (
+            Direction::Widens,
+            format!("{} allows what {} does not:", new_file.name, old_file.name),
+        ),
+        (
+            Direction::Narrows,
+            format!("{} allows what {} does not:", old_file.name, new_file.name),
+        ),
+        (Direction::Changes, "Other changes:".to_string()),
+    ] {
+        let these: Vec<_> = differences
+            .iter()
+            .filter(|d| d.direction == direction)
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        out.push_str(&heading);
+        out.push('\n');
+        for d in these {
+            out.push_str(&warden::transcript::field(
+                &format!("  {}:", d.key),
+                &d.text,
+            ));
+            out.push('\n');
+        }
+    }
+    let _ = print_all(&out);
+    code
 }

@@ -393,7 +393,7 @@ impl Learner {
             tool.write_args(&mut out, name);
         }
 
-        let unused = |name: &String| !self.tools.get(name).is_some_and(|t| t.calls > 0);
+        let unused = |name: &String| self.tools.get(name).is_none_or(|t| t.calls == 0);
         for name in self
             .denied_entries
             .iter()

@@ -16,6 +16,7 @@
 
 pub mod args;
 mod compile;
+pub mod diff;
 pub mod explain;
 pub mod file;
 pub mod learn;
