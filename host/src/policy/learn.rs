@@ -17,26 +17,38 @@ const MAX_TOOLS: usize = 256;
 const MAX_FIELDS: usize = 64;
 /// Most distinct values kept per field; `one_of` is proposed up to
 /// [`MAX_ENUM`] of them.
-const MAX_DISTINCT: usize = 16;
+const MAX_DISTINCT: usize = MAX_ENUM + 1;
 /// Most distinct values a field may take for `one_of` to be proposed.
 const MAX_ENUM: usize = 5;
 /// Most distinct source sets kept per field (for `from`).
-const MAX_SOURCE_SETS: usize = 32;
+const MAX_SOURCE_SETS: usize = 8;
 /// Most hosts learned per tool, paths per host.
 const MAX_HOSTS: usize = 32;
-/// Most runs whose counts are kept (for budgets).
+/// Most run ids remembered (to count runs, and to notice a run whose
+/// records are interleaved with another's).
 const MAX_RUNS: usize = 100_000;
+/// Most tools counted per run.
+const MAX_RUN_TOOLS: usize = MAX_TOOLS;
 /// Most models learned.
 const MAX_MODELS: usize = 32;
 /// Most notes kept.
 const MAX_NOTES: usize = 64;
 /// Longest value kept verbatim (for `one_of` and prefixes).
-const MAX_VALUE: usize = 256;
+const MAX_VALUE: usize = 64;
+/// Longest common start kept (for `prefix`).
+const MAX_PREFIX: usize = 256;
 
 /// What the learner has seen so far.
 #[derive(Debug, Default)]
 pub struct Learner {
-    runs: BTreeMap<String, RunCounts>,
+    /// The run whose records come now, and its counts: a log holds one
+    /// run's records after another's, so only one run is counted at a
+    /// time and folded into `most` when the next begins.
+    current: Option<(String, RunCounts)>,
+    /// The most any run used, per count.
+    most: RunCounts,
+    /// Run ids seen (bounded), and how many more there were.
+    seen_runs: std::collections::HashSet<String>,
     runs_dropped: u64,
     models: BTreeSet<String>,
     tools: BTreeMap<String, ToolSeen>,
@@ -89,7 +101,6 @@ struct FieldSeen {
     strings: u64,
     numbers: u64,
     bools: u64,
-    distinct: BTreeSet<String>,
     too_many: bool,
     /// Values kept as JSON, for `one_of` (strings and numbers).
     values: BTreeMap<String, Value>,
@@ -117,14 +128,41 @@ impl Learner {
     }
 
     fn run(&mut self, id: &str) -> Option<&mut RunCounts> {
-        if !self.runs.contains_key(id) {
-            if self.runs.len() >= MAX_RUNS {
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(current, _)| current != id)
+        {
+            self.fold();
+            if self.seen_runs.contains(id) {
+                self.note(format!(
+                    "the records of run {} are interleaved with another's: budgets count each stretch of it apart, so check them",
+                    comment_text(id)
+                ));
+            } else if self.seen_runs.len() < MAX_RUNS {
+                self.seen_runs.insert(id.to_string());
+            } else {
                 self.runs_dropped += 1;
-                return None;
             }
-            self.runs.insert(id.to_string(), RunCounts::default());
+            self.current = Some((id.to_string(), RunCounts::default()));
         }
-        self.runs.get_mut(id)
+        self.current.as_mut().map(|(_, counts)| counts)
+    }
+
+    /// Fold the current run's counts into the most any run used.
+    fn fold(&mut self) {
+        let Some((_, run)) = self.current.take() else {
+            return;
+        };
+        let most = &mut self.most;
+        most.model_calls = most.model_calls.max(run.model_calls);
+        most.tokens = most.tokens.max(run.tokens);
+        most.tokens_needed = most.tokens_needed.max(run.tokens_needed);
+        most.steps = most.steps.max(run.steps);
+        for (name, n) in run.tool_calls {
+            let entry = most.tool_calls.entry(name).or_default();
+            *entry = (*entry).max(n);
+        }
     }
 
     fn tool(&mut self, name: &str) -> Option<&mut ToolSeen> {
@@ -209,7 +247,9 @@ impl Learner {
                 let name = record.subject.clone();
                 if let Some(run) = self.run(&record.run) {
                     run.steps += 1;
-                    *run.tool_calls.entry(name.clone()).or_default() += 1;
+                    if run.tool_calls.len() < MAX_RUN_TOOLS || run.tool_calls.contains_key(&name) {
+                        *run.tool_calls.entry(name.clone()).or_default() += 1;
+                    }
                 }
                 let arguments = data.get("arguments").cloned().unwrap_or(Value::Null);
                 if crate::audit::bound::was_truncated(data, "arguments") {
@@ -277,7 +317,18 @@ impl Learner {
     /// header comment).
     pub fn policy(&self, source: &str) -> String {
         let mut out = String::new();
-        let runs = self.runs.len() as u64 + self.runs_dropped;
+        let mut most = self.most.clone();
+        if let Some((_, run)) = &self.current {
+            most.model_calls = most.model_calls.max(run.model_calls);
+            most.tokens = most.tokens.max(run.tokens);
+            most.tokens_needed = most.tokens_needed.max(run.tokens_needed);
+            most.steps = most.steps.max(run.steps);
+            for (name, n) in &run.tool_calls {
+                let entry = most.tool_calls.entry(name.clone()).or_default();
+                *entry = (*entry).max(*n);
+            }
+        }
+        let runs = self.seen_runs.len() as u64 + self.runs_dropped;
         line(
             &mut out,
             &format!(
@@ -293,7 +344,7 @@ impl Learner {
             &mut out,
             "# Argument rules ask (rather than deny) about values the runs did not show; make them deny once you trust them.",
         );
-        let max = |f: &dyn Fn(&RunCounts) -> u64| self.runs.values().map(f).max().unwrap_or(0);
+        let max = |f: &dyn Fn(&RunCounts) -> u64| f(&most);
 
         let steps = max(&|r| r.steps);
         if steps > 0 {
@@ -428,7 +479,7 @@ impl Learner {
             line(
                 &mut out,
                 &format!(
-                    "# {} run(s) past the first {MAX_RUNS} were not counted for budgets",
+                    "# {} run(s) past the first {MAX_RUNS} were counted for budgets but not remembered",
                     self.runs_dropped
                 ),
             );
@@ -481,7 +532,7 @@ impl ToolSeen {
                     }
                 }
                 Value::Array(items) => {
-                    for (i, v) in items.iter().enumerate().take(MAX_DISTINCT * 4) {
+                    for (i, v) in items.iter().enumerate().take(64) {
                         stack.push((join(&concrete, &i.to_string()), join(&pattern, "*"), v));
                     }
                 }
@@ -677,7 +728,7 @@ impl FieldSeen {
             Value::String(s) => {
                 self.strings += 1;
                 self.max_chars = self.max_chars.max(s.chars().count());
-                if s.len() <= MAX_VALUE {
+                if s.len() <= MAX_PREFIX {
                     self.prefix = Some(match self.prefix.take() {
                         None => s.clone(),
                         Some(p) => common_prefix(&p, s).to_string(),
@@ -707,8 +758,7 @@ impl FieldSeen {
             _ => return,
         };
         if !self.too_many && text.len() <= MAX_VALUE {
-            if self.distinct.len() < MAX_DISTINCT || self.distinct.contains(&text) {
-                self.distinct.insert(text.clone());
+            if self.values.len() < MAX_DISTINCT || self.values.contains_key(&text) {
                 self.values.insert(text, value.clone());
             } else {
                 self.too_many = true;
@@ -735,7 +785,7 @@ impl FieldSeen {
             return rules;
         }
         let n = self.count;
-        let distinct = self.distinct.len();
+        let distinct = self.values.len();
         // Where the values came from: the fewest sources that cover every
         // value, the task first, never the model (it vouches for nothing).
         if let Some(sets) = &self.sources
@@ -1085,7 +1135,7 @@ mod tests {
                 .tools
                 .values()
                 .flat_map(|t| t.fields.values())
-                .all(|f| f.distinct.len() <= MAX_DISTINCT)
+                .all(|f| f.values.len() <= MAX_DISTINCT)
         );
         assert!(learner.notes.len() <= MAX_NOTES);
         let text = learner.policy("flood");
