@@ -153,6 +153,7 @@ fn benches(c: &mut Criterion) {
             task: n.to_string(),
             approver: None,
             approve: Vec::new(),
+            approve_from: Vec::new(),
             replay_tools: None,
         };
         let started = Instant::now();

@@ -10,6 +10,7 @@
 
 use crate::audit::{AuditLog, Entry, Event, Kind, Outcome};
 use crate::chat::Usage;
+use crate::policy::explain::{ApproveFrom, Explanation, Vouched};
 use crate::policy::{Decision, DenyKind, Policy, Request, Rule, Session, Verdict, printable};
 use crate::secrets::{Redactions, Secrets};
 use serde_json::{Value, json};
@@ -118,6 +119,14 @@ pub struct Question<'a> {
     pub data: Option<&'a Value>,
     /// The session's labels.
     pub labels: &'a [String],
+    /// Each value that triggered the ask with where it was seen, and each
+    /// label with what brought it: redacted, values cut to
+    /// [`crate::policy::explain::SHOWN_CHARS`]. Values and fields are
+    /// guest text: show them quoted.
+    pub explained: &'a Explanation,
+    /// Why `--approve-from` did not approve it, when it was given (warden's
+    /// words around quoted field names).
+    pub not_vouched: Option<&'a str>,
 }
 
 /// Who answers `ask` decisions: a person at a terminal, never a guest or
@@ -125,6 +134,41 @@ pub struct Question<'a> {
 pub trait Approver: Send + Sync {
     /// Ask about one request; `None` when nobody can be asked.
     fn ask(&self, question: &Question<'_>) -> Option<Approval>;
+}
+
+/// A tool call's record data with where each argument value came from
+/// (`data.sources`), for `warden policy learn`.
+fn with_sources(data: Option<Value>, request: &Request<'_>, session: &Session) -> Option<Value> {
+    let Request::Tool { arguments, .. } = request else {
+        return data;
+    };
+    let mut data = data.unwrap_or_else(|| json!({}));
+    data["sources"] = crate::policy::explain::argument_sources(&session.provenance, arguments);
+    Some(data)
+}
+
+/// The values of `explained` that `reason` does not already show (an
+/// argument rule's reason names its value), as `; values: ...`, or nothing.
+fn unexplained(reason: &str, explained: &Explanation) -> String {
+    let rest = Explanation {
+        values: explained
+            .values
+            .iter()
+            .filter(|v| {
+                let (field, value) = (printable(&v.field), printable(&v.value));
+                // Strings are quoted in a rule's reason, numbers are not.
+                !reason.contains(&format!("`{field}` is `{value}`"))
+                    && !reason.contains(&format!("`{field}` is {value},"))
+            })
+            .cloned()
+            .collect(),
+        labels: Vec::new(),
+        unlisted: explained.unlisted,
+    };
+    if rest.values.is_empty() && rest.unlisted == 0 {
+        return String::new();
+    }
+    format!("; values: {}", rest.summary(4))
 }
 
 /// Run a blocking `ask` without stalling the async runtime's other tasks.
@@ -148,6 +192,9 @@ pub struct Gate {
     approver: Option<Arc<dyn Approver>>,
     /// Rules approved for the rest of the run, and by whom.
     approved: Mutex<std::collections::HashMap<String, String>>,
+    /// `--approve-from SOURCE`: an ask is approved when every value that
+    /// triggered it came from one of these.
+    approve_from: Vec<ApproveFrom>,
     /// Decision records by kind and verdict, for the run's summary.
     tally: Mutex<Tally>,
     /// The directory of each policy file, for relative paths in grants.
@@ -215,6 +262,7 @@ impl Gate {
             tally: Mutex::default(),
             approver: None,
             approved: Mutex::default(),
+            approve_from: Vec::new(),
             dirs: Vec::new(),
             instances: Mutex::default(),
             replay: None,
@@ -257,6 +305,13 @@ impl Gate {
             approved.insert(rule.clone(), format!("--approve {rule}"));
         }
         drop(approved);
+        self
+    }
+
+    /// Approve an ask when every value that triggered it came from one of
+    /// `sources` (`--approve-from SOURCE`): once per call, never for the run.
+    pub fn with_approve_from(mut self, sources: Vec<ApproveFrom>) -> Self {
+        self.approve_from = sources;
         self
     }
 
@@ -426,6 +481,7 @@ impl Gate {
         match decision {
             Decision::Allow { rule } => {
                 state.session.record(&self.policy, request);
+                let data = with_sources(data, request, &state.session);
                 self.write(Entry {
                     kind,
                     event: Event::Decision,
@@ -463,20 +519,72 @@ impl Gate {
                 // who said "always")? Otherwise ask, without holding the
                 // lock: a person takes time.
                 let standing = self.standing_approval(&asking);
-                let by = match standing {
-                    Some(by) => Ok(by),
-                    None => {
+                // What triggered the ask and where it was seen, for the
+                // person, the record and `--approve-from`: bounded, and
+                // computed from the raw values; redacted, then cut.
+                let explained = match request {
+                    Request::Tool {
+                        name, arguments, ..
+                    } => self
+                        .policy
+                        .explain_ask(name, arguments, &state.session, &asking),
+                    _ => Explanation::default(),
+                };
+                let vouched = match standing {
+                    None if !self.approve_from.is_empty() => {
+                        Some(explained.vouched(&state.session.provenance, &self.approve_from))
+                    }
+                    _ => None,
+                };
+                let shown = self.clean(explained).map(Explanation::cut);
+                let mut approved_from = None;
+                let by = match (standing, vouched) {
+                    (Some(by), _) => Ok(by),
+                    (None, Some(Vouched::Yes(matched))) => {
+                        let mut sources: Vec<&str> = Vec::new();
+                        for (_, source) in &matched {
+                            if !sources.contains(&source.as_str()) {
+                                sources.push(source);
+                            }
+                        }
+                        let by = format!("--approve-from {}", sources.join(", --approve-from "));
+                        approved_from = Some(matched);
+                        Ok(by)
+                    }
+                    (None, vouched) => {
+                        let not_vouched = match vouched {
+                            Some(Vouched::No(why)) => Some(format!(
+                                "--approve-from {} does not cover it: {why}",
+                                self.approve_from
+                                    .iter()
+                                    .map(|s| s.text.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" --approve-from ")
+                            )),
+                            _ => None,
+                        };
                         let labels = state.session.labels.clone();
                         drop(state);
-                        let answer =
-                            self.ask_person(kind, &subject, &asking, &reason, &data, &labels);
+                        let answer = self.ask_person(
+                            kind,
+                            &subject,
+                            &asking,
+                            &reason,
+                            &data,
+                            &labels,
+                            &shown,
+                            not_vouched.as_deref(),
+                        );
                         state = self.lock();
                         answer
                     }
                 };
+                let asked = serde_json::to_value(&*shown).unwrap_or(Value::Null);
                 let by = match by {
                     Ok(by) => by,
                     Err(error) => {
+                        let mut data = data.unwrap_or_else(|| json!({}));
+                        data["asked"] = asked;
                         self.write_refusal(
                             &mut state,
                             kind,
@@ -484,7 +592,7 @@ impl Gate {
                             Verdict::Ask,
                             &named,
                             &error,
-                            data,
+                            Some(data),
                         )?;
                         return Ok(Err(error));
                     }
@@ -521,9 +629,17 @@ impl Gate {
                     return Ok(Err(error));
                 }
                 state.session.record(&self.policy, request);
-                let mut data = data.unwrap_or_else(|| json!({}));
+                let mut data =
+                    with_sources(data, request, &state.session).unwrap_or_else(|| json!({}));
                 data["approved_by"] = json!(by);
                 data["rules"] = json!(asking);
+                data["asked"] = asked;
+                if let Some(matched) = approved_from {
+                    data["approved_from"] = matched
+                        .iter()
+                        .map(|(field, source)| json!({ "field": field, "source": source }))
+                        .collect();
+                }
                 self.write(Entry {
                     kind,
                     event: Event::Decision,
@@ -583,6 +699,7 @@ impl Gate {
     /// Ask the approver about an `ask` under the rules `asking`: who
     /// approved it, or the refusal for the guest (a person said no, or
     /// nobody could be asked).
+    #[allow(clippy::too_many_arguments)]
     fn ask_person(
         &self,
         kind: Kind,
@@ -591,6 +708,8 @@ impl Gate {
         reason: &str,
         data: &Option<Value>,
         labels: &[String],
+        explained: &Explanation,
+        not_vouched: Option<&str>,
     ) -> Result<String, GuestError> {
         // A person reads the question on a terminal: it leaves the sandbox.
         let data = self.clean(data.clone());
@@ -602,6 +721,8 @@ impl Gate {
             reason: &shown,
             data: data.as_ref(),
             labels,
+            explained,
+            not_vouched,
         };
         let answer = match &self.approver {
             Some(approver) => block_while(|| approver.ask(&question)),
@@ -628,7 +749,9 @@ impl Gate {
                 "{reason}; a person refused this call ({cited})"
             ))),
             None => Err(GuestError::Denied(format!(
-                "{reason}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with {} ({cited})",
+                "{reason}{}{}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with {} ({cited})",
+                unexplained(reason, explained),
+                not_vouched.map(|n| format!("; {n}")).unwrap_or_default(),
                 names
                     .iter()
                     .map(|rule| format!("--approve {rule}"))

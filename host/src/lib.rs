@@ -34,6 +34,7 @@
 //!     task: "What is 6 * 7?".into(),
 //!     approver: None,
 //!     approve: Vec::new(),
+//!     approve_from: Vec::new(),
 //!     replay_tools: None,
 //! };
 //! let report = run::run(&runtime, spec, log).await?;

@@ -32,13 +32,11 @@ pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
     })
 }
 
-/// Read a file someone else may have planted: only a regular file (a FIFO
-/// would block the host forever, `/dev/zero` never end), and at most `max`
-/// bytes (checked before reading and while reading: a file can grow). The
-/// file is opened without blocking and checked through its descriptor, so
-/// it cannot be swapped for a FIFO between the check and the read.
-pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind, Read};
+/// Open a file someone else may have planted, to stream it: only a
+/// regular file (a FIFO would block, `/dev/zero` never end), opened
+/// without blocking and checked through its descriptor.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Error, ErrorKind};
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -47,13 +45,24 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         options.custom_flags(libc::O_NONBLOCK);
     }
     let file = options.open(path)?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
+    if !file.metadata()?.is_file() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "not a regular file (a FIFO, device or directory); warden reads only regular files",
         ));
     }
+    Ok(file)
+}
+
+/// Read a file someone else may have planted: only a regular file (a FIFO
+/// would block the host forever, `/dev/zero` never end), and at most `max`
+/// bytes (checked before reading and while reading: a file can grow). The
+/// file is opened without blocking and checked through its descriptor, so
+/// it cannot be swapped for a FIFO between the check and the read.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = open_regular(path)?;
+    let metadata = file.metadata()?;
     let too_large = || {
         Error::new(
             ErrorKind::InvalidData,

@@ -76,7 +76,7 @@ enum Command {
     /// exactly like an agent's; a refusal is an error result naming the
     /// rule. Ends when the client closes stdin.
     #[command(
-        after_help = "Examples:\n  warden mcp -p policies/demo.toml\n  warden mcp -p policies/demo.toml --audit mcp.jsonl"
+        after_help = "Examples:\n  warden mcp -p policies/demo.toml\n  warden mcp -p policies/demo.toml --audit mcp.jsonl\n  warden mcp -p policy.toml --approve-from task   # approve an ask whose every value came from the task"
     )]
     Mcp(mcp::McpArgs),
     /// Print a shell completion script.

@@ -307,6 +307,14 @@ impl ToolRegistry {
         self.tools.get(name).map_or(&[], |t| &t.third_party)
     }
 
+    /// Each granted tool's name and component.
+    pub fn granted_components(&self) -> impl Iterator<Item = (&str, &ToolComponent)> {
+        self.tools
+            .iter()
+            .filter(|(_, t)| t.granted)
+            .map(|(name, t)| (name.as_str(), &*t.component))
+    }
+
     /// Every distinct component loaded.
     pub fn components(&self) -> Vec<Arc<ToolComponent>> {
         let mut seen: Vec<Arc<ToolComponent>> = Vec::new();

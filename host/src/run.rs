@@ -34,6 +34,9 @@ pub struct RunSpec {
     pub approver: Option<Arc<dyn Approver>>,
     /// Rules approved in advance (`--approve RULE`).
     pub approve: Vec<String>,
+    /// Sources whose values approve an ask (`--approve-from SOURCE`): an
+    /// ask is approved when every value that triggered it came from one.
+    pub approve_from: Vec<crate::policy::explain::ApproveFrom>,
     /// In a replay, the recorded tool results: no tool is called, and no
     /// guest touches anything outside the host (no HTTP, no directory
     /// unless the replay grants the policy's read-only, no inherited
@@ -134,6 +137,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     }
     let gate = Gate::new(policy.clone(), audit)
         .with_approvals(spec.approver.clone(), &spec.approve)
+        .with_approve_from(spec.approve_from.clone())
         .with_secrets(secrets)
         .with_replay(spec.replay_tools.clone());
     let opening = Opening {
@@ -332,9 +336,57 @@ pub(crate) fn record_granted(gate: &Gate, tools: &ToolRegistry) -> std::io::Resu
             "components": tools.components().iter().map(|c| json!({
                 "source": c.source, "sha256": c.sha256,
             })).collect::<Vec<_>>(),
+            "tools": granted_tools(gate, tools),
         })),
     })
     .map(drop)
+}
+
+/// Each granted tool's component (a path made absolute, so `warden policy
+/// learn` can name it from anywhere), its SHA-256, and its directories
+/// (absolute, with their modes): what a learned policy repeats, since a
+/// tool's file access is not decided call by call.
+fn granted_tools(gate: &Gate, tools: &ToolRegistry) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (name, component) in tools.granted_components() {
+        let source = &component.source;
+        let source = if source.starts_with("builtin:") || crate::remote::is_url(source) {
+            source.clone()
+        } else {
+            let path = std::path::Path::new(source);
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let fs: serde_json::Map<String, serde_json::Value> = gate
+            .policy()
+            .tools
+            .get(name)
+            .map(|t| t.grants.fs.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|mount| {
+                let dir = gate.dir_of(mount.place.file).join(&mount.dir);
+                let dir = std::path::absolute(&dir).unwrap_or(dir);
+                (
+                    mount.guest_path.clone(),
+                    json!({
+                        "dir": dir.display().to_string(),
+                        "mode": match mount.mode {
+                            crate::policy::MountMode::Ro => "ro",
+                            crate::policy::MountMode::Rw => "rw",
+                        },
+                    }),
+                )
+            })
+            .collect();
+        out.insert(
+            name.to_string(),
+            json!({ "component": source, "sha256": component.sha256, "fs": fs }),
+        );
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The session's numbers for its end record: decisions, calls, budgets.

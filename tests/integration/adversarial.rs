@@ -169,6 +169,7 @@ async fn contain_one(case: &Case) -> Result<(), String> {
         task: case.task.clone(),
         approver: None,
         approve: Vec::new(),
+        approve_from: Vec::new(),
         replay_tools: None,
     };
     let started = Instant::now();

@@ -329,6 +329,7 @@ async fn a_run_stops_when_the_audit_log_cannot_be_written() {
         task: "count".into(),
         approver: None,
         approve: Vec::new(),
+        approve_from: Vec::new(),
         replay_tools: None,
     };
     let result = warden::run::run(runtime(), spec, log).await;

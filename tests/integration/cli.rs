@@ -925,3 +925,202 @@ fn check_loads_and_describes_the_components_it_names() {
     assert!(stdout.contains("  builtin:calc: sha256 "), "{stdout}");
     assert!(stdout.contains("  builtin:text: sha256 "), "{stdout}");
 }
+
+/// `warden ARGS` with nothing added (commands without a compile cache).
+fn bare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_policy_learned_from_real_runs_loads_strictly_and_replays_them_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_log = dir.path().join("demo.jsonl");
+    assert!(
+        warden(&["demo", "-q", "--audit", demo_log.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // A second run of the bundled agent, with another task and model turns.
+    let script = dir.path().join("turns.toml");
+    std::fs::write(
+        &script,
+        "[[turn]]\ncalls = [{ tool = \"calc\", arguments = { expression = \"2 + 2\" } }]\n\n[[turn]]\ntext = \"4\"\n",
+    )
+    .unwrap();
+    let second_log = dir.path().join("second.jsonl");
+    let model = format!("scripted:{}", script.display());
+    let out = warden(&[
+        "run",
+        "builtin:react",
+        "-p",
+        "policies/demo.toml",
+        "-t",
+        "What is 2 + 2?",
+        "-m",
+        &model,
+        "-q",
+        "--audit",
+        second_log.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = bare(&[
+        "policy",
+        "learn",
+        demo_log.to_str().unwrap(),
+        second_log.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let learned = text(&out.stdout);
+    // Exactly the tools that ran, pinned, with rules from what they got.
+    assert!(
+        learned.contains("[tools.calc]\ncomponent = \"builtin:calc\""),
+        "{learned}"
+    );
+    assert!(learned.contains("args.expression = [{ from = [\"task\"], decision = \"ask\" }, { one_of = [\"(17 * 23) + 4\", \"2 + 2\"], decision = \"ask\" }]"), "{learned}");
+    assert!(
+        learned.contains("[tools.regex_search]\ndecision = \"deny\""),
+        "{learned}"
+    );
+    assert!(!learned.contains("[tools.shell]"), "{learned}");
+    assert!(
+        learned
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+            .all(|l| l.contains("  # ")),
+        "every line says why:\n{learned}"
+    );
+    let policy = dir.path().join("learned.toml");
+    std::fs::write(&policy, &learned).unwrap();
+
+    let out = warden(&["check", "--strict", policy.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for log in [&demo_log, &second_log] {
+        let out = bare(&[
+            "replay",
+            "-q",
+            "--trust-log",
+            log.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ]);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("SAME as run r-"),
+            "{stdout}{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn policy_learn_refuses_an_edited_log_and_a_file_that_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.jsonl");
+    assert!(
+        warden(&["demo", "-q", "--audit", log.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let edited =
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .replacen("(17 * 23) + 4", "(17 * 23) + 5", 1);
+    std::fs::write(&log, edited).unwrap();
+    let out = bare(&["policy", "learn", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is not intact") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        bare(&["policy", "learn", "--force", log.to_str().unwrap()])
+            .status
+            .success()
+    );
+
+    let not_a_log = dir.path().join("notes.txt");
+    std::fs::write(&not_a_log, "hello\n").unwrap();
+    let out = bare(&["policy", "learn", "--force", not_a_log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("holds no audit records"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn policy_diff_says_what_each_side_allows_in_words_and_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(repo().join("policies/demo.toml")).unwrap();
+    let wider = dir.path().join("wider.toml");
+    std::fs::write(
+        &wider,
+        demo.replace(
+            "[tools.regex_search]\ncomponent = \"builtin:text\"\ndecision = \"deny\"",
+            "[tools.regex_search]\ncomponent = \"builtin:text\"",
+        ),
+    )
+    .unwrap();
+    // Through an include, with nothing changed: the same policy.
+    let layered = dir.path().join("layered.toml");
+    std::fs::write(
+        &layered,
+        format!(
+            "include = [{:?}]\n",
+            repo().join("policies/demo.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = bare(&[
+        "policy",
+        "diff",
+        "policies/demo.toml",
+        layered.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("allow the same"));
+
+    let out = bare(&[
+        "policy",
+        "diff",
+        "policies/demo.toml",
+        wider.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("allows what policies/demo.toml does not:\n  tools.regex_search: added tool regex_search"),
+        "{stdout}"
+    );
+    let out = bare(&[
+        "policy",
+        "diff",
+        "--json",
+        wider.to_str().unwrap(),
+        "policies/demo.toml",
+    ]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["exit"], 1);
+    assert_eq!(
+        value["differences"][0],
+        serde_json::json!({ "direction": "narrows", "key": "tools.regex_search", "text": "removed tool regex_search" })
+    );
+}

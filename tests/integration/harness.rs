@@ -116,6 +116,34 @@ pub async fn try_run(
     try_run_with(agent, policy_text, provider, task, None, &[]).await
 }
 
+/// Like [`try_run_with`], with `--approve-from` sources too.
+pub async fn try_run_approving_from(
+    agent: &str,
+    policy_text: &str,
+    provider: Arc<dyn ModelProvider>,
+    task: &str,
+    approver: Option<Arc<dyn warden::gate::Approver>>,
+    approve_from: &[&str],
+) -> (Result<RunReport, RunError>, Vec<Record>) {
+    let sink = MemorySink::default();
+    let log = AuditLog::new(new_run_id()).with_sink(sink.clone());
+    let spec = RunSpec {
+        policy: policy(policy_text),
+        agent: ComponentSource::parse(agent, &repo()),
+        provider,
+        task: task.into(),
+        approver,
+        approve: Vec::new(),
+        approve_from: approve_from
+            .iter()
+            .map(|s| warden::policy::explain::ApproveFrom::parse(s).unwrap())
+            .collect(),
+        replay_tools: None,
+    };
+    let result = run(runtime(), spec, log).await;
+    (result, sink.records())
+}
+
 /// Like [`try_run`], with an approver and pre-approved rules.
 pub async fn try_run_with(
     agent: &str,
@@ -134,6 +162,7 @@ pub async fn try_run_with(
         task: task.into(),
         approver,
         approve: approve.iter().map(|r| r.to_string()).collect(),
+        approve_from: Vec::new(),
         replay_tools: None,
     };
     let result = run(runtime(), spec, log).await;

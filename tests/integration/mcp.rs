@@ -951,3 +951,45 @@ async fn silent_and_slow_http_clients_do_not_hold_the_server() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_mcp_ask_explains_itself_and_approve_from_approves_only_its_source() {
+    let policy_text = r#"
+[tools.calc]
+component = "builtin:calc"
+decision = "ask"
+
+[tools.word_count]
+component = "builtin:text"
+"#;
+    let spec = ServeSpec {
+        concurrency: 1,
+        approve_from: vec![warden::policy::explain::ApproveFrom::parse("tool:word_count").unwrap()],
+        ..ServeSpec::new(policy(policy_text))
+    };
+    let input = lines(&[
+        initialize(LATEST),
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        call(1, "word_count", json!({ "text": "6 * 7" })),
+        // `5` (the characters) is in word_count's result: approved.
+        call(2, "calc", json!({ "expression": "5" })),
+        // `1 + 1` is not: refused, saying where its value was seen.
+        call(3, "calc", json!({ "expression": "1 + 1" })),
+    ]);
+    let (answers, records) = session_with(spec, &input).await;
+    let approved = &answer(&answers, 2)["result"];
+    assert_eq!(approved["isError"], false, "{approved}");
+    let refused = &answer(&answers, 3)["result"];
+    assert_eq!(refused["isError"], true);
+    let text = refused["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("values: `expression` is `1 + 1`: it appears nowhere")
+            && text.contains("--approve-from tool:word_count does not cover it: `expression` does not come from tool:word_count"),
+        "{text}"
+    );
+    let by: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.data.as_ref()?.get("approved_by")?.as_str())
+        .collect();
+    assert_eq!(by, ["--approve-from tool:word_count"]);
+}

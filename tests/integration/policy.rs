@@ -192,7 +192,7 @@ text = "done"
     let requests = model.requests.lock().unwrap();
     assert_eq!(
         requests[3].messages.last().unwrap().content,
-        "error: denied by policy: the session is labeled `untrusted`; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve tools.send_email.ask_when_labeled (rule: tools.send_email.ask_when_labeled)"
+        "error: denied by policy: the session is labeled `untrusted` (by results of `read_page`); values: `subject` is `Everything`: it appears in what the model wrote; results of `read_page` (labels: untrusted), and nowhere in the task; `to` is `bob@example.com`: it appears in the task; what the model wrote; results of `send_email`; results of `read_page` (labels: untrusted); this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with --approve tools.send_email.ask_when_labeled (rule: tools.send_email.ask_when_labeled)"
     );
 }
 
@@ -493,7 +493,7 @@ async fn approving_the_labels_ask_does_not_cover_an_arguments_ask() {
         .unwrap();
     assert_eq!(refusal.outcome, Some(Outcome::Denied));
     assert!(
-        refusal.detail.contains("tools.pay.ask_when_labeled: the session is labeled `untrusted`; tools.pay.args.amount: `amount` is 5000, which must be at most 1000")
+        refusal.detail.contains("tools.pay.ask_when_labeled: the session is labeled `untrusted` (by results of `read_page`); tools.pay.args.amount: `amount` is 5000, which must be at most 1000; values: `account` is `A-1`: it appears in the task; this call")
             && refusal.detail.contains("--approve tools.pay.ask_when_labeled --approve tools.pay.args.amount")
             && refusal.detail.ends_with(&format!("(rules: {both})")),
         "{}",

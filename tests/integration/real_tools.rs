@@ -111,3 +111,51 @@ args.path = {{ prefix = "/workspace/" }}
     assert!(refused.contains("tools.write_file.args.path"), "{refused}");
     assert!(!std::path::Path::new("/etc/cron.d/evil").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_learned_from_a_fetch_run_grants_that_page_labels_it_and_nothing_more() {
+    let page = "<html><body><p>Rates are up.</p></body></html>";
+    let server = MockModel::start(vec![
+        Reply::raw(200, page).header("content-type", "text/html"),
+        Reply::raw(200, page).header("content-type", "text/html"),
+    ])
+    .await;
+    // A permissive run: any path on the test server.
+    let permissive = format!(
+        "[model]\nallow = [\"scripted\"]\n\n[tools.fetch]\ncomponent = \"builtin:fetch\"\nhttp = {{ allow = [{{ url = \"{}/**\", private = true }}] }}\n",
+        server.url
+    );
+    let url = format!("{}/news/today", server.url);
+    let (results, ran) = run_calls(&permissive, &[("fetch", json!({ "url": url }))]).await;
+    assert!(results[0].is_ok(), "{results:?}");
+    let mut learner = warden::policy::learn::Learner::new();
+    for record in &ran.records {
+        learner.observe(record);
+    }
+    let learned = learner.policy("the fetch run");
+    assert!(
+        learned.contains(&format!(
+            "http = {{ allow = [{{ url = \"{url}\", private = true }}, {{ url = \"{url}/**\", private = true }}], methods = [\"GET\"] }}"
+        )),
+        "{learned}"
+    );
+    assert!(
+        learned.contains("labels = [\"untrusted\"]  # its results came from outside (HTTP)"),
+        "{learned}"
+    );
+    // Under the learned policy the same call runs, and labels the session;
+    // another page of the same server is refused.
+    let other = format!("{}/admin", server.url);
+    let (results, ran) = run_calls(
+        &learned,
+        &[
+            ("fetch", json!({ "url": url })),
+            ("fetch", json!({ "url": other })),
+        ],
+    )
+    .await;
+    assert!(results[0].is_ok(), "{results:?}\n{learned}");
+    assert!(results[1].is_err(), "{results:?}");
+    assert!(ran.report.session.labels.contains(&"untrusted".to_string()));
+    assert_eq!(server.seen().len(), 2);
+}

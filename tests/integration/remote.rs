@@ -167,6 +167,7 @@ async fn run_echo(runtime: &Runtime, policy: &str) -> (Result<RunReport, RunErro
         task: "echo hi".into(),
         approver: None,
         approve: Vec::new(),
+        approve_from: Vec::new(),
         replay_tools: None,
     };
     let log = AuditLog::new(new_run_id()).with_sink(sink.clone());

@@ -19,6 +19,11 @@ pub(crate) struct McpArgs {
     /// repeatable. Nobody else is asked: stdin is the protocol.
     #[arg(long, value_name = "RULE")]
     approve: Vec<String>,
+    /// Approve an ask, once per call, when every value that triggered it
+    /// came from SOURCE: `task`, `unlabeled`, `model`, `tool:NAME` or
+    /// `label:NAME`, as in a `from` rule; repeatable (any of them).
+    #[arg(long, value_name = "SOURCE", value_parser = super::parse_approve_from)]
+    approve_from: Vec<warden::policy::explain::ApproveFrom>,
     /// Most tool calls running at once; more wait their turn.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
@@ -70,6 +75,7 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
         Err(error) => return bad_input(error),
     };
     print_warnings(&policy);
+    super::warn_approve_from(&policy, &args.approve_from);
     // Before anything is loaded: a refused address is refused at once.
     let address = match &args.http {
         Some(text) => match warden::mcp::listen_address(text).await {
@@ -94,6 +100,7 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
     }
     let spec = warden::mcp::ServeSpec {
         approve: args.approve,
+        approve_from: args.approve_from,
         concurrency: usize::from(args.concurrency),
         queue: usize::from(args.queue),
         write_timeout: std::time::Duration::from_secs(args.write_timeout),

@@ -121,6 +121,41 @@ pub(crate) fn print_warnings(policy: &PolicyFile) {
 
 /// Print `text` to stdout; a reader that went away (`| head`) is not an
 /// error.
+/// `--approve-from SOURCE`, parsed as a `from` rule's source.
+pub(crate) fn parse_approve_from(
+    text: &str,
+) -> Result<warden::policy::explain::ApproveFrom, String> {
+    warden::policy::explain::ApproveFrom::parse(text)
+}
+
+/// Warn about `--approve-from` sources that name no tool or label of the
+/// policy: they can approve nothing.
+pub(crate) fn warn_approve_from(
+    policy: &PolicyFile,
+    sources: &[warden::policy::explain::ApproveFrom],
+) {
+    use warden::policy::provenance::SourceSpec;
+    for source in sources {
+        let known = match &source.spec {
+            SourceSpec::Tool(name) => policy.policy.tools.contains_key(name),
+            SourceSpec::Label(label) => policy.policy.tools.values().any(|t| {
+                t.labels.contains(label)
+                    || t.grants
+                        .http
+                        .as_ref()
+                        .is_some_and(|h| h.rules.iter().any(|r| r.labels.contains(label)))
+            }),
+            _ => true,
+        };
+        if !known {
+            eprintln!(
+                "warning: --approve-from {} names no tool or label of {}: it approves nothing",
+                source.text, policy.name
+            );
+        }
+    }
+}
+
 pub(crate) fn print_all(text: &str) -> ExitCode {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();

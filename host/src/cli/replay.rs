@@ -223,6 +223,7 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
         task: recorded.task.clone(),
         approver: None,
         approve: recorded.approved.clone(),
+        approve_from: Vec::new(),
         replay_tools: Some(tools.clone()),
     };
     let report = match warden::run::run(&runtime, spec, audit).await {

@@ -22,6 +22,7 @@ use super::{EXIT_NO_ANSWER, bad_input, open_audit, print_json, print_warnings, s
   warden run agent.wasm -p policy.toml -t \"Summarize README.md\" -m openai-compatible:http://localhost:11434/v1#llama3.2
   warden run builtin:react -p policy.toml -t task -m scripted:turns.toml -q
   warden run builtin:react -p policy.toml -t task --approve tools.send_email --record run.jsonl
+  warden run builtin:react -p policy.toml -t \"Pay the bill in bill.txt\" --approve-from tool:read_file
   warden run builtin:react -p policy.toml -t task --json | jq -r .answer")]
 pub(crate) struct RunArgs {
     /// The agent: a .wasm component, or `builtin:react`.
@@ -50,6 +51,11 @@ pub(crate) struct RunArgs {
     /// `tools.send_email`, `tools.pay.args.amount`); repeatable.
     #[arg(long, value_name = "RULE")]
     approve: Vec<String>,
+    /// Approve an ask, once per call, when every value that triggered it
+    /// came from SOURCE: `task`, `unlabeled`, `model`, `tool:NAME` or
+    /// `label:NAME`, as in a `from` rule; repeatable (any of them).
+    #[arg(long, value_name = "SOURCE", value_parser = super::parse_approve_from)]
+    approve_from: Vec<warden::policy::explain::ApproveFrom>,
     /// Save every model exchange to FILE (JSON Lines), to replay the run
     /// later with `--model replay:FILE`.
     #[arg(long, value_name = "FILE")]
@@ -103,13 +109,14 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
             );
         }
     }
+    super::warn_approve_from(&policy, &args.approve_from);
     let agent = ComponentSource::parse(&args.agent, Path::new("."));
     execute(
         policy,
         agent,
         provider,
         args.task,
-        args.approve,
+        (args.approve, args.approve_from),
         args.output,
     )
     .await
@@ -192,7 +199,7 @@ pub(crate) async fn demo(output: OutputArgs) -> ExitCode {
         agent,
         provider,
         bundled::DEMO_TASK.into(),
-        Vec::new(),
+        (Vec::new(), Vec::new()),
         output,
     )
     .await
@@ -203,7 +210,7 @@ async fn execute(
     agent: ComponentSource,
     provider: Arc<dyn ModelProvider>,
     task: String,
-    approve: Vec<String>,
+    (approve, approve_from): (Vec<String>, Vec<warden::policy::explain::ApproveFrom>),
     output: OutputArgs,
 ) -> ExitCode {
     let runtime = match start_runtime(output.cache_dir, output.no_cache) {
@@ -233,6 +240,7 @@ async fn execute(
         task,
         approver,
         approve,
+        approve_from,
         replay_tools: None,
     };
     let report = match warden::run::run(&runtime, spec, log).await {
@@ -329,6 +337,41 @@ fn print_answer(answer: &str) {
     }
 }
 
+/// The values that triggered an ask and where each was seen, and each
+/// label with what brought it, as lines of the prompt. Fields and values
+/// are guest text: each sits after warden's own lead, JSON-quoted (so it
+/// cannot end early or take a second line); where it was seen is warden's
+/// words naming the policy's sources.
+fn explained_lines(question: &Question<'_>) -> String {
+    use warden::transcript::name;
+    let explained = question.explained;
+    let mut out = String::new();
+    for seen in &explained.values {
+        let value = serde_json::Value::String(seen.value.clone()).to_string();
+        out.push('\n');
+        out.push_str(&field(&format!("  value {}:", name(&seen.field)), &value));
+        out.push_str(&format!("\n      seen: {}", seen.seen));
+    }
+    if explained.unlisted > 0 {
+        out.push_str(&format!(
+            "\n  and {} more values, not shown",
+            explained.unlisted
+        ));
+    }
+    for label in &explained.labels {
+        out.push_str(&format!(
+            "\n  label {}: brought by {}",
+            name(&label.label),
+            label.brought_by.join(", ")
+        ));
+    }
+    if let Some(not) = question.not_vouched {
+        out.push('\n');
+        out.push_str(&field("  note:", not));
+    }
+    out
+}
+
 /// Asks the person at the terminal (stderr and stdin, which no guest can
 /// reach) about each `ask` decision.
 pub(crate) struct TerminalApprover;
@@ -360,13 +403,14 @@ impl Approver for TerminalApprover {
             .join(", ");
         let _ = write!(
             err,
-            "\n{}warden: approval needed{}\n{}\n{}\n{}\n{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
+            "\n{}warden: approval needed{}\n{}\n{}\n{}\n{}{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
             bold.0,
             bold.1,
             field(&format!("  {} ", name(question.subject)), &what),
             field("  rule:", &rules),
             field("  why:", question.reason),
             field("  session labels:", &labels),
+            explained_lines(question),
         );
         let _ = err.flush();
         let mut line = String::new();

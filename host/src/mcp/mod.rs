@@ -99,6 +99,8 @@ pub struct ServeSpec {
     /// Rules approved in advance (`--approve RULE`). Nobody is asked
     /// otherwise: stdin is the protocol, so `ask` decisions are refused.
     pub approve: Vec<String>,
+    /// Sources whose values approve an ask (`--approve-from SOURCE`).
+    pub approve_from: Vec<crate::policy::explain::ApproveFrom>,
     /// Most tool calls running at once; more wait their turn.
     pub concurrency: usize,
     /// Messages admitted beyond the `concurrency` running, waiting for
@@ -127,6 +129,7 @@ impl ServeSpec {
         ServeSpec {
             policy,
             approve: Vec::new(),
+            approve_from: Vec::new(),
             concurrency: 8,
             queue: DEFAULT_QUEUE,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
@@ -327,6 +330,7 @@ fn begin(
 ) -> Result<Arc<Server>, RunError> {
     let gate = Gate::new(spec.policy.policy.clone(), audit)
         .with_approvals(None, &spec.approve)
+        .with_approve_from(spec.approve_from.clone())
         .with_secrets(Secrets::load(&spec.policy));
     let gate = Arc::new(gate.with_dirs(spec.policy.dirs.clone()));
     let opening = Opening {

@@ -16,7 +16,10 @@
 
 pub mod args;
 mod compile;
+pub mod diff;
+pub mod explain;
 pub mod file;
+pub mod learn;
 mod merge;
 pub mod plan;
 pub mod provenance;
@@ -1462,9 +1465,16 @@ impl Policy {
             return denial;
         }
         if let Some(label) = session.has_any(&tool.ask_when_labeled) {
+            // Which results brought the label, so a person can judge it.
+            let carriers = session.provenance.carriers(label, 4);
+            let by = if carriers.is_empty() {
+                String::new()
+            } else {
+                format!(" (by {})", carriers.join(", "))
+            };
             asks.push((
                 rules.ask_when_labeled.clone(),
-                format!("the session is labeled `{label}`"),
+                format!("the session is labeled `{label}`{by}"),
             ));
         }
         for rule in &tool.args {

@@ -327,6 +327,69 @@ impl Provenance {
         }
     }
 
+    /// What brought `label`: each tool whose results (or HTTP responses)
+    /// carried it, as `results of `NAME``, at most `max`. Tool names are
+    /// the policy's. Data that arrived after the index filled is not
+    /// known here.
+    pub fn carriers(&self, label: &str, max: usize) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for Class { source, labels, .. } in &self.classes {
+            if let Source::Tool(name) = source
+                && labels.iter().any(|l| l == label)
+            {
+                let what = format!("results of `{name}`");
+                if !out.contains(&what) && out.len() < max {
+                    out.push(what);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every source a `from` rule could name that `value` comes from:
+    /// `task`, `unlabeled`, `model`, `tool:NAME`, `label:NAME` (sorted, no
+    /// duplicates); empty when it appears nowhere. What `warden policy
+    /// learn` reads back from the audit log.
+    pub fn sources_of(&self, value: &str) -> Vec<String> {
+        let mut together = u64::MAX;
+        let mut any = false;
+        each_token(value, false, |token| {
+            any = true;
+            together &= self.tokens.get(token).copied().unwrap_or(0);
+        });
+        let mut out: Vec<String> = Vec::new();
+        if !any {
+            return out;
+        }
+        for (i, class) in self.classes.iter().enumerate() {
+            if together & (1 << i) == 0 {
+                continue;
+            }
+            // Each source a rule could name, kept only where that rule
+            // would accept this class (a foreign part is not `tool:NAME`).
+            let mut candidates = vec![
+                ("task".to_string(), SourceSpec::Task),
+                ("model".to_string(), SourceSpec::Model),
+                ("unlabeled".to_string(), SourceSpec::Unlabeled),
+            ];
+            if let Source::Tool(name) = &class.source {
+                candidates.push((format!("tool:{name}"), SourceSpec::Tool(name.clone())));
+            }
+            for label in &class.labels {
+                candidates.push((format!("label:{label}"), SourceSpec::Label(label.clone())));
+            }
+            out.extend(
+                candidates
+                    .into_iter()
+                    .filter(|(_, spec)| spec.accepts(class))
+                    .map(|(text, _)| text),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Distinct tokens indexed.
     pub fn len(&self) -> usize {
         self.tokens.len()
@@ -769,6 +832,13 @@ mod tests {
         assert_eq!(
             index.explain("GB00-EVIL-9999"),
             "it appears in results of `bank`, in a part not its own (labels: untrusted), and nowhere in the task"
+        );
+        // What `policy learn` reads back names only sources a rule would
+        // accept: a learned `tool:bank` must not pass the injected value.
+        assert_eq!(index.sources_of("GB00-EVIL-9999"), ["label:untrusted"]);
+        assert_eq!(
+            index.sources_of("DE89-3704-0044"),
+            ["tool:bank", "unlabeled"]
         );
     }
 

@@ -1304,7 +1304,7 @@ args.memo = { max_len = 10 }
     match &d {
         Decision::Ask { reason, .. } => assert_eq!(
             reason,
-            "tools.pay.ask_when_labeled: the session is labeled `untrusted`; tools.pay.args.amount: `amount` is 5000, which must be at most 1000; tools.pay: every call of `pay` needs approval"
+            "tools.pay.ask_when_labeled: the session is labeled `untrusted` (by results of `fetch`); tools.pay.args.amount: `amount` is 5000, which must be at most 1000; tools.pay: every call of `pay` needs approval"
         ),
         other => panic!("{other:?}"),
     }
