@@ -40,17 +40,43 @@ pub struct VerifyReport {
     /// The hash of the last record: compare with the head `warden run`
     /// printed to detect a cut or edited end.
     pub head: String,
-    /// Breaks of the chain or numbering: the log was changed.
+    /// Breaks of the chain or numbering: the log was changed. The first
+    /// [`MAX_LISTED`]; `more_problems` counts the rest.
     pub problems: Vec<Problem>,
+    /// Problems found past the first [`MAX_LISTED`].
+    pub more_problems: usize,
     /// Lines torn by a host killed mid-write (1-based line numbers): not
-    /// tampering, but those records are lost.
+    /// tampering, but those records are lost. The first [`MAX_LISTED`];
+    /// `more_torn` counts the rest.
     pub torn: Vec<usize>,
+    /// Torn lines past the first [`MAX_LISTED`].
+    pub more_torn: usize,
 }
+
+/// Most problems (and torn lines) a report lists: a log edited on every
+/// line would otherwise cost more memory than its own size.
+pub const MAX_LISTED: usize = 1000;
 
 impl VerifyReport {
     /// Whether the chain holds.
     pub fn is_intact(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && self.more_problems == 0
+    }
+
+    fn problem(&mut self, line: usize, message: String) {
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(Problem { line, message });
+        } else {
+            self.more_problems += 1;
+        }
+    }
+
+    fn torn_at(&mut self, line: usize) {
+        if self.torn.len() < MAX_LISTED {
+            self.torn.push(line);
+        } else {
+            self.more_torn += 1;
+        }
     }
 }
 
@@ -103,12 +129,10 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
             // Skip the rest of the line without holding it.
             let mut skipped = [0u8; 1];
             while reader.read(&mut skipped)? == 1 && skipped[0] != b'\n' {}
-            report.problems.push(Problem {
-                line: number,
-                message: format!(
-                    "line {number} is longer than {MAX_LINE} bytes: not an audit record"
-                ),
-            });
+            report.problem(
+                number,
+                format!("line {number} is longer than {MAX_LINE} bytes: not an audit record"),
+            );
             continue;
         }
         if line.is_empty() {
@@ -118,7 +142,7 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
             Ok(record) => record,
             Err(error) => {
                 if let Some((at, _, message)) = unparsed.take() {
-                    report.problems.push(Problem { line: at, message });
+                    report.problem(at, message);
                 }
                 // What a crash leaves: the start of a record of a run that
                 // has not ended.
@@ -138,9 +162,9 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
             // Torn by a crash only if the next run starts right after it and
             // continues the chain from the line before it.
             if could_be_torn && record.seq == 1 && record.prev == expected {
-                report.torn.push(at);
+                report.torn_at(at);
             } else {
-                report.problems.push(Problem { line: at, message });
+                report.problem(at, message);
             }
         }
         report.records += 1;
@@ -155,33 +179,30 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
                     "{at}: `prev` does not match line {last_line}: line {last_line} was edited, or records between them were deleted, inserted or moved"
                 )
             };
-            report.problems.push(Problem {
-                line: number,
-                message,
-            });
+            report.problem(number, message);
         }
         match &mut current {
             Some((run, seq)) if *run == record.run => {
                 if record.seq != *seq + 1 {
-                    report.problems.push(Problem {
-                        line: number,
-                        message: format!(
+                    report.problem(
+                        number,
+                        format!(
                             "{at}: the run's numbering jumps from {seq} to {}",
                             record.seq
                         ),
-                    });
+                    );
                 }
                 *seq = record.seq;
             }
             _ => {
                 if record.seq != 1 {
-                    report.problems.push(Problem {
-                        line: number,
-                        message: format!(
+                    report.problem(
+                        number,
+                        format!(
                             "{at}: the run starts at seq {}: its first records are missing",
                             record.seq
                         ),
-                    });
+                    );
                 }
                 report.runs.push((record.run.clone(), 0, false));
                 current = Some((record.run.clone(), record.seq));
@@ -199,14 +220,11 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
     // The log's last line may be torn: the host stopped while writing it.
     if let Some((at, could_be_torn, _)) = unparsed {
         if could_be_torn {
-            report.torn.push(at);
+            report.torn_at(at);
         } else {
-            report.problems.push(Problem {
-                line: at,
-                message: format!(
+            report.problem(at, format!(
                     "line {at} is not an audit record, and not what a crash leaves (the start of a record of a run that has not ended)"
-                ),
-            });
+                ));
         }
     }
     report.head = expected;
@@ -269,6 +287,19 @@ mod tests {
             report.runs,
             vec![("r-1".into(), 5, true), ("r-2".into(), 5, true)]
         );
+    }
+
+    /// A log broken on every line (here 5,000 lines that are not records)
+    /// is reported with its first problems listed and the rest counted:
+    /// the report does not grow with the log.
+    #[test]
+    fn a_log_broken_everywhere_lists_a_bounded_number_of_problems() {
+        let text = "not a record\n".repeat(MAX_LISTED * 5);
+        let report = check(&text);
+        assert!(!report.is_intact());
+        assert_eq!(report.problems.len(), MAX_LISTED);
+        assert_eq!(report.more_problems, MAX_LISTED * 4);
+        assert_eq!(report.problems[0].line, 1);
     }
 
     #[test]

@@ -87,7 +87,9 @@ fn audit_verify(path: &Path, head: Option<&str>, json: bool) -> ExitCode {
                 "line": p.line,
                 "message": p.message,
             })).collect::<Vec<_>>(),
+            "more_problems": report.more_problems,
             "torn": report.torn,
+            "more_torn": report.more_torn,
             "runs": report.runs.iter().map(|(run, records, finished)| serde_json::json!({
                 "run_id": run,
                 "records": records,
@@ -103,9 +105,22 @@ fn audit_verify(path: &Path, head: Option<&str>, json: bool) -> ExitCode {
     for problem in &report.problems {
         println!("BROKEN {name}:{}: {}", problem.line, problem.message);
     }
+    if report.more_problems > 0 {
+        println!(
+            "BROKEN {name}: ... and {} more problems (the first {} are listed)",
+            report.more_problems,
+            report.problems.len()
+        );
+    }
     for line in &report.torn {
         println!(
             "note: {name}:{line}: an incomplete record (the host was stopped while writing it); it is lost, the chain continues"
+        );
+    }
+    if report.more_torn > 0 {
+        println!(
+            "note: {name}: ... and {} more incomplete records",
+            report.more_torn
         );
     }
     for (run, records, finished) in &report.runs {

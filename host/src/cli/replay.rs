@@ -83,8 +83,9 @@ pub(crate) async fn run(args: ReplayArgs) -> ExitCode {
                 warden::transcript::clean(&problem.message)
             ));
         }
-        if report.problems.len() > 5 {
-            message.push_str(&format!("\n  ... and {} more", report.problems.len() - 5));
+        let more = report.problems.len().saturating_sub(5) + report.more_problems;
+        if more > 0 {
+            message.push_str(&format!("\n  ... and {more} more"));
         }
         if !force {
             return bad_input(format!(
