@@ -442,6 +442,7 @@ impl Bench<'_> {
             task: task.prompt.clone(),
             approver: Some(person.clone()),
             approve: Vec::new(),
+            approve_from: Vec::new(),
             replay_tools: None,
         };
         run(self.runtime, spec, log)
