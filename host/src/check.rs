@@ -11,7 +11,7 @@ use crate::policy::args::Check;
 use crate::policy::provenance::Source;
 use crate::policy::{
     ByteSize, ChangeKind, Decision, Grants, HumanDuration, MountMode, Policy, Request,
-    SecretSource, Session, Severity, Verdict,
+    ResultOrigin, SecretSource, Session, Severity, Verdict,
 };
 use crate::registry::ToolComponent;
 use crate::runtime::Runtime;
@@ -602,13 +602,27 @@ fn run_case(policy: &Policy, case: &RawCase) -> Result<Decision, String> {
     for seen in &case.seen {
         let mut labels = seen.labels.clone();
         labels.sort();
-        let source = match (&seen.tool, seen.model) {
-            (Some(tool), false) => Source::Tool(tool.clone()),
-            (None, true) => Source::Model,
+        labels.dedup();
+        match (&seen.tool, seen.model) {
+            // Labelled as a run labels that tool's result (its entry's
+            // labels, by path too), plus the case's own.
+            (Some(tool), false) => session.observe_tool_result_from(
+                policy,
+                tool,
+                &seen.text,
+                &ResultOrigin {
+                    http_labels: &labels,
+                    ..ResultOrigin::default()
+                },
+            ),
+            (None, true) => {
+                session.add_labels(&labels);
+                session
+                    .provenance
+                    .observe(Source::Model, &labels, &seen.text);
+            }
             _ => return Err("each `seen` entry names a `tool` or sets `model = true`".into()),
-        };
-        session.add_labels(&labels);
-        session.provenance.observe(source, &labels, &seen.text);
+        }
     }
     match (&case.tool, &case.model) {
         (Some(tool), None) => {
