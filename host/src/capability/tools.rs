@@ -155,10 +155,15 @@ pub async fn call_parsed(
         json!({
             "result": *text,
             "labels_added": labels,
+            "labels_inherited": inherited,
             "secrets_redacted": redacted,
         })
     } else {
-        json!({ "labels_added": labels, "secrets_redacted": redacted })
+        json!({
+            "labels_added": labels,
+            "labels_inherited": inherited,
+            "secrets_redacted": redacted,
+        })
     };
     let detail = brief(&text, if outcome == Outcome::Ok { 200 } else { 1000 });
     tracing::debug!(outcome = ?outcome, bytes = text.len());
