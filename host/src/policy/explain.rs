@@ -229,36 +229,13 @@ impl Collector<'_> {
 
     /// Every leaf (string, number, boolean) under `value`, at `field`.
     fn leaves(&mut self, field: &str, value: &Value, rule: &Rule) {
-        let mut stack: Vec<(String, &Value)> = vec![(field.to_string(), value)];
-        while let Some((at, value)) = stack.pop() {
-            let join = |key: &str| {
-                if at.is_empty() {
-                    key.to_string()
-                } else {
-                    format!("{at}.{key}")
-                }
-            };
-            match value {
-                Value::Array(items) => stack.extend(
-                    items
-                        .iter()
-                        .enumerate()
-                        .rev()
-                        .map(|(i, v)| (join(&i.to_string()), v)),
-                ),
-                Value::Object(map) => stack.extend(map.iter().rev().map(|(k, v)| (join(k), v))),
-                Value::Null => {}
-                leaf => {
-                    if let Some(text) = text_of(leaf) {
-                        self.add(at.clone(), text, rule);
-                    }
-                }
+        each_leaf(field, value, |at, leaf| {
+            if let Some(text) = text_of(leaf) {
+                self.add(at.to_string(), text, rule);
             }
-            if self.out.unlisted > 0 {
-                // Counting the rest exactly is not worth walking it all.
-                return;
-            }
-        }
+            // Counting the rest exactly is not worth walking it all.
+            self.out.unlisted == 0
+        });
     }
 
     fn rule(&mut self, rule: &ArgRule, arguments: &Value) {
@@ -280,11 +257,24 @@ impl Collector<'_> {
 /// to propose `from` rules.
 pub fn argument_sources(provenance: &Provenance, arguments: &Value) -> Value {
     let mut out = Vec::new();
-    let mut stack: Vec<(String, &Value)> = vec![(String::new(), arguments)];
-    while let Some((at, value)) = stack.pop() {
-        if out.len() >= MAX_VALUES {
-            break;
+    each_leaf("", arguments, |at, leaf| {
+        if let Some(text) = text_of(leaf).filter(|t| t.len() <= 4096) {
+            out.push(serde_json::json!({
+                "field": at,
+                "sources": provenance.sources_of(&text),
+            }));
         }
+        out.len() < MAX_VALUES
+    });
+    Value::Array(out)
+}
+
+/// Each leaf (string, number, boolean; not null) under `value`, in order,
+/// with its field (`field.key.0`), until `f` returns false. Iterative:
+/// arguments may nest as deep as the parser allows.
+fn each_leaf<'v>(field: &str, value: &'v Value, mut f: impl FnMut(&str, &'v Value) -> bool) {
+    let mut stack: Vec<(String, &Value)> = vec![(field.to_string(), value)];
+    while let Some((at, value)) = stack.pop() {
         let join = |key: &str| {
             if at.is_empty() {
                 key.to_string()
@@ -303,16 +293,12 @@ pub fn argument_sources(provenance: &Provenance, arguments: &Value) -> Value {
             Value::Object(map) => stack.extend(map.iter().rev().map(|(k, v)| (join(k), v))),
             Value::Null => {}
             leaf => {
-                if let Some(text) = text_of(leaf).filter(|t| t.len() <= 4096) {
-                    out.push(serde_json::json!({
-                        "field": at,
-                        "sources": provenance.sources_of(&text),
-                    }));
+                if !f(&at, leaf) {
+                    return;
                 }
             }
         }
     }
-    Value::Array(out)
 }
 
 impl Policy {

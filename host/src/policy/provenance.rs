@@ -230,13 +230,20 @@ impl Provenance {
         if accepted == 0 {
             return false;
         }
-        let mut together = accepted;
+        self.holding(value)
+            .is_some_and(|together| together & accepted != 0)
+    }
+
+    /// The classes (a bit each) whose data holds every token of `value`
+    /// together; `None` when `value` has no token to look for.
+    fn holding(&self, value: &str) -> Option<u64> {
+        let mut together = u64::MAX;
         let mut any = false;
         each_token(value, false, |token| {
             any = true;
             together &= self.tokens.get(token).copied().unwrap_or(0);
         });
-        any && together != 0
+        any.then_some(together)
     }
 
     /// The labels `value` carries as data the agent was given: those every
@@ -246,15 +253,9 @@ impl Provenance {
     /// wrote, in data past the tracked classes, or nowhere): the caller
     /// then gives it the session's labels, as it gives model-written text.
     pub fn labels_of(&self, value: &str) -> Option<Vec<String>> {
-        let mut together = u64::MAX;
-        let mut any = false;
-        each_token(value, false, |token| {
-            any = true;
-            together &= self.tokens.get(token).copied().unwrap_or(0);
-        });
-        if !any {
+        let Some(together) = self.holding(value) else {
             return Some(Vec::new());
-        }
+        };
         let mut found: Option<Vec<String>> = None;
         for (i, class) in self.classes.iter().enumerate() {
             if together & (1 << i) == 0 || class.source == Source::Model {
@@ -276,15 +277,9 @@ impl Provenance {
     /// that it was seen nowhere. Source names are policy names (`task`,
     /// tool names), not outside text.
     pub fn explain(&self, value: &str) -> String {
-        let mut together = u64::MAX;
-        let mut any = false;
-        each_token(value, false, |token| {
-            any = true;
-            together &= self.tokens.get(token).copied().unwrap_or(0);
-        });
-        if !any {
+        let Some(together) = self.holding(value) else {
             return "it holds nothing to look for".into();
-        }
+        };
         let mut places: Vec<String> = self
             .classes
             .iter()
@@ -351,16 +346,10 @@ impl Provenance {
     /// duplicates); empty when it appears nowhere. What `warden policy
     /// learn` reads back from the audit log.
     pub fn sources_of(&self, value: &str) -> Vec<String> {
-        let mut together = u64::MAX;
-        let mut any = false;
-        each_token(value, false, |token| {
-            any = true;
-            together &= self.tokens.get(token).copied().unwrap_or(0);
-        });
         let mut out: Vec<String> = Vec::new();
-        if !any {
+        let Some(together) = self.holding(value) else {
             return out;
-        }
+        };
         for (i, class) in self.classes.iter().enumerate() {
             if together & (1 << i) == 0 {
                 continue;
