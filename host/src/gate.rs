@@ -911,6 +911,17 @@ impl Gate {
         Ok(added(&before, &state.session.labels))
     }
 
+    /// A response to the agent's own HTTP request arrived under a rule
+    /// with `labels`: the agent reads it directly, so the session carries
+    /// them from now on (a tool's go with its result instead). Returns the
+    /// labels added.
+    pub fn label_session(&self, labels: &[String]) -> Vec<String> {
+        let mut state = self.lock();
+        let before = state.session.labels.clone();
+        state.session.add_labels(labels);
+        added(&before, &state.session.labels)
+    }
+
     /// A tool call was allowed: index its arguments as the model's, with
     /// the session's labels (see [`Session::observe_tool_call`]).
     pub fn observe_tool_call(&self, arguments: &Value) -> io::Result<()> {

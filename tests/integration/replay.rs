@@ -155,6 +155,29 @@ fn replay_does_not_send_the_agents_http_request_again() {
     );
 }
 
+/// The agent's own HTTP responses label the session as a tool's do: a
+/// page fetched under a rule with `labels` taints what follows (plans,
+/// `*_when_labeled`), and the run's end record says so.
+#[test]
+fn the_agents_own_http_responses_label_the_session() {
+    let (url, _count) = counting_server();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "{MODEL_ONLY}\n[agent]\nhttp = {{ allow = [{{ url = \"{url}/**\", private = true, labels = [\"untrusted\"] }}] }}\n"
+    );
+    let task = format!(r#"[{{"http":"{url}/page"}}]"#);
+    let (audit, _) = record(dir.path(), &policy, "[[turn]]\ntext = \"x\"\n", &task);
+    let end = records(&audit)
+        .into_iter()
+        .rfind(|r| r["kind"] == "run" && r["event"] == "outcome")
+        .unwrap();
+    assert_eq!(
+        end["data"]["labels"],
+        serde_json::json!(["untrusted"]),
+        "{end}"
+    );
+}
+
 #[test]
 fn a_crafted_log_cannot_make_replay_write_outside_any_workspace() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,7 +28,8 @@
 //! 5. Sizes and time: request body `max_request`, response body
 //!    `max_response` (by Content-Length, then while streaming), one
 //!    deadline `timeout` for connect, headers and body together.
-//! 6. Outcome record; the rule's labels are kept for the tool's result.
+//! 6. Outcome record; the rule's labels are kept for the tool's result
+//!    (for the agent's own request, they label the session at once).
 //!
 //! Redirects are never followed by the host: a guest that follows one makes
 //! a new request, decided from step 1. A refusal reaches the guest as a
@@ -304,6 +305,11 @@ async fn send(
                         held.push(label.clone());
                     }
                 }
+            }
+            // The agent reads its response itself: the session is labelled
+            // before the body reaches it (a tool's labels go with its result).
+            if tool.is_none() && !rule.labels.is_empty() {
+                gate.label_session(&rule.labels);
             }
             gate.complete(
                 permit,

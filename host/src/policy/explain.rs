@@ -228,11 +228,12 @@ impl Collector<'_> {
     }
 
     /// Every leaf (string, number, boolean) under `value`, at `field`.
+    /// Keys count as values (`{"payments": {"GB00…": 120}}` names an
+    /// account by its key): a person sees them, and `--approve-from`
+    /// vouches for them too.
     fn leaves(&mut self, field: &str, value: &Value, rule: &Rule) {
-        each_leaf(field, value, |at, leaf| {
-            if let Some(text) = text_of(leaf) {
-                self.add(at.to_string(), text, rule);
-            }
+        each_leaf(field, value, true, |at, text| {
+            self.add(at.to_string(), text, rule);
             // Counting the rest exactly is not worth walking it all.
             self.out.unlisted == 0
         });
@@ -257,8 +258,8 @@ impl Collector<'_> {
 /// to propose `from` rules.
 pub fn argument_sources(provenance: &Provenance, arguments: &Value) -> Value {
     let mut out = Vec::new();
-    each_leaf("", arguments, |at, leaf| {
-        if let Some(text) = text_of(leaf).filter(|t| t.len() <= 4096) {
+    each_leaf("", arguments, false, |at, text| {
+        if text.len() <= 4096 {
             out.push(serde_json::json!({
                 "field": at,
                 "sources": provenance.sources_of(&text),
@@ -269,10 +270,13 @@ pub fn argument_sources(provenance: &Provenance, arguments: &Value) -> Value {
     Value::Array(out)
 }
 
-/// Each leaf (string, number, boolean; not null) under `value`, in order,
-/// with its field (`field.key.0`), until `f` returns false. Iterative:
-/// arguments may nest as deep as the parser allows.
-fn each_leaf<'v>(field: &str, value: &'v Value, mut f: impl FnMut(&str, &'v Value) -> bool) {
+/// The text of each leaf (string, number, boolean; not null) under
+/// `value`, in order, with its field (`field.key.0`), and with `keys` each
+/// object key below the top (its field: the member's, then ` (key)`; the
+/// top level's keys are parameter names), until `f`
+/// returns false. Iterative: arguments may nest as deep as the parser
+/// allows.
+fn each_leaf(field: &str, value: &Value, keys: bool, mut f: impl FnMut(&str, String) -> bool) {
     let mut stack: Vec<(String, &Value)> = vec![(field.to_string(), value)];
     while let Some((at, value)) = stack.pop() {
         let join = |key: &str| {
@@ -290,10 +294,22 @@ fn each_leaf<'v>(field: &str, value: &'v Value, mut f: impl FnMut(&str, &'v Valu
                     .rev()
                     .map(|(i, v)| (join(&i.to_string()), v)),
             ),
-            Value::Object(map) => stack.extend(map.iter().rev().map(|(k, v)| (join(k), v))),
+            Value::Object(map) => {
+                // The arguments' own keys are parameter names, not data.
+                if keys && !at.is_empty() {
+                    for key in map.keys() {
+                        if !f(&format!("{} (key)", join(key)), key.clone()) {
+                            return;
+                        }
+                    }
+                }
+                stack.extend(map.iter().rev().map(|(k, v)| (join(k), v)));
+            }
             Value::Null => {}
             leaf => {
-                if !f(&at, leaf) {
+                if let Some(text) = text_of(leaf)
+                    && !f(&at, text)
+                {
                     return;
                 }
             }
@@ -443,6 +459,18 @@ args.account = { from = ["task"], decision = "ask" }
         assert_eq!(
             e.vouched(&session.provenance, &task),
             Vouched::No("`account` does not come from task".into())
+        );
+        // A key is a value too: an account named by a key, with an amount
+        // the task gave, is not vouched for by the task.
+        let e = policy.explain_ask(
+            "pay",
+            &serde_json::json!({ "payments": { "UK12-EVIL-0001": "DE89-3704" } }),
+            &session,
+            &rules(&["tools.pay.ask_when_labeled"]),
+        );
+        assert_eq!(
+            e.vouched(&session.provenance, &task),
+            Vouched::No("`payments.UK12-EVIL-0001 (key)` does not come from task".into())
         );
         // Nothing to vouch for is not vouched for.
         let e = Explanation::default();

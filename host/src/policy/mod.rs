@@ -908,10 +908,14 @@ impl Session {
         // label the tool's own results do not carry: a read by an id the
         // same family of tools gave (`notes_read` of a `notes_list` id)
         // is still the tool's own.
-        let foreign = flowed.iter().any(|l| own.binary_search(l).is_err());
+        let foreign: Vec<String> = flowed
+            .iter()
+            .filter(|l| own.binary_search(l).is_err())
+            .cloned()
+            .collect();
         if parts.is_empty() {
             self.add_labels(&whole);
-            self.provenance.observe_part(source, &whole, foreign, text);
+            self.provenance.observe_part(source, &whole, &foreign, text);
             return;
         }
         let parsed;
@@ -926,20 +930,22 @@ impl Session {
         };
         let Some(value) = value.filter(|v| v.is_object() || v.is_array()) else {
             // Not JSON with fields: every part's labels, the safe side.
+            let mut theirs = foreign.clone();
             for (_, labels) in &parts {
                 union_labels(&mut whole, labels);
+                union_labels(&mut theirs, labels);
             }
             self.add_labels(&whole);
-            self.provenance.observe_part(source, &whole, true, text);
+            self.provenance.observe_part(source, &whole, &theirs, text);
             return;
         };
         let mut groups = PartGroups::default();
         let states: Vec<args::PathState> = parts.iter().map(|(path, _)| path.start()).collect();
-        label_parts(value, &states, &parts, &whole, foreign, &mut groups);
+        label_parts(value, &states, &parts, &whole, &foreign, &mut groups);
         for ((labels, foreign), text) in groups.0 {
             self.add_labels(&labels);
             self.provenance
-                .observe_part(source.clone(), &labels, foreign, &text);
+                .observe_part(source.clone(), &labels, &foreign, &text);
         }
         // Labels the whole result carries, even where no value is left.
         self.add_labels(&whole);
@@ -947,12 +953,12 @@ impl Session {
 }
 
 /// The text of a result's values, grouped by the labels each carries
-/// (and whether they are a foreign part).
+/// (and the labels that make them a foreign part).
 #[derive(Default)]
-struct PartGroups(HashMap<(Vec<String>, bool), String>);
+struct PartGroups(HashMap<(Vec<String>, Vec<String>), String>);
 
 impl PartGroups {
-    fn push(&mut self, key: (Vec<String>, bool), text: &str) {
+    fn push(&mut self, key: (Vec<String>, Vec<String>), text: &str) {
         let buffer = self.0.entry(key).or_default();
         buffer.push_str(text);
         buffer.push('\n');
@@ -969,21 +975,22 @@ fn label_parts(
     states: &[args::PathState],
     parts: &[(&args::LabelPath, &[String])],
     whole: &[String],
-    foreign: bool,
+    foreign: &[String],
     groups: &mut PartGroups,
 ) {
     use serde_json::Value;
-    let key_here = || {
+    let labels_at = |states: &[args::PathState]| {
         let mut labels = whole.to_vec();
-        let mut covered = false;
+        let mut theirs = foreign.to_vec();
         for ((_, extra), state) in parts.iter().zip(states) {
             if state.is_covered() {
-                covered = true;
                 union_labels(&mut labels, extra);
+                union_labels(&mut theirs, extra);
             }
         }
-        (labels, foreign || covered)
+        (labels, theirs)
     };
+    let key_here = || labels_at(states);
     let below = |key: &str| -> Vec<args::PathState> {
         parts
             .iter()
@@ -1006,10 +1013,12 @@ fn label_parts(
             }
         }
         Value::Object(map) => {
-            let here = key_here();
             for (key, member) in map {
-                groups.push(here.clone(), key);
-                label_parts(member, &below(key), parts, whole, foreign, groups);
+                // A key names its member: it carries the member's labels
+                // (`/*` labels an outsider's chosen key too).
+                let states = below(key);
+                groups.push(labels_at(&states), key);
+                label_parts(member, &states, parts, whole, foreign, groups);
             }
         }
     }
