@@ -451,16 +451,6 @@ calls = [{{ tool = "read_file", arguments = {{ path = "/workspace/payee.txt" }} 
         .find(|r| r.subject == "read_file")
         .unwrap();
     assert_eq!(read.data.as_ref().unwrap()["result"], "GB00-EVIL-9999");
-    // The record says what flowed: the page's label, into the write.
-    let write = run
-        .find("tool", "outcome")
-        .into_iter()
-        .find(|r| r.subject == "write_file")
-        .unwrap();
-    assert_eq!(
-        write.data.as_ref().unwrap()["labels_inherited"],
-        serde_json::json!(["untrusted"])
-    );
     assert_eq!(
         (decisions, count),
         (
@@ -585,6 +575,16 @@ calls = [{{ tool = "read_file", arguments = {{ path = "/workspace/payee.txt" }} 
         .find(|r| r.subject == "read_file")
         .unwrap();
     assert_eq!(read.data.as_ref().unwrap()["result"], "GB00-EVIL-9999");
+    // The record says what flowed: the page's label, into the write.
+    let write = run
+        .find("tool", "outcome")
+        .into_iter()
+        .find(|r| r.subject == "write_file")
+        .unwrap();
+    assert_eq!(
+        write.data.as_ref().unwrap()["labels_inherited"],
+        serde_json::json!(["untrusted"])
+    );
     assert_eq!(
         (decisions, count),
         (

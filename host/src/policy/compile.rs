@@ -357,25 +357,36 @@ fn result_labels(
 /// list). A local component without `http` runs in a fresh instance per
 /// call with no network, so its tools share nothing but directories.
 /// Named as written: two spellings of one directory are two stores.
-fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> Vec<String> {
+/// Returns the stores it reads and, of those, the ones it can write (a
+/// read-only directory is not written by its calls).
+fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> (Vec<String>, Vec<String>) {
     let mut stores = Vec::new();
+    let mut writes = Vec::new();
     let remote = component.is_some_and(|c| c.text.contains("://"));
     if let Some(component) = component.filter(|_| remote || grants.http.is_some()) {
         let text = component.text.trim();
-        if text.starts_with("builtin:") || text.contains("://") {
-            stores.push(format!("component {text}"));
+        let name = if text.starts_with("builtin:") || text.contains("://") {
+            format!("component {text}")
         } else {
-            stores.push(format!("component {text} (file {})", component.place.file));
-        }
+            format!("component {text} (file {})", component.place.file)
+        };
+        writes.push(name.clone());
+        stores.push(name);
     }
     for mount in &grants.fs {
         let dir = mount.dir.trim_end_matches('/');
         let dir = if dir.is_empty() { "/" } else { dir };
-        stores.push(format!("dir {dir} (file {})", mount.place.file));
+        let name = format!("dir {dir} (file {})", mount.place.file);
+        if mount.mode == MountMode::Rw {
+            writes.push(name.clone());
+        }
+        stores.push(name);
     }
-    stores.sort();
-    stores.dedup();
-    stores
+    for list in [&mut stores, &mut writes] {
+        list.sort();
+        list.dedup();
+    }
+    (stores, writes)
 }
 
 fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {
@@ -781,7 +792,7 @@ fn tool(
             "remove them, or change `decision`",
         );
     }
-    let stores = stores_of(component.as_ref(), &grants);
+    let (stores, store_writes) = stores_of(component.as_ref(), &grants);
     Some(ToolPolicy {
         rules: ToolRules {
             entry: Rule::new(format!("tools.{name}")),
@@ -803,6 +814,7 @@ fn tool(
         third_party_labels,
         labels_flow,
         stores,
+        store_writes,
         deny_when_labeled,
         ask_when_labeled,
         effects,

@@ -285,6 +285,9 @@ pub struct ToolPolicy {
     /// The stores it shares state through (its component, its
     /// directories), for labels that flow.
     pub stores: Vec<String>,
+    /// Of its stores, those its calls can write (not a read-only
+    /// directory): where the labels its arguments carry are written.
+    pub store_writes: Vec<String>,
     /// Labels that deny it.
     pub deny_when_labeled: Vec<String>,
     /// Labels that make it ask.
@@ -845,7 +848,7 @@ impl Session {
         }
         let inherited = self.labels_of_arguments(arguments);
         if entry.effects != Some(Effects::None) && !inherited.is_empty() {
-            for store in &entry.stores {
+            for store in &entry.store_writes {
                 match self.stores.get_mut(store) {
                     Some(labels) => union_labels(labels, &inherited),
                     None => {
@@ -881,13 +884,15 @@ impl Session {
             http
         });
         let mut flowed: Vec<String> = Vec::new();
+        let mut stored: Vec<String> = Vec::new();
         if let Some(entry) = entry.filter(|e| e.labels_flow) {
             union_labels(&mut flowed, origin.inherited);
             for store in &entry.stores {
                 if let Some(labels) = self.stores.get(store) {
-                    union_labels(&mut flowed, labels);
+                    union_labels(&mut stored, labels);
                 }
             }
+            union_labels(&mut flowed, &stored);
         }
         let mut parts: Vec<(&args::LabelPath, &[String])> = Vec::new();
         if let Some(entry) = entry {
@@ -908,14 +913,26 @@ impl Session {
         // label the tool's own results do not carry: a read by an id the
         // same family of tools gave (`notes_read` of a `notes_list` id)
         // is still the tool's own.
-        let foreign: Vec<String> = flowed
-            .iter()
-            .filter(|l| own.binary_search(l).is_err())
-            .cloned()
-            .collect();
+        let not_own = |labels: &[String]| -> Vec<String> {
+            labels
+                .iter()
+                .filter(|l| own.binary_search(l).is_err())
+                .cloned()
+                .collect()
+        };
+        // What was written to a store it reads is someone else's data: it
+        // vouches only for the labels written with it. What its arguments
+        // carried in makes it not the tool's own (`tool:NAME`), but a
+        // lookup by an outsider's query still returns the tool's data,
+        // with the tool's labels (`label:NAME`).
+        let foreign = Foreign {
+            theirs: not_own(&stored),
+            borrowed: !not_own(&flowed).is_empty(),
+        };
         if parts.is_empty() {
             self.add_labels(&whole);
-            self.provenance.observe_part(source, &whole, &foreign, text);
+            self.provenance
+                .observe_part(source, &whole, &foreign.theirs, foreign.borrowed, text);
             return;
         }
         let parsed;
@@ -930,26 +947,37 @@ impl Session {
         };
         let Some(value) = value.filter(|v| v.is_object() || v.is_array()) else {
             // Not JSON with fields: every part's labels, the safe side.
-            let mut theirs = foreign.clone();
+            let mut theirs = foreign.theirs.clone();
             for (_, labels) in &parts {
                 union_labels(&mut whole, labels);
                 union_labels(&mut theirs, labels);
             }
             self.add_labels(&whole);
-            self.provenance.observe_part(source, &whole, &theirs, text);
+            self.provenance
+                .observe_part(source, &whole, &theirs, foreign.borrowed, text);
             return;
         };
         let mut groups = PartGroups::default();
         let states: Vec<args::PathState> = parts.iter().map(|(path, _)| path.start()).collect();
-        label_parts(value, &states, &parts, &whole, &foreign, &mut groups);
-        for ((labels, foreign), text) in groups.0 {
+        label_parts(value, &states, &parts, &whole, &foreign.theirs, &mut groups);
+        for ((labels, theirs), text) in groups.0 {
             self.add_labels(&labels);
             self.provenance
-                .observe_part(source.clone(), &labels, &foreign, &text);
+                .observe_part(source.clone(), &labels, &theirs, foreign.borrowed, &text);
         }
         // Labels the whole result carries, even where no value is left.
         self.add_labels(&whole);
     }
+}
+
+/// Why a tool's result (or part of it) is not the tool's own.
+struct Foreign {
+    /// Labels of data written by others (stores; parts add theirs): the
+    /// only labels it vouches for.
+    theirs: Vec<String>,
+    /// Its call's arguments carried in labels the tool's own results do
+    /// not: not `tool:NAME`, though still `label:NAME` of the tool's.
+    borrowed: bool,
 }
 
 /// The text of a result's values, grouped by the labels each carries
