@@ -109,6 +109,21 @@ impl Diff {
 pub fn diff(old: &Policy, new: &Policy) -> Vec<Difference> {
     let mut d = Diff { out: Vec::new() };
     limits(&mut d, old, new);
+    if old.plan.required != new.plan.required {
+        if new.plan.required {
+            d.push(
+                Direction::Narrows,
+                "plan.required",
+                "the agent must now declare a plan before its first label",
+            );
+        } else {
+            d.push(
+                Direction::Widens,
+                "plan.required",
+                "the agent no longer has to declare a plan: once labeled, any sink may be called",
+            );
+        }
+    }
     model(&mut d, old, new);
     grants(&mut d, "agent", &old.agent, &new.agent);
     let names: BTreeSet<&String> = old.tools.keys().chain(new.tools.keys()).collect();
@@ -471,6 +486,58 @@ fn tool(d: &mut Diff, name: &str, a: &ToolPolicy, b: &ToolPolicy) {
         "now asks once the session is labeled",
         "no longer asks once the session is labeled",
     );
+    if a.effects != b.effects {
+        if b.effects.is_some() {
+            d.push(
+                Direction::Narrows,
+                key("effects"),
+                "now only reads (`effects = \"none\"`)",
+            );
+        } else {
+            d.push(
+                Direction::Widens,
+                key("effects"),
+                "may now change things (no longer `effects = \"none\"`): a sink for plans, and its calls write labels to its stores",
+            );
+        }
+    }
+    let paths = |t: &ToolPolicy| -> Vec<String> {
+        t.path_labels
+            .iter()
+            .flat_map(|(path, labels)| labels.iter().map(move |l| format!("{} = {l}", path.text)))
+            .collect()
+    };
+    d.list(
+        &key("labels"),
+        &paths(a),
+        &paths(b),
+        Direction::Narrows,
+        "results now label the part",
+        "results no longer label the part",
+    );
+    d.list(
+        &key("third_party_labels"),
+        &a.third_party_labels,
+        &b.third_party_labels,
+        Direction::Narrows,
+        "parts the tool declares third-party now carry",
+        "parts the tool declares third-party no longer carry",
+    );
+    if a.labels_flow != b.labels_flow {
+        if b.labels_flow {
+            d.push(
+                Direction::Narrows,
+                key("labels_flow"),
+                "labels now flow through it (its results carry its arguments' labels)",
+            );
+        } else {
+            d.push(
+                Direction::Widens,
+                key("labels_flow"),
+                "labels no longer flow through it: what it is given and what it stores can come back unlabeled",
+            );
+        }
+    }
     args(d, name, &a.args, &b.args);
     grants(d, &format!("tools.{name}"), &a.grants, &b.grants);
 }
@@ -638,6 +705,51 @@ labels = ["untrusted"]
 component = "builtin:text"
 args.to = { from = ["task"] }
 "#;
+
+    /// Each key that changes what a run may do is compared: a diff that
+    /// says "the same" for these would hide a widening from a reviewer.
+    #[test]
+    fn plans_effects_label_paths_and_flows_are_compared() {
+        let old = policy(
+            r#"
+[plan]
+required = true
+[tools.read]
+component = "r.wasm"
+effects = "none"
+labels = { "/*/subject" = ["untrusted"] }
+third_party_labels = ["untrusted"]
+"#,
+        );
+        let new = policy(
+            r#"
+[tools.read]
+component = "r.wasm"
+labels_flow = false
+"#,
+        );
+        let out: Vec<(Direction, String)> = diff(&old, &new)
+            .into_iter()
+            .map(|d| (d.direction, d.key))
+            .collect();
+        for key in [
+            "plan.required",
+            "tools.read.effects",
+            "tools.read.labels",
+            "tools.read.third_party_labels",
+            "tools.read.labels_flow",
+        ] {
+            assert!(
+                out.contains(&(Direction::Widens, key.to_string())),
+                "{key}: {out:?}"
+            );
+        }
+        assert!(
+            diff(&new, &old)
+                .iter()
+                .all(|d| d.direction != Direction::Widens)
+        );
+    }
 
     #[test]
     fn differences_read_in_plain_words_each_way() {
