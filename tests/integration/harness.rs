@@ -125,23 +125,20 @@ pub async fn try_run_approving_from(
     approver: Option<Arc<dyn warden::gate::Approver>>,
     approve_from: &[&str],
 ) -> (Result<RunReport, RunError>, Vec<Record>) {
-    let sink = MemorySink::default();
-    let log = AuditLog::new(new_run_id()).with_sink(sink.clone());
-    let spec = RunSpec {
-        policy: policy(policy_text),
-        agent: ComponentSource::parse(agent, &repo()),
+    let approve_from = approve_from
+        .iter()
+        .map(|s| warden::policy::explain::ApproveFrom::parse(s).unwrap())
+        .collect();
+    run_spec(
+        agent,
+        policy_text,
         provider,
-        task: task.into(),
+        task,
         approver,
-        approve: Vec::new(),
-        approve_from: approve_from
-            .iter()
-            .map(|s| warden::policy::explain::ApproveFrom::parse(s).unwrap())
-            .collect(),
-        replay_tools: None,
-    };
-    let result = run(runtime(), spec, log).await;
-    (result, sink.records())
+        Vec::new(),
+        approve_from,
+    )
+    .await
 }
 
 /// Like [`try_run`], with an approver and pre-approved rules.
@@ -153,6 +150,28 @@ pub async fn try_run_with(
     approver: Option<Arc<dyn warden::gate::Approver>>,
     approve: &[&str],
 ) -> (Result<RunReport, RunError>, Vec<Record>) {
+    let approve = approve.iter().map(|r| r.to_string()).collect();
+    run_spec(
+        agent,
+        policy_text,
+        provider,
+        task,
+        approver,
+        approve,
+        Vec::new(),
+    )
+    .await
+}
+
+async fn run_spec(
+    agent: &str,
+    policy_text: &str,
+    provider: Arc<dyn ModelProvider>,
+    task: &str,
+    approver: Option<Arc<dyn warden::gate::Approver>>,
+    approve: Vec<String>,
+    approve_from: Vec<warden::policy::explain::ApproveFrom>,
+) -> (Result<RunReport, RunError>, Vec<Record>) {
     let sink = MemorySink::default();
     let log = AuditLog::new(new_run_id()).with_sink(sink.clone());
     let spec = RunSpec {
@@ -161,8 +180,8 @@ pub async fn try_run_with(
         provider,
         task: task.into(),
         approver,
-        approve: approve.iter().map(|r| r.to_string()).collect(),
-        approve_from: Vec::new(),
+        approve,
+        approve_from,
         replay_tools: None,
     };
     let result = run(runtime(), spec, log).await;
