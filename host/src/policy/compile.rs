@@ -374,9 +374,7 @@ fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> (Vec<String>,
         stores.push(name);
     }
     for mount in &grants.fs {
-        let dir = mount.dir.trim_end_matches('/');
-        let dir = if dir.is_empty() { "/" } else { dir };
-        let name = format!("dir {dir} (file {})", mount.place.file);
+        let name = dir_store(mount);
         if mount.mode == MountMode::Rw {
             writes.push(name.clone());
         }
@@ -387,6 +385,14 @@ fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> (Vec<String>,
         list.dedup();
     }
     (stores, writes)
+}
+
+/// The store a granted directory is: as written, with the file that
+/// grants it.
+pub(crate) fn dir_store(mount: &super::Mount) -> String {
+    let dir = mount.dir.trim_end_matches('/');
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("dir {dir} (file {})", mount.place.file)
 }
 
 fn model(raw: RawModel, found: &mut Findings) -> ModelPolicy {

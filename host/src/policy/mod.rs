@@ -892,6 +892,21 @@ impl Session {
                     union_labels(&mut stored, labels);
                 }
             }
+            // A directory the agent itself may write holds whatever the
+            // agent saw: its writes are not calls, so what a tool reads
+            // there carries every label the session has.
+            let agent_writes = policy
+                .agent
+                .fs
+                .iter()
+                .filter(|m| m.mode == MountMode::Rw)
+                .map(compile::dir_store);
+            let session_labels = self.labels.clone();
+            for store in agent_writes {
+                if entry.stores.contains(&store) {
+                    union_labels(&mut stored, &session_labels);
+                }
+            }
             union_labels(&mut flowed, &stored);
         }
         let mut parts: Vec<(&args::LabelPath, &[String])> = Vec::new();
