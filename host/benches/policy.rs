@@ -13,6 +13,12 @@
 //!   besides the tokens).
 //! - `flow/call`: the labels a call's arguments carry, looked up in that
 //!   index.
+//! - `scale/decide/N` (N = 10, 100, 1,000, 10,000 rules): the same call of
+//!   `send_email` in policies of N argument rules spread over other tools,
+//!   and `scale/decide_own/N`: the called tool itself has N rules (each a
+//!   field the call does not carry, so every rule is looked at and none
+//!   decides).
+//! - `load/10000_rules`: parse and compile a policy of 10,000 rules.
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -186,5 +192,45 @@ fn labels(c: &mut Criterion) {
     });
 }
 
-criterion_group!(policy, benches, labels);
+/// Decision time as a policy grows, and loading a large one.
+fn scale(c: &mut Criterion) {
+    let args =
+        json!({"to": "bob@example.com", "subject": "Re: Q3 report", "body": "See attached."});
+    let request = Request::Tool {
+        name: "send_email",
+        arguments: &args,
+        schema: None,
+    };
+    let mut session = Session::default();
+    session.observe_task("Reply to bob@example.com about the Q3 report.");
+    for rules in [10usize, 100, 1_000, 10_000] {
+        // Spread over other tools, 10 rules each.
+        let policy = Policy::parse("scale.toml", &policy_text(rules / 10, 10)).unwrap();
+        assert_eq!(policy.decide(&request, &session).verdict(), Verdict::Allow);
+        c.bench_function(&format!("scale/decide/{rules}"), |b| {
+            b.iter(|| black_box(policy.decide(black_box(&request), black_box(&session))))
+        });
+        // On the called tool itself: optional fields the call lacks.
+        let extra: String = (0..rules)
+            .map(|r| format!("args.extra_{r} = {{ max_len = 10 }}\n"))
+            .collect();
+        let text = policy_text(0, 0).replacen(
+            "args.subject = { max_len = 200 }\n",
+            &format!("args.subject = {{ max_len = 200 }}\n{extra}"),
+            1,
+        );
+        let own = Policy::parse("own.toml", &text).unwrap();
+        assert!(own.tools["send_email"].args.len() >= rules);
+        assert_eq!(own.decide(&request, &session).verdict(), Verdict::Allow);
+        c.bench_function(&format!("scale/decide_own/{rules}"), |b| {
+            b.iter(|| black_box(own.decide(black_box(&request), black_box(&session))))
+        });
+    }
+    let large = policy_text(1_000, 10);
+    c.bench_function("load/10000_rules", |b| {
+        b.iter(|| black_box(Policy::parse("large.toml", black_box(&large)).unwrap()))
+    });
+}
+
+criterion_group!(policy, benches, labels, scale);
 criterion_main!(policy);
