@@ -895,17 +895,14 @@ impl Session {
             // A directory the agent itself may write holds whatever the
             // agent saw: its writes are not calls, so what a tool reads
             // there carries every label the session has.
-            let agent_writes = policy
+            let agent_writes_here = policy
                 .agent
                 .fs
                 .iter()
                 .filter(|m| m.mode == MountMode::Rw)
-                .map(compile::dir_store);
-            let session_labels = self.labels.clone();
-            for store in agent_writes {
-                if entry.stores.contains(&store) {
-                    union_labels(&mut stored, &session_labels);
-                }
+                .any(|m| entry.stores.contains(&compile::dir_store(m)));
+            if agent_writes_here {
+                union_labels(&mut stored, &self.labels);
             }
             union_labels(&mut flowed, &stored);
         }
