@@ -1084,3 +1084,39 @@ async fn supply_chain() {
     cases.push(pinned);
     contain(cases).await;
 }
+
+/// Every tool call gets a fresh instance, and the pool hands a slot on
+/// only once the last instance's memory is back to its initial contents:
+/// a tool cannot leave data (a secret it was given, say) for its next
+/// call, or another tool's, to find in static data or anywhere in linear
+/// memory.
+#[tokio::test]
+async fn a_tool_call_finds_nothing_an_earlier_call_left_in_its_memory() {
+    let policy = probe_policy("");
+    let remember = |value: &str, seek: &str| {
+        (
+            "probe",
+            json!({ "op": "remember", "value": value, "seek": seek }),
+        )
+    };
+    let (results, _ran) = run_calls(
+        &policy,
+        &[
+            // The scan sees what is there: this call leaves, then seeks.
+            remember("alpha-0123456789", "alpha-0123456789"),
+            remember("bravo-0123456789", "alpha-0123456789"),
+            remember("charlie-012345678", "bravo-0123456789"),
+            remember("delta-0123456789", "charlie-012345678"),
+        ],
+    )
+    .await;
+    let reports: Vec<Value> = results
+        .iter()
+        .map(|r| serde_json::from_str(r.as_ref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(reports[0]["seen_in_memory"], true, "{reports:?}");
+    for report in &reports[1..] {
+        assert_eq!(report["static"], "", "{reports:?}");
+        assert_eq!(report["seen_in_memory"], false, "{reports:?}");
+    }
+}

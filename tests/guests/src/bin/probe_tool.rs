@@ -6,7 +6,8 @@
 //! `env`, `read` {path}, `write` {path, content}, `list` {path},
 //! `hardlink` {target, link}, `entropy` (the time and random bytes),
 //! `fields` {count, size} and `open` {path, count} (hold that many header
-//! sets or open files).
+//! sets or open files), `remember` {value, seek} (what an earlier call
+//! left in this instance's memory: see [`remember`]).
 //! With `from_file` {path}, `{file}` in any string argument is replaced by
 //! that file's contents first.
 
@@ -51,6 +52,7 @@ impl Tool for Probe {
                 }
                 json!(hops)
             }
+            Some("remember") => remember(&text("value"), &text("seek")),
             Some("entropy") => json!({
                 "now": std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -113,6 +115,48 @@ impl Tool for Probe {
         };
         Ok(result.to_string())
     }
+}
+
+/// What a call before this one left behind: `LAST` (static data) and,
+/// anywhere in linear memory, 4 KiB of `seek` masked (so that the plain
+/// text in this call's own arguments does not count). Then leaves `value`
+/// behind the same two ways, for a later call to look for. When `seek` is
+/// `value`, it is left first: the scan must then see it (the check that
+/// the scan works).
+fn remember(value: &str, seek: &str) -> Value {
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let mask = |text: &str| -> Vec<u8> {
+        text.bytes()
+            .map(|b| b ^ 0x5a)
+            .cycle()
+            .take(if text.is_empty() { 0 } else { 4096 })
+            .collect()
+    };
+    if seek == value {
+        std::mem::forget(mask(value));
+    }
+    let needle = mask(seek);
+    let mut seen_in_memory = false;
+    if !needle.is_empty() {
+        let size = core::arch::wasm32::memory_size(0) * 65536;
+        let own = needle.as_ptr() as usize..needle.as_ptr() as usize + needle.len();
+        let window = &needle[..64];
+        let mut at = 0usize;
+        while at + window.len() <= size && !seen_in_memory {
+            if !own.contains(&at) {
+                // Every address below `memory.size` is readable memory of
+                // this instance: what is there is what the host left.
+                let bytes = unsafe { core::slice::from_raw_parts(at as *const u8, window.len()) };
+                seen_in_memory = bytes == window;
+            }
+            at += 1;
+        }
+    }
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let before = std::mem::replace(&mut *last, value.to_string());
+    // Leaked on purpose: it stays in this instance's heap.
+    std::mem::forget(mask(value));
+    json!({ "static": before, "seen_in_memory": seen_in_memory })
 }
 
 fn substitute(value: &mut Value, contents: &str) {
