@@ -15,7 +15,7 @@ use crate::policy::{Decision, DenyKind, Policy, Request, Rule, Session, Verdict,
 use crate::secrets::{Redactions, Secrets};
 use serde_json::{Value, json};
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Why the host did not do what a guest asked: the host side of the WIT
@@ -206,6 +206,12 @@ pub struct Gate {
     /// touches anything outside the host.
     replay: Option<Arc<crate::replay::ReplayTools>>,
 }
+
+/// The session's lock, held: timed only with `--features lock-timing`.
+#[cfg(not(feature = "lock-timing"))]
+type StateGuard<'a> = std::sync::MutexGuard<'a, State>;
+#[cfg(feature = "lock-timing")]
+type StateGuard<'a> = lock_timing::Held<'a, State>;
 
 #[derive(Default)]
 struct State {
@@ -446,10 +452,15 @@ impl Gate {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> StateGuard<'_> {
+        #[cfg(feature = "lock-timing")]
+        let asked = Instant::now();
         // A panic while holding the lock cannot leave the counters invalid
         // (each update is one statement), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(feature = "lock-timing")]
+        let guard = lock_timing::Held::new(guard, asked);
+        guard
     }
 
     /// Decide `request` about `subject` and record the decision. On a
@@ -1087,6 +1098,175 @@ fn kind_of(request: &Request<'_>) -> Kind {
         Request::Log { .. } => Kind::Log,
         Request::Plan { .. } => Kind::Plan,
         Request::Http { .. } => Kind::Http,
+    }
+}
+
+/// How long the gate's session lock is waited for and held, for
+/// `benches/concurrency.rs`: built only with `--features lock-timing`, so a
+/// normal build pays nothing for it. The counters are the process's (every
+/// gate's), in atomics: timing must not add a lock of its own.
+#[cfg(feature = "lock-timing")]
+pub mod lock_timing {
+    use std::ops::{Deref, DerefMut};
+    use std::sync::MutexGuard;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Width of one histogram bucket.
+    const BUCKET_NS: u64 = 100;
+    /// Buckets: 0 to 100 us in steps of 100 ns; the last holds the rest.
+    const BUCKETS: usize = 1001;
+
+    struct Counters {
+        acquired: AtomicU64,
+        wait_ns: AtomicU64,
+        hold_ns: AtomicU64,
+        max_wait_ns: AtomicU64,
+        max_hold_ns: AtomicU64,
+        waits: [AtomicU64; BUCKETS],
+        holds: [AtomicU64; BUCKETS],
+    }
+
+    static COUNTERS: Counters = Counters {
+        acquired: AtomicU64::new(0),
+        wait_ns: AtomicU64::new(0),
+        hold_ns: AtomicU64::new(0),
+        max_wait_ns: AtomicU64::new(0),
+        max_hold_ns: AtomicU64::new(0),
+        waits: [const { AtomicU64::new(0) }; BUCKETS],
+        holds: [const { AtomicU64::new(0) }; BUCKETS],
+    };
+
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn bucket(ns: u64) -> usize {
+        usize::try_from(ns / BUCKET_NS).map_or(BUCKETS - 1, |b| b.min(BUCKETS - 1))
+    }
+
+    /// The lock, held since `acquired`; counts its hold time when dropped.
+    pub struct Held<'a, T> {
+        guard: MutexGuard<'a, T>,
+        acquired: Instant,
+    }
+
+    impl<'a, T> Held<'a, T> {
+        /// `guard`, asked for at `asked`: counts the wait now.
+        pub(super) fn new(guard: MutexGuard<'a, T>, asked: Instant) -> Self {
+            let acquired = Instant::now();
+            let wait = nanos(acquired - asked);
+            let c = &COUNTERS;
+            c.acquired.fetch_add(1, Ordering::Relaxed);
+            c.wait_ns.fetch_add(wait, Ordering::Relaxed);
+            c.max_wait_ns.fetch_max(wait, Ordering::Relaxed);
+            c.waits[bucket(wait)].fetch_add(1, Ordering::Relaxed);
+            Held { guard, acquired }
+        }
+    }
+
+    impl<T> Deref for Held<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.guard
+        }
+    }
+
+    impl<T> DerefMut for Held<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            &mut self.guard
+        }
+    }
+
+    impl<T> Drop for Held<'_, T> {
+        // Runs before the guard field is dropped: the lock is still held.
+        fn drop(&mut self) {
+            let hold = nanos(self.acquired.elapsed());
+            let c = &COUNTERS;
+            c.hold_ns.fetch_add(hold, Ordering::Relaxed);
+            c.max_hold_ns.fetch_max(hold, Ordering::Relaxed);
+            c.holds[bucket(hold)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the counters held, taken at once.
+    #[derive(Debug, Clone, Default)]
+    pub struct Stats {
+        /// Times the lock was taken.
+        pub acquired: u64,
+        /// Time spent waiting for it, all acquisitions together.
+        pub wait: Duration,
+        /// Time it was held, all acquisitions together.
+        pub hold: Duration,
+        /// The longest wait.
+        pub max_wait: Duration,
+        /// The longest hold.
+        pub max_hold: Duration,
+        waits: Vec<u64>,
+        holds: Vec<u64>,
+    }
+
+    impl Stats {
+        /// Add `other` to these.
+        pub fn add(&mut self, other: &Stats) {
+            self.acquired += other.acquired;
+            self.wait += other.wait;
+            self.hold += other.hold;
+            self.max_wait = self.max_wait.max(other.max_wait);
+            self.max_hold = self.max_hold.max(other.max_hold);
+            for (mine, theirs) in [
+                (&mut self.waits, &other.waits),
+                (&mut self.holds, &other.holds),
+            ] {
+                mine.resize(BUCKETS, 0);
+                for (m, t) in mine.iter_mut().zip(theirs) {
+                    *m += t;
+                }
+            }
+        }
+
+        /// The wait at quantile `q` (0 to 1), to 100 ns.
+        pub fn wait_quantile(&self, q: f64) -> Duration {
+            quantile(&self.waits, q)
+        }
+
+        /// The hold at quantile `q` (0 to 1), to 100 ns.
+        pub fn hold_quantile(&self, q: f64) -> Duration {
+            quantile(&self.holds, q)
+        }
+    }
+
+    fn quantile(buckets: &[u64], q: f64) -> Duration {
+        let total: u64 = buckets.iter().sum();
+        let wanted = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in buckets.iter().enumerate() {
+            seen += n;
+            if seen >= wanted.max(1) {
+                return Duration::from_nanos((i as u64 + 1) * BUCKET_NS);
+            }
+        }
+        Duration::ZERO
+    }
+
+    /// Zero the counters.
+    pub fn reset() {
+        let _ = take();
+    }
+
+    /// The counters since the last `take` or `reset`, zeroing them.
+    pub fn take() -> Stats {
+        let c = &COUNTERS;
+        let swap = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        Stats {
+            acquired: swap(&c.acquired),
+            wait: Duration::from_nanos(swap(&c.wait_ns)),
+            hold: Duration::from_nanos(swap(&c.hold_ns)),
+            max_wait: Duration::from_nanos(swap(&c.max_wait_ns)),
+            max_hold: Duration::from_nanos(swap(&c.max_hold_ns)),
+            waits: c.waits.iter().map(swap).collect(),
+            holds: c.holds.iter().map(swap).collect(),
+        }
     }
 }
 

@@ -122,7 +122,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cli::block_on(replay::run(args)),
         Command::Tools(command) => cli::block_on(tools::run(command)),
         Command::Audit(command) => audit::run(command),
-        Command::Mcp(args) => cli::block_on_one_thread(mcp::run(args)),
+        Command::Mcp(args) => cli::block_on_threads(args.threads(), mcp::run(args)),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "warden", &mut script);

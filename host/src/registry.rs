@@ -54,6 +54,7 @@ pub enum ToolFailure {
 /// The run's tools.
 pub struct ToolRegistry {
     tools: BTreeMap<String, RegisteredTool>,
+    instances: crate::runtime::InstanceSlots,
 }
 
 /// Every tool component a policy names, read and checked against its
@@ -287,7 +288,10 @@ impl ToolRegistry {
                 },
             );
         }
-        Ok(ToolRegistry { tools })
+        Ok(ToolRegistry {
+            tools,
+            instances: runtime.instance_slots().clone(),
+        })
     }
 
     /// Specs of the tools the agent may call.
@@ -345,6 +349,17 @@ impl ToolRegistry {
             ));
         };
         let limits = gate.policy().limits.clone();
+        // More calls at once than the pool holds wait for one to finish,
+        // at most the tool's wall time; the slot outlives the store.
+        let _slot = match self.instances.take(limits.wall).await {
+            Ok(slot) => slot,
+            Err(message) => {
+                return Ok((
+                    Err(ToolFailure::Stopped(GuestFailure::Host(message))),
+                    Vec::new(),
+                ));
+            }
+        };
         let state =
             match GuestState::new(name, gate.clone(), &limits, ToolRole, Grantee::Tool(name)) {
                 Ok(state) => state,

@@ -261,3 +261,77 @@ async fn guest_stdout_and_stderr_are_captured_not_printed() {
         );
     }
 }
+
+/// More tool calls at once than the engine's pool holds: the calls past it
+/// wait for an instance to come free and then run, instead of failing at
+/// instantiation ("maximum concurrent limit of 2 for component instances
+/// reached"), and no more than the pool runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_instance_pool_wait_their_turn() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Each request is answered after 100 ms; the server counts how many
+    // it held at once (each is one tool instance waiting on it).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, m) = (open.clone(), most.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (open, most) = (o.clone(), m.clone());
+            tokio::spawn(async move {
+                most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                open.fetch_sub(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let runtime = warden::runtime::Runtime::new(warden::runtime::RuntimeConfig {
+        cache_dir: Some(cache_dir().to_path_buf()),
+        max_instances: 2,
+    })
+    .unwrap();
+    let policy = policy(&probe_policy(&format!(
+        "http = {{ allow = [{{ url = \"http://127.0.0.1:{port}/**\", private = true }}] }}"
+    )));
+    let gate = Arc::new(warden::gate::Gate::new(
+        policy.policy.clone(),
+        warden::audit::AuditLog::new("r-pool"),
+    ));
+    let registry = Arc::new(
+        warden::registry::ToolRegistry::load(&runtime, &policy, &gate)
+            .await
+            .unwrap(),
+    );
+    let args = json!({ "op": "http", "url": format!("http://127.0.0.1:{port}/x") }).to_string();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (gate, registry, args) = (gate.clone(), registry.clone(), args.clone());
+        calls.spawn(async move {
+            warden::capability::tools::call(&gate, &registry, None, "probe", &args).await
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        let text = match answer.unwrap().unwrap() {
+            Ok(text) => text.into_inner(),
+            Err(error) => panic!("{}", error.into_inner()),
+        };
+        assert!(text.contains("\"status\":200"), "{text}");
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+}

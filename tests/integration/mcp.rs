@@ -993,3 +993,80 @@ component = "builtin:text"
         .collect();
     assert_eq!(by, ["--approve-from tool:word_count"]);
 }
+
+#[test]
+fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
+    // `--threads 2`: calls overlap on two worker threads; every one is
+    // answered, and the log is one valid chain with a decision and an
+    // outcome per call.
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        format!(
+            "[model]\nallow = [\"scripted\"]\n[tools.echo]\ncomponent = {:?}\n",
+            guests::ECHO_TOOL
+        ),
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut messages = vec![initialize(LATEST)];
+    messages.extend((1..=40).map(|id| call(id, "echo", json!({ "n": id }))));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["mcp", "--threads", "2", "--concurrency", "8", "--policy"])
+        .arg(&policy_path)
+        .arg("--audit")
+        .arg(&audit)
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = server.stdin.take().unwrap();
+        stdin.write_all(&lines(&messages)).unwrap();
+    }
+    let out = server.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 41);
+    for id in 1..=40 {
+        let result = &answer(&answers, id)["result"];
+        assert_eq!(result["isError"], false, "{result}");
+        assert_eq!(result["content"][0]["text"], json!({ "n": id }).to_string());
+    }
+    let verified = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let tool = |event: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "tool" && r["event"] == event)
+            .count()
+    };
+    assert_eq!((tool("decision"), tool("outcome")), (40, 40));
+}

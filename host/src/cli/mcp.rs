@@ -27,6 +27,11 @@ pub(crate) struct McpArgs {
     /// Most tool calls running at once; more wait their turn.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// Threads running the session: 1 answers a lone call soonest (no
+    /// hand-off between threads); more let calls that overlap use more
+    /// cores (at most 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
     /// Messages held beyond the calls running (waiting for a turn, or for
     /// the client to read their answer). Past them warden stops reading
     /// stdin until one is answered; over HTTP the request is refused at
@@ -66,6 +71,13 @@ pub(crate) struct McpArgs {
     /// Compile every component afresh; do not read or write the cache.
     #[arg(long)]
     no_cache: bool,
+}
+
+impl McpArgs {
+    /// The async runtime's threads (`--threads`).
+    pub(crate) fn threads(&self) -> usize {
+        usize::from(self.threads)
+    }
 }
 
 /// `warden mcp`: serve until the client closes stdin or a stop signal.

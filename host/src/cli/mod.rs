@@ -34,11 +34,20 @@ pub(crate) fn block_on(future: impl std::future::Future<Output = ExitCode>) -> E
     block_on_with(tokio::runtime::Builder::new_multi_thread(), future)
 }
 
-/// `warden mcp` answers one client: on one thread, a call's answer needs no
-/// hand-off between worker threads (about 10 us less per call). Calls still
-/// run concurrently, taking turns at every 10 ms epoch tick.
-pub(crate) fn block_on_one_thread(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    block_on_with(tokio::runtime::Builder::new_current_thread(), future)
+/// `warden mcp` answers one client: on one thread (the default), a call's
+/// answer needs no hand-off between worker threads (about 10 us less per
+/// call), and calls still run concurrently, taking turns at every 10 ms
+/// epoch tick; with more, calls that overlap run on more cores.
+pub(crate) fn block_on_threads(
+    threads: usize,
+    future: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    if threads <= 1 {
+        return block_on_with(tokio::runtime::Builder::new_current_thread(), future);
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads);
+    block_on_with(builder, future)
 }
 
 fn block_on_with(

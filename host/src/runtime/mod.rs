@@ -79,6 +79,42 @@ pub struct Runtime {
     tool_linker: Linker<GuestState<ToolRole>>,
     loaded: Mutex<HashMap<String, Component>>,
     downloader: Downloader,
+    instances: InstanceSlots,
+}
+
+/// The pool's instances as permits: a tool call takes one before it
+/// instantiates and gives it back when its store is gone, so calls beyond
+/// the pool wait their turn (in the order they came) instead of failing
+/// at instantiation. Agents do not take one: an agent holds its instance
+/// for the whole run, and waiting for its own tool calls would deadlock.
+#[derive(Clone)]
+pub struct InstanceSlots {
+    free: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl InstanceSlots {
+    fn new(total: u32) -> Self {
+        let permits = usize::try_from(total).unwrap_or(usize::MAX);
+        InstanceSlots {
+            free: Arc::new(tokio::sync::Semaphore::new(permits)),
+            total,
+        }
+    }
+
+    /// A free instance, waiting at most `wait` for one; the refusal says
+    /// which setting bounds them.
+    pub async fn take(&self, wait: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        let free = self.free.clone();
+        match tokio::time::timeout(wait, free.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed.
+            Ok(Err(_)) | Err(_) => Err(format!(
+                "no instance came free within {wait:?}: all {} instances of the engine are in use by other calls (RuntimeConfig::max_instances); make fewer calls at once, or raise it",
+                self.total
+            )),
+        }
+    }
 }
 
 impl Runtime {
@@ -107,12 +143,18 @@ impl Runtime {
             agent_linker,
             tool_linker,
             loaded: Mutex::new(HashMap::new()),
+            instances: InstanceSlots::new(config.max_instances),
         })
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The pool's instances, for tool calls to wait for.
+    pub fn instance_slots(&self) -> &InstanceSlots {
+        &self.instances
     }
 
     /// The compile cache, if enabled.
@@ -280,4 +322,28 @@ fn start_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch ticker thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_waits_for_a_free_instance_at_most_its_wait() {
+        let slots = InstanceSlots::new(1);
+        let held = slots.take(Duration::from_secs(1)).await.unwrap();
+        let refused = slots.take(Duration::from_millis(20)).await.unwrap_err();
+        assert!(
+            refused.contains("all 1 instances") && refused.contains("RuntimeConfig::max_instances"),
+            "{refused}"
+        );
+        // Given back, the slot goes to the call waiting for it.
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take(Duration::from_secs(10)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        assert!(waiting.await.unwrap());
+    }
 }
