@@ -16,6 +16,8 @@
 //!   reuse settings warden's engine uses (`warden::runtime`:
 //!   `MEMORY_KEEP_RESIDENT`, PAGEMAP_SCAN), so the ratio of warden's own
 //!   work can be read apart from that tuning.
+//! - `bare/floor_tuned_async`: the same, instantiated and called async
+//!   (on a fiber), as warden calls every guest.
 //! - `engine/floor`: what the README used to call "raw": warden's own
 //!   engine (epoch interruption, async calls on a fiber, warden's pool
 //!   sizing), a fresh store without limits or a gate.
@@ -242,13 +244,34 @@ fn main() {
         max_instances: 16,
     })
     .unwrap();
-    let engine = runtime.engine().clone();
-    let floor_component = runtime.load("floor", &floor_bytes).unwrap().component;
+    // `engine/floor` on a runtime of its own: sharing the mediated
+    // variants' pool, its instances (a component object of its own) and
+    // theirs would take turns in the same slots, each turn mapping the
+    // other's memory image (a cost neither pays alone).
+    let engine_runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        max_instances: 16,
+    })
+    .unwrap();
+    let engine = engine_runtime.engine().clone();
+    let floor_component = engine_runtime
+        .load("floor", &floor_bytes)
+        .unwrap()
+        .component;
     let mut linker: Linker<Raw> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     warden::bindings::tool::Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
     let engine_floor =
         warden::bindings::tool::ToolPre::new(linker.instantiate_pre(&floor_component).unwrap())
+            .unwrap();
+    // The tuned bare engine called async: what the async path costs apart
+    // from epochs and warden's own settings.
+    let tuned_component = Component::new(&tuned, &floor_bytes).unwrap();
+    let mut linker: Linker<Raw> = Linker::new(&tuned);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    warden::bindings::tool::Tool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).unwrap();
+    let tuned_async =
+        warden::bindings::tool::ToolPre::new(linker.instantiate_pre(&tuned_component).unwrap())
             .unwrap();
 
     let audit_dir = tempfile::tempdir().unwrap();
@@ -278,12 +301,14 @@ fn main() {
         Samples::new("piece/decide+records", calls),
         Samples::new("piece/instance_setup", calls),
         Samples::new("bare/floor_tuned", calls),
+        Samples::new("bare/floor_tuned_async", calls),
     ];
     let run: Vec<bool> = s
         .iter()
         .map(|samples| only.as_deref().is_none_or(|only| samples.name == only))
         .collect();
     let warm_up = calls / 10;
+    let variants = s.len();
     rt.block_on(async {
         for round in 0..warm_up + calls {
             if round == warm_up {
@@ -291,80 +316,101 @@ fn main() {
                     samples.times.clear();
                 }
             }
-            if run[0] {
-                time(&mut s[0], || bare_call(&bare, &bare_floor));
-            }
-            if run[1] {
-                time(&mut s[1], || bare_call(&bare, &bare_echo));
-            }
-            if run[2] {
-                time_async(&mut s[2], async {
-                    let mut store = Store::new(
-                        &engine,
-                        Raw {
-                            wasi: WasiCtx::builder().build(),
-                            table: ResourceTable::new(),
-                        },
-                    );
-                    store.set_epoch_deadline(u64::MAX / 2);
-                    let tool = engine_floor.instantiate_async(&mut store).await.unwrap();
-                    let out = tool.call_invoke(&mut store, "echo", ARGS).await.unwrap();
-                    assert_eq!(out.as_deref(), Ok(ARGS));
-                })
-                .await;
-            }
-            if run[3] {
-                let out = time_async(
-                    &mut s[3],
-                    call(&floor_gate, &floor_registry, None, "echo", ARGS),
-                )
-                .await
-                .unwrap();
-                assert_eq!(out.map(Clean::into_inner).as_deref(), Ok(ARGS));
-            }
-            if run[4] {
-                let out = time_async(
-                    &mut s[4],
-                    call(&echo_gate, &echo_registry, None, "echo", ARGS),
-                )
-                .await
-                .unwrap();
-                assert_eq!(out.map(Clean::into_inner).as_deref(), Ok(ARGS));
-            }
-            if run[5] {
-                time(&mut s[5], || {
-                    let request = Request::Tool {
-                        name: "echo",
-                        arguments: &parsed,
-                        schema: piece_registry.schema("echo"),
-                    };
-                    let data = serde_json::json!({ "arguments": &parsed });
-                    let permit = piece_gate
-                        .check("echo", &request, Some(data))
-                        .unwrap()
-                        .unwrap();
-                    let data = serde_json::json!({ "result": ARGS, "labels_added": [] });
-                    piece_gate
-                        .complete(permit, Outcome::Ok, ARGS, Some(data))
-                        .unwrap();
-                });
-            }
-            if run[7] {
-                time(&mut s[7], || bare_call(&tuned, &tuned_floor));
-            }
-            if run[6] {
-                time(&mut s[6], || {
-                    let limits = piece_gate.policy().limits.clone();
-                    let state = GuestState::new(
-                        "echo",
-                        piece_gate.clone(),
-                        &limits,
-                        ToolRole,
-                        Grantee::Tool("echo"),
+            // Each round starts one variant later: every variant runs in
+            // every position as often (the first call after another
+            // engine's finds the caches cold).
+            for k in 0..variants {
+                let i = (k + round) % variants;
+                if i == 0 && run[0] {
+                    time(&mut s[0], || bare_call(&bare, &bare_floor));
+                }
+                if i == 1 && run[1] {
+                    time(&mut s[1], || bare_call(&bare, &bare_echo));
+                }
+                if i == 2 && run[2] {
+                    time_async(&mut s[2], async {
+                        let mut store = Store::new(
+                            &engine,
+                            Raw {
+                                wasi: WasiCtx::builder().build(),
+                                table: ResourceTable::new(),
+                            },
+                        );
+                        store.set_epoch_deadline(u64::MAX / 2);
+                        let tool = engine_floor.instantiate_async(&mut store).await.unwrap();
+                        let out = tool.call_invoke(&mut store, "echo", ARGS).await.unwrap();
+                        assert_eq!(out.as_deref(), Ok(ARGS));
+                    })
+                    .await;
+                }
+                if i == 3 && run[3] {
+                    let out = time_async(
+                        &mut s[3],
+                        call(&floor_gate, &floor_registry, None, "echo", ARGS),
                     )
+                    .await
                     .unwrap();
-                    drop(state.into_store(&engine));
-                });
+                    assert_eq!(out.map(Clean::into_inner).as_deref(), Ok(ARGS));
+                }
+                if i == 4 && run[4] {
+                    let out = time_async(
+                        &mut s[4],
+                        call(&echo_gate, &echo_registry, None, "echo", ARGS),
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(out.map(Clean::into_inner).as_deref(), Ok(ARGS));
+                }
+                if i == 5 && run[5] {
+                    time(&mut s[5], || {
+                        let request = Request::Tool {
+                            name: "echo",
+                            arguments: &parsed,
+                            schema: piece_registry.schema("echo"),
+                        };
+                        let data = serde_json::json!({ "arguments": &parsed });
+                        let permit = piece_gate
+                            .check("echo", &request, Some(data))
+                            .unwrap()
+                            .unwrap();
+                        let data = serde_json::json!({ "result": ARGS, "labels_added": [] });
+                        piece_gate
+                            .complete(permit, Outcome::Ok, ARGS, Some(data))
+                            .unwrap();
+                    });
+                }
+                if i == 7 && run[7] {
+                    time(&mut s[7], || bare_call(&tuned, &tuned_floor));
+                }
+                if i == 8 && run[8] {
+                    time_async(&mut s[8], async {
+                        let mut store = Store::new(
+                            &tuned,
+                            Raw {
+                                wasi: WasiCtx::builder().build(),
+                                table: ResourceTable::new(),
+                            },
+                        );
+                        let tool = tuned_async.instantiate_async(&mut store).await.unwrap();
+                        let out = tool.call_invoke(&mut store, "echo", ARGS).await.unwrap();
+                        assert_eq!(out.as_deref(), Ok(ARGS));
+                    })
+                    .await;
+                }
+                if i == 6 && run[6] {
+                    time(&mut s[6], || {
+                        let limits = piece_gate.policy().limits.clone();
+                        let state = GuestState::new(
+                            "echo",
+                            piece_gate.clone(),
+                            &limits,
+                            ToolRole,
+                            Grantee::Tool("echo"),
+                        )
+                        .unwrap();
+                        drop(state.into_store(&engine));
+                    });
+                }
             }
         }
     });

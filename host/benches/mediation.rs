@@ -1,7 +1,10 @@
 //! What mediation costs, measured against raw wasmtime in the same run.
 //!
 //! - `tool_call/raw`: a fresh store + `InstancePre` (pooling) instantiate +
-//!   call `invoke` of the echo tool + drop: the floor for a fresh instance.
+//!   call `invoke` of the echo tool + drop, on **warden's engine** (epoch
+//!   interruption, async calls, warden's pool settings), without a gate:
+//!   not the true floor. The true floor, bare wasmtime with a sync call of
+//!   a component with no SDK, is `benches/floor.rs`.
 //! - `tool_call/mediated`: the same call as an agent makes it through
 //!   warden: JSON parse, policy decision, audit record, fresh instance with
 //!   limits and captured stdio, output check, audit record (to a file).

@@ -105,6 +105,10 @@ impl InstanceSlots {
     /// A free instance, waiting at most `wait` for one; the refusal says
     /// which setting bounds them.
     pub async fn take(&self, wait: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        // Free most of the time: no timer then.
+        if let Ok(permit) = self.free.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
         let free = self.free.clone();
         match tokio::time::timeout(wait, free.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
