@@ -149,57 +149,73 @@ static ESCAPE: [u8; 256] = {
 };
 
 /// `text` as a JSON string, escaped exactly as serde_json escapes it.
-/// Eight bytes at a time while none of them needs an escape: most text
-/// (URLs, names, prose) has long runs without one.
+/// Eight bytes at a time: a word with nothing to escape is skipped whole,
+/// and one with something goes straight to its first byte to escape, so
+/// text dense with quotes (a tool's JSON result) costs no byte-by-byte
+/// scan either.
 fn push_str(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let (mut start, mut at) = (0, 0);
-    while at < bytes.len() {
-        if let Some(word) = bytes[at..].first_chunk::<8>()
-            && !needs_escape(u64::from_le_bytes(*word))
-        {
+    while let Some(word) = bytes[at..].first_chunk::<8>() {
+        let found = escapes_in(u64::from_le_bytes(*word));
+        if found == 0 {
             at += 8;
             continue;
         }
+        // The lowest byte flagged is always one to escape (see
+        // `escapes_in`); checked against the table all the same.
+        at += (found.trailing_zeros() / 8) as usize;
         let byte = bytes[at];
-        let escape = ESCAPE[byte as usize];
-        if escape != 0 {
+        if ESCAPE[byte as usize] != 0 {
             out.extend_from_slice(&bytes[start..at]);
-            if escape == b'u' {
-                out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(byte >> 4) as usize],
-                    HEX[(byte & 0xf) as usize],
-                ]);
-            } else {
-                out.extend_from_slice(&[b'\\', escape]);
-            }
+            push_escape(out, byte);
             start = at + 1;
         }
         at += 1;
+    }
+    for (i, &byte) in bytes.iter().enumerate().skip(at) {
+        if ESCAPE[byte as usize] != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            push_escape(out, byte);
+            start = i + 1;
+        }
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 
-/// Whether any of the eight bytes of `word` is one [`ESCAPE`] escapes: an
-/// ASCII control, `"` or `\`. Each test is the exact "has a byte less
-/// than n" word trick (no byte is missed; a byte of 0x80 or above never
-/// counts, as UTF-8 continuation and lead bytes must not).
-fn needs_escape(word: u64) -> bool {
+/// The escape of a byte [`ESCAPE`] does not pass through.
+fn push_escape(out: &mut Vec<u8>, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match ESCAPE[byte as usize] {
+        b'u' => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(byte >> 4) as usize],
+            HEX[(byte & 0xf) as usize],
+        ]),
+        letter => out.extend_from_slice(&[b'\\', letter]),
+    }
+}
+
+/// The bytes of `word` (first byte lowest) that [`ESCAPE`] escapes, an
+/// ASCII control, `"` or `\`, as the high bit of each byte: the "has a
+/// byte less than n" word trick. It never misses a byte, and never flags
+/// one of 0x80 or above (UTF-8 lead and continuation bytes). A borrow can
+/// flag a clean byte above a flagged one, never below: the lowest flag is
+/// always a byte to escape.
+fn escapes_in(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
     let control = below(word, 0x20);
     let quote = below(word ^ (ONES * u64::from(b'"')), 1);
     let backslash = below(word ^ (ONES * u64::from(b'\\')), 1);
-    control | quote | backslash != 0
+    control | quote | backslash
 }
 
 /// The length of a record's `ts`: `2026-11-27T22:48:04.579859Z`.
@@ -352,6 +368,24 @@ mod tests {
                 }
             }
         }
+        // A byte to escape then any other: a borrow in the word trick may
+        // flag the byte above a real one, which must pass through as is.
+        for c in (0u8..0x20).chain([b'"', b'\\']) {
+            for next in 0u8..0x80 {
+                for at in 0..9 {
+                    let text = format!(
+                        "{}{}{}{}",
+                        "a".repeat(at),
+                        char::from(c),
+                        char::from(next),
+                        "b".repeat(9)
+                    );
+                    let mut line = Vec::new();
+                    push_str(&mut line, &text);
+                    assert_eq!(line, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
         // Every byte value, with no escape needed (the fast path): nothing
         // but ASCII controls, quote and backslash is escaped.
         for byte in 0x20u8..=0xff {
@@ -427,11 +461,7 @@ mod tests {
         assert!(report.is_intact(), "{:?}", report.problems);
         assert_eq!(report.records, texts.len() * 3);
         assert_eq!(report.head, log.head());
-        for (line, text) in bytes
-            .split(|b| *b == b'\n')
-            .step_by(3)
-            .zip(&texts)
-        {
+        for (line, text) in bytes.split(|b| *b == b'\n').step_by(3).zip(&texts) {
             let record: Record = serde_json::from_slice(line).unwrap();
             assert_eq!(&record.detail, text);
             assert_eq!(record.run, "r-\"\n\u{2028}");
