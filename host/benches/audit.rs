@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use warden::audit::{
     AuditLog, AuditSink, Entry, Event, GENESIS, JsonlFile, Kind, MemorySink, Outcome, Record,
-    line_hash, new_run_id,
+    line_hash, line_hash_hex, new_run_id,
 };
 use warden::policy::Verdict;
 
@@ -214,14 +214,21 @@ fn stages(rounds: usize, dir: &std::path::Path) {
     for (name, make) in shapes {
         let rec = record(make());
         let bytes = serde_json::to_vec(&rec).unwrap().len();
-        let mut serialize = Samples::new("serialize: serde_json::to_vec");
-        let mut chain = Samples::new("serialize + hash: to_vec + line_hash");
+        let mut serialize = Samples::new("serialize: serde_json::to_vec (before)");
+        let mut serialize_now = Samples::new("serialize: Record::write_json (now)");
+        let mut chain = Samples::new("serialize + hash: to_vec + line_hash (before)");
+        let mut chain_now = Samples::new("serialize + hash: write_json + line_hash_hex (now)");
         let mut file_before = Samples::new("+ write(2): as before (serde_json, Record)");
-        let mut file_now = Samples::new("+ write(2): AuditLog::write");
+        let mut file_now = Samples::new("+ write(2): AuditLog::write (now)");
+        let mut line = Vec::with_capacity(1024);
         let path = |what: &str| dir.join(format!("{}-{what}.jsonl", bytes));
         let before = SerdeLog {
             run: new_run_id(),
-            inner: Mutex::new((0, GENESIS.to_string(), JsonlFile::open(&path("before")).unwrap())),
+            inner: Mutex::new((
+                0,
+                GENESIS.to_string(),
+                JsonlFile::open(&path("before")).unwrap(),
+            )),
         };
         let now = AuditLog::new(new_run_id()).with_sink(JsonlFile::open(&path("now")).unwrap());
         for _ in 0..rounds {
@@ -230,10 +237,24 @@ fn stages(rounds: usize, dir: &std::path::Path) {
                     std::hint::black_box(serde_json::to_vec(std::hint::black_box(&rec)).unwrap());
                 }
             });
+            serialize_now.time(|| {
+                for _ in 0..BATCH {
+                    line.clear();
+                    std::hint::black_box(&rec).write_json(&mut line).unwrap();
+                    std::hint::black_box(&line);
+                }
+            });
             chain.time(|| {
                 for _ in 0..BATCH {
                     let line = serde_json::to_vec(std::hint::black_box(&rec)).unwrap();
                     std::hint::black_box(line_hash(&line));
+                }
+            });
+            chain_now.time(|| {
+                for _ in 0..BATCH {
+                    line.clear();
+                    std::hint::black_box(&rec).write_json(&mut line).unwrap();
+                    std::hint::black_box(line_hash_hex(&line));
                 }
             });
             let entries: Vec<Entry> = (0..BATCH).map(|_| make()).collect();
@@ -250,7 +271,15 @@ fn stages(rounds: usize, dir: &std::path::Path) {
             });
         }
         println!("  {name}, {bytes} bytes a line:");
-        for s in [&mut serialize, &mut chain, &mut file_before, &mut file_now] {
+        assert_eq!(line, serde_json::to_vec(&rec).unwrap());
+        for s in [
+            &mut serialize,
+            &mut serialize_now,
+            &mut chain,
+            &mut chain_now,
+            &mut file_before,
+            &mut file_now,
+        ] {
             s.print();
         }
         for p in ["before", "now"] {
