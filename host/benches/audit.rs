@@ -205,8 +205,11 @@ impl Samples {
     }
 }
 
+/// A record to measure: its name and how to make one.
+type Shape = (&'static str, fn() -> Entry);
+
 fn stages(rounds: usize, dir: &std::path::Path) {
-    let shapes: [(&str, fn() -> Entry); 3] = [
+    let shapes: [Shape; 3] = [
         ("small record (log line, no data)", small),
         ("tool decision (arguments + sources)", decision),
         ("tool outcome (1 KB result)", outcome),
