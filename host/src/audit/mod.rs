@@ -14,6 +14,7 @@
 //! [`verify`] reports such a torn last line as incomplete, not tampered.
 
 pub mod bound;
+mod line;
 pub mod verify;
 
 pub use verify::{VerifyReport, verify};
@@ -170,7 +171,15 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// SHA-256 of a line's bytes (without its newline), hex.
 pub fn line_hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    line_hash_hex(line).map(char::from).iter().collect()
+}
+
+/// [`line_hash`] as ASCII digits on the stack, with no allocation.
+pub fn line_hash_hex(line: &[u8]) -> [u8; 64] {
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 digits.
+    let _ = hex::encode_to_slice(Sha256::digest(line), &mut hex);
+    hex
 }
 
 /// Appends JSON Lines to a file, one `write` per record.
@@ -311,19 +320,30 @@ struct Inner {
     sinks: Vec<Box<dyn AuditSink>>,
     /// Set by the first failed write: a log with a gap takes no more records.
     failed: Option<String>,
+    /// The line being written, kept for the next record's.
+    line: Vec<u8>,
+    /// The run's id and the last stamp: each record borrows them, and
+    /// gives them back for the next, so a record costs no allocation of
+    /// its own.
+    run: String,
+    ts: String,
 }
 
 impl AuditLog {
     /// A log for the run `run` with no sinks yet.
     pub fn new(run: impl Into<String>) -> Self {
+        let run = run.into();
         AuditLog {
-            run: run.into(),
             inner: Mutex::new(Inner {
                 seq: 0,
                 head: GENESIS.to_string(),
                 sinks: Vec::new(),
                 failed: None,
+                line: Vec::with_capacity(1024),
+                run: run.clone(),
+                ts: String::with_capacity(line::TS_LEN),
             }),
+            run,
         }
     }
 
@@ -368,17 +388,21 @@ impl AuditLog {
     /// one failure every later write fails too: the caller must stop.
     pub fn write(&self, entry: Entry) -> io::Result<u64> {
         let mut inner = self.inner.lock().expect("audit log poisoned");
+        let inner = &mut *inner;
         if let Some(error) = &inner.failed {
             return Err(io::Error::other(format!(
                 "the audit log failed earlier: {error}"
             )));
         }
         inner.seq += 1;
+        let mut ts = std::mem::take(&mut inner.ts);
+        ts.clear();
+        ts.extend(line::rfc3339_micros(SystemTime::now()).map(char::from));
         let record = Record {
             seq: inner.seq,
-            prev: inner.head.clone(),
-            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            run: self.run.clone(),
+            prev: std::mem::take(&mut inner.head),
+            ts,
+            run: std::mem::take(&mut inner.run),
             kind: entry.kind,
             event: entry.event,
             subject: entry.subject,
@@ -388,23 +412,32 @@ impl AuditLog {
             outcome: entry.outcome,
             data: entry.data,
         };
-        let line = match serde_json::to_vec(&record) {
-            Ok(line) => line,
-            Err(error) => {
-                inner.failed = Some(error.to_string());
-                return Err(error.into());
+        inner.line.clear();
+        let mut result = record.write_json(&mut inner.line);
+        if result.is_ok() {
+            for sink in &mut inner.sinks {
+                result = result.and(sink.write_line(&record, &inner.line));
             }
-        };
-        let mut result = Ok(());
-        for sink in &mut inner.sinks {
-            result = result.and(sink.write_line(&record, &line));
         }
+        let Record {
+            seq,
+            mut prev,
+            ts,
+            run,
+            ..
+        } = record;
+        inner.ts = ts;
+        inner.run = run;
         if let Err(error) = result {
+            // The chain's head stays the last line written.
+            inner.head = prev;
             inner.failed = Some(error.to_string());
             return Err(error);
         }
-        inner.head = line_hash(&line);
-        Ok(record.seq)
+        prev.clear();
+        prev.extend(line_hash_hex(&inner.line).map(char::from));
+        inner.head = prev;
+        Ok(seq)
     }
 }
 

@@ -1,29 +1,35 @@
 //! Checking an audit log: the hash chain, the numbering of each run, and
 //! lines torn by a host that was killed while writing.
 
-use super::{Event, GENESIS, Kind, line_hash};
+use super::{Event, GENESIS, Kind, line_hash_hex};
 use crate::policy::Verdict;
 use serde::de::IgnoredAny;
+use std::borrow::Cow;
 use std::io::{self, BufRead, Read};
 
 /// A record as `verify` reads it: every field of [`super::Record`] checked
 /// for its type, but `data` skipped unbuilt (its bytes are in the line's
 /// hash), so a line of many small values costs no more memory than its
-/// text.
+/// text. Strings are borrowed from the line where they hold no escape.
 #[derive(serde::Deserialize)]
 #[allow(dead_code)] // read for their types only
-struct Checked {
+struct Checked<'a> {
     seq: u64,
-    #[serde(default)]
-    prev: String,
-    ts: String,
-    run: String,
+    #[serde(default, borrow)]
+    prev: Cow<'a, str>,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(borrow)]
+    run: Cow<'a, str>,
     kind: Kind,
     event: Event,
-    subject: String,
+    #[serde(borrow)]
+    subject: Cow<'a, str>,
     decision: Verdict,
-    rule: String,
-    detail: String,
+    #[serde(borrow)]
+    rule: Cow<'a, str>,
+    #[serde(borrow)]
+    detail: Cow<'a, str>,
     #[serde(default)]
     outcome: Option<super::Outcome>,
     #[serde(default)]
@@ -138,7 +144,7 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
         if line.is_empty() {
             continue;
         }
-        let record: Checked = match serde_json::from_slice(&line) {
+        let record: Checked<'_> = match serde_json::from_slice(&line) {
             Ok(record) => record,
             Err(error) => {
                 if let Some((at, _, message)) = unparsed.take() {
@@ -168,8 +174,9 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
             }
         }
         report.records += 1;
-        let at = format!("line {number} (run {}, seq {})", record.run, record.seq);
+        let at = || format!("line {number} (run {}, seq {})", record.run, record.seq);
         if record.prev != expected {
+            let at = at();
             let message = if last_line == 0 {
                 format!(
                     "{at}: `prev` should be the start of the log; records before it were removed"
@@ -187,7 +194,8 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
                     report.problem(
                         number,
                         format!(
-                            "{at}: the run's numbering jumps from {seq} to {}",
+                            "{}: the run's numbering jumps from {seq} to {}",
+                            at(),
                             record.seq
                         ),
                     );
@@ -199,13 +207,14 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
                     report.problem(
                         number,
                         format!(
-                            "{at}: the run starts at seq {}: its first records are missing",
+                            "{}: the run starts at seq {}: its first records are missing",
+                            at(),
                             record.seq
                         ),
                     );
                 }
-                report.runs.push((record.run.clone(), 0, false));
-                current = Some((record.run.clone(), record.seq));
+                report.runs.push((record.run.to_string(), 0, false));
+                current = Some((record.run.to_string(), record.seq));
             }
         }
         if let Some(run) = report.runs.last_mut() {
@@ -214,7 +223,8 @@ pub fn verify(reader: impl Read) -> io::Result<VerifyReport> {
                 run.2 = true;
             }
         }
-        expected = line_hash(&line);
+        expected.clear();
+        expected.extend(line_hash_hex(&line).map(char::from));
         last_line = number;
     }
     // The log's last line may be torn: the host stopped while writing it.
