@@ -814,7 +814,6 @@ fn tool(
         decision,
         max_calls: raw.max_calls.map(|v| v.value),
         rate: raw.rate.map(|v| v.value),
-        args,
         labels: tool_labels,
         path_labels,
         third_party_labels,
@@ -826,6 +825,8 @@ fn tool(
         effects,
         grants,
         place,
+        arg_index: super::args::ArgIndex::new(&args),
+        args,
     })
 }
 
