@@ -412,7 +412,8 @@ pub enum Check {
     /// Equal to one of these.
     OneOf(Vec<Value>),
     /// A string matching this regex, whole (the pattern as written).
-    Matches(Regex, String),
+    /// Shared by every rule that writes the same pattern.
+    Matches(Arc<Regex>, String),
     /// A string matching this glob.
     Glob(GlobMatcher, String),
     /// A string starting with this.
@@ -429,7 +430,7 @@ pub enum Check {
     /// Occurring in data from these sources.
     From(Vec<SourceSpec>, Vec<String>),
     /// A string not matching this regex, whole (the pattern as written).
-    NotMatches(Regex, String),
+    NotMatches(Arc<Regex>, String),
     /// A string containing none of these (each case folded, as written).
     NotContains(Vec<String>, Vec<String>),
     /// Equal to the argument at this path.
@@ -938,7 +939,7 @@ mod tests {
     fn checks_apply_per_item_of_arrays() {
         let provenance = Provenance::default();
         let domain = Check::Matches(
-            Regex::new("^(?:.*@example\\.com)$").unwrap(),
+            Arc::new(Regex::new("^(?:.*@example\\.com)$").unwrap()),
             ".*@example\\.com".into(),
         );
         let none = json!({});

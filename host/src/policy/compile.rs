@@ -259,18 +259,19 @@ fn regex(pattern: &str, anchored: bool) -> Result<meta::Regex, String> {
 }
 
 /// The argument regexes of one policy, each pattern compiled once however
-/// many rules write it (a compiled regex is shared, not copied).
+/// many rules write it (a compiled regex is shared, not copied: a copy
+/// would build its own pool of match caches).
 #[derive(Default)]
-struct Regexes(HashMap<String, Result<meta::Regex, String>>);
+struct Regexes(HashMap<String, Result<Arc<meta::Regex>, String>>);
 
 impl Regexes {
     /// [`regex`] of `pattern`, anchored; an error for each rule that
     /// writes a bad one, so each is reported where it is written.
-    fn anchored(&mut self, pattern: &str) -> Result<meta::Regex, String> {
+    fn anchored(&mut self, pattern: &str) -> Result<Arc<meta::Regex>, String> {
         if let Some(compiled) = self.0.get(pattern) {
             return compiled.clone();
         }
-        let compiled = regex(pattern, true);
+        let compiled = regex(pattern, true).map(Arc::new);
         self.0.insert(pattern.to_string(), compiled.clone());
         compiled
     }
