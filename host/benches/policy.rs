@@ -302,7 +302,10 @@ fn page(seed: u64, words: usize) -> String {
             .wrapping_add(1442695040888963407);
         let mut word = (state >> 33) % 20_000;
         if w % 50 == 49 {
-            text.push_str(&format!("https://news{word}.example/story/{} ", state >> 50));
+            text.push_str(&format!(
+                "https://news{word}.example/story/{} ",
+                state >> 50
+            ));
             continue;
         }
         loop {
@@ -333,7 +336,8 @@ fn along_gate(extra: usize) -> Gate {
     let accounts: Vec<String> = (0..20).map(account).collect();
     gate.observe_tool_result("bank", &json!({ "accounts": accounts }).to_string(), &[])
         .unwrap();
-    gate.observe_tool_result("web", &page(0, 2_000), &[]).unwrap();
+    gate.observe_tool_result("web", &page(0, 2_000), &[])
+        .unwrap();
     let (mut given, mut n) = (0, 0);
     while given < extra {
         let text = if n % 2 == 0 {

@@ -872,8 +872,7 @@ fn arg_entry(
         } else {
             rule.place()
         };
-        if let Some(compiled) =
-            arg_rule(tool, &path, rule.value, place, tool_names, regexes, found)
+        if let Some(compiled) = arg_rule(tool, &path, rule.value, place, tool_names, regexes, found)
         {
             out.push(compiled);
         }
@@ -1162,9 +1161,15 @@ fn arg_rule(
                 );
                 continue;
             }
-            if let Some(rule) =
-                arg_rule(tool, path, alternative.value, at, tool_names, regexes, found)
-            {
+            if let Some(rule) = arg_rule(
+                tool,
+                path,
+                alternative.value,
+                at,
+                tool_names,
+                regexes,
+                found,
+            ) {
                 compiled.push(rule.checks);
             }
         }
