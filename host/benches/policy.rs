@@ -251,7 +251,8 @@ fn scale(c: &mut Criterion) {
 
 /// A run's policy: `pay` takes an account that must come from the task or
 /// the bank's results; the web's results are untrusted. The index may hold
-/// all of 10 MB (the default 16 MiB holds less).
+/// all of 10 MB whatever the data (the default 16 MiB holds about 11 MB of
+/// these results, less of text that is mostly numbers).
 const ALONG_POLICY: &str = r#"
 [limits]
 max_steps = 4000000000
