@@ -19,11 +19,28 @@
 //!   field the call does not carry, so every rule is looked at and none
 //!   decides).
 //! - `load/10000_rules`: parse and compile a policy of 10,000 rules.
+//! - `along/{fresh,10MB}/N` (N = 1, 1,000, 10,000): the per-call work of
+//!   a mediated call through the public `Gate` (`check` of a tool with a
+//!   provenance rule, which records where each value came from;
+//!   `flow_into_call`; `observe_tool_call`) at the N-th call of one
+//!   session, on a session that was given a small statement and page
+//!   (`fresh`), and on one that was given 10 MB of tool results besides
+//!   (`10MB`). Each session makes N - 1 calls of distinct values first;
+//!   the bench then repeats the N-th call, whose values are indexed after
+//!   its first time, so the session stays at call N.
+//! - `along/sources/{fresh,10MB}`: the `data.sources` lookup alone (where
+//!   each argument value came from), which every allowed call's decision
+//!   record makes under the gate's lock.
+//! - The index's memory per MB indexed, charged and allocated, is
+//!   printed (`index:` lines).
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::hint::black_box;
+use std::sync::Arc;
+use warden::audit::AuditLog;
 use warden::chat::{Message, Role};
+use warden::gate::Gate;
 use warden::policy::{Policy, Request, Session, Verdict};
 
 /// `tools` tools, each with `rules_per_tool` argument rules, plus the
@@ -232,5 +249,189 @@ fn scale(c: &mut Criterion) {
     });
 }
 
-criterion_group!(policy, benches, labels, scale);
+/// A run's policy: `pay` takes an account that must come from the task or
+/// the bank's results; the web's results are untrusted. The index may hold
+/// all of 10 MB whatever the data (the default 16 MiB holds about 11 MB of
+/// these results, less of text that is mostly numbers).
+const ALONG_POLICY: &str = r#"
+[limits]
+max_steps = 4000000000
+index = "512MiB"
+
+[tools.bank]
+component = "bank.wasm"
+
+[tools.web]
+component = "web.wasm"
+labels = ["untrusted"]
+
+[tools.pay]
+component = "bank.wasm"
+args.to = { from = ["task", "tool:bank"] }
+args.amount = { min = 0, max = 100000 }
+args.memo = { max_len = 200 }
+"#;
+
+/// The accounts of the small statement every session is given.
+fn account(i: usize) -> String {
+    format!("DE89-3704-{:04}-{:04}", i % 20, 7 * (i % 20))
+}
+
+/// A bank statement of `entries` entries, from `first` on (JSON).
+fn statement(first: usize, entries: usize) -> String {
+    let entries: Vec<serde_json::Value> = (first..first + entries)
+        .map(|i| {
+            json!({
+                "account": format!("DE{:02}-{:04}-{:04}-{:04}", i % 97, i % 9973, i / 7, i % 13),
+                "amount": i % 100_000,
+                "payee": format!("payee{} GmbH", i % 50_000),
+                "subject": format!("Invoice {i}: pay within 30 days, see https://shop{}.example/terms", i % 40_000),
+            })
+        })
+        .collect();
+    json!({ "owner": "Jan Novak", "entries": entries }).to_string()
+}
+
+/// A web page of `words` words of prose from a vocabulary of 20,000 (of
+/// letters, as words are), with a link every 50 words.
+fn page(seed: u64, words: usize) -> String {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut text = String::with_capacity(words * 8);
+    for w in 0..words {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut word = (state >> 33) % 20_000;
+        if w % 50 == 49 {
+            text.push_str(&format!(
+                "https://news{word}.example/story/{} ",
+                state >> 50
+            ));
+            continue;
+        }
+        loop {
+            text.push(char::from(b'a' + (word % 26) as u8));
+            word /= 26;
+            if word == 0 {
+                break;
+            }
+        }
+        text.push(' ');
+    }
+    text
+}
+
+/// The arguments of the `call`-th call (from 1).
+fn call_args(call: usize) -> serde_json::Value {
+    json!({ "to": account(call), "amount": call % 1000, "memo": format!("Invoice {call} settled") })
+}
+
+/// A gate on a session given the task, a small statement and a small
+/// page, and `extra` bytes of results besides (half statements, half
+/// pages, 100 KB each).
+fn along_gate(extra: usize) -> Gate {
+    let policy = Arc::new(Policy::parse("along.toml", ALONG_POLICY).unwrap());
+    let gate = Gate::new(policy, AuditLog::new("r-along"));
+    gate.observe_task("Pay this month's invoices from the bank statement.")
+        .unwrap();
+    let accounts: Vec<String> = (0..20).map(account).collect();
+    gate.observe_tool_result("bank", &json!({ "accounts": accounts }).to_string(), &[])
+        .unwrap();
+    gate.observe_tool_result("web", &page(0, 2_000), &[])
+        .unwrap();
+    let (mut given, mut n) = (0, 0);
+    while given < extra {
+        let text = if n % 2 == 0 {
+            statement(n * 1_000, 700)
+        } else {
+            page(n as u64, 12_500)
+        };
+        given += text.len();
+        if n % 2 == 0 {
+            gate.observe_tool_result("bank", &text, &[]).unwrap();
+        } else {
+            gate.observe_tool_result("web", &text, &[]).unwrap();
+        }
+        n += 1;
+    }
+    gate
+}
+
+/// The per-call work of one mediated call of `pay` besides the tool's
+/// instance: decide and record (with where each value came from), the
+/// labels that flow in, and indexing the arguments as the model's.
+fn mediated_call(gate: &Gate, args: &serde_json::Value) {
+    let request = Request::Tool {
+        name: "pay",
+        arguments: args,
+        schema: None,
+    };
+    let permit = gate.check("pay", &request, None).unwrap();
+    assert!(permit.is_ok(), "{permit:?}");
+    black_box(gate.flow_into_call("pay", args));
+    gate.observe_tool_call(args).unwrap();
+}
+
+/// Bytes the allocator holds (glibc).
+fn allocated() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let info = unsafe { libc::mallinfo2() };
+    info.uordblks + info.hblkhd
+}
+
+/// Per-call cost along a run, on a fresh session and one that has indexed
+/// 10 MB of tool results; the index's memory; the `data.sources` lookup.
+fn along(c: &mut Criterion) {
+    const TEN_MB: usize = 10 << 20;
+    let before = allocated();
+    let big = along_gate(TEN_MB);
+    let grew = allocated().saturating_sub(before);
+    let fresh = along_gate(0);
+    {
+        let index = &big.session().provenance;
+        let small = &fresh.session().provenance;
+        let mb = (TEN_MB as f64) / f64::from(1 << 20);
+        eprintln!(
+            "index: 10 MB of results: {} distinct tokens, {} bytes charged ({:.0} per MB), {} bytes allocated ({:.0} per MB); the small session's: {} tokens, {} bytes charged",
+            index.len(),
+            index.used(),
+            (index.used() - small.used()) as f64 / mb,
+            grew,
+            grew as f64 / mb,
+            small.len(),
+            small.used(),
+        );
+        assert!(!index.is_full());
+    }
+    let mut done = 0;
+    let mut group = c.benchmark_group("along");
+    for call in [1usize, 1_000, 10_000] {
+        for n in done + 1..call {
+            mediated_call(&big, &call_args(n));
+            mediated_call(&fresh, &call_args(n));
+        }
+        done = call;
+        let args = call_args(call);
+        for (name, gate) in [("fresh", &fresh), ("10MB", &big)] {
+            group.bench_function(format!("{name}/{call}"), |b| {
+                b.iter(|| mediated_call(gate, black_box(&args)))
+            });
+        }
+    }
+    let args = call_args(10_000);
+    for (name, gate) in [("fresh", &fresh), ("10MB", &big)] {
+        let session = gate.session();
+        group.bench_function(format!("sources/{name}"), |b| {
+            b.iter(|| {
+                black_box(warden::policy::explain::argument_sources(
+                    &session.provenance,
+                    black_box(&args),
+                ))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(policy, benches, labels, scale, along);
 criterion_main!(policy);

@@ -108,6 +108,117 @@ impl FieldPath {
     }
 }
 
+impl FieldPath {
+    /// The top-level argument this path starts at, when it names one (not
+    /// `*`).
+    fn top_key(&self) -> Option<&str> {
+        self.segments
+            .first()
+            .map(String::as_str)
+            .filter(|s| *s != "*")
+    }
+}
+
+/// A tool's argument rules by the top-level argument each looks at, built
+/// once at load, so that a call is checked against the rules its own
+/// arguments touch, not every rule of the tool: a rule whose field is
+/// absent passes (unless `required`), so skipping it decides the same.
+/// What cannot be skipped is kept apart: `required` rules, run-wide counts
+/// (`max_total`, `max_distinct`) and paths that start with `*`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ArgIndex {
+    /// Positions in the rule list, ascending, by top-level key.
+    by_key: std::collections::HashMap<String, Vec<u32>, ahash::RandomState>,
+    /// Positions of the rules looked at on every call, ascending.
+    always: Vec<u32>,
+    /// Positions of the rules with run-wide counts, ascending.
+    counted: Vec<u32>,
+    /// How many rules it was built for: a list of another length is
+    /// checked whole.
+    rules: usize,
+}
+
+/// Below this many rules a tool's list is checked whole: cheaper than
+/// picking.
+const INDEXED_FROM: usize = 16;
+
+impl ArgIndex {
+    /// The index of `rules` (in the order they are checked).
+    pub fn new(rules: &[ArgRule]) -> Self {
+        let mut index = ArgIndex {
+            rules: rules.len(),
+            ..ArgIndex::default()
+        };
+        for (at, rule) in rules.iter().enumerate() {
+            let at = at as u32;
+            let counted = rule
+                .checks
+                .iter()
+                .any(|c| matches!(c, Check::MaxTotal(..) | Check::MaxDistinct(..)));
+            if counted {
+                index.counted.push(at);
+            }
+            match rule.path.top_key() {
+                Some(key) if !rule.required && !counted => {
+                    index.by_key.entry(key.to_string()).or_default().push(at)
+                }
+                _ => index.always.push(at),
+            }
+        }
+        index
+    }
+
+    /// The rules of `rules` (the list it was built for) that can fail on
+    /// `arguments`, in their order: every rule but those on a top-level
+    /// argument the call does not give.
+    pub fn relevant<'r>(
+        &self,
+        rules: &'r [ArgRule],
+        arguments: &Value,
+    ) -> impl Iterator<Item = &'r ArgRule> {
+        let picked = match arguments {
+            Value::Object(map) if rules.len() == self.rules && rules.len() >= INDEXED_FROM => {
+                let mut picked = self.always.clone();
+                // Look up from the smaller side: a call's keys, or the
+                // keys rules are written on.
+                if map.len() <= self.by_key.len() {
+                    for key in map.keys() {
+                        if let Some(at) = self.by_key.get(key.as_str()) {
+                            picked.extend_from_slice(at);
+                        }
+                    }
+                } else {
+                    for (key, at) in &self.by_key {
+                        if map.contains_key(key) {
+                            picked.extend_from_slice(at);
+                        }
+                    }
+                }
+                picked.sort_unstable();
+                Some(picked)
+            }
+            _ => None,
+        };
+        let all = picked.is_none().then(|| rules.iter());
+        picked
+            .into_iter()
+            .flatten()
+            .map(|at| &rules[at as usize])
+            .chain(all.into_iter().flatten())
+    }
+
+    /// The rules of `rules` with run-wide counts.
+    pub fn counted<'r>(&self, rules: &'r [ArgRule]) -> impl Iterator<Item = &'r ArgRule> {
+        let indexed = rules.len() == self.rules;
+        let picked = indexed.then(|| self.counted.iter().map(|at| &rules[*at as usize]));
+        let all = (!indexed).then(|| rules.iter());
+        picked
+            .into_iter()
+            .flatten()
+            .chain(all.into_iter().flatten())
+    }
+}
+
 /// A path into a tool's JSON result that labels the values under it:
 /// the JSON Pointer form of [`FieldPath`] (`/a/0/b`, or dotted `a.b`),
 /// where a segment `*` stands for one item or member and `**` for any
@@ -301,7 +412,8 @@ pub enum Check {
     /// Equal to one of these.
     OneOf(Vec<Value>),
     /// A string matching this regex, whole (the pattern as written).
-    Matches(Regex, String),
+    /// Shared by every rule that writes the same pattern.
+    Matches(Arc<Regex>, String),
     /// A string matching this glob.
     Glob(GlobMatcher, String),
     /// A string starting with this.
@@ -318,7 +430,7 @@ pub enum Check {
     /// Occurring in data from these sources.
     From(Vec<SourceSpec>, Vec<String>),
     /// A string not matching this regex, whole (the pattern as written).
-    NotMatches(Regex, String),
+    NotMatches(Arc<Regex>, String),
     /// A string containing none of these (each case folded, as written).
     NotContains(Vec<String>, Vec<String>),
     /// Equal to the argument at this path.
@@ -388,7 +500,7 @@ fn contribution<'v>(path: &FieldPath, arguments: &'v Value) -> (f64, Vec<&'v Val
 
 impl Aggregates {
     /// Count an allowed call's arguments against every aggregate rule.
-    pub fn record(&mut self, rules: &[ArgRule], arguments: &Value) {
+    pub fn record<'r>(&mut self, rules: impl IntoIterator<Item = &'r ArgRule>, arguments: &Value) {
         for rule in rules {
             for check in &rule.checks {
                 let (Check::MaxTotal(_, count) | Check::MaxDistinct(_, count)) = check else {
@@ -827,7 +939,7 @@ mod tests {
     fn checks_apply_per_item_of_arrays() {
         let provenance = Provenance::default();
         let domain = Check::Matches(
-            Regex::new("^(?:.*@example\\.com)$").unwrap(),
+            Arc::new(Regex::new("^(?:.*@example\\.com)$").unwrap()),
             ".*@example\\.com".into(),
         );
         let none = json!({});

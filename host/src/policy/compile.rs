@@ -18,7 +18,7 @@ use crate::diagnostic::Diagnostic;
 use globset::{Glob, GlobBuilder, GlobSetBuilder};
 use regex::RegexBuilder;
 use regex_automata::meta;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,8 +65,9 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
     let model = model(raw.model.unwrap_or_default(), found);
     let agent = grants(raw.agent.unwrap_or_default(), "agent", &secrets, found);
     let mut tools = BTreeMap::new();
+    let mut regexes = Regexes::default();
     for (name, entry) in raw.tools {
-        if let Some(tool) = tool(&name, entry, &tool_names, &secrets, found) {
+        if let Some(tool) = tool(&name, entry, &tool_names, &secrets, &mut regexes, found) {
             tools.insert(name.value, tool);
         }
     }
@@ -257,11 +258,34 @@ fn regex(pattern: &str, anchored: bool) -> Result<meta::Regex, String> {
     meta_regex(&[hir]).map_err(|e| format!("`{pattern}` is not a valid regular expression: {e}"))
 }
 
+/// The argument regexes of one policy, each pattern compiled once however
+/// many rules write it (a compiled regex is shared, not copied: a copy
+/// would build its own pool of match caches).
+#[derive(Default)]
+struct Regexes(HashMap<String, Result<Arc<meta::Regex>, String>>);
+
+impl Regexes {
+    /// [`regex`] of `pattern`, anchored; an error for each rule that
+    /// writes a bad one, so each is reported where it is written.
+    fn anchored(&mut self, pattern: &str) -> Result<Arc<meta::Regex>, String> {
+        if let Some(compiled) = self.0.get(pattern) {
+            return compiled.clone();
+        }
+        let compiled = regex(pattern, true).map(Arc::new);
+        self.0.insert(pattern.to_string(), compiled.clone());
+        compiled
+    }
+}
+
+/// Policy regexes are only asked whether they match (`is_match`), so no
+/// capture groups are compiled: a smaller automaton, and no engines that
+/// exist to report groups (one-pass DFA, backtracker) built at load.
 fn meta_regex(hirs: &[regex_syntax::hir::Hir]) -> Result<meta::Regex, String> {
     meta::Builder::new()
         .configure(
             meta::Config::new()
                 .dfa(false)
+                .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
                 .nfa_size_limit(Some(REGEX_SIZE_LIMIT)),
         )
         .build_many_from_hir(hirs)
@@ -642,6 +666,7 @@ fn tool(
     entry: At<RawTool>,
     tool_names: &BTreeSet<String>,
     secrets: &BTreeMap<String, SecretPolicy>,
+    regexes: &mut Regexes,
     found: &mut Findings,
 ) -> Option<ToolPolicy> {
     let place = name.place();
@@ -730,7 +755,7 @@ fn tool(
     let mut args = Vec::new();
     for (field, entry) in raw.args {
         match FieldPath::parse(&field.value) {
-            Ok(path) => arg_entry(name, path, entry, tool_names, &mut args, found),
+            Ok(path) => arg_entry(name, path, entry, tool_names, regexes, &mut args, found),
             Err(e) => found.error(
                 &field.place(),
                 e,
@@ -814,7 +839,6 @@ fn tool(
         decision,
         max_calls: raw.max_calls.map(|v| v.value),
         rate: raw.rate.map(|v| v.value),
-        args,
         labels: tool_labels,
         path_labels,
         third_party_labels,
@@ -826,6 +850,8 @@ fn tool(
         effects,
         grants,
         place,
+        arg_index: super::args::ArgIndex::new(&args),
+        args,
     })
 }
 
@@ -834,6 +860,7 @@ fn arg_entry(
     path: FieldPath,
     entry: At<RawArgEntry>,
     tool_names: &BTreeSet<String>,
+    regexes: &mut Regexes,
     out: &mut Vec<ArgRule>,
     found: &mut Findings,
 ) {
@@ -845,14 +872,16 @@ fn arg_entry(
         } else {
             rule.place()
         };
-        if let Some(compiled) = arg_rule(tool, &path, rule.value, place, tool_names, found) {
+        if let Some(compiled) = arg_rule(tool, &path, rule.value, place, tool_names, regexes, found)
+        {
             out.push(compiled);
         }
     }
     for (field, child) in children {
         match FieldPath::parse(&field.value) {
             Ok(child_path) => {
-                arg_entry(tool, path.join(&child_path), child, tool_names, out, found)
+                let path = path.join(&child_path);
+                arg_entry(tool, path, child, tool_names, regexes, out, found)
             }
             Err(e) => found.error(
                 &field.place(),
@@ -869,6 +898,7 @@ fn arg_rule(
     raw: RawRule,
     place: Place,
     tool_names: &BTreeSet<String>,
+    regexes: &mut Regexes,
     found: &mut Findings,
 ) -> Option<ArgRule> {
     let mut checks = Vec::new();
@@ -904,7 +934,7 @@ fn arg_rule(
         checks.push(Check::OneOf(options.value.clone()));
     }
     if let Some(pattern) = &raw.matches {
-        match regex(&pattern.value, true) {
+        match regexes.anchored(&pattern.value) {
             Ok(r) => {
                 if let Some(equals) = raw
                     .equals
@@ -1017,7 +1047,7 @@ fn arg_rule(
         checks.push(Check::From(specs, names));
     }
     if let Some(pattern) = &raw.not_matches {
-        match regex(&pattern.value, true) {
+        match regexes.anchored(&pattern.value) {
             Ok(r) => checks.push(Check::NotMatches(r, pattern.value.clone())),
             Err(e) => fail(
                 found,
@@ -1131,7 +1161,15 @@ fn arg_rule(
                 );
                 continue;
             }
-            if let Some(rule) = arg_rule(tool, path, alternative.value, at, tool_names, found) {
+            if let Some(rule) = arg_rule(
+                tool,
+                path,
+                alternative.value,
+                at,
+                tool_names,
+                regexes,
+                found,
+            ) {
                 compiled.push(rule.checks);
             }
         }

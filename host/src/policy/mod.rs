@@ -299,6 +299,8 @@ pub struct ToolPolicy {
     /// Where the entry is.
     pub place: Place,
     rules: ToolRules,
+    /// `args` by the top-level argument each rule looks at.
+    arg_index: args::ArgIndex,
 }
 
 #[derive(Debug, Clone)]
@@ -692,7 +694,8 @@ impl Session {
         } = request
             && let Some(tool) = policy.tools.get(*name)
         {
-            self.aggregates.record(&tool.args, arguments);
+            self.aggregates
+                .record(tool.arg_index.counted(&tool.args), arguments);
         }
         match request {
             Request::Model { .. } => {
@@ -707,14 +710,19 @@ impl Session {
                     }
                 }
                 self.steps = self.steps.saturating_add(1);
-                let now = self.now;
-                let recent = self.recent.entry((*name).to_string()).or_default();
-                recent.push_back(now);
-                while recent
-                    .front()
-                    .is_some_and(|t| now.saturating_sub(*t) >= RATE_WINDOW)
-                {
-                    recent.pop_front();
+                // Only a tool with a `rate` needs its call times: kept for
+                // every tool, a long run's busy minute would hold one per
+                // call.
+                if policy.tools.get(*name).is_some_and(|t| t.rate.is_some()) {
+                    let now = self.now;
+                    let recent = self.recent.entry((*name).to_string()).or_default();
+                    recent.push_back(now);
+                    while recent
+                        .front()
+                        .is_some_and(|t| now.saturating_sub(*t) >= RATE_WINDOW)
+                    {
+                        recent.pop_front();
+                    }
                 }
             }
             Request::Log { bytes } => self.log_bytes += bytes,
@@ -1526,7 +1534,7 @@ impl Policy {
                 format!("the session is labeled `{label}`{by}"),
             ));
         }
-        for rule in &tool.args {
+        for rule in tool.arg_index.relevant(&tool.args, arguments) {
             if let Some(why) = rule.violation(arguments, &session.provenance, &session.aggregates) {
                 match rule.decision {
                     Verdict::Deny => {

@@ -143,6 +143,10 @@ pub const DEFAULT_INDEX: u64 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct Provenance {
     classes: Vec<Class>,
+    /// For each class, every source a `from` rule could name that accepts
+    /// it (`task`, `tool:NAME`, ...): what [`Provenance::sources_of`]
+    /// gives, worked out once per class rather than on every call.
+    names: Vec<Vec<String>>,
     tokens: TokenMap,
     used: u64,
     limit: u64,
@@ -160,6 +164,7 @@ impl Provenance {
     pub fn with_limit(limit: u64) -> Self {
         Provenance {
             classes: Vec::new(),
+            names: Vec::new(),
             tokens: TokenMap::default(),
             used: 0,
             limit,
@@ -236,6 +241,7 @@ impl Provenance {
             return i;
         }
         if self.classes.len() < MAX_CLASSES - 1 {
+            self.names.push(accepting_names(&class));
             self.classes.push(class);
             self.classes.len() - 1
         } else {
@@ -376,29 +382,10 @@ impl Provenance {
         let Some(together) = self.holding(value) else {
             return out;
         };
-        for (i, class) in self.classes.iter().enumerate() {
-            if together & (1 << i) == 0 {
-                continue;
+        for (i, names) in self.names.iter().enumerate() {
+            if together & (1 << i) != 0 {
+                out.extend(names.iter().cloned());
             }
-            // Each source a rule could name, kept only where that rule
-            // would accept this class (a foreign part is not `tool:NAME`).
-            let mut candidates = vec![
-                ("task".to_string(), SourceSpec::Task),
-                ("model".to_string(), SourceSpec::Model),
-                ("unlabeled".to_string(), SourceSpec::Unlabeled),
-            ];
-            if let Source::Tool(name) = &class.source {
-                candidates.push((format!("tool:{name}"), SourceSpec::Tool(name.clone())));
-            }
-            for label in &class.labels {
-                candidates.push((format!("label:{label}"), SourceSpec::Label(label.clone())));
-            }
-            out.extend(
-                candidates
-                    .into_iter()
-                    .filter(|(_, spec)| spec.accepts(class))
-                    .map(|(text, _)| text),
-            );
         }
         out.sort();
         out.dedup();
@@ -414,6 +401,27 @@ impl Provenance {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+}
+
+/// Each source a rule could name, kept only where that rule would accept
+/// `class` (a foreign part is not `tool:NAME`).
+fn accepting_names(class: &Class) -> Vec<String> {
+    let mut candidates = vec![
+        ("task".to_string(), SourceSpec::Task),
+        ("model".to_string(), SourceSpec::Model),
+        ("unlabeled".to_string(), SourceSpec::Unlabeled),
+    ];
+    if let Source::Tool(name) = &class.source {
+        candidates.push((format!("tool:{name}"), SourceSpec::Tool(name.clone())));
+    }
+    for label in &class.labels {
+        candidates.push((format!("label:{label}"), SourceSpec::Label(label.clone())));
+    }
+    candidates
+        .into_iter()
+        .filter(|(_, spec)| spec.accepts(class))
+        .map(|(text, _)| text)
+        .collect()
 }
 
 /// Characters that stay inside a token: e-mail addresses, URLs, account

@@ -1912,3 +1912,83 @@ args.account = { from = ["task", "tool:read_file"] }
         Verdict::Allow
     );
 }
+
+/// A tool with many argument rules is checked only against the rules its
+/// call's arguments touch; what a call lacks still counts where it must
+/// (`required`, run-wide counts, `*` paths), and the rule named is still
+/// the first in file order. Every call decides as checking each rule does.
+#[test]
+fn many_rules_decide_as_checking_each() {
+    let mut text = String::from(
+        "[tools.wide]\ncomponent = \"x\"\nargs.need = { max_len = 5, required = true }\n",
+    );
+    for i in 0..30 {
+        text.push_str(&format!("args.f{i} = {{ max_len = 3 }}\n"));
+    }
+    text.push_str(
+        r#"args."*" = { max_len = 8 }
+args."/deep/0/v" = { max = 10 }
+args.a = { max_distinct = 3, shared = "ids" }
+args.b = { max_distinct = 1, shared = "ids" }
+args.g = { one_of = ["ok", "yes"], decision = "ask" }
+"#,
+    );
+    let indexed = policy(&text);
+    let mut scanned = indexed.clone();
+    for tool in scanned.tools.values_mut() {
+        tool.arg_index = args::ArgIndex::default();
+    }
+    let calls = [
+        json!({"need": "ok"}),
+        json!({}),
+        json!({"f7": "long"}),
+        json!({"need": "ok", "f7": "long"}),
+        json!({"need": "ok", "f20": "long", "f3": "long"}),
+        json!({"need": "ok", "other": "much too long"}),
+        json!({"need": "ok", "deep": [{"v": 11}]}),
+        json!({"need": "ok", "g": "no"}),
+        json!({"need": "ok", "g": "no", "f9": "long"}),
+        json!({"need": "ok", "a": "x"}),
+        json!({"need": "ok", "a": "y"}),
+        json!({"need": "ok", "a": "z", "b": "w"}),
+        json!({"need": "ok"}),
+        json!({"need": null, "f1": null}),
+        json!(["not", "an", "object"]),
+    ];
+    let mut session = Session::default();
+    let mut decided = Vec::new();
+    for args in &calls {
+        let request = tool("wide", args);
+        let d = indexed.decide(&request, &session);
+        assert_eq!(d, scanned.decide(&request, &session), "{args}");
+        if d.verdict() == Verdict::Allow {
+            session.record(&indexed, &request);
+        }
+        decided.push((d.verdict(), d.rule().as_str().to_string()));
+    }
+    let named = |v: Verdict, rule: &str| (v, format!("tools.wide{rule}"));
+    assert_eq!(
+        decided,
+        [
+            named(Verdict::Allow, ""),
+            named(Verdict::Deny, ".args.need"),
+            named(Verdict::Deny, ".args.need"),
+            named(Verdict::Deny, ".args.f7"),
+            // f3 is written before f20, though it sorts after it.
+            named(Verdict::Deny, ".args.f3"),
+            named(Verdict::Deny, ".args.*"),
+            named(Verdict::Deny, ".args./deep/0/v"),
+            named(Verdict::Ask, ".args.g"),
+            named(Verdict::Deny, ".args.f9"),
+            named(Verdict::Allow, ""),
+            named(Verdict::Allow, ""),
+            // Two new values past `b`'s one: the count is shared.
+            named(Verdict::Deny, ".args.b"),
+            // `b`'s count is past its max with two values counted, though
+            // this call gives no `b`.
+            named(Verdict::Deny, ".args.b"),
+            named(Verdict::Deny, ".args.need"),
+            named(Verdict::Deny, ".args.need"),
+        ]
+    );
+}
