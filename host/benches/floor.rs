@@ -1,7 +1,7 @@
 //! A mediated tool call against the true floor: bare wasmtime.
 //!
 //! Every variant runs in the same process, interleaved call by call (one
-//! call of each variant, then the next round), so a loaded machine slows
+//! call of each variant in a random order, then the next round), so a loaded machine slows
 //! them alike; each call is timed on its own and the table gives medians
 //! and p90s. Variants:
 //!
@@ -171,6 +171,16 @@ fn bare_call(engine: &Engine, pre: &bare::ToolPre<Bare>) {
     assert_eq!(out.as_deref(), Ok(ARGS));
 }
 
+/// Fisher-Yates with xorshift: a fixed sequence of orders, run to run.
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        order.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
+}
+
 /// Per-call times of one variant.
 struct Samples {
     name: &'static str,
@@ -308,7 +318,8 @@ fn main() {
         .map(|samples| only.as_deref().is_none_or(|only| samples.name == only))
         .collect();
     let warm_up = calls / 10;
-    let variants = s.len();
+    let mut order: Vec<usize> = (0..s.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     rt.block_on(async {
         for round in 0..warm_up + calls {
             if round == warm_up {
@@ -316,11 +327,11 @@ fn main() {
                     samples.times.clear();
                 }
             }
-            // Each round starts one variant later: every variant runs in
-            // every position as often (the first call after another
-            // engine's finds the caches cold).
-            for k in 0..variants {
-                let i = (k + round) % variants;
+            // Each round in a new random order: no variant always follows
+            // the same other one (the first call after another engine's
+            // finds the caches cold).
+            shuffle(&mut order, &mut seed);
+            for &i in &order {
                 if i == 0 && run[0] {
                     time(&mut s[0], || bare_call(&bare, &bare_floor));
                 }
