@@ -132,13 +132,15 @@ pub enum RunError {
 pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let agent_name = spec.agent.short_name();
-    let bytes = spec
+    let (bytes, sha256) = spec
         .agent
-        .read()
+        .read_hashed()
         .map_err(|e| RunError::Agent(format!("the agent cannot be loaded: {e}")))?;
-    let loaded = runtime
-        .load(&spec.agent.to_string(), &bytes)
+    let mut loaded = runtime
+        .load_hashed(&spec.agent.to_string(), &bytes, &sha256)
         .map_err(|e| RunError::Agent(format!("{e:#}")))?;
+    // Reading and hashing included, as a file's load time always was.
+    loaded.load_time = started.elapsed();
     let pre = runtime.agent_pre(&loaded.component).map_err(|e| {
         RunError::Agent(format!(
             "`{}` is not a warden agent: {e:#}\nan agent exports `run` (world warden:sandbox/agent)",

@@ -189,7 +189,7 @@ impl<W: Write + Send> Transcript<W> {
                 let started = data
                     .get("first_instruction_us")
                     .and_then(Value::as_u64)
-                    .map(|us| format!(", agent started at {:.1} ms", us as f64 / 1000.0))
+                    .map(|us| format!("; agent started {:.1} ms after warden", us as f64 / 1000.0))
                     .unwrap_or_default();
                 writeln!(
                     self.out,
