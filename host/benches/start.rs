@@ -30,7 +30,22 @@ struct Variant {
     /// Whether the run writes an audit log to read the start time from.
     audited: bool,
     wall: Vec<Duration>,
+    /// User plus system CPU time of the process: less at the mercy of the
+    /// machine's other work than the wall time.
+    cpu: Vec<Duration>,
     first_instruction: Vec<Duration>,
+}
+
+/// CPU time (user + system) used by this process's waited-for children.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct it is given, nothing else.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 fn percentile(samples: &mut [Duration], percent: usize) -> Duration {
@@ -68,6 +83,7 @@ fn main() {
         args: args.iter().map(|a| a.to_string()).collect(),
         audited,
         wall: Vec::new(),
+        cpu: Vec::new(),
         first_instruction: Vec::new(),
     };
     let mut variants = vec![
@@ -104,7 +120,7 @@ fn main() {
             true,
         ));
     }
-    let spawn = |variant: &Variant, audit: &Path| -> Duration {
+    let spawn = |variant: &Variant, audit: &Path| -> (Duration, Duration) {
         let mut command = Command::new(&variant.program);
         command
             .args(&variant.args)
@@ -119,25 +135,27 @@ fn main() {
         if variant.audited {
             command.arg("--audit").arg(audit);
         }
+        let cpu = children_cpu();
         let started = Instant::now();
         let status = command.status().expect("spawn");
         let took = started.elapsed();
         assert!(status.success(), "{} exited with {status}", variant.name);
-        took
+        (took, children_cpu() - cpu)
     };
 
     // Cold: the compile cache is filled by the first run.
     for variant in &variants {
-        let took = spawn(variant, &dir.path().join("cold.jsonl"));
-        println!("{:<48} cold: {}", variant.name, ms(took));
+        let (took, _) = spawn(variant, &dir.path().join("cold.jsonl"));
+        println!("{:<44} cold: {}", variant.name, ms(took));
     }
     for i in 0..runs {
         for variant in &mut variants {
             // A new log per run: one that exists is continued, and reading
             // it back would grow with the runs.
             let audit = dir.path().join(format!("run-{i}.jsonl"));
-            let took = spawn(variant, &audit);
+            let (took, cpu) = spawn(variant, &audit);
             variant.wall.push(took);
+            variant.cpu.push(cpu);
             if variant.audited {
                 variant.first_instruction.extend(first_instruction(&audit));
                 std::fs::remove_file(&audit).unwrap();
@@ -147,8 +165,8 @@ fn main() {
 
     println!("\n{runs} runs of each, interleaved, cache warm:\n");
     println!(
-        "{:<48} {:>10} {:>10}   {:>22}",
-        "", "median", "p90", "first instruction (median / p90)"
+        "{:<44} {:>10} {:>10} {:>10}   {:>22}",
+        "", "median", "p90", "CPU", "first instruction (median / p90)"
     );
     for variant in &mut variants {
         let wall = (
@@ -165,10 +183,11 @@ fn main() {
             )
         };
         println!(
-            "{:<48} {:>10} {:>10}   {:>22}",
+            "{:<44} {:>10} {:>10} {:>10}   {:>22}",
             variant.name,
             ms(wall.0),
             ms(wall.1),
+            ms(percentile(&mut variant.cpu, 50)),
             first
         );
     }

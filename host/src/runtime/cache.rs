@@ -5,9 +5,11 @@
 //! the engine's settings (`Engine::precompile_compatibility_hash`).
 //!
 //! What runs is what was pinned: native code is deserialized without
-//! wasmtime checking it, so each file starts with a tag, HMAC-SHA256 under
-//! a per-user key (`.key` in the cache directory, 32 random bytes, 0600)
-//! over the component's SHA-256, the engine key and the compiled bytes. A
+//! wasmtime checking it, so each file starts with a tag, keyed BLAKE3 (a
+//! MAC) under a per-user key (`.key` in the cache directory, 32 random
+//! bytes, 0600) over the component's SHA-256, the engine key and the
+//! compiled bytes. Every run verifies megabytes of compiled code, and
+//! BLAKE3 does it about four times faster than HMAC-SHA256 did. A
 //! file whose tag does not verify (swapped for another component's code,
 //! copied from another machine, corrupt) is recompiled and replaced; the
 //! bytes verified are the bytes deserialized (no second read). The
@@ -47,21 +49,21 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) of `parts`, in order.
-fn hmac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; TAG_LEN] {
-    let mut block = [0u8; 64];
-    block[..KEY_LEN].copy_from_slice(key);
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let mut inner = Sha256::new();
-    inner.update(pad(0x36));
+/// Keyed BLAKE3 of `parts`, in order: a MAC under `key`.
+fn mac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+    let mut hasher = blake3::Hasher::new_keyed(key);
     for part in parts {
-        inner.update(part);
+        // Given the compiled code whole, BLAKE3 hashes many chunks at once
+        // (SIMD): feed it no smaller pieces.
+        hasher.update(part);
     }
-    let mut outer = Sha256::new();
-    outer.update(pad(0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    hasher.finalize().into()
 }
+
+/// Names the tag's algorithm in every file's name (through the engine
+/// key): files tagged by an older warden (HMAC-SHA256) are not read, and
+/// are compiled again instead of failing to verify.
+const TAG_FORMAT: &[u8] = b"tag: keyed blake3";
 
 /// Equal in time independent of where they differ.
 fn same_tag(a: &[u8], b: &[u8]) -> bool {
@@ -73,6 +75,7 @@ impl CompileCache {
     pub fn new(dir: PathBuf, engine: &Engine) -> Self {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.0.update(TAG_FORMAT);
         let engine_key = hex::encode(&hasher.0.finalize()[..8]);
         CompileCache {
             dir,
@@ -100,7 +103,7 @@ impl CompileCache {
     }
 
     fn tag(&self, key: &[u8; KEY_LEN], sha256: &str, compiled: &[u8]) -> [u8; TAG_LEN] {
-        hmac(
+        mac(
             key,
             &[
                 sha256.as_bytes(),
