@@ -15,7 +15,8 @@
 //!
 //! For the two runs it also reads, from each run's end audit record, how
 //! long after warden's `main` began the agent's first instruction ran
-//! (`first_instruction_us`). Run with `make bench` or
+//! (`first_instruction_us`); and, in this process, how long building the
+//! engine and the async runtime take. Run with `make bench` or
 //! `cargo bench -p warden --bench start`; `WARDEN_BENCH_RUNS` sets the
 //! number of runs of each (default 200).
 
@@ -162,6 +163,34 @@ fn main() {
             }
         }
     }
+
+    // Pieces of a start measured in this process: the engine (pooling
+    // allocator sized for 100 instances, both linkers, the epoch ticker
+    // thread) and the async runtime `warden run` builds.
+    let mut engine = Vec::new();
+    let mut tokio = Vec::new();
+    for _ in 0..runs.min(50) {
+        let started = Instant::now();
+        let runtime = warden::runtime::Runtime::new(warden::runtime::RuntimeConfig {
+            cache_dir: None,
+            ..Default::default()
+        })
+        .unwrap();
+        engine.push(started.elapsed());
+        drop(runtime);
+        let started = Instant::now();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {});
+        tokio.push(started.elapsed());
+    }
+    println!(
+        "\nin-process, median: Runtime::new {}, tokio multi-thread runtime {}",
+        ms(percentile(&mut engine, 50)),
+        ms(percentile(&mut tokio, 50))
+    );
 
     println!("\n{runs} runs of each, interleaved, cache warm:\n");
     println!(

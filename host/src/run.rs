@@ -206,7 +206,9 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         agent.call_run(&mut store, &spec.task).await
     })
     .await;
-    let first_instruction = entered.zip(PROCESS_START.get()).map(|(at, start)| at - *start);
+    let first_instruction = entered
+        .zip(PROCESS_START.get())
+        .map(|(at, start)| at - *start);
     let result = match within_output(outcome, limits.output) {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(error)) => Err(RunFailure::Agent(error)),
