@@ -80,7 +80,10 @@ fn a_run_says_how_long_after_warden_started_the_agent_started() {
         u128::from(first) < lifetime.as_micros(),
         "{first} us, in a process that lived {lifetime:?}"
     );
-    let summary = format!("; agent started {:.1} ms after warden\n", first as f64 / 1000.0);
+    let summary = format!(
+        "; agent started {:.1} ms after warden\n",
+        first as f64 / 1000.0
+    );
     let line = stdout
         .lines()
         .find(|l| l.contains(" tool call(s), "))
