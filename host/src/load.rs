@@ -262,6 +262,19 @@ impl ComponentSource {
         }
     }
 
+    /// The component's bytes and their SHA-256 (hex): a file's hashed as
+    /// read, a built-in's as hashed when the binary was built.
+    pub fn read_hashed(&self) -> Result<(Cow<'static, [u8]>, String), String> {
+        if let ComponentSource::Builtin(name) = self
+            && let Some((bytes, sha256)) = bundled::hashed(name)
+        {
+            return Ok((Cow::Borrowed(bytes), sha256.to_string()));
+        }
+        let bytes = self.read()?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Ok((bytes, sha256))
+    }
+
     /// The component's bytes.
     pub fn read(&self) -> Result<Cow<'static, [u8]>, String> {
         match self {
@@ -300,11 +313,7 @@ impl ComponentSource {
                 .fetch(url, pin)
                 .await
                 .map(|fetched| (Cow::Owned(fetched.bytes), fetched.sha256)),
-            _ => {
-                let bytes = self.read().map_err(FetchError::Failed)?;
-                let sha256 = hex::encode(Sha256::digest(&bytes));
-                Ok((bytes, sha256))
-            }
+            _ => self.read_hashed().map_err(FetchError::Failed),
         }
     }
 

@@ -99,6 +99,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First: a run reports how long after this its agent started.
+    warden::run::note_process_start(std::time::Instant::now());
     let cli = Cli::parse();
     cli::set_color(cli.color);
     tracing_subscriber::fmt()

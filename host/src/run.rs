@@ -13,11 +13,22 @@ use crate::runtime::Runtime;
 use crate::runtime::limits::{GuestFailure, within_output};
 use crate::secrets::Secrets;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The name the model provider's API key is redacted under.
 pub const MODEL_KEY_NAME: &str = "model_api_key";
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Note when the process started, so a run can say how long after it the
+/// agent's first instruction ran. The `warden` binary calls this with the
+/// first instant of `main` (std has no earlier clock of the process; exec,
+/// dynamic linking and Rust's own start-up come before it). The first call
+/// counts; a process that never calls it records no such time.
+pub fn note_process_start(at: Instant) {
+    let _ = PROCESS_START.set(at);
+}
 
 /// What to run.
 pub struct RunSpec {
@@ -89,6 +100,11 @@ pub struct RunReport {
     pub agent_cache_hit: bool,
     /// How long loading the agent component took.
     pub agent_load_time: Duration,
+    /// From the process's start (see [`note_process_start`]) to the
+    /// instant the agent's `run` export was entered: how long warden took
+    /// to start the agent. `None` when the start was not noted, or the
+    /// agent never ran.
+    pub first_instruction: Option<Duration>,
     /// The hash of the run's last audit record: keep it to check the log
     /// later (`warden audit verify --head`).
     pub audit_head: String,
@@ -116,13 +132,15 @@ pub enum RunError {
 pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let agent_name = spec.agent.short_name();
-    let bytes = spec
+    let (bytes, sha256) = spec
         .agent
-        .read()
+        .read_hashed()
         .map_err(|e| RunError::Agent(format!("the agent cannot be loaded: {e}")))?;
-    let loaded = runtime
-        .load(&spec.agent.to_string(), &bytes)
+    let mut loaded = runtime
+        .load_hashed(&spec.agent.to_string(), &bytes, &sha256)
         .map_err(|e| RunError::Agent(format!("{e:#}")))?;
+    // Reading and hashing included, as a file's load time always was.
+    loaded.load_time = started.elapsed();
     let pre = runtime.agent_pre(&loaded.component).map_err(|e| {
         RunError::Agent(format!(
             "`{}` is not a warden agent: {e:#}\nan agent exports `run` (world warden:sandbox/agent)",
@@ -181,11 +199,16 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     };
     let stderr = state.stderr();
     let mut store = state.into_store(runtime.engine());
+    let mut entered = None;
     let outcome = GuestState::<AgentRole>::guarded(&stderr, limits.wall, async {
         let agent = pre.instantiate_async(&mut store).await?;
+        entered = Some(Instant::now());
         agent.call_run(&mut store, &spec.task).await
     })
     .await;
+    let first_instruction = entered
+        .zip(PROCESS_START.get())
+        .map(|(at, start)| at - *start);
     let result = match within_output(outcome, limits.output) {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(error)) => Err(RunFailure::Agent(error)),
@@ -219,6 +242,9 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     };
     let mut data = data;
     summary(&gate, elapsed, &mut data);
+    if let Some(first) = first_instruction {
+        data["first_instruction_us"] = json!(first.as_micros() as u64);
+    }
     end_record(&gate, &agent_name, outcome, detail, data)?;
     let audit_head = gate.finish_audit()?;
 
@@ -231,6 +257,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         logs_dropped,
         agent_cache_hit: loaded.cache_hit,
         agent_load_time: loaded.load_time,
+        first_instruction,
     })
 }
 

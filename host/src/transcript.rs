@@ -184,9 +184,16 @@ impl<W: Write + Send> Transcript<W> {
                     }
                 }
                 let c = self.counts;
+                // How long warden took to start the agent, when the run
+                // knew when the process started.
+                let started = data
+                    .get("first_instruction_us")
+                    .and_then(Value::as_u64)
+                    .map(|us| format!("; agent started {:.1} ms after warden", us as f64 / 1000.0))
+                    .unwrap_or_default();
                 writeln!(
                     self.out,
-                    "\n{} model call(s), {} tool call(s), {} refused; {} tokens in, {} out; {} ms",
+                    "\n{} model call(s), {} tool call(s), {} refused; {} tokens in, {} out; {} ms{started}",
                     c.model_calls,
                     c.tool_calls,
                     c.denied,

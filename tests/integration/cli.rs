@@ -60,6 +60,47 @@ fn the_demo_allows_denies_and_answers() {
 }
 
 #[test]
+fn a_run_says_how_long_after_warden_started_the_agent_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let spawned = std::time::Instant::now();
+    let out = warden(&["demo", "--audit", audit.to_str().unwrap()]);
+    let lifetime = spawned.elapsed();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let end: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    let first = end["data"]["first_instruction_us"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no first_instruction_us in {end}"));
+    // After main began and before the process ended; the agent runs after
+    // every component is loaded, so it cannot be the run's first instant.
+    assert!(first > 0, "{end}");
+    assert!(
+        u128::from(first) < lifetime.as_micros(),
+        "{first} us, in a process that lived {lifetime:?}"
+    );
+    let summary = format!(
+        "; agent started {:.1} ms after warden\n",
+        first as f64 / 1000.0
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" tool call(s), "))
+        .unwrap_or_else(|| panic!("no summary line in {stdout}"));
+    assert!(format!("{line}\n").ends_with(&summary), "{line}");
+
+    let out = warden(&["demo", "--json", "--audit", audit.to_str().unwrap()]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let end: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        value["summary"]["first_instruction_us"], end["data"]["first_instruction_us"],
+        "{value}"
+    );
+}
+
+#[test]
 fn run_prints_a_transcript_and_exits_by_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("script.toml");

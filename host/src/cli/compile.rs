@@ -83,11 +83,11 @@ fn compile_component(runtime: &Runtime, text: &str) -> Result<(), ExitCode> {
             "error: {text} is a URL: a component is downloaded only with its `sha256` pin\nhelp: name it in a policy (`component = \"{text}\"`, `sha256 = \"...\"`) and compile the policy"
         )));
     }
-    let bytes = source
-        .read()
+    let (bytes, sha256) = source
+        .read_hashed()
         .map_err(|e| bad_input(format!("error: {e}")))?;
     let loaded = runtime
-        .load(text, &bytes)
+        .load_hashed(text, &bytes, &sha256)
         .map_err(|e| bad_input(format!("error: {text} cannot be compiled: {e:#}")))?;
     let kind = if runtime.agent_pre(&loaded.component).is_ok() {
         "an agent"

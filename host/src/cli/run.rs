@@ -316,6 +316,7 @@ fn run_json(report: &warden::run::RunReport, audit_path: &Path) -> serde_json::V
             "cost_usd": session.cost_usd,
             "labels": session.labels,
             "elapsed_ms": report.elapsed.as_millis() as u64,
+            "first_instruction_us": report.first_instruction.map(|d| d.as_micros() as u64),
         },
     });
     match &report.result {

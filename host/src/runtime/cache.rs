@@ -5,9 +5,11 @@
 //! the engine's settings (`Engine::precompile_compatibility_hash`).
 //!
 //! What runs is what was pinned: native code is deserialized without
-//! wasmtime checking it, so each file starts with a tag, HMAC-SHA256 under
-//! a per-user key (`.key` in the cache directory, 32 random bytes, 0600)
-//! over the component's SHA-256, the engine key and the compiled bytes. A
+//! wasmtime checking it, so each file starts with a tag, keyed BLAKE3 (a
+//! MAC) under a per-user key (`.key` in the cache directory, 32 random
+//! bytes, 0600) over the component's SHA-256, the engine key and the
+//! compiled bytes. Every run verifies megabytes of compiled code, and
+//! BLAKE3 does it about four times faster than HMAC-SHA256 did. A
 //! file whose tag does not verify (swapped for another component's code,
 //! copied from another machine, corrupt) is recompiled and replaced; the
 //! bytes verified are the bytes deserialized (no second read). The
@@ -32,6 +34,8 @@ pub struct CompileCache {
 
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 32;
+/// Largest cached file read: compiled code is a few times its component.
+const MAX_CACHED_FILE: u64 = crate::load::MAX_COMPONENT_FILE * 4;
 
 /// Feeds `Hash` output into SHA-256, so the key is stable across Rust
 /// versions (unlike `DefaultHasher`).
@@ -47,21 +51,21 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) of `parts`, in order.
-fn hmac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; TAG_LEN] {
-    let mut block = [0u8; 64];
-    block[..KEY_LEN].copy_from_slice(key);
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let mut inner = Sha256::new();
-    inner.update(pad(0x36));
+/// Keyed BLAKE3 of `parts`, in order: a MAC under `key`.
+fn mac(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+    let mut hasher = blake3::Hasher::new_keyed(key);
     for part in parts {
-        inner.update(part);
+        // Given the compiled code whole, BLAKE3 hashes many chunks at once
+        // (SIMD): feed it no smaller pieces.
+        hasher.update(part);
     }
-    let mut outer = Sha256::new();
-    outer.update(pad(0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    hasher.finalize().into()
 }
+
+/// Names the tag's algorithm in every file's name (through the engine
+/// key): files tagged by an older warden (HMAC-SHA256) are not read, and
+/// are compiled again instead of failing to verify.
+const TAG_FORMAT: &[u8] = b"tag: keyed blake3";
 
 /// Equal in time independent of where they differ.
 fn same_tag(a: &[u8], b: &[u8]) -> bool {
@@ -73,6 +77,7 @@ impl CompileCache {
     pub fn new(dir: PathBuf, engine: &Engine) -> Self {
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.0.update(TAG_FORMAT);
         let engine_key = hex::encode(&hasher.0.finalize()[..8]);
         CompileCache {
             dir,
@@ -100,7 +105,7 @@ impl CompileCache {
     }
 
     fn tag(&self, key: &[u8; KEY_LEN], sha256: &str, compiled: &[u8]) -> [u8; TAG_LEN] {
-        hmac(
+        mac(
             key,
             &[
                 sha256.as_bytes(),
@@ -151,7 +156,14 @@ impl CompileCache {
         sha256: &str,
         path: &Path,
     ) -> Option<Component> {
-        let file = crate::load::read_bounded(path, crate::load::MAX_COMPONENT_FILE * 4).ok()?;
+        #[cfg(target_os = "linux")]
+        match self.load_sealed(engine, key, sha256, path) {
+            Ok(loaded) => return loaded,
+            // No memfd here (an old kernel, a sandbox that forbids it, no
+            // /proc): read the file into memory instead.
+            Err(error) => tracing::debug!("sealed load of {}: {error}", path.display()),
+        }
+        let file = crate::load::read_bounded(path, MAX_CACHED_FILE).ok()?;
         let (tag, compiled) = file.split_at_checked(TAG_LEN)?;
         if !same_tag(tag, &self.tag(key, sha256, compiled)) {
             tracing::warn!(
@@ -173,6 +185,120 @@ impl CompileCache {
                     path.display()
                 );
                 None
+            }
+        }
+    }
+
+    /// [`load`](Self::load) without copying the compiled code into this
+    /// process twice (once read, once copied by `deserialize`): the code
+    /// is copied by the kernel into a memfd that is then sealed, so that
+    /// nobody, this process included, can change it any more; the tag is
+    /// checked over the sealed bytes, and wasmtime maps those same bytes.
+    /// `Err`: this system cannot do it, and the caller reads the file.
+    #[cfg(target_os = "linux")]
+    fn load_sealed(
+        &self,
+        engine: &Engine,
+        key: &[u8; KEY_LEN],
+        sha256: &str,
+        path: &Path,
+    ) -> std::io::Result<Option<Component>> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let source = match crate::load::open_regular(path) {
+            Ok(source) => source,
+            // Not cached (or not a file we read): compile, as `load` would.
+            Err(_) => return Ok(None),
+        };
+        let len = source.metadata()?.len();
+        if len > MAX_CACHED_FILE || len < TAG_LEN as u64 {
+            return Ok(None);
+        }
+        let mut tag = [0u8; TAG_LEN];
+        std::os::unix::fs::FileExt::read_exact_at(&source, &mut tag, 0)?;
+        // SAFETY: a C string literal and flags; returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"warden-compiled".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let sealed = unsafe { std::fs::File::from_raw_fd(fd) };
+        // The compiled code, after the tag; at most the length seen above,
+        // however the file changes meanwhile (a change fails the tag).
+        let mut offset = TAG_LEN as libc::off_t;
+        let mut left = (len - TAG_LEN as u64) as usize;
+        while left > 0 {
+            // SAFETY: two open descriptors, and an offset this call updates.
+            let sent = unsafe { libc::sendfile(fd, source.as_raw_fd(), &mut offset, left) };
+            match sent {
+                0 => break,
+                n if n > 0 => left -= n as usize,
+                _ => {
+                    let error = std::io::Error::last_os_error();
+                    if error.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor this function owns.
+        if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let size = sealed.metadata()?.len() as usize;
+        if size == 0 {
+            return Ok(None);
+        }
+        // SAFETY: a read-only shared mapping of `size` bytes of a sealed
+        // memfd of that size: it cannot shrink under the mapping, nor
+        // change. Unmapped below, before anything else maps it.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `mapped` is `size` readable bytes until the munmap.
+        let compiled = unsafe { std::slice::from_raw_parts(mapped.cast::<u8>(), size) };
+        let verified = same_tag(&tag, &self.tag(key, sha256, compiled));
+        // SAFETY: the mapping made above, no longer borrowed.
+        unsafe { libc::munmap(mapped, size) };
+        if !verified {
+            tracing::warn!(
+                "recompiling {}: its tag does not verify (not written by this cache for this component)",
+                path.display()
+            );
+            return Ok(None);
+        }
+        // SAFETY: as in `load`: the tag under this user's key says these
+        // bytes were written by `store` for this component and an engine
+        // with this compatibility hash; the memfd is sealed, so the bytes
+        // wasmtime maps are the bytes verified. A missing /proc fails to
+        // open, before anything is deserialized.
+        match unsafe { Component::deserialize_file(engine, format!("/proc/self/fd/{fd}")) } {
+            Ok(component) => Ok(Some(component)),
+            Err(error) if !Path::new("/proc/self/fd").exists() => {
+                Err(std::io::Error::other(format!("{error:#}")))
+            }
+            Err(error) => {
+                tracing::warn!(
+                    "recompiling {}: the cached file is unusable: {error:#}",
+                    path.display()
+                );
+                Ok(None)
             }
         }
     }
@@ -283,4 +409,50 @@ pub fn default_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("warden")))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden")))?;
     Some(base.join("components"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMPONENT: &str = r#"(component (core module (func (export "f"))))"#;
+
+    #[test]
+    fn a_cached_file_is_loaded_only_while_its_tag_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = CompileCache::new(dir.path().join("components"), &engine);
+        let sha256 = "ab".repeat(32);
+        let compile = || Component::new(&engine, COMPONENT);
+        let (_, hit) = cache.load_or_compile(&engine, &sha256, compile).unwrap();
+        assert!(!hit);
+        let key = *cache.key().unwrap();
+        let path = cache.path_for(&sha256);
+        // The sealed copy is how it loads on Linux, not the fallback.
+        #[cfg(target_os = "linux")]
+        assert!(matches!(
+            cache.load_sealed(&engine, &key, &sha256, &path),
+            Ok(Some(_))
+        ));
+        assert!(cache.load(&engine, &key, &sha256, &path).is_some());
+        // Under another component's hash, the same file does not verify.
+        let other = "cd".repeat(32);
+        assert!(cache.load(&engine, &key, &other, &path).is_none());
+
+        // One bit of the compiled code changed: not loaded.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        #[cfg(target_os = "linux")]
+        assert!(matches!(
+            cache.load_sealed(&engine, &key, &sha256, &path),
+            Ok(None)
+        ));
+        assert!(cache.load(&engine, &key, &sha256, &path).is_none());
+        let (_, hit) = cache.load_or_compile(&engine, &sha256, compile).unwrap();
+        assert!(!hit, "a changed file was trusted");
+        let (_, hit) = cache.load_or_compile(&engine, &sha256, compile).unwrap();
+        assert!(hit, "the recompiled file is trusted again");
+    }
 }
