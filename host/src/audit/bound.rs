@@ -82,7 +82,7 @@ pub fn was_truncated(data: &Value, field: &str) -> bool {
 
 /// Cut `text` to `max` bytes of JSON; whether it was cut.
 fn bound_text(text: &mut String, max: usize) -> bool {
-    if escaped_len(text) <= max {
+    if escaped_fits(text, max) {
         return false;
     }
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
@@ -97,7 +97,7 @@ fn bound_text(text: &mut String, max: usize) -> bool {
 /// other value as its compact JSON.
 fn bound_value(value: &mut Value, max: usize) -> bool {
     if let Value::String(text) = value {
-        if escaped_len(text) <= max {
+        if escaped_fits(text, max) {
             return false;
         }
         let digest = hex::encode(Sha256::digest(text.as_bytes()));
@@ -130,6 +130,12 @@ fn marker(bytes: u64, sha256: String, head: String) -> Value {
 /// The length of `text` as a JSON string body (escapes counted).
 fn escaped_len(text: &str) -> usize {
     text.chars().map(escaped_char_len).sum()
+}
+
+/// Whether `text`'s JSON string body fits in `max` bytes: at once when
+/// even all escapes would fit.
+fn escaped_fits(text: &str, max: usize) -> bool {
+    text.len().saturating_mul(6) <= max || escaped_len(text) <= max
 }
 
 fn escaped_char_len(c: char) -> usize {
@@ -171,7 +177,43 @@ fn json_len_at_most(value: &Value, max: usize) -> bool {
             Ok(())
         }
     }
+    // Most values are far below the bound: a walk that over-counts tells
+    // so without writing them (every record's fields pass here).
+    if worst_case_len(value, max).is_some() {
+        return true;
+    }
     serde_json::to_writer(&mut Counter { left: max }, value).is_ok()
+}
+
+/// Most bytes of JSON `value` can take, if that is at most `max`: each
+/// byte of a string or key counted as an escape (`\u00XX`, 6), a number
+/// as 32. An over-count only sends a value to the exact measure.
+fn worst_case_len(value: &Value, max: usize) -> Option<usize> {
+    let mut total = 0usize;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        total += match value {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 32,
+            Value::String(text) => text.len().checked_mul(6)?.checked_add(3)?,
+            Value::Array(items) => {
+                stack.extend(items);
+                items.len() + 2
+            }
+            Value::Object(map) => {
+                let mut keys = 0usize;
+                for (key, value) in map {
+                    keys = keys.checked_add(key.len().checked_mul(6)?.checked_add(4)?)?;
+                    stack.push(value);
+                }
+                keys.checked_add(2)?
+            }
+        };
+        if total > max {
+            return None;
+        }
+    }
+    Some(total)
 }
 
 /// Hashes and counts what is written, keeping the first `keep` bytes.
@@ -217,6 +259,28 @@ mod tests {
 
     fn sha(bytes: &[u8]) -> String {
         hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn the_quick_measure_never_counts_less_than_the_json() {
+        let values = [
+            json!(null),
+            json!(false),
+            json!(-1.797_693_134_862_315_7e308),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!("\u{0}\u{1f}\"\\\n\u{7f}\u{2028}é😀"),
+            json!({ "\u{1}\u{2}": ["\u{3}", { "k\"": [null, true, 5e-324] }], "": {} }),
+            json!([[], {}, [[[]]], "", 0]),
+        ];
+        for value in values {
+            let exact = serde_json::to_vec(&value).unwrap().len();
+            let quick = worst_case_len(&value, usize::MAX).unwrap();
+            assert!(quick >= exact, "{value}: {quick} < {exact}");
+            // At the exact bound it fits either way; one byte short, never.
+            assert!(json_len_at_most(&value, exact));
+            assert!(!json_len_at_most(&value, exact - 1), "{value}");
+        }
     }
 
     #[test]
