@@ -44,7 +44,7 @@ use warden::registry::ToolRegistry;
 use warden::runtime::{Runtime, RuntimeConfig};
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
 
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -53,31 +53,9 @@ mod guests {
 const ARGS: &str = r#"{"text":"hello"}"#;
 const LEVELS: [usize; 4] = [1, 8, 64, 512];
 
-/// The least a store needs to run a tool: WASI and a resource table.
-struct Raw {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Raw {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl warden::bindings::agent::warden::sandbox::types::Host for Raw {}
-impl warden::bindings::agent::warden::sandbox::log::Host for Raw {
-    async fn log(
-        &mut self,
-        _: warden::bindings::agent::warden::sandbox::log::Level,
-        _: String,
-    ) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
+#[path = "shared/raw.rs"]
+mod raw;
+use raw::Raw;
 
 /// What one burst measured.
 #[derive(Default)]

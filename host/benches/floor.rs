@@ -88,31 +88,9 @@ impl bare::warden::sandbox::log::Host for Bare {
     fn log(&mut self, _: bare::warden::sandbox::log::Level, _: String) {}
 }
 
-/// The same for warden's async engine path.
-struct Raw {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Raw {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl warden::bindings::agent::warden::sandbox::types::Host for Raw {}
-impl warden::bindings::agent::warden::sandbox::log::Host for Raw {
-    async fn log(
-        &mut self,
-        _: warden::bindings::agent::warden::sandbox::log::Level,
-        _: String,
-    ) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
+#[path = "shared/raw.rs"]
+mod raw;
+use raw::Raw;
 
 /// A policy granting `echo` from `component`, with a schema and five
 /// argument rules the arguments pass.
