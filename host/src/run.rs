@@ -178,13 +178,21 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
         tools,
         replay: spec.replay_tools.clone(),
     };
-    let state = match GuestState::new(
+    // The agent's instance counts against the pool like a tool call's, so
+    // that tool calls waiting for a slot can get one; it never waits.
+    let slot = runtime.instance_slots().try_take();
+    let state = match slot.as_ref().ok_or_else(|| {
+        format!(
+            "no instance is free for the agent: all {} instances of the engine are in use by other runs and calls (RuntimeConfig::max_instances, `warden mcp --max-instances`); run fewer at once, or raise it",
+            runtime.instance_slots().total()
+        )
+    }).and_then(|_| GuestState::new(
         agent_name.clone(),
         gate.clone(),
         &limits,
         role,
         Grantee::Agent,
-    ) {
+    )) {
         Ok(state) => state,
         Err(message) => {
             end_record(
@@ -223,6 +231,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     };
     store.data().finish(failure)?;
     drop(store);
+    drop(slot);
 
     let session = gate.session();
     let logs_dropped = gate.logs_dropped();

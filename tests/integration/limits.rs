@@ -335,3 +335,45 @@ async fn calls_beyond_the_instance_pool_wait_their_turn() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 2);
 }
+
+/// An agent's instance counts against the pool too, and it never waits
+/// for one: with every slot taken (by other runs or calls), a run is
+/// refused at once naming the setting, and runs again once one is free.
+#[tokio::test]
+async fn an_agent_takes_a_slot_of_the_pool_and_is_refused_at_once_when_none_is_free() {
+    use std::sync::Arc;
+    let runtime = warden::runtime::Runtime::new(warden::runtime::RuntimeConfig {
+        cache_dir: Some(cache_dir().to_path_buf()),
+        max_instances: 1,
+    })
+    .unwrap();
+    let spec = || warden::run::RunSpec {
+        policy: policy("[model]\nallow = [\"scripted\"]\n"),
+        agent: warden::load::ComponentSource::File(guests::ROUNDTRIP_AGENT.into()),
+        provider: Arc::new(
+            warden::provider::ScriptedProvider::parse("s", "[[turn]]\ntext = \"x\"\n").unwrap(),
+        ),
+        task: "0".into(),
+        approver: None,
+        approve: Vec::new(),
+        approve_from: Vec::new(),
+        replay_tools: None,
+    };
+    let held = runtime.instance_slots().try_take().unwrap();
+    let started = std::time::Instant::now();
+    let refused = warden::run::run(&runtime, spec(), warden::audit::AuditLog::new("r-full")).await;
+    match refused {
+        Err(warden::run::RunError::Agent(message)) => {
+            assert!(message.contains("max_instances"), "{message}")
+        }
+        other => panic!("not refused: {:?}", other.map(|r| r.result)),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "it waited");
+    drop(held);
+    let report = warden::run::run(&runtime, spec(), warden::audit::AuditLog::new("r-free"))
+        .await
+        .unwrap();
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    // Its slot is given back when the run ends.
+    assert!(runtime.instance_slots().try_take().is_some());
+}

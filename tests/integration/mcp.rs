@@ -1070,3 +1070,66 @@ fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
     };
     assert_eq!((tool("decision"), tool("outcome")), (40, 40));
 }
+
+/// `--max-instances` sizes the process's pool: a small pool still answers
+/// every call (calls past it wait their turn), and a size out of range is
+/// refused naming the flag, before anything is served.
+#[test]
+fn mcp_max_instances_sizes_the_pool_and_refuses_a_size_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        format!(
+            "[model]\nallow = [\"scripted\"]\n[tools.echo]\ncomponent = {:?}\n",
+            guests::ECHO_TOOL
+        ),
+    )
+    .unwrap();
+    let serve = |max: &str, messages: &[Value]| {
+        let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["mcp", "--threads", "2", "--max-instances", max, "--policy"])
+            .arg(&policy_path)
+            .arg("--audit")
+            .arg(dir.path().join("audit.jsonl"))
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = server.stdin.take().unwrap();
+            // A server that refused to start has closed its end.
+            let _ = stdin.write_all(&lines(messages));
+        }
+        server.wait_with_output().unwrap()
+    };
+    let mut messages = vec![initialize(LATEST)];
+    messages.extend((1..=20).map(|id| call(id, "echo", json!({ "n": id }))));
+    let out = serve("1", &messages);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect();
+    for id in 1..=20 {
+        let result = &answer(&answers, id)["result"];
+        assert_eq!(result["isError"], false, "{result}");
+    }
+    for bad in ["0", "10001", "many"] {
+        let out = serve(bad, &messages);
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--max-instances"), "{stderr}");
+    }
+}

@@ -8,7 +8,7 @@ use warden::mcp::ToolsLoaded;
 use warden::run::RunError;
 use warden::transcript::{Transcript, field, name};
 
-use super::{EXIT_NO_ANSWER, bad_input, open_audit, print_warnings, start_runtime};
+use super::{EXIT_NO_ANSWER, bad_input, open_audit, print_warnings, start_runtime_sized};
 
 #[derive(Args)]
 pub(crate) struct McpArgs {
@@ -71,6 +71,13 @@ pub(crate) struct McpArgs {
     /// Compile every component afresh; do not read or write the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Most tool instances alive at once in this process, all sessions
+    /// together (the pooling allocator's size; each takes address space,
+    /// and up to 2 MiB resident once used). A call past it waits for a
+    /// free one, at most the tool's `limits.wall`.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_instances: u32,
 }
 
 impl McpArgs {
@@ -99,7 +106,7 @@ pub(crate) async fn run(args: McpArgs) -> ExitCode {
     // The process's engine; a compile abandoned when the client leaves
     // goes on using it until the process exits (at once).
     let runtime: &'static warden::runtime::Runtime =
-        match start_runtime(args.cache_dir, args.no_cache) {
+        match start_runtime_sized(args.cache_dir, args.no_cache, args.max_instances) {
             Ok(runtime) => Box::leak(Box::new(runtime)),
             Err(code) => return code,
         };

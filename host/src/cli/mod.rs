@@ -73,6 +73,16 @@ pub(crate) fn start_runtime(
     cache_dir: Option<PathBuf>,
     no_cache: bool,
 ) -> Result<Runtime, ExitCode> {
+    start_runtime_sized(cache_dir, no_cache, RuntimeConfig::default().max_instances)
+}
+
+/// [`start_runtime`] with a pool of `max_instances` instances
+/// (`warden mcp --max-instances`).
+pub(crate) fn start_runtime_sized(
+    cache_dir: Option<PathBuf>,
+    no_cache: bool,
+    max_instances: u32,
+) -> Result<Runtime, ExitCode> {
     let cache_dir = if no_cache {
         None
     } else {
@@ -80,7 +90,7 @@ pub(crate) fn start_runtime(
     };
     Runtime::new(RuntimeConfig {
         cache_dir,
-        ..RuntimeConfig::default()
+        max_instances,
     })
     .map(|runtime| runtime.with_progress(std::sync::Arc::new(progress::StderrProgress)))
     .map_err(|error| bad_input(format!("error: cannot start the engine: {error:#}")))

@@ -85,8 +85,11 @@ pub struct Runtime {
 /// The pool's instances as permits: a tool call takes one before it
 /// instantiates and gives it back when its store is gone, so calls beyond
 /// the pool wait their turn (in the order they came) instead of failing
-/// at instantiation. Agents do not take one: an agent holds its instance
-/// for the whole run, and waiting for its own tool calls would deadlock.
+/// at instantiation. An agent takes one without waiting ([`try_take`]):
+/// it holds it for the whole run, and an agent waiting for a slot while
+/// other agents' tool calls wait for theirs could stall them all.
+///
+/// [`try_take`]: InstanceSlots::try_take
 #[derive(Clone)]
 pub struct InstanceSlots {
     free: Arc<tokio::sync::Semaphore>,
@@ -100,6 +103,18 @@ impl InstanceSlots {
             free: Arc::new(tokio::sync::Semaphore::new(permits)),
             total,
         }
+    }
+
+    /// A free instance now, or `None`: for an agent, which must not wait
+    /// for a slot while its tool calls might be waiting for one too (each
+    /// agent holds one for its whole run).
+    pub fn try_take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.free.clone().try_acquire_owned().ok()
+    }
+
+    /// How many instances the engine's pool holds.
+    pub fn total(&self) -> u32 {
+        self.total
     }
 
     /// A free instance, waiting at most `wait` for one; the refusal says
