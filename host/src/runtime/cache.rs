@@ -216,12 +216,15 @@ impl CompileCache {
         let mut tag = [0u8; TAG_LEN];
         std::os::unix::fs::FileExt::read_exact_at(&source, &mut tag, 0)?;
         // SAFETY: a C string literal and flags; returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"warden-compiled".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
+        let create = |flags| unsafe { libc::memfd_create(c"warden-compiled".as_ptr(), flags) };
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // Executable, said so: wasmtime maps the code from it, and where
+        // `vm.memfd_noexec` is 1 a memfd is otherwise sealed against it.
+        // Kernels before 6.3 know no such flag (EINVAL), and need none.
+        let mut fd = create(flags | libc::MFD_EXEC);
+        if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            fd = create(flags);
+        }
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -288,19 +291,12 @@ impl CompileCache {
         // with this compatibility hash; the memfd is sealed, so the bytes
         // wasmtime maps are the bytes verified. A missing /proc fails to
         // open, before anything is deserialized.
-        match unsafe { Component::deserialize_file(engine, format!("/proc/self/fd/{fd}")) } {
-            Ok(component) => Ok(Some(component)),
-            Err(error) if !Path::new("/proc/self/fd").exists() => {
-                Err(std::io::Error::other(format!("{error:#}")))
-            }
-            Err(error) => {
-                tracing::warn!(
-                    "recompiling {}: the cached file is unusable: {error:#}",
-                    path.display()
-                );
-                Ok(None)
-            }
-        }
+        // Any failure here (no /proc, a mapping this system refuses) sends
+        // the caller to read the file instead, which recompiles only if
+        // that fails too.
+        unsafe { Component::deserialize_file(engine, format!("/proc/self/fd/{fd}")) }
+            .map(Some)
+            .map_err(|error| std::io::Error::other(format!("{error:#}")))
     }
 
     /// Write atomically (a reader sees the whole file or none), 0600.
