@@ -180,3 +180,57 @@ async fn python_and_javascript_components_load_from_the_compile_cache() {
         assert!(again.cache_hit, "{path} was compiled twice");
     }
 }
+
+/// `tools/python-exec`: model-written Python runs in the tool's own
+/// instance. It computes and prints; it finds no host files, no sockets,
+/// no processes and no native code; an endless loop is stopped by the
+/// CPU limit; nothing one call defines is there in the next.
+#[tokio::test]
+async fn python_exec_runs_code_with_no_authority_of_its_own() {
+    let mut text = policy(&[("python", guests::PYTHON_EXEC)]);
+    text = text.replace("[limits]\n", "[limits]\ncpu = \"2s\"\n");
+    let run = |code: &str| ("python", json!({ "code": code }));
+    let (results, _) = run_calls(
+        &text,
+        &[
+            run("total = sum(i * i for i in range(10))\nprint('squares', total)\ntotal * 2"),
+            run("open('/etc/passwd').read()"),
+            run("import os\nos.listdir('/')"),
+            run("import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)"),
+            run("import subprocess\nsubprocess.run(['ls'])"),
+            run("import ctypes\nctypes.CDLL(None)"),
+            run("total"),
+            run("while True:\n    pass"),
+        ],
+    )
+    .await;
+    let report = |i: usize| -> serde_json::Value {
+        serde_json::from_str(results[i].as_ref().unwrap()).unwrap()
+    };
+    assert_eq!(
+        report(0),
+        json!({ "stdout": "squares 285\n", "value": "570", "error": null })
+    );
+    for (i, what) in [
+        (1, "a host file"),
+        (3, "a socket"),
+        (4, "a process"),
+        (5, "native code"),
+    ] {
+        let report = report(i);
+        assert!(
+            report["error"].is_string() && report["value"].is_null(),
+            "{what}: {report}"
+        );
+    }
+    // The root it lists is its own (empty: no directory is granted).
+    let root = report(2);
+    assert!(root["error"].is_string() || root["value"] == "[]", "{root}");
+    assert!(
+        report(6)["error"].as_str().unwrap().contains("NameError"),
+        "a variable survived into the next call: {}",
+        report(6)
+    );
+    let spun = results[7].as_ref().unwrap_err();
+    assert!(spun.contains("CPU limit"), "{spun}");
+}
