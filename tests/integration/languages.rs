@@ -201,6 +201,8 @@ async fn python_exec_runs_code_with_no_authority_of_its_own() {
             run("import ctypes\nctypes.CDLL(None)"),
             run("total"),
             run("while True:\n    pass"),
+            run("hoard = bytearray(1 << 30)"),
+            run("for _ in range(100):\n    print('x' * 1_000_000)"),
         ],
     )
     .await;
@@ -233,4 +235,17 @@ async fn python_exec_runs_code_with_no_authority_of_its_own() {
     );
     let spun = results[7].as_ref().unwrap_err();
     assert!(spun.contains("CPU limit"), "{spun}");
+    // A gigabyte is refused by the memory limit (CPython sees a failed
+    // allocation); 100 MB printed is stopped before it reaches the host.
+    match &results[8] {
+        Ok(text) => assert!(text.contains("MemoryError"), "{text}"),
+        Err(stopped) => assert!(stopped.contains("memory"), "{stopped}"),
+    }
+    match &results[9] {
+        Ok(text) => assert!(text.contains("MemoryError"), "{text}"),
+        Err(stopped) => assert!(
+            stopped.contains("memory") || stopped.contains("output"),
+            "{stopped}"
+        ),
+    }
 }
