@@ -994,13 +994,14 @@ component = "builtin:text"
     assert_eq!(by, ["--approve-from tool:word_count"]);
 }
 
-#[test]
-fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
-    // `--threads 2`: calls overlap on two worker threads; every one is
-    // answered, and the log is one valid chain with a decision and an
-    // outcome per call.
-    let dir = tempfile::tempdir().unwrap();
-    let policy_path = dir.path().join("policy.toml");
+/// `warden mcp ARGS` over stdio with a policy granting the echo tool,
+/// fed `messages`, until it exits: its output and its audit log's path.
+fn serve_echo(
+    dir: &std::path::Path,
+    args: &[&str],
+    messages: &[Value],
+) -> (std::process::Output, PathBuf) {
+    let policy_path = dir.join("policy.toml");
     std::fs::write(
         &policy_path,
         format!(
@@ -1009,11 +1010,11 @@ fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
         ),
     )
     .unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let mut messages = vec![initialize(LATEST)];
-    messages.extend((1..=40).map(|id| call(id, "echo", json!({ "n": id }))));
+    let audit = dir.join("audit.jsonl");
     let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["mcp", "--threads", "2", "--concurrency", "8", "--policy"])
+        .arg("mcp")
+        .args(args)
+        .arg("--policy")
         .arg(&policy_path)
         .arg("--audit")
         .arg(&audit)
@@ -1027,20 +1028,40 @@ fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
     {
         use std::io::Write;
         let mut stdin = server.stdin.take().unwrap();
-        stdin.write_all(&lines(&messages)).unwrap();
+        // A server that refused to start has closed its end.
+        let _ = stdin.write_all(&lines(messages));
     }
-    let out = server.wait_with_output().unwrap();
+    (server.wait_with_output().unwrap(), audit)
+}
+
+/// The JSON-RPC messages a server wrote, one per line.
+fn answers_in(out: &std::process::Output) -> Vec<Value> {
+    out.stdout
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
+    // `--threads 2`: calls overlap on two worker threads; every one is
+    // answered, and the log is one valid chain with a decision and an
+    // outcome per call.
+    let dir = tempfile::tempdir().unwrap();
+    let mut messages = vec![initialize(LATEST)];
+    messages.extend((1..=40).map(|id| call(id, "echo", json!({ "n": id }))));
+    let (out, audit) = serve_echo(
+        dir.path(),
+        &["--threads", "2", "--concurrency", "8"],
+        &messages,
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let answers: Vec<Value> = out
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| serde_json::from_slice(line).unwrap())
-        .collect();
+    let answers = answers_in(&out);
     assert_eq!(answers.len(), 41);
     for id in 1..=40 {
         let result = &answer(&answers, id)["result"];
@@ -1077,56 +1098,29 @@ fn mcp_on_several_threads_answers_every_call_in_one_audit_chain() {
 #[test]
 fn mcp_max_instances_sizes_the_pool_and_refuses_a_size_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
-    let policy_path = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy_path,
-        format!(
-            "[model]\nallow = [\"scripted\"]\n[tools.echo]\ncomponent = {:?}\n",
-            guests::ECHO_TOOL
-        ),
-    )
-    .unwrap();
-    let serve = |max: &str, messages: &[Value]| {
-        let mut server = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["mcp", "--threads", "2", "--max-instances", max, "--policy"])
-            .arg(&policy_path)
-            .arg("--audit")
-            .arg(dir.path().join("audit.jsonl"))
-            .arg("--cache-dir")
-            .arg(cache_dir())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = server.stdin.take().unwrap();
-            // A server that refused to start has closed its end.
-            let _ = stdin.write_all(&lines(messages));
-        }
-        server.wait_with_output().unwrap()
-    };
     let mut messages = vec![initialize(LATEST)];
     messages.extend((1..=20).map(|id| call(id, "echo", json!({ "n": id }))));
-    let out = serve("1", &messages);
+    let serve = |max: &str| {
+        serve_echo(
+            dir.path(),
+            &["--threads", "2", "--max-instances", max],
+            &messages,
+        )
+        .0
+    };
+    let out = serve("1");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let answers: Vec<Value> = out
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| serde_json::from_slice(line).unwrap())
-        .collect();
+    let answers = answers_in(&out);
     for id in 1..=20 {
         let result = &answer(&answers, id)["result"];
         assert_eq!(result["isError"], false, "{result}");
     }
     for bad in ["0", "10001", "many"] {
-        let out = serve(bad, &messages);
+        let out = serve(bad);
         assert!(!out.status.success());
         assert!(out.stdout.is_empty());
         let stderr = String::from_utf8_lossy(&out.stderr);
