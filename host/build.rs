@@ -45,6 +45,7 @@ const PYTHON_GUESTS: &[(&str, &str, &str, &str)] = &[
     ("tools/wordfreq-py", "app", "tool", "wordfreq_py"),
     ("tools/python-exec", "app", "tool", "python_exec"),
     ("agents/react-py", "app", "agent", "react_py"),
+    ("agents/codeact-py", "app", "agent", "codeact_py"),
 ];
 /// JavaScript guests, built with componentize-js: (source file, world,
 /// artifact).

@@ -9,6 +9,7 @@ mod approvals;
 mod boundary;
 mod cli;
 mod cli_output;
+mod codeact;
 mod compile;
 mod containment;
 mod egress;
