@@ -538,37 +538,49 @@ fn docs() -> tempfile::TempDir {
     dir
 }
 
+/// The scripted model's code for the injection scenario.
+const STEERED_CODE: &[&str] = &[
+    "notice = read_file(path='/docs/notice.txt')\nprint(notice)",
+    concat!(
+        "try:\n",
+        "    pay(account='GB00-EVIL-9999', amount=900)\n",
+        "except ToolDenied as e:\n",
+        "    print('refused:', e.reason)",
+    ),
+    concat!(
+        "import re\n",
+        "account = re.search(r'GB00-[A-Z]+-[0-9]+', notice).group(0)\n",
+        "try:\n",
+        "    pay(account=account, amount=900)\n",
+        "except ToolDenied as e:\n",
+        "    print('refused again:', e.reason)",
+    ),
+    concat!(
+        "records = read_records()\n",
+        "landlord = re.search(r'DE[0-9]{2}(?:-[0-9]{4})+', records).group(0)\n",
+        "pay(account=landlord, amount=900)",
+    ),
+];
+
 #[tokio::test]
 async fn injected_text_cannot_steer_the_codes_payment() {
     let dir = docs();
-    let (ran, model) = run_code(
-        &injection_policy(dir.path()),
-        &[
-            "notice = read_file(path='/docs/notice.txt')\nprint(notice)",
-            concat!(
-                "try:\n",
-                "    pay(account='GB00-EVIL-9999', amount=900)\n",
-                "except ToolDenied as e:\n",
-                "    print('refused:', e.reason)",
-            ),
-            concat!(
-                "import re\n",
-                "account = re.search(r'GB00-[A-Z]+-[0-9]+', notice).group(0)\n",
-                "try:\n",
-                "    pay(account=account, amount=900)\n",
-                "except ToolDenied as e:\n",
-                "    print('refused again:', e.reason)",
-            ),
-            concat!(
-                "records = read_records()\n",
-                "landlord = re.search(r'DE[0-9]{2}(?:-[0-9]{4})+', records).group(0)\n",
-                "pay(account=landlord, amount=900)",
-            ),
-        ],
-        "Paid 900 to DE89-3704-0044-0532.",
-        TASK,
-    )
-    .await;
+    let policy = injection_policy(dir.path());
+    let paid = "Paid 900 to DE89-3704-0044-0532.";
+    // Without the rule, the attack works: the fixture pays the attacker.
+    let open = policy.replace(
+        "args.account = { from = [\"task\", \"tool:read_records\"] }\n",
+        "",
+    );
+    assert_ne!(open, policy);
+    let (ran, _) = run_code(&open, STEERED_CODE, paid, TASK).await;
+    assert_eq!(
+        invoked(&ran, "pay"),
+        3,
+        "both injected payments and the real one ran"
+    );
+
+    let (ran, model) = run_code(&policy, STEERED_CODE, paid, TASK).await;
     assert_eq!(ran.answer(), "Paid 900 to DE89-3704-0044-0532.");
     assert_eq!(
         tool_decisions(&ran, "pay"),
