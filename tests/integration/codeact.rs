@@ -661,3 +661,46 @@ text = "Paid 900 to DE89-3704-0044-0532."
         );
     }
 }
+
+/// The command docs/code-agents.md shows: the example policy and the demo
+/// script, from the command line.
+#[test]
+fn the_documented_command_runs_the_demo_script() {
+    let agent = codeact();
+    let audit = tempfile::tempdir().unwrap();
+    let out = crate::cli::warden(&[
+        "run",
+        agent,
+        "-p",
+        "policies/codeact.toml",
+        "-m",
+        "scripted:tests/codeact/demo.script.toml",
+        "-t",
+        "What do the squares of 1 to 10 sum to, and how many words are in 'the quick brown fox jumps over the lazy dog'?",
+        "--color",
+        "never",
+        "--audit",
+        &audit.path().join("demo.jsonl").display().to_string(),
+    ]);
+    let stdout = crate::cli::text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        crate::cli::text(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("[tool]  calc  allow (tools.calc)").count(),
+        10,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[tool]  fetch  DENY (tools.fetch.args.url)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "answer:\n  │ The squares of 1 to 10 sum to 385, and the sentence has 9 words.\n"
+        ),
+        "{stdout}"
+    );
+}
