@@ -46,8 +46,8 @@ demo: setup-rust
 install: setup-rust
 	$(CARGO) install --locked --path host
 
-## Every test: host unit and integration tests, guest unit tests (Rust and
-## JavaScript), doc tests;
+## Every test: host unit and integration tests, guest unit tests (Rust,
+## JavaScript and the code agent's Python), doc tests;
 ## then every policy in policies/ is checked (--strict) and its cases in
 ## policies/tests/ run, as a policy author would; the benchmark's policies in
 ## bench/injection/ are checked (--strict) too.
@@ -60,6 +60,7 @@ WARDEN := $(or $(CARGO_TARGET_DIR),target)/debug/warden
 test: setup
 	$(CARGO) test --workspace
 	node --import ./guest-sdk/js/node/register.mjs --test tools/jsonpath-js/
+	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m unittest discover -s agents/codeact-py
 	@for p in policies/*.toml; do \
 		$(WARDEN) check --strict $$(case $$p in */email-assistant.toml) echo --no-load;; esac) $$p > /dev/null || exit 1; \
 		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \
