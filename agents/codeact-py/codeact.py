@@ -44,8 +44,8 @@ RESERVED = {
     "ToolFailed",
 }
 
-# A fenced block tagged python (```python, ```py or ```python3).
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)(?:\r?\n)?```", re.DOTALL | re.IGNORECASE)
+# The tags of a fenced block that is code to run.
+_PYTHON_TAGS = ("python", "py", "python3")
 
 
 class ToolError(Exception):
@@ -98,7 +98,22 @@ class _FinalAnswer(BaseException):
 def extract_code(text):
     """The Python code in a model's reply: every ```python block, in order,
     joined; ``None`` when there is none (the reply is then the answer)."""
-    blocks = _FENCE.findall(text or "")
+    text = text or ""
+    blocks = []
+    at = 0
+    # Fences pair up in order, as in Markdown; one pass over the text (a
+    # reply full of unclosed fences costs no more than its length).
+    while True:
+        start = text.find("```", at)
+        if start < 0:
+            break
+        end = text.find("```", start + 3)
+        if end < 0:
+            break
+        tag, newline, body = text[start + 3 : end].partition("\n")
+        if newline and tag.strip().lower() in _PYTHON_TAGS:
+            blocks.append(body.rstrip("\r\n"))
+        at = end + 3
     if not blocks:
         return None
     return "\n\n".join(blocks)

@@ -3,6 +3,7 @@
 in its sandbox, is tested by tests/integration/codeact.rs."""
 
 import json
+import time
 import unittest
 from types import SimpleNamespace
 
@@ -59,6 +60,14 @@ class ExtractCode(unittest.TestCase):
         self.assertIsNone(codeact.extract_code("The answer is 4."))
         self.assertIsNone(codeact.extract_code("```bash\nls\n```"))
         self.assertIsNone(codeact.extract_code(""))
+        self.assertIsNone(codeact.extract_code("```python\nunclosed"))
+        self.assertEqual(codeact.extract_code("```\nshown\n```\n```python\nrun\n```"), "run")
+        # Fences pair up in order, in one pass: 200,000 of them take no
+        # more than their length (a scan per opening fence would not end).
+        started = time.monotonic()
+        many = codeact.extract_code("```python\nx = 1\n" * 200_001)
+        self.assertEqual(many.count("x = 1"), 100_000)
+        self.assertLess(time.monotonic() - started, 5)
 
 
 class ToolFunctions(unittest.TestCase):
