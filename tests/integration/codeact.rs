@@ -235,6 +235,7 @@ async fn syntax_errors_and_exceptions_are_observations_not_crashes() {
             "import sys\nsys.exit(3)",
             "raise KeyboardInterrupt",
             "import statistics, re, json\nstatistics.mean([1, 2, 3])",
+            "def down(n):\n    return down(n + 1)\ndown(0)",
         ],
         "recovered",
         "Try things.",
@@ -256,6 +257,7 @@ async fn syntax_errors_and_exceptions_are_observations_not_crashes() {
     assert!(seen[0].contains("SyntaxError"), "{}", seen[0]);
     // The standard library a model reaches for is there at run time.
     assert!(seen[4].ends_with("value: 2"), "{}", seen[4]);
+    assert!(seen[5].contains("error: RecursionError"), "{}", seen[5]);
 }
 
 /// The model's code has the agent's authority and no more: no host files,
@@ -366,6 +368,23 @@ async fn a_memory_bomb_meets_the_memory_limit() {
             record.detail
         );
     }
+    let (ran, _) = run_code(&base("", ""), &[], "still here", "Ping.").await;
+    assert_eq!(ran.answer(), "still here");
+}
+
+/// Structure nested deeper than the C stack can format (CPython's `str`
+/// recurses in C) overflows the agent's wasm stack: the run ends with the
+/// overflow named, and the host goes on.
+#[tokio::test]
+async fn a_structure_too_deep_to_print_ends_the_run_with_a_stack_overflow() {
+    let model = Recording::new(&script(
+        &["nested = []\nfor _ in range(200_000):\n    nested = [nested]\nprint(str(nested)[:50])"],
+        "unreachable",
+    ));
+    let ran = run_agent(codeact(), &base("", ""), model, "Nest.").await;
+    assert_eq!(stopped(&ran), &GuestFailure::StackOverflow);
+    let record = ran.records.iter().find(|r| r.kind == Kind::Limit).unwrap();
+    assert_eq!(record.rule, "engine.max_wasm_stack");
     let (ran, _) = run_code(&base("", ""), &[], "still here", "Ping.").await;
     assert_eq!(ran.answer(), "still here");
 }
