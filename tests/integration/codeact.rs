@@ -430,6 +430,44 @@ async fn the_run_ends_at_max_steps() {
         other => panic!("{other:?}"),
     }
     assert_eq!(model.requests.lock().unwrap().len(), 3);
+
+    // With no `max_steps` in the policy, the agent stops after 12 turns.
+    let model = Recording::new(&script(&["x = 1"; 13], "late"));
+    let ran = run_agent(codeact(), &base("", ""), model.clone(), "Count forever.").await;
+    match &ran.report.result {
+        Err(RunFailure::Agent(error)) => assert_eq!(
+            error,
+            "no final answer after 12 model turns (the agent's step limit)"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(model.requests.lock().unwrap().len(), 12);
+}
+
+/// A model that asks for JSON tool calls (as it would of a JSON agent) is
+/// told to write code instead; nothing is called.
+#[tokio::test]
+async fn json_tool_calls_are_not_run_the_model_is_told_to_write_code() {
+    let policy = format!(
+        "{}[tools.calc]\ncomponent = \"builtin:calc\"\n",
+        base("", "")
+    );
+    let script = "[[turn]]\ntext = \"Computing.\"\ncalls = [{ tool = \"calc\", arguments = { expression = \"6 * 7\" } }]\n[[turn]]\ntext = \"```python\\ncalc(expression='6 * 7')\\n```\"\n[[turn]]\ntext = \"42\"\n";
+    let model = Recording::new(script);
+    let ran = run_agent(codeact(), &policy, model.clone(), "6 * 7?").await;
+    assert_eq!(ran.answer(), "42");
+    let seen = observations(&model);
+    assert!(
+        seen[0].starts_with("Observation: tool calls in JSON are not run here"),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(seen[1], "Observation (step 2):\nvalue: 42");
+    assert_eq!(
+        tool_decisions(&ran, "calc"),
+        [(Verdict::Allow, "tools.calc".to_string())],
+        "only the call from code ran"
+    );
 }
 
 /// The model's code runs inside the agent's instance, so it can reach the
