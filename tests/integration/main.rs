@@ -20,6 +20,7 @@ mod ledger;
 mod limits;
 mod loading;
 mod mcp;
+mod mcp_python;
 mod mcp_startup;
 mod mock_model;
 mod plan;
