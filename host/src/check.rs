@@ -309,6 +309,9 @@ pub fn describe(file: &PolicyFile) -> String {
                 tool.third_party_labels.join(", ")
             );
         }
+        if tool.instance == crate::policy::Instance::PerRun {
+            out.push_str("    one instance kept for the run (`instance = \"per-run\"`): calls share its state (an interpreter's variables); its memory stays charged, a limit or trap resets it, and what one call is given carries its labels into every later result\n");
+        }
         if !tool.labels_flow {
             out.push_str("    labels do not flow through it: its results do not carry its arguments' or its store's labels\n");
         }

@@ -229,6 +229,11 @@ struct State {
     stdio_spent_recorded: bool,
     /// Whether the full provenance index is recorded.
     index_full_recorded: bool,
+    /// Linear memory of the per-run instances kept now, and at most.
+    kept_memory: u64,
+    kept_memory_peak: u64,
+    /// Per-run instances torn down by a limit or trap.
+    instance_resets: u64,
 }
 
 /// What a run has spent of its ledger besides the policy's budgets, for its
@@ -251,6 +256,12 @@ pub struct Ledger {
     pub index_bytes: u64,
     /// Whether the index filled (later data was not indexed).
     pub index_full: bool,
+    /// Most bytes of linear memory held at once by the per-run instances
+    /// kept between calls (`instance = "per-run"`).
+    pub kept_memory_peak: u64,
+    /// Per-run instances torn down by a limit or trap (the next call got
+    /// a fresh one).
+    pub instance_resets: u64,
 }
 
 impl Gate {
@@ -449,6 +460,21 @@ impl Gate {
             logs_dropped: state.logs_dropped,
             index_bytes: state.session.provenance.used(),
             index_full: state.session.provenance.is_full(),
+            kept_memory_peak: state.kept_memory_peak,
+            instance_resets: state.instance_resets,
+        }
+    }
+
+    /// A per-run instance kept between calls now holds `now` bytes of
+    /// linear memory where it held `before` (0 when new; `now` 0 when torn
+    /// down, `reset` when a limit or trap did it): the run's ledger keeps
+    /// the peak of all kept instances together.
+    pub fn charge_kept(&self, before: u64, now: u64, reset: bool) {
+        let mut state = self.lock();
+        state.kept_memory = state.kept_memory.saturating_sub(before).saturating_add(now);
+        state.kept_memory_peak = state.kept_memory_peak.max(state.kept_memory);
+        if reset {
+            state.instance_resets += 1;
         }
     }
 

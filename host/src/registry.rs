@@ -6,8 +6,14 @@
 //! afterwards: a tool keeps no state between calls and never runs with the
 //! agent's authority. Several entries may share a component; each is its
 //! own tool with its own rules.
+//!
+//! The one exception is an entry with `instance = "per-run"`: its instance
+//! is kept in the [`KeptInstances`] of the run (or of the MCP session) and
+//! called again, one call at a time. It must never outlive that run or
+//! session, never serve another, and never survive a limit or trap: any
+//! of those tears it down, and the next call gets a fresh one.
 
-use crate::bindings::tool::ToolPre;
+use crate::bindings::tool::{Tool, ToolPre};
 use crate::capability::{Grantee, GuestState, ToolRole};
 use crate::chat::ToolSpec;
 use crate::diagnostic::SourceError;
@@ -21,6 +27,10 @@ use crate::runtime::limits::{GuestFailure, within_output};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::Store;
 
 /// A loaded tool component.
 pub struct ToolComponent {
@@ -49,12 +59,245 @@ pub enum ToolFailure {
     Returned(String),
     /// A limit or trap stopped the tool.
     Stopped(GuestFailure),
+    /// A limit or trap stopped a per-run tool, and its kept instance was
+    /// torn down after this many calls: the next call starts afresh.
+    Reset(GuestFailure, u64),
+}
+
+impl std::fmt::Display for ToolFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolFailure::Returned(message) => f.write_str(message),
+            ToolFailure::Stopped(failure) => write!(f, "{failure}"),
+            ToolFailure::Reset(failure, calls) => write!(
+                f,
+                "{failure}; the session was reset: its per-run instance was torn down after {calls} call{}, and the next call starts a fresh one with nothing from earlier calls",
+                if *calls == 1 { "" } else { "s" }
+            ),
+        }
+    }
 }
 
 /// The run's tools.
 pub struct ToolRegistry {
     tools: BTreeMap<String, RegisteredTool>,
     instances: crate::runtime::InstanceSlots,
+    /// The per-run instances of the run (or stdio MCP session) this
+    /// registry serves; an HTTP MCP server passes each session's own.
+    kept: KeptInstances,
+}
+
+/// The per-run instances (`instance = "per-run"`) of one run or one MCP
+/// session, by tool: each kept between calls, called one call at a time,
+/// torn down by any limit or trap, and all of them at [`close`].
+///
+/// [`close`]: KeptInstances::close
+#[derive(Default)]
+pub struct KeptInstances {
+    tools: Mutex<HashMap<String, Arc<tokio::sync::Mutex<KeptSlot>>>>,
+    closed: AtomicBool,
+}
+
+/// One per-run tool's place: its instance while kept, and how many calls
+/// it has served.
+#[derive(Default)]
+struct KeptSlot {
+    kept: Option<Kept>,
+    /// Why the last instance was torn down, until a fresh one serves.
+    reset: Option<String>,
+}
+
+struct Kept {
+    store: Store<GuestState<ToolRole>>,
+    instance: Tool,
+    /// Calls it has served.
+    calls: u64,
+    /// Its memory as charged to the run's ledger.
+    charged: u64,
+    /// The pool slot it holds for as long as it is kept.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl KeptInstances {
+    /// A place for the per-run instances of a new run or session.
+    pub fn new() -> Self {
+        KeptInstances::default()
+    }
+
+    /// A place that keeps nothing: every per-run call is refused.
+    pub fn closed() -> Self {
+        let kept = KeptInstances::default();
+        kept.closed.store(true, Ordering::SeqCst);
+        kept
+    }
+
+    /// Tear every kept instance down (the run or MCP session ended),
+    /// recording what each wrote; refuse every later call. An instance
+    /// busy with a call is torn down when that call returns.
+    pub fn close(&self, gate: &Gate) -> io::Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        let slots: Vec<_> = lock(&self.tools).drain().collect();
+        for (_, slot) in slots {
+            if let Ok(mut slot) = slot.try_lock()
+                && let Some(kept) = slot.kept.take()
+            {
+                tear_down(gate, kept, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many instances are kept now.
+    pub fn kept(&self) -> usize {
+        lock(&self.tools)
+            .values()
+            .filter(|slot| slot.try_lock().map_or(true, |s| s.kept.is_some()))
+            .count()
+    }
+
+    /// Call `name` in its kept instance, starting one if there is none.
+    async fn call(
+        &self,
+        component: &ToolComponent,
+        slots: &crate::runtime::InstanceSlots,
+        name: &str,
+        arguments: &str,
+        gate: &Arc<Gate>,
+    ) -> io::Result<(Result<String, ToolFailure>, Vec<String>)> {
+        let stopped = |message: String| {
+            Ok((
+                Err(ToolFailure::Stopped(GuestFailure::Host(message))),
+                Vec::new(),
+            ))
+        };
+        if self.closed.load(Ordering::SeqCst) {
+            return stopped(format!(
+                "tool `{name}` keeps its instance for the session, and the session has ended"
+            ));
+        }
+        let limits = gate.policy().limits.clone();
+        let slot = lock(&self.tools)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        // Calls of one per-run tool take turns: never two on one store.
+        let Ok(mut slot) = tokio::time::timeout(limits.wall, slot.lock_owned()).await else {
+            return stopped(format!(
+                "tool `{name}` keeps one instance for the run (`instance = \"per-run\"`) and runs one call at a time; another call held it for longer than limits.wall ({})",
+                crate::policy::HumanDuration(limits.wall)
+            ));
+        };
+        let mut kept = match slot.kept.take() {
+            Some(kept) => kept,
+            None => match start_kept(component, slots, name, gate, limits.wall).await? {
+                Ok(kept) => kept,
+                Err(failure) => return Ok((Err(failure), Vec::new())),
+            },
+        };
+        let was_reset = slot.reset.take();
+        if kept.calls > 0 {
+            GuestState::begin_call(&mut kept.store);
+        }
+        let stderr = kept.store.data().stderr();
+        let result = GuestState::<ToolRole>::guarded(&stderr, limits.wall, async {
+            kept.instance
+                .call_invoke(&mut kept.store, name, arguments)
+                .await
+        })
+        .await;
+        kept.calls += 1;
+        let outcome = match within_output(result, limits.output) {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(message)) => Err(ToolFailure::Returned(message)),
+            Err(failure) => Err(ToolFailure::Stopped(failure)),
+        };
+        let http_labels = kept.store.data().http_labels();
+        match outcome {
+            Err(ToolFailure::Stopped(failure)) => {
+                // Its state after a limit or trap is nothing to go on from.
+                let calls = kept.calls;
+                tear_down(gate, kept, Some(&failure))?;
+                slot.reset = Some(failure.to_string());
+                Ok((Err(ToolFailure::Reset(failure, calls)), http_labels))
+            }
+            outcome => {
+                kept.store.data().finish(None)?;
+                let now = kept.store.data().memory_used();
+                gate.charge_kept(kept.charged, now, false);
+                kept.charged = now;
+                if let Some(why) = was_reset {
+                    tracing::debug!(tool = name, after = %why, "a fresh per-run instance served");
+                }
+                if self.closed.load(Ordering::SeqCst) {
+                    tear_down(gate, kept, None)?;
+                } else {
+                    slot.kept = Some(kept);
+                }
+                Ok((outcome, http_labels))
+            }
+        }
+    }
+}
+
+/// A fresh instance of `name` to keep: a pool slot taken for as long as it
+/// lives, its store, and the instance. The outer `Err` means the audit log
+/// failed.
+async fn start_kept(
+    component: &ToolComponent,
+    slots: &crate::runtime::InstanceSlots,
+    name: &str,
+    gate: &Arc<Gate>,
+    wall: Duration,
+) -> io::Result<Result<Kept, ToolFailure>> {
+    let stopped = |message: String| Ok(Err(ToolFailure::Stopped(GuestFailure::Host(message))));
+    let slot = match slots.take(wall).await {
+        Ok(slot) => slot,
+        Err(message) => {
+            return stopped(format!(
+                "{message} (tool `{name}` keeps one for the whole run: `instance = \"per-run\"`)"
+            ));
+        }
+    };
+    let limits = gate.policy().limits.clone();
+    let state = match GuestState::new(name, gate.clone(), &limits, ToolRole, Grantee::Tool(name)) {
+        Ok(state) => state,
+        Err(message) => return stopped(message),
+    };
+    let stderr = state.stderr();
+    let pre = &component.pre;
+    let mut store = state.into_store(pre.engine());
+    let instance =
+        GuestState::<ToolRole>::guarded(&stderr, wall, pre.instantiate_async(&mut store)).await;
+    match instance {
+        Ok(instance) => {
+            let charged = store.data().memory_used();
+            gate.charge_kept(0, charged, false);
+            Ok(Ok(Kept {
+                store,
+                instance,
+                calls: 0,
+                charged,
+                _slot: slot,
+            }))
+        }
+        Err(failure) => {
+            store.data().finish(Some(&failure))?;
+            Ok(Err(ToolFailure::Stopped(failure)))
+        }
+    }
+}
+
+/// Drop a kept instance (giving back its pool slot and memory), recording
+/// what it wrote and, if one did, the limit or trap that stopped it.
+fn tear_down(gate: &Gate, kept: Kept, failure: Option<&GuestFailure>) -> io::Result<()> {
+    let result = kept.store.data().finish(failure);
+    gate.charge_kept(kept.charged, 0, failure.is_some());
+    drop(kept);
+    result
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Every tool component a policy names, read and checked against its
@@ -288,9 +531,11 @@ impl ToolRegistry {
                 },
             );
         }
+        check_pool(policy, runtime.instance_slots().total())?;
         Ok(ToolRegistry {
             tools,
             instances: runtime.instance_slots().clone(),
+            kept: KeptInstances::new(),
         })
     }
 
@@ -319,6 +564,12 @@ impl ToolRegistry {
             .map(|(name, t)| (name.as_str(), &*t.component))
     }
 
+    /// The per-run instances of the run this registry serves (an HTTP MCP
+    /// session keeps its own).
+    pub fn kept(&self) -> &KeptInstances {
+        &self.kept
+    }
+
     /// Every distinct component loaded.
     pub fn components(&self) -> Vec<Arc<ToolComponent>> {
         let mut seen: Vec<Arc<ToolComponent>> = Vec::new();
@@ -340,6 +591,18 @@ impl ToolRegistry {
         arguments: &str,
         gate: &Arc<Gate>,
     ) -> io::Result<(Result<String, ToolFailure>, Vec<String>)> {
+        self.invoke_in(name, arguments, gate, None).await
+    }
+
+    /// [`invoke`](Self::invoke), keeping a per-run tool's instance in
+    /// `kept` (an MCP session's own) instead of the registry's.
+    pub async fn invoke_in(
+        &self,
+        name: &str,
+        arguments: &str,
+        gate: &Arc<Gate>,
+        kept: Option<&KeptInstances>,
+    ) -> io::Result<(Result<String, ToolFailure>, Vec<String>)> {
         let Some(tool) = self.tools.get(name) else {
             return Ok((
                 Err(ToolFailure::Stopped(GuestFailure::Host(format!(
@@ -348,6 +611,17 @@ impl ToolRegistry {
                 Vec::new(),
             ));
         };
+        let per_run = gate
+            .policy()
+            .tools
+            .get(name)
+            .is_some_and(|t| t.instance == crate::policy::Instance::PerRun);
+        if per_run {
+            let kept = kept.unwrap_or(&self.kept);
+            return kept
+                .call(&tool.component, &self.instances, name, arguments, gate)
+                .await;
+        }
         let limits = gate.policy().limits.clone();
         // More calls at once than the pool holds wait for one to finish,
         // at most the tool's wall time; the slot outlives the store.
@@ -390,6 +664,33 @@ impl ToolRegistry {
         store.data().finish(failure)?;
         Ok((outcome, store.data().http_labels()))
     }
+}
+
+/// Refuse a policy whose per-run tools would hold so many of the
+/// engine's instance slots for the whole run that the agent and one
+/// per-call tool could not have one.
+fn check_pool(policy: &PolicyFile, total: u32) -> Result<(), SourceError> {
+    let per_run: Vec<&crate::policy::ToolPolicy> = policy
+        .policy
+        .tools
+        .values()
+        .filter(|t| t.instance == crate::policy::Instance::PerRun && t.decision != Verdict::Deny)
+        .collect();
+    let Some(last) = per_run.last() else {
+        return Ok(());
+    };
+    let needed = per_run.len() as u64 + 2;
+    if needed <= u64::from(total) {
+        return Ok(());
+    }
+    Err(policy.error_at(
+        &last.place,
+        format!(
+            "{} tools keep an instance for the whole run (`instance = \"per-run\"`), each holding one of the engine's {total} instance slots, and the agent and a per-call tool need one each: {needed} slots are needed",
+            per_run.len()
+        ),
+        Some("raise the pool (`warden mcp --max-instances`, RuntimeConfig::max_instances), or make some of them `instance = \"per-call\"`".into()),
+    ))
 }
 
 /// Most tools one component may describe.

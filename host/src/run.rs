@@ -173,6 +173,7 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     gate.observe_task(&spec.task)?;
 
     let limits = policy.limits.clone();
+    let registry = tools.clone();
     let role = AgentRole {
         provider: spec.provider.clone(),
         tools,
@@ -232,6 +233,8 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     store.data().finish(failure)?;
     drop(store);
     drop(slot);
+    // Per-run tool instances end with the run, before its end record.
+    registry.kept().close(&gate)?;
 
     let session = gate.session();
     let logs_dropped = gate.logs_dropped();

@@ -6,8 +6,11 @@ and the error it raised, if any. It runs inside the tool's own instance:
 no files, network, environment or clock beyond what the policy grants the
 tool (with an ``fs`` grant it sees that directory; with ``http`` its
 requests go through warden's egress rules), and the policy's memory, CPU,
-wall and output limits bound every call. Nothing survives between calls:
-each call is a fresh instance.
+wall and output limits bound every call. Under ``instance = "per-call"``
+(the default) nothing survives between calls: each call is a fresh
+instance. Under ``instance = "per-run"`` warden keeps one instance for the
+run, and the names a call defines are there in the next (one namespace,
+as in a notebook), until a limit resets the instance.
 
 Build (from the repository root)::
 
@@ -25,6 +28,11 @@ from warden_sdk.tool import ToolWorld, tool
 # The longest snippet accepted, in characters.
 MAX_CODE = 100_000
 
+# The names the snippets define: empty in every fresh instance (the module
+# runs when the component is built, and each instance starts from that
+# snapshot), kept between calls only when warden keeps the instance.
+NAMESPACE = {"__name__": "__main__"}
+
 
 @tool(
     description="Run a Python snippet (standard library only) and return its "
@@ -41,7 +49,7 @@ def python(code: str) -> dict:
     if len(code) > MAX_CODE:
         raise ValueError(f"the code is {len(code)} characters; at most {MAX_CODE}")
     printed = io.StringIO()
-    namespace = {"__name__": "__main__"}
+    namespace = NAMESPACE
     value = None
     error = None
     try:

@@ -275,6 +275,19 @@ impl<R: Send + 'static> GuestState<R> {
         store
     }
 
+    /// A kept instance starts another call: its CPU limit counts from
+    /// now (limits apply per call), and its epoch deadline is armed again.
+    pub fn begin_call(store: &mut Store<Self>) {
+        let cpu = store.data().clock.cpu_limit();
+        store.data_mut().clock = GuestClock::new(cpu);
+        store.set_epoch_deadline(1);
+    }
+
+    /// Bytes of linear memory the guest's store holds.
+    pub fn memory_used(&self) -> u64 {
+        self.limiter.used()
+    }
+
     /// The run's gate.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
@@ -303,7 +316,8 @@ impl<R: Send + 'static> GuestState<R> {
     /// the limit or trap that stopped it, if one did.
     pub fn finish(&self, failure: Option<&GuestFailure>) -> io::Result<()> {
         for (stream, output) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let (bytes, dropped) = output.contents();
+            // Drained: a kept instance records each call's output once.
+            let (bytes, dropped) = output.drain();
             if bytes.is_empty() {
                 continue;
             }

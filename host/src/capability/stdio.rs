@@ -41,6 +41,16 @@ impl CapturedOutput {
         (buffer.clone(), self.dropped.load(Ordering::Relaxed))
     }
 
+    /// [`contents`](Self::contents), emptying the buffer: what a kept
+    /// instance wrote during one call, recorded once.
+    pub fn drain(&self) -> (Vec<u8>, u64) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            std::mem::take(&mut *buffer),
+            self.dropped.swap(0, Ordering::Relaxed),
+        )
+    }
+
     fn take(&self, bytes: &[u8]) {
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         let room = self.capacity.saturating_sub(buffer.len());

@@ -58,15 +58,28 @@ pub async fn call(
 /// [`call`] with the arguments already parsed, as an MCP request carries
 /// them. The tool receives `parsed` serialized again: exactly the value
 /// the policy decided on, never a text it might read differently.
-#[tracing::instrument(level = "debug", name = "tool_call", skip_all, fields(
-    tool = %crate::transcript::name(name),
-))]
 pub async fn call_parsed(
     gate: &Arc<Gate>,
     registry: &ToolRegistry,
     replay: Option<&crate::replay::ReplayTools>,
     name: &str,
     parsed: &serde_json::Value,
+) -> io::Result<ToolAnswer> {
+    call_parsed_in(gate, registry, replay, name, parsed, None).await
+}
+
+/// [`call_parsed`] for an MCP session that keeps its own per-run
+/// instances (`kept`), never the registry's, which another session shares.
+#[tracing::instrument(level = "debug", name = "tool_call", skip_all, fields(
+    tool = %crate::transcript::name(name),
+))]
+pub async fn call_parsed_in(
+    gate: &Arc<Gate>,
+    registry: &ToolRegistry,
+    replay: Option<&crate::replay::ReplayTools>,
+    name: &str,
+    parsed: &serde_json::Value,
+    kept: Option<&crate::registry::KeptInstances>,
 ) -> io::Result<ToolAnswer> {
     // The tool is a guest too: a secret the agent holds (its task carried
     // one) does not reach it, and the policy decides on what the tool gets.
@@ -118,7 +131,11 @@ pub async fn call_parsed(
                 .map_err(ToolFailure::Returned),
             Vec::new(),
         ),
-        None => registry.invoke(name, &parsed.to_string(), gate).await?,
+        None => {
+            registry
+                .invoke_in(name, &parsed.to_string(), gate, kept)
+                .await?
+        }
     };
     // Whatever the tool gives back (its result, its own error, the text of
     // a trap such as a panic message) reaches the agent: all of it is
@@ -127,7 +144,9 @@ pub async fn call_parsed(
     let (outcome, text) = match outcome {
         Ok(result) => (Outcome::Ok, result),
         Err(ToolFailure::Returned(message)) => (Outcome::Failed, message),
-        Err(ToolFailure::Stopped(failure)) => (Outcome::Trap, failure.to_string()),
+        Err(failure @ (ToolFailure::Stopped(_) | ToolFailure::Reset(..))) => {
+            (Outcome::Trap, failure.to_string())
+        }
     };
     let mut redacted = Redactions::new();
     let text = gate.secrets().clean(text, &mut redacted);

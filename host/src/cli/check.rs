@@ -144,6 +144,9 @@ fn tool_json(tool: &warden::policy::ToolPolicy) -> serde_json::Value {
     if !tool.labels_flow {
         value["labels_flow"] = false.into();
     }
+    if tool.instance == warden::policy::Instance::PerRun {
+        value["instance"] = "per-run".into();
+    }
     value
 }
 

@@ -25,6 +25,7 @@
 use super::{MAX_MESSAGE, SERVER_BUSY, ServeReport, ServeSpec, Sink, begin, finish, lock};
 use crate::audit::{AuditLog, Entry, Event, Kind};
 use crate::policy::Verdict;
+use crate::registry::KeptInstances;
 use crate::run::RunError;
 use crate::runtime::Runtime;
 use axum::Router;
@@ -62,9 +63,13 @@ struct Shared {
     failure: Mutex<Option<io::Error>>,
 }
 
-/// The open MCP sessions, by id, with when each was last used.
+/// The open MCP sessions, by id, with when each was last used and its
+/// per-run tool instances (never another session's).
 struct Sessions {
-    open: HashMap<String, Instant>,
+    open: HashMap<String, (Instant, Arc<KeptInstances>)>,
+    /// Sessions ended or expired whose instances are still to be torn
+    /// down (outside the lock: that writes audit records).
+    ended: Vec<Arc<KeptInstances>>,
     max: usize,
     idle: Duration,
     /// `initialize` requests refused because `max` were open.
@@ -83,8 +88,14 @@ impl Sessions {
     /// cheap, and done on every request, so an expired id never answers.
     fn sweep(&mut self, now: Instant) {
         let idle = self.idle;
-        self.open
-            .retain(|_, used| now.saturating_duration_since(*used) < idle);
+        let ended = &mut self.ended;
+        self.open.retain(|_, (used, kept)| {
+            let open = now.saturating_duration_since(*used) < idle;
+            if !open {
+                ended.push(kept.clone());
+            }
+            open
+        });
     }
 
     fn open(&mut self, now: Instant) -> Opened {
@@ -94,25 +105,39 @@ impl Sessions {
             return Opened::Full(self.refused == 1);
         }
         let id = new_session_id();
-        self.open.insert(id.clone(), now);
+        self.open
+            .insert(id.clone(), (now, Arc::new(KeptInstances::new())));
         Opened::Yes(id)
     }
 
     /// End `id`; whether it was open.
     fn end(&mut self, id: &str, now: Instant) -> bool {
         self.sweep(now);
-        self.open.remove(id).is_some()
-    }
-
-    /// Whether `id` is open; using it keeps it alive.
-    fn touch(&mut self, id: &str, now: Instant) -> bool {
-        self.sweep(now);
-        match self.open.get_mut(id) {
-            Some(used) => {
-                *used = now;
+        match self.open.remove(id) {
+            Some((_, kept)) => {
+                self.ended.push(kept);
                 true
             }
             None => false,
+        }
+    }
+
+    /// `id`'s per-run instances, if it is open; using it keeps it alive.
+    fn touch(&mut self, id: &str, now: Instant) -> Option<Arc<KeptInstances>> {
+        self.sweep(now);
+        let (used, kept) = self.open.get_mut(id)?;
+        *used = now;
+        Some(kept.clone())
+    }
+}
+
+/// Tear down the per-run instances of the sessions that ended or expired.
+fn close_ended(shared: &Shared) {
+    let ended = std::mem::take(&mut lock(&shared.sessions).ended);
+    for kept in ended {
+        if let Err(error) = kept.close(&shared.server.gate) {
+            lock(&shared.failure).get_or_insert(error);
+            shared.server.failed.notify_one();
         }
     }
 }
@@ -131,6 +156,7 @@ pub async fn serve_http(
     let started = Instant::now();
     let sessions = Sessions {
         open: HashMap::new(),
+        ended: Vec::new(),
         max: spec.max_sessions.max(1),
         idle: spec.session_idle,
         refused: 0,
@@ -162,6 +188,13 @@ pub async fn serve_http(
         Ok(None) => (Ok(()), shared.server.tools.stop().await),
         Err(error) => (Err(error), shared.server.tools.stop().await),
     };
+    // Every session's per-run instances end with the server.
+    {
+        let mut sessions = lock(&shared.sessions);
+        let open: Vec<_> = sessions.open.drain().map(|(_, (_, kept))| kept).collect();
+        sessions.ended.extend(open);
+    }
+    close_ended(&shared);
     let failure = lock(&shared.failure).take().or(served.err());
     let mut notes = serde_json::Map::new();
     notes.insert(
@@ -323,6 +356,10 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
         == Some("initialize");
     let now = Instant::now();
     let mut new_session = None;
+    // A closed, empty place for requests outside a session (`initialize`,
+    // unparsable ones): no per-run instance is ever shared between
+    // sessions, nor kept outside one.
+    let mut kept = Arc::new(KeptInstances::closed());
     if is_initialize {
         let opened = lock(&shared.sessions).open(now);
         match opened {
@@ -346,14 +383,18 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
                     "no Mcp-Session-Id header: send `initialize` first, then the id it returns with every message",
                 );
             }
-            Some(id) if !lock(&shared.sessions).touch(id, now) => {
-                return refuse(
-                    StatusCode::NOT_FOUND,
-                    -32600,
-                    "unknown, ended or expired session: initialize again",
-                );
+            Some(id) => {
+                let touched = lock(&shared.sessions).touch(id, now);
+                close_ended(&shared);
+                let Some(session) = touched else {
+                    return refuse(
+                        StatusCode::NOT_FOUND,
+                        -32600,
+                        "unknown, ended or expired session: initialize again",
+                    );
+                };
+                kept = session;
             }
-            Some(_) => {}
         }
     }
 
@@ -373,7 +414,10 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
         sink = sink.without_progress();
     }
     let mut calls = JoinSet::new();
-    let mut failure = shared.server.handle(&body, &sink, &mut calls).err();
+    let mut failure = shared
+        .server
+        .handle_in(&body, &sink, &mut calls, Some(kept))
+        .err();
     if streams {
         drop(sink);
         return events(EventStream {
@@ -511,10 +555,15 @@ async fn end_session(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     }
     let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
     let now = Instant::now();
-    match id {
-        Some(id) if lock(&shared.sessions).end(id, now) => StatusCode::OK.into_response(),
-        Some(_) => StatusCode::NOT_FOUND.into_response(),
-        None => StatusCode::BAD_REQUEST.into_response(),
+    let Some(id) = id else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let ended = lock(&shared.sessions).end(id, now);
+    close_ended(&shared);
+    if ended {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
     }
 }
 

@@ -437,6 +437,11 @@ fn finish(
     if let Some(object) = data.as_object_mut() {
         object.extend(notes);
     }
+    // The session's per-run tool instances end before its end record (an
+    // HTTP server's sessions have closed theirs already).
+    if let Some(registry) = server.tools.loaded() {
+        registry.kept().close(gate)?;
+    }
     summary(gate, elapsed, &mut data);
     end_record(gate, "mcp", outcome, detail, data)?;
     let audit_head = gate.finish_audit()?;
@@ -789,6 +794,19 @@ impl Server {
         out: &Sink,
         calls: &mut JoinSet<io::Result<()>>,
     ) -> io::Result<()> {
+        self.handle_in(line, out, calls, None)
+    }
+
+    /// [`handle`](Self::handle) for an HTTP session: per-run tools keep
+    /// their instances in `kept`, the session's own (`None`: the
+    /// registry's, for the one session of stdio).
+    fn handle_in(
+        self: &Arc<Self>,
+        line: &[u8],
+        out: &Sink,
+        calls: &mut JoinSet<io::Result<()>>,
+        kept: Option<Arc<crate::registry::KeptInstances>>,
+    ) -> io::Result<()> {
         let message: Value = match crate::capability::strict_json::parse_slice(line) {
             Ok(message) => message,
             Err(error) => {
@@ -887,9 +905,11 @@ impl Server {
                 let place = self.take_place();
                 let server = self.clone();
                 let out = out.clone();
-                calls.spawn(
-                    async move { server.call(out, id, name, arguments, token, place).await },
-                );
+                calls.spawn(async move {
+                    server
+                        .call(out, id, name, arguments, token, place, kept)
+                        .await
+                });
             }
             other => out.error(
                 id,
@@ -1071,6 +1091,7 @@ impl Server {
     }
 
     /// One `tools/call`, mediated exactly like an agent's.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         self: Arc<Self>,
         out: Sink,
@@ -1079,6 +1100,7 @@ impl Server {
         arguments: Value,
         token: Option<Value>,
         mut place: Option<Place>,
+        kept: Option<Arc<crate::registry::KeptInstances>>,
     ) -> io::Result<()> {
         let name = name.as_str();
         let registry = match self.wait_for_tools(&out, token, &mut place).await {
@@ -1098,7 +1120,15 @@ impl Server {
         let Ok(_turn) = turn else {
             return Ok(());
         };
-        let result = tools::call_parsed(&self.gate, &registry, None, name, &arguments).await;
+        let result = tools::call_parsed_in(
+            &self.gate,
+            &registry,
+            None,
+            name,
+            &arguments,
+            kept.as_deref(),
+        )
+        .await;
         let cancelled = self.cancelled(&id);
         let result = match result {
             Ok(result) => result,

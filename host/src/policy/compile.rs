@@ -4,8 +4,8 @@
 
 use super::args::{ArgRule, Check, FieldPath, LabelPath, compare_numbers, json_eq};
 use super::file::{
-    At, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPlan, RawPolicy,
-    RawReproducible, RawRule, RawSecret, RawTool, Verdict,
+    At, Instance, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPlan,
+    RawPolicy, RawReproducible, RawRule, RawSecret, RawTool, Verdict,
 };
 use super::plan::PlanPolicy;
 use super::provenance::SourceSpec;
@@ -409,6 +409,12 @@ fn stores_of(component: Option<&ComponentRef>, grants: &Grants) -> (Vec<String>,
         list.dedup();
     }
     (stores, writes)
+}
+
+/// The store a per-run tool's kept instance is: one per tool entry (each
+/// entry has an instance of its own, even when entries share a component).
+pub(crate) fn instance_store(tool: &str) -> String {
+    format!("instance of tool {tool}")
 }
 
 /// The store a granted directory is: as written, with the file that
@@ -823,7 +829,22 @@ fn tool(
             "remove them, or change `decision`",
         );
     }
-    let (stores, store_writes) = stores_of(component.as_ref(), &grants);
+    let (mut stores, mut store_writes) = stores_of(component.as_ref(), &grants);
+    let instance = raw.instance.as_ref().map_or(Instance::PerCall, |i| i.value);
+    if instance == Instance::PerRun {
+        // Written by every call, effects or not (`Session::flow_into_call`).
+        for list in [&mut stores, &mut store_writes] {
+            list.push(instance_store(name));
+            list.sort();
+        }
+        if let Some(flow) = raw.labels_flow.as_ref().filter(|f| !f.value) {
+            found.warn(
+                &flow.place(),
+                format!("tool `{name}` keeps one instance for the run (`instance = \"per-run\"`) with `labels_flow = false`: what one call is given can come back from a later call unlabeled, as the tool's own"),
+                "remove `labels_flow = false`, or use `instance = \"per-call\"`",
+            );
+        }
+    }
     Some(ToolPolicy {
         rules: ToolRules {
             entry: Rule::new(format!("tools.{name}")),
@@ -848,6 +869,7 @@ fn tool(
         deny_when_labeled,
         ask_when_labeled,
         effects,
+        instance,
         grants,
         place,
         arg_index: super::args::ArgIndex::new(&args),

@@ -538,6 +538,21 @@ fn tool(d: &mut Diff, name: &str, a: &ToolPolicy, b: &ToolPolicy) {
             );
         }
     }
+    if a.instance != b.instance {
+        if b.instance == crate::policy::Instance::PerCall {
+            d.push(
+                Direction::Narrows,
+                key("instance"),
+                "now a fresh instance for every call",
+            );
+        } else {
+            d.push(
+                Direction::Widens,
+                key("instance"),
+                "now one instance kept for the run: calls share its state",
+            );
+        }
+    }
     args(d, name, &a.args, &b.args);
     grants(d, &format!("tools.{name}"), &a.grants, &b.grants);
 }

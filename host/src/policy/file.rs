@@ -406,6 +406,11 @@ pub struct RawTool {
     /// things, and is refused beside a grant that can change things (a
     /// read-write directory, HTTP methods other than GET and HEAD).
     pub effects: Option<At<Effects>>,
+    /// How long one instance of the tool lives: `"per-call"` (default: a
+    /// fresh instance for every call) or `"per-run"` (one instance kept for
+    /// the run, or the MCP session, so state such as an interpreter's
+    /// variables survives between calls).
+    pub instance: Option<At<Instance>>,
     // The five grant keys below repeat `RawGrants`: serde cannot `flatten`
     // a struct into one that denies unknown fields, and unknown keys must
     // stay errors. `compile` turns both into one `Grants`.
@@ -624,6 +629,29 @@ impl fmt::Display for Effects {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Effects::None => "none",
+        })
+    }
+}
+
+/// How long one instance of a tool lives (`instance`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instance {
+    /// A fresh instance for every call (the default): nothing one call
+    /// leaves behind reaches the next.
+    #[default]
+    PerCall,
+    /// One instance kept for the run (or the MCP session): its memory
+    /// stays charged to the tool's limits, a limit hit or trap tears it
+    /// down, and it is a store for labels that flow.
+    PerRun,
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Instance::PerCall => "per-call",
+            Instance::PerRun => "per-run",
         })
     }
 }

@@ -18,9 +18,9 @@ use super::compile::{
     price_specificity, url_rule,
 };
 use super::file::{
-    At, MountMode, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits, RawModel, RawMount,
-    RawPlan, RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool, RawUrlRule, Verdict,
-    parse_raw,
+    At, Instance, MountMode, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits, RawModel,
+    RawMount, RawPlan, RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool, RawUrlRule,
+    Verdict, parse_raw,
 };
 use super::units::{ByteSize, HumanDuration};
 use super::{
@@ -441,6 +441,28 @@ fn merge_flow(
     Some(o)
 }
 
+/// `instance`: per-call (the default) is narrower than per-run, which
+/// keeps state between calls.
+fn merge_instance(
+    n: &mut Narrowing<'_>,
+    key: &str,
+    below: Option<At<Instance>>,
+    over: Option<At<Instance>>,
+) -> Option<At<Instance>> {
+    let Some(o) = over else { return below };
+    let before = below.as_ref().map_or(Instance::PerCall, |b| b.value);
+    match (before, o.value) {
+        (Instance::PerCall, Instance::PerRun) => n.widening(
+            key,
+            &o,
+            "it keeps one instance for the run, so calls share state".into(),
+        ),
+        (Instance::PerRun, Instance::PerCall) => n.narrowed(key, "per-run -> per-call".into()),
+        _ => {}
+    }
+    Some(o)
+}
+
 /// Every key of the schema is destructured below without `..`, so a key
 /// added to a `Raw*` type does not compile until it has a merge rule here
 /// (and a row in docs/policy.md): nothing is taken from an include unchecked.
@@ -843,6 +865,7 @@ fn merge_tools(
             deny_when_labeled,
             ask_when_labeled,
             effects,
+            instance,
             http,
             fs,
             env,
@@ -931,6 +954,7 @@ fn merge_tools(
                 None,
                 |b, o| b.value == o.value,
             ),
+            instance: merge_instance(n, &format!("{key}.instance"), b.instance, instance),
             http: grants.http,
             fs: grants.fs,
             env: grants.env,

@@ -27,7 +27,7 @@ mod units;
 
 pub use crate::diagnostic::{Diagnostic, Severity, SourceError, SourceFile};
 pub use compile::MAX_MEMORY;
-pub use file::{Effects, MountMode, Place, Verdict};
+pub use file::{Effects, Instance, MountMode, Place, Verdict};
 pub use units::{ByteSize, HumanDuration};
 
 use crate::chat::{Message, Usage};
@@ -294,6 +294,9 @@ pub struct ToolPolicy {
     pub ask_when_labeled: Vec<String>,
     /// What calling it can change, as the entry says (`effects`).
     pub effects: Option<Effects>,
+    /// How long one instance of it lives (`instance`). A per-run instance
+    /// is one of its stores ([`ToolPolicy::instance_store`]).
+    pub instance: Instance,
     /// What the tool itself may touch.
     pub grants: Grants,
     /// Where the entry is.
@@ -319,6 +322,13 @@ impl ToolPolicy {
     pub fn labels_by_path(&self, declared: &[args::LabelPath]) -> bool {
         !self.path_labels.is_empty()
             || (!self.third_party_labels.is_empty() && !declared.is_empty())
+    }
+
+    /// The store its kept instance is, with `instance = "per-run"`: what
+    /// one call was given can come out of a later one, so every call
+    /// writes its arguments' labels there, `effects = "none"` or not.
+    pub fn instance_store(&self) -> Option<String> {
+        (self.instance == Instance::PerRun).then(|| compile::instance_store(&self.name))
     }
 }
 
@@ -855,6 +865,15 @@ impl Session {
             return Vec::new();
         }
         let inherited = self.labels_of_arguments(arguments);
+        // A kept instance remembers what it was given, effects or not.
+        if let Some(store) = entry.instance_store().filter(|_| !inherited.is_empty()) {
+            match self.stores.get_mut(&store) {
+                Some(labels) => union_labels(labels, &inherited),
+                None => {
+                    self.stores.insert(store, inherited.clone());
+                }
+            }
+        }
         if entry.effects != Some(Effects::None) && !inherited.is_empty() {
             for store in &entry.store_writes {
                 match self.stores.get_mut(store) {

@@ -71,9 +71,12 @@ pub fn within_output(
     result
 }
 
-/// Bounds linear memory and tables of one store.
+/// Bounds linear memory and tables of one store, and counts the linear
+/// memory it has (a kept instance's stays charged between calls).
 pub struct StoreLimiter {
     memory: u64,
+    /// Bytes of linear memory the store's memories have grown to, summed.
+    used: u64,
 }
 
 /// Table elements one store may have: generous for real guests (a Python
@@ -83,14 +86,20 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl StoreLimiter {
     /// A limiter allowing `memory` bytes of linear memory (per memory).
     pub fn new(memory: u64) -> Self {
-        StoreLimiter { memory }
+        StoreLimiter { memory, used: 0 }
+    }
+
+    /// Bytes of linear memory the store holds (every memory, summed):
+    /// wasm memories never shrink, so this is also its peak.
+    pub fn used(&self) -> u64 {
+        self.used
     }
 }
 
 impl wasmtime::ResourceLimiter for StoreLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -104,6 +113,9 @@ impl wasmtime::ResourceLimiter for StoreLimiter {
             }
             .into());
         }
+        self.used = self
+            .used
+            .saturating_add((desired as u64).saturating_sub(current as u64));
         Ok(true)
     }
 
