@@ -80,10 +80,20 @@ impl RunRequest {
     pub fn from_json(bytes: &[u8]) -> Result<Self, JobError> {
         serde_json::from_slice(bytes).map_err(|error| {
             let message = error.to_string();
-            let field = ["agent", "policy", "task", "model", "run_id", "approve"]
-                .into_iter()
-                .find(|f| message.contains(&format!("`{f}`")))
-                .unwrap_or("body");
+            // `missing field `policy``: that field; anything else (an
+            // unknown field, a wrong type, broken JSON) is the body's.
+            let field = [
+                "agent",
+                "policy",
+                "task",
+                "model",
+                "run_id",
+                "approve",
+                "approve_from",
+            ]
+            .into_iter()
+            .find(|f| message.starts_with(&format!("missing field `{f}`")))
+            .unwrap_or("body");
             JobError::invalid(
                 field,
                 format!(
