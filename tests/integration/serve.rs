@@ -784,6 +784,7 @@ async fn serve_a_server_full_of_runs_answers_503_and_forgets_the_oldest_finished
         jobs.models.push(allowed);
         limits.max_live_runs = 1;
         limits.max_kept_runs = 2;
+        limits.max_streams_per_token = 1;
     })
     .await;
     let (status, live) = server
@@ -797,6 +798,21 @@ async fn serve_a_server_full_of_runs_answers_503_and_forgets_the_oldest_finished
     assert_eq!(status, 503, "{full}");
     assert_eq!(full["error"]["code"], "server-full");
     let live = live["id"].as_str().unwrap().to_string();
+    // One stream per token here: a second is refused while the first is open.
+    let first = server
+        .client
+        .get(format!("{}/runs/{live}/events", server.url))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let (status, second) = server
+        .get(ALICE, &format!("/runs/{live}/audit/verify"))
+        .await;
+    assert_eq!(status, 429, "{second}");
+    assert_eq!(second["error"]["code"], "streams-full");
+    drop(first);
     server
         .client
         .post(format!("{}/runs/{live}/cancel", server.url))

@@ -63,6 +63,10 @@ async fn read_lines(path: PathBuf, offset: u64) -> std::io::Result<Vec<u8>> {
     read.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
 }
 
+/// The slots a stream holds (the server's and its token's) for as long as
+/// it feeds its body.
+pub struct Slot(pub Vec<OwnedSemaphorePermit>);
+
 /// A response body fed by a channel. The server's stream slot is held by
 /// the task feeding it, so a reader dropped for being slow gives its slot
 /// back even though its connection (and this body) lingers.
@@ -99,12 +103,7 @@ pub struct StreamLimits {
 /// (its id the line's number), then one `end` event with the run's final
 /// view. A reader slower than `limits.slow_reader` gets a `dropped` event
 /// if there is room, and the stream ends.
-pub fn events(
-    entry: Arc<RunEntry>,
-    skip: u64,
-    permit: OwnedSemaphorePermit,
-    limits: StreamLimits,
-) -> ChannelBody {
+pub fn events(entry: Arc<RunEntry>, skip: u64, permit: Slot, limits: StreamLimits) -> ChannelBody {
     let (sender, receiver) = mpsc::channel(CHANNEL);
     let progress = entry.watch();
     tokio::spawn(async move {
@@ -176,6 +175,8 @@ async fn feed_events(
         }
         // Nothing new in the file: wait for the run to write, or a while.
         tokio::select! {
+            // The reader went away: give its slot back now.
+            () = sender.closed() => return,
             changed = progress.changed() => {
                 if changed.is_err() {
                     return;
@@ -192,11 +193,7 @@ async fn feed_events(
 
 /// The run's audit file as it is now: its complete lines, read a chunk at
 /// a time as the client takes them.
-pub fn audit_file(
-    path: PathBuf,
-    permit: OwnedSemaphorePermit,
-    limits: StreamLimits,
-) -> ChannelBody {
+pub fn audit_file(path: PathBuf, permit: Slot, limits: StreamLimits) -> ChannelBody {
     let (sender, receiver) = mpsc::channel(4);
     tokio::spawn(async move {
         let _permit = permit;
@@ -254,7 +251,7 @@ mod tests {
             slow_reader: Duration::from_millis(100),
         };
         // Never polled: a reader that reads nothing.
-        let mut body = events(entry, 0, permit, limits);
+        let mut body = events(entry, 0, Slot(vec![permit]), limits);
         let started = std::time::Instant::now();
         while slots.available_permits() == 0 {
             assert!(
