@@ -653,13 +653,13 @@ async fn show(
 }
 
 /// A stream slot of the server's and one of the caller's.
-fn stream_slot(state: &ServeState, caller: &Caller) -> Result<stream::Slot, Response> {
+fn stream_slot(state: &ServeState, caller: &Caller) -> Result<stream::Slot, Box<Response>> {
     let mine = state
         .token_streams
         .get(caller.name())
         .and_then(|s| s.clone().try_acquire_owned().ok())
         .ok_or_else(|| {
-            with_retry_after(
+            Box::new(with_retry_after(
                 error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "streams-full",
@@ -669,10 +669,10 @@ fn stream_slot(state: &ServeState, caller: &Caller) -> Result<stream::Slot, Resp
                     ),
                 ),
                 1,
-            )
+            ))
         })?;
     let server = state.streams.clone().try_acquire_owned().map_err(|_| {
-        with_retry_after(
+        Box::new(with_retry_after(
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "streams-full",
@@ -682,7 +682,7 @@ fn stream_slot(state: &ServeState, caller: &Caller) -> Result<stream::Slot, Resp
                 ),
             ),
             1,
-        )
+        ))
     })?;
     Ok(stream::Slot(vec![server, mine]))
 }
@@ -698,7 +698,7 @@ async fn events(
     };
     let permit = match stream_slot(&state, &caller) {
         Ok(permit) => permit,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let skip = headers
         .get("last-event-id")
@@ -734,7 +734,7 @@ async fn audit(
     };
     let permit = match stream_slot(&state, &caller) {
         Ok(permit) => permit,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body = stream::audit_file(
         entry.audit_path.clone(),
@@ -761,7 +761,7 @@ async fn verify(
     };
     let permit = match stream_slot(&state, &caller) {
         Ok(permit) => permit,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let path = entry.audit_path.clone();
     let report = tokio::task::spawn_blocking(move || {
@@ -849,5 +849,5 @@ pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
             limit = raised;
         }
     }
-    Ok((limit.rlim_cur as u64, limit.rlim_max as u64))
+    Ok((limit.rlim_cur, limit.rlim_max))
 }
