@@ -1,12 +1,12 @@
 //! `warden serve` under load: N sessions live at once, each the bundled
 //! react agent driven by a loopback model server that answers every call
 //! after 200 ms, asking for a `calc` tool call on each of its first
-//! [`TOOL_CALLS`] answers and answering on the next.
+//! `SERVE_BENCH_TOOL_CALLS` (5) answers and answering on the next.
 //!
 //! For each N in 1, 64, 512 and 1000 it reports:
 //! - RSS per live session: the process's resident memory while all N
 //!   sessions wait on the model, less the same process idle, over N;
-//! - tool-call throughput: N x TOOL_CALLS over the wall time from the first
+//! - tool-call throughput: N x the tool calls over the wall time from the first
 //!   submit (over HTTP) until the last run is over;
 //! - the floor: the same model server driven directly by N concurrent
 //!   loops of the same sequence of calls (no warden), as tool calls a
@@ -27,10 +27,24 @@ use warden::runtime::{Runtime, RuntimeConfig};
 use warden::serve::auth::Tokens;
 use warden::serve::{ServeLimits, ServeState};
 
-/// Tool calls per session.
-const TOOL_CALLS: usize = 5;
-/// How long the model takes to answer.
-const MODEL_DELAY: Duration = Duration::from_millis(200);
+/// Tool calls per session (`SERVE_BENCH_TOOL_CALLS`, default 5).
+fn tool_calls() -> usize {
+    env_number("SERVE_BENCH_TOOL_CALLS", 5) as usize
+}
+
+/// How long the model takes to answer (`SERVE_BENCH_DELAY_MS`, default
+/// 200): a longer wait keeps every session of a level live at once even
+/// when submitting them takes a while.
+fn model_delay() -> Duration {
+    Duration::from_millis(env_number("SERVE_BENCH_DELAY_MS", 200))
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
 
 const POLICY: &str = r#"
 [limits]
@@ -48,22 +62,22 @@ max_calls = 20
 "#;
 
 /// The model: a calc call while the conversation has fewer than
-/// TOOL_CALLS tool results, then an answer; after MODEL_DELAY.
+/// `tool_calls()` tool results, then an answer; after `model_delay()`.
 async fn model(body: Bytes) -> ([(&'static str, &'static str); 1], String) {
-    tokio::time::sleep(MODEL_DELAY).await;
+    tokio::time::sleep(model_delay()).await;
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let results = request["messages"]
         .as_array()
         .map(|m| m.iter().filter(|m| m["role"] == "tool").count())
         .unwrap_or(0);
-    let message = if results < TOOL_CALLS {
+    let message = if results < tool_calls() {
         json!({"role": "assistant", "content": null, "tool_calls": [{
             "id": format!("call_{results}"), "type": "function",
             "function": {"name": "calc", "arguments": "{\"expression\":\"6 * 7\"}"}}]})
     } else {
         json!({"role": "assistant", "content": "42"})
     };
-    let finish = if results < TOOL_CALLS {
+    let finish = if results < tool_calls() {
         "tool_calls"
     } else {
         "stop"
@@ -88,7 +102,7 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// N loops of TOOL_CALLS + 1 sequential model calls, straight to the
+/// N loops of `tool_calls()` + 1 sequential model calls, straight to the
 /// model server: tool calls (model turns that asked for one) a second.
 async fn floor(model_url: &str, sessions: usize) -> f64 {
     let client = reqwest::Client::new();
@@ -99,7 +113,7 @@ async fn floor(model_url: &str, sessions: usize) -> f64 {
         let url = format!("{model_url}/v1/chat/completions");
         tasks.spawn(async move {
             let mut messages = vec![json!({"role": "user", "content": "6 * 7?"})];
-            for _ in 0..=TOOL_CALLS {
+            for _ in 0..=tool_calls() {
                 let answer: Value = client
                     .post(&url)
                     .json(&json!({"model": "gpt-bench", "messages": messages}))
@@ -123,12 +137,13 @@ async fn floor(model_url: &str, sessions: usize) -> f64 {
         });
     }
     while tasks.join_next().await.is_some() {}
-    (sessions * TOOL_CALLS) as f64 / started.elapsed().as_secs_f64()
+    (sessions * tool_calls()) as f64 / started.elapsed().as_secs_f64()
 }
 
 struct Level {
     sessions: usize,
     rss_per_session_kib: f64,
+    most_live: usize,
     tool_calls_per_s: f64,
     floor_per_s: f64,
     wall: Duration,
@@ -169,16 +184,20 @@ async fn level(
         });
     }
     let mut ids = Vec::with_capacity(sessions);
+    let mut most_live_submitting = 0;
     while let Some(id) = tasks.join_next().await {
         ids.push(id.unwrap());
+        most_live_submitting = state.live_runs().max(most_live_submitting);
     }
     // Sample the resident memory while every session is live (each is
     // waiting on the model most of the time); keep the highest.
+    // (With a slow build the first runs may end before the last are
+    // submitted: the most live at once is what the memory is divided by.)
     let mut peak = rss_kib();
+    let mut most_live = state.live_runs().max(most_live_submitting);
     while state.live_runs() > 0 {
-        if state.live_runs() == sessions {
-            peak = peak.max(rss_kib());
-        }
+        most_live = most_live.max(state.live_runs());
+        peak = peak.max(rss_kib());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let wall = started.elapsed();
@@ -192,7 +211,7 @@ async fn level(
             .json()
             .await
             .unwrap();
-        if run["status"] == "succeeded" && run["summary"]["tool_calls"] == TOOL_CALLS {
+        if run["status"] == "succeeded" && run["summary"]["tool_calls"] == tool_calls() {
             succeeded += 1;
         } else if succeeded == 0 {
             eprintln!("a run did not succeed: {run}");
@@ -201,8 +220,9 @@ async fn level(
     let floor_per_s = floor(model_url, sessions).await;
     Level {
         sessions,
-        rss_per_session_kib: peak.saturating_sub(idle) as f64 / sessions as f64,
-        tool_calls_per_s: (sessions * TOOL_CALLS) as f64 / wall.as_secs_f64(),
+        rss_per_session_kib: peak.saturating_sub(idle) as f64 / most_live.max(1) as f64,
+        most_live,
+        tool_calls_per_s: (sessions * tool_calls()) as f64 / wall.as_secs_f64(),
         floor_per_s,
         wall,
         succeeded,
@@ -274,17 +294,27 @@ fn main() {
         // One run first: the agent and calc compiled and cached.
         let _ = level(&state, &serve_url, &model_url, 1).await;
         println!(
-            "serve: sessions each {TOOL_CALLS} tool calls, model answers after {MODEL_DELAY:?}; descriptors {soft}"
+            "serve: sessions each {} tool calls, model answers after {:?}; descriptors {soft}",
+            tool_calls(),
+            model_delay()
         );
         println!(
-            "{:>9} {:>12} {:>14} {:>14} {:>8} {:>9} {:>10}",
-            "sessions", "RSS/session", "tool calls/s", "floor calls/s", "kept", "wall", "succeeded"
+            "{:>9} {:>9} {:>12} {:>14} {:>14} {:>8} {:>9} {:>10}",
+            "sessions",
+            "max live",
+            "RSS/session",
+            "tool calls/s",
+            "floor calls/s",
+            "kept",
+            "wall",
+            "succeeded"
         );
         for n in levels {
             let level = level(&state, &serve_url, &model_url, n).await;
             println!(
-                "{:>9} {:>9.0} KiB {:>14.1} {:>14.1} {:>7.1}% {:>8.2}s {:>6}/{}",
+                "{:>9} {:>9} {:>8.0} KiB {:>14.1} {:>14.1} {:>7.1}% {:>8.2}s {:>6}/{}",
                 level.sessions,
+                level.most_live,
                 level.rss_per_session_kib,
                 level.tool_calls_per_s,
                 level.floor_per_s,
