@@ -33,4 +33,5 @@ mod remote;
 mod replay;
 mod scaffold;
 mod sessions;
+mod serve;
 mod transcript;
