@@ -58,7 +58,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 mod elicit;
-mod http;
+pub(crate) mod http;
 mod loading;
 pub use http::{MAX_CONNECTIONS, check_address, listen_address, loopback_only, serve_http};
 pub use loading::{OnTools, ToolsLoaded, ToolsStatus};
