@@ -249,6 +249,27 @@ fn unexplained(reason: &str, explained: &Explanation) -> String {
     format!("; values: {}", rest.summary(4))
 }
 
+/// One of a run's asks waiting for a person, counted while it lives.
+struct AskSlot<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> AskSlot<'a> {
+    fn take(count: &'a std::sync::atomic::AtomicU32, most: u32) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| AskSlot(count))
+    }
+}
+
+impl Drop for AskSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// `rule: a` or `rules: a, b`.
 fn cited(asking: &[Rule]) -> String {
     let names: Vec<&str> = asking.iter().map(Rule::as_str).collect();
@@ -267,6 +288,9 @@ pub struct Gate {
     secrets: Secrets,
     /// Who is asked about `ask` decisions.
     approver: Option<Arc<dyn Approver>>,
+    /// Asks of this run waiting for a person now (at most `[approvals]
+    /// max_pending`).
+    asks_waiting: std::sync::atomic::AtomicU32,
     /// Rules approved for the rest of the run, and by whom.
     approved: Mutex<std::collections::HashMap<String, String>>,
     /// `--approve-from SOURCE`: an ask is approved when every value that
@@ -344,6 +368,7 @@ impl Gate {
             secrets: Secrets::default(),
             tally: Mutex::default(),
             approver: None,
+            asks_waiting: std::sync::atomic::AtomicU32::new(0),
             approved: Mutex::default(),
             approve_from: Vec::new(),
             dirs: Vec::new(),
@@ -853,6 +878,18 @@ impl Gate {
             return Err(self.unanswered(pending, None));
         };
         let timeout = self.policy.approvals.timeout;
+        // Concurrent calls of one run could each wait for a person: at
+        // most `max_pending` do; the next is refused at once.
+        let Some(_waiting) = AskSlot::take(&self.asks_waiting, self.policy.approvals.max_pending)
+        else {
+            let most = self.policy.approvals.max_pending;
+            return Err(self.unanswered(
+                pending,
+                Some(format!(
+                    "{most} asks of this run are already waiting for a person, the most the policy allows (approvals.max_pending)"
+                )),
+            ));
+        };
         // A person reads the question: it leaves the sandbox.
         let question = Question {
             kind: pending.kind,

@@ -4,10 +4,12 @@
 //! ends.
 //!
 //! What it must never do: hold a thread while an ask waits (an ask is a
-//! oneshot channel the gate awaits), grow without bound (asks are counted
-//! per run and in total, and refused past either bound as if nobody
-//! answered), or let an answer reach another ask than the one named (ids
-//! are random, and an answer is taken exactly once). Everything it shows
+//! oneshot channel the gate awaits), grow without bound (the gate counts
+//! a run's asks against `[approvals] max_pending`, the desk counts all of
+//! them against [`DeskLimits`]; past either an ask is refused as if nobody
+//! answered), or let an answer reach another ask than the one named, or
+//! another owner's (ids are random, an answer names the owner it may
+//! answer for, and it is taken exactly once). Everything it shows
 //! came through the gate's redaction ([`crate::gate::Question`]); it is
 //! guest text and the page inserts it only as text.
 //!
@@ -18,10 +20,10 @@
 //!
 //! let desk = Desk::new(DeskLimits::default());
 //! // For each run: its gate asks through this.
-//! let approver = desk.approver("r-1234", 16);
+//! let approver = desk.approver("r-1234", "alice");
 //! // A person (or a relay) lists the asks and answers one.
 //! for ask in desk.pending() {
-//!     let _ = desk.answer(&ask.id, Approval::Once, "alice");
+//!     let _ = desk.answer(&ask.id, Approval::Once, "alice", Some(&ask.owner));
 //! }
 //! // The run was cancelled: its asks disappear.
 //! desk.withdraw_run("r-1234");
@@ -57,6 +59,9 @@ pub struct PendingAsk {
     pub id: String,
     /// The run that asks.
     pub run: String,
+    /// Who the run belongs to (the name of the token that submitted it):
+    /// only they see and answer its asks through the API.
+    pub owner: String,
     /// The question, as the gate redacted it: kind, subject (the tool),
     /// rules, reason, data (the arguments), labels, explained (each value
     /// with where it was seen), not_vouched, timeout (seconds).
@@ -95,8 +100,6 @@ struct Inner {
 struct State {
     /// By id, and in the order asked (`order` is the sequence number).
     asks: HashMap<String, Waiting>,
-    /// Waiting asks per run.
-    per_run: HashMap<String, usize>,
     sequence: u64,
 }
 
@@ -108,14 +111,7 @@ struct Waiting {
 
 impl State {
     fn remove(&mut self, id: &str) -> Option<Waiting> {
-        let waiting = self.asks.remove(id)?;
-        if let Some(n) = self.per_run.get_mut(&waiting.shown.run) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_run.remove(&waiting.shown.run);
-            }
-        }
-        Some(waiting)
+        self.asks.remove(id)
     }
 }
 
@@ -145,14 +141,14 @@ impl Desk {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The approver of run `run`: its asks wait here, at most
-    /// `max_pending` of them at once (the policy's `[approvals]
-    /// max_pending`).
-    pub fn approver(&self, run: &str, max_pending: u32) -> Arc<dyn Approver> {
+    /// The approver of run `run`, which belongs to `owner`: its asks wait
+    /// here (the run's gate bounds how many by `[approvals] max_pending`,
+    /// and how long by `[approvals] timeout`).
+    pub fn approver(&self, run: &str, owner: &str) -> Arc<dyn Approver> {
         Arc::new(DeskApprover {
             desk: self.clone(),
             run: run.to_string(),
-            max_pending: usize::try_from(max_pending).unwrap_or(usize::MAX),
+            owner: owner.to_string(),
         })
     }
 
@@ -179,25 +175,33 @@ impl Desk {
         asks.into_iter().map(|(_, ask)| ask).collect()
     }
 
-    /// The waiting asks of run `run`, oldest first.
-    pub fn pending_for(&self, run: &str) -> Vec<PendingAsk> {
+    /// The waiting asks of runs `owner` owns, oldest first.
+    pub fn pending_of(&self, owner: &str) -> Vec<PendingAsk> {
         let mut asks = self.pending();
-        asks.retain(|ask| ask.run == run);
+        asks.retain(|ask| ask.owner == owner);
         asks
     }
 
     /// Answer ask `id` as `by` (a token's name, or who relayed it): the
-    /// run goes on with it. Returns the ask answered.
+    /// run goes on with it. With `owner`, only an ask of that owner's runs
+    /// is answered (another's is "not pending", as one that never was).
+    /// Returns the ask answered.
     pub fn answer(
         &self,
         id: &str,
         approval: Approval,
         by: &str,
+        owner: Option<&str>,
     ) -> Result<PendingAsk, AnswerError> {
-        let waiting = self
-            .lock()
-            .remove(id)
-            .ok_or_else(|| AnswerError::NotPending(crate::capability::brief(id, 64)))?;
+        let not_pending = || AnswerError::NotPending(crate::capability::brief(id, 64));
+        let waiting = {
+            let mut state = self.lock();
+            match state.asks.get(id) {
+                Some(w) if owner.is_none_or(|o| o == w.shown.owner) => state.remove(id),
+                _ => None,
+            }
+        }
+        .ok_or_else(not_pending)?;
         let by = crate::policy::printable(by);
         // The run may have stopped waiting an instant ago: then the answer
         // is simply not taken, as if it came late.
@@ -235,7 +239,7 @@ impl Desk {
     fn put(
         &self,
         run: &str,
-        max_for_run: usize,
+        owner: &str,
         question: Question,
     ) -> Result<(String, oneshot::Receiver<Reply>), Reply> {
         let mut state = self.lock();
@@ -244,14 +248,6 @@ impl Desk {
             return Err(Reply::Unanswered {
                 why: Some(format!(
                     "{total} asks of all runs are already waiting for a person, the most this server holds; answer some first"
-                )),
-            });
-        }
-        let of_run = state.per_run.get(run).copied().unwrap_or(0);
-        if of_run >= max_for_run {
-            return Err(Reply::Unanswered {
-                why: Some(format!(
-                    "{of_run} asks of this run are already waiting for a person, the most the policy allows (approvals.max_pending)"
                 )),
             });
         }
@@ -273,6 +269,7 @@ impl Desk {
                 shown: PendingAsk {
                     id: id.clone(),
                     run: run.to_string(),
+                    owner: owner.to_string(),
                     question,
                     asked_at_ms: now,
                     expires_at_ms: now.saturating_add(timeout),
@@ -280,7 +277,6 @@ impl Desk {
                 answer: sender,
             },
         );
-        *state.per_run.entry(run.to_string()).or_default() += 1;
         Ok((id, receiver))
     }
 }
@@ -289,12 +285,12 @@ impl Desk {
 struct DeskApprover {
     desk: Desk,
     run: String,
-    max_pending: usize,
+    owner: String,
 }
 
 impl Approver for DeskApprover {
     fn ask(&self, question: Question) -> Asking {
-        match self.desk.put(&self.run, self.max_pending, question) {
+        match self.desk.put(&self.run, &self.owner, question) {
             Err(refused) => Box::pin(async move { refused }),
             Ok((id, receiver)) => {
                 // Taken off the desk when the gate stops waiting (timeout,
@@ -379,13 +375,19 @@ mod tests {
     #[tokio::test]
     async fn an_answer_reaches_its_ask_once() {
         let desk = Desk::new(DeskLimits::default());
-        let approver = desk.approver("r-1", 4);
+        let approver = desk.approver("r-1", "alice");
         let asking = approver.ask(question("pay"));
         let pending = desk.pending();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].run, "r-1");
         let id = pending[0].id.clone();
-        desk.answer(&id, Approval::Once, "alice").unwrap();
+        assert_eq!(
+            desk.answer(&id, Approval::Once, "mallory", Some("mallory")),
+            Err(AnswerError::NotPending(id.clone())),
+            "another owner answered"
+        );
+        desk.answer(&id, Approval::Once, "alice", Some("alice"))
+            .unwrap();
         assert_eq!(
             asking.await,
             Reply::Answered {
@@ -395,22 +397,18 @@ mod tests {
         );
         assert!(desk.is_empty());
         assert_eq!(
-            desk.answer(&id, Approval::Deny, "mallory"),
+            desk.answer(&id, Approval::Deny, "alice", None),
             Err(AnswerError::NotPending(id))
         );
     }
 
     #[tokio::test]
-    async fn asks_past_the_bounds_are_refused_with_the_reason() {
+    async fn asks_past_the_bound_are_refused_with_the_reason() {
         let desk = Desk::new(DeskLimits { max_pending: 3 });
-        let one = desk.approver("r-1", 2);
-        let two = desk.approver("r-2", 8);
+        let one = desk.approver("r-1", "alice");
+        let two = desk.approver("r-2", "bob");
         let _a = one.ask(question("pay"));
         let _b = one.ask(question("pay"));
-        let Reply::Unanswered { why: Some(why) } = one.ask(question("pay")).await else {
-            panic!("a third ask of r-1 was taken");
-        };
-        assert!(why.contains("approvals.max_pending"), "{why}");
         let _c = two.ask(question("pay"));
         let Reply::Unanswered { why: Some(why) } = two.ask(question("pay")).await else {
             panic!("a fourth ask was taken");
@@ -422,14 +420,15 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_or_withdrawn_ask_disappears() {
         let desk = Desk::new(DeskLimits::default());
-        let approver = desk.approver("r-1", 4);
+        let approver = desk.approver("r-1", "alice");
         drop(approver.ask(question("pay")));
         assert!(desk.is_empty(), "a timed-out ask stays listed");
         let asking = approver.ask(question("pay"));
-        let _other = desk.approver("r-2", 4).ask(question("mail"));
+        let _other = desk.approver("r-2", "bob").ask(question("mail"));
         assert_eq!(desk.withdraw_run("r-1"), 1);
         assert!(matches!(asking.await, Reply::Unanswered { why: Some(_) }));
         assert_eq!(desk.pending().len(), 1);
-        assert_eq!(desk.pending_for("r-2").len(), 1);
+        assert_eq!(desk.pending_of("bob").len(), 1);
+        assert!(desk.pending_of("alice").is_empty());
     }
 }

@@ -29,14 +29,11 @@ pub const MAX_ANSWER_BODY: usize = 4096;
 /// The policy every response of the page and the API carries.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// Who answers, as the server's authentication knows them (the token's
-/// name): put into the request's extensions by the auth layer, recorded
-/// in the audit log as `a person (NAME)`.
-#[derive(Debug, Clone)]
-pub struct Answerer(pub String);
-
 /// `GET /approvals` (the pending asks, JSON) and `POST /approvals/{id}`
-/// (`{"answer": "once"|"run"|"deny"}`). Mount it behind bearer auth.
+/// (`{"answer": "once"|"run"|"deny"}`). Mount it behind bearer auth
+/// ([`crate::serve::router_with`]): a caller sees and answers only the
+/// asks of its own runs, and is recorded as who answered. Without a
+/// caller (no auth layer) the routes refuse every request.
 pub fn router(desk: Desk) -> Router {
     Router::new()
         .route("/approvals", get(list))
@@ -91,25 +88,47 @@ async fn secure(mut response: Response) -> Response {
     response
 }
 
-async fn list(State(desk): State<Desk>) -> Response {
-    axum::Json(json!({ "pending": desk.pending() })).into_response()
+type Caller = Option<axum::Extension<crate::serve::auth::Caller>>;
+
+fn unauthenticated() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "the approvals API is served only behind the server's authentication",
+    )
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+async fn list(State(desk): State<Desk>, caller: Caller) -> Response {
+    let Some(axum::Extension(caller)) = caller else {
+        return unauthenticated();
+    };
+    axum::Json(json!({ "pending": desk.pending_of(caller.name()) })).into_response()
+}
+
+/// Errors as the rest of the serve API writes them.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": { "code": code, "message": message.into() } })),
+    )
+        .into_response()
 }
 
 async fn answer(
     State(desk): State<Desk>,
     Path(id): Path<String>,
-    answerer: Option<axum::Extension<Answerer>>,
+    caller: Caller,
     body: Bytes,
 ) -> Response {
+    let Some(axum::Extension(caller)) = caller else {
+        return unauthenticated();
+    };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
+                "invalid",
                 format!(
                     "the body is not JSON ({e}): send {{\"answer\": \"once\"}}, \"run\" or \"deny\""
                 ),
@@ -119,22 +138,26 @@ async fn answer(
     let Some(text) = parsed.get("answer").and_then(Value::as_str) else {
         return error(
             StatusCode::BAD_REQUEST,
+            "invalid",
             "the body needs a string field `answer`: \"once\", \"run\" or \"deny\"",
         );
     };
     let Some(approval) = parse_answer(text) else {
         return error(
             StatusCode::BAD_REQUEST,
+            "invalid",
             format!(
                 "`answer` is `{}`: it must be \"once\", \"run\" or \"deny\"",
                 crate::capability::brief(&crate::policy::printable(text), 40)
             ),
         );
     };
-    let by = answerer.map_or_else(|| "the approvals API".to_string(), |a| a.0.0);
-    match desk.answer(&id, approval, &by) {
+    let owner = caller.name();
+    match desk.answer(&id, approval, owner, Some(owner)) {
         Ok(ask) => axum::Json(json!({ "answered": ask.id, "run": ask.run, "answer": text }))
             .into_response(),
-        Err(e @ AnswerError::NotPending(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ AnswerError::NotPending(_)) => {
+            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
     }
 }

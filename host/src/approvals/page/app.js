@@ -28,19 +28,25 @@ function text(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
 }
 
-async function api(path, options) {
-  const headers = { "Accept": "application/json" };
+// A request with the token as a bearer header; the JSON answer (or the
+// text, with `asText`). Errors carry the server's message.
+async function api(path, options, asText) {
+  const headers = { "Accept": asText ? "application/x-ndjson" : "application/json" };
   if (token()) headers["Authorization"] = "Bearer " + token();
   if (options && options.body) headers["Content-Type"] = "application/json";
   const response = await fetch(path, Object.assign({ headers, credentials: "omit", cache: "no-store" }, options || {}));
+  const raw = await response.text();
   let body = null;
   try {
-    body = await response.json();
+    body = asText && response.ok ? raw : JSON.parse(raw);
   } catch (_) {
     body = null;
   }
   if (!response.ok) {
-    const message = body && typeof body.error === "string" ? body.error : response.status + " " + response.statusText;
+    const error = body && body.error;
+    const message = typeof error === "string" ? error
+      : error && typeof error.message === "string" ? error.message
+      : response.status + " " + response.statusText;
     throw new Error(message);
   }
   return body;
@@ -135,15 +141,20 @@ async function refresh() {
 // The audit view: serve's GET /runs/{id}/audit, as a timeline.
 let auditRecords = [];
 
-function recordsOf(body) {
-  if (Array.isArray(body)) return body;
-  if (body && Array.isArray(body.records)) return body.records;
-  return [];
-}
-
-function verifyOf(body) {
-  if (!body || Array.isArray(body)) return null;
-  return body.verify !== undefined ? body.verify : body.verified;
+// The audit log as JSON Lines: one record a line (a torn last line is
+// skipped; the verify report says so).
+function recordsOf(jsonl) {
+  const records = [];
+  for (const line of String(jsonl || "").split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      const record = JSON.parse(line);
+      if (record && typeof record === "object") records.push(record);
+    } catch (_) {
+      // not a record
+    }
+  }
+  return records;
 }
 
 function fillSelect(id, values) {
@@ -185,9 +196,10 @@ async function showAudit(event) {
   if (event) event.preventDefault();
   const run = document.getElementById("audit-run").value.trim();
   if (!run) return;
+  const base = "/runs/" + encodeURIComponent(run) + "/audit";
   let body;
   try {
-    body = await api("/runs/" + encodeURIComponent(run) + "/audit");
+    body = await api(base, null, true);
   } catch (e) {
     auditRecords = [];
     renderAudit();
@@ -199,13 +211,20 @@ async function showAudit(event) {
   fillSelect("audit-kind", unique("kind"));
   fillSelect("audit-decision", unique("decision"));
   renderAudit();
-  const verify = verifyOf(body);
-  if (verify === null || verify === undefined) {
-    setStatus("audit-verify", auditRecords.length + " records (not verified by the server)", "");
-  } else if (verify === true || (verify && verify.ok === true)) {
-    setStatus("audit-verify", auditRecords.length + " records; hash chain verified" + (verify.head ? ", head " + text(verify.head) : ""), "ok");
+  let verify;
+  try {
+    verify = await api(base + "/verify");
+  } catch (e) {
+    setStatus("audit-verify", auditRecords.length + " records; cannot verify: " + e.message, "error");
+    return;
+  }
+  if (verify && verify.intact === true) {
+    const state = verify.complete ? "the run ended" : "the run has not ended";
+    const head = verify.head_matches === false ? "; its head does NOT match the one the server recorded" : "";
+    setStatus("audit-verify", text(verify.records) + " records; hash chain intact (head " + text(verify.head) + "); " + state + head, verify.head_matches === false ? "error" : "ok");
   } else {
-    setStatus("audit-verify", auditRecords.length + " records; hash chain NOT verified: " + text(verify && (verify.error || verify.reason) || verify), "error");
+    const problems = ((verify && verify.problems) || []).map((p) => "line " + text(p.line) + ": " + text(p.message)).join("; ");
+    setStatus("audit-verify", "hash chain NOT intact: " + problems, "error");
   }
 }
 
