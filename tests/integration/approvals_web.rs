@@ -722,3 +722,308 @@ async fn a_cancelled_runs_asks_disappear() {
         "{body}"
     );
 }
+
+// MCP elicitation: the client's person answers asks of `warden mcp`.
+
+/// `calc` asks on every call; `word_count` never does.
+fn mcp_policy(timeout: &str) -> String {
+    format!(
+        "[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"ask\"\n\n[tools.word_count]\ncomponent = \"builtin:text\"\n\n[approvals]\ntimeout = \"{timeout}\"\n"
+    )
+}
+
+#[test]
+fn mcp_elicitation_with_the_official_sdk_lets_the_clients_person_decide() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, mcp_policy("60s")).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let python = std::env::var_os("WARDEN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/venv/bin/python"));
+    assert!(python.exists(), "run `make setup` for the MCP SDK");
+    // once, deny, decline, then "for the run": the fifth call is not asked
+    // (the client's callback would fail: it has no answer left).
+    let out = Command::new(python)
+        .arg(repo().join("tests/mcp/elicit_client.py"))
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .arg(&policy)
+        .arg(&audit)
+        .args(["once", "deny", "decline", "run", "-"])
+        .env("WARDEN_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let asked: Vec<&Value> = seen.iter().filter(|s| s["what"] == "asked").collect();
+    let calls: Vec<&Value> = seen.iter().filter(|s| s["what"] == "call").collect();
+    assert_eq!(asked.len(), 4, "{stdout}");
+    assert_eq!(calls.len(), 5, "{stdout}");
+    let message = asked[0]["message"].as_str().unwrap();
+    assert!(message.contains("the tool \"calc\""), "{message}");
+    assert!(message.contains("rule: tools.calc"), "{message}");
+    assert!(
+        message.contains(r#"value "expression" = "1 * 7": it appears nowhere"#),
+        "{message}"
+    );
+    assert_eq!(
+        asked[0]["schema"]["properties"]["answer"]["enum"],
+        json!(["once", "run", "deny"])
+    );
+    assert_eq!(calls[0]["text"], "7");
+    assert_eq!(calls[1]["is_error"], true);
+    assert!(
+        calls[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("refused this call"),
+        "{stdout}"
+    );
+    assert_eq!(calls[2]["is_error"], true);
+    assert_eq!(calls[3]["text"], "28");
+    assert_eq!(calls[4]["text"], "35");
+    let by: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let r: Value = serde_json::from_str(l).ok()?;
+            Some(r["data"]["approved_by"].as_str()?.to_string())
+        })
+        .collect();
+    assert_eq!(by.len(), 3, "{by:?}");
+    assert!(
+        by[0].starts_with("a person (via the MCP client `"),
+        "{by:?}"
+    );
+    assert!(by[0].ends_with("), once"), "{by:?}");
+    assert!(by[1].ends_with("), for the rest of the run"), "{by:?}");
+}
+
+/// `warden mcp` over stdio, spoken to line by line.
+struct Mcp {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mcp {
+    fn start(policy: &str, args: &[&str]) -> Mcp {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("mcp")
+            .arg("--policy")
+            .arg(dir.path().join("policy.toml"))
+            .arg("--audit")
+            .arg(dir.path().join("audit.jsonl"))
+            .args(args)
+            .env("WARDEN_CACHE_DIR", cache_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(value) = serde_json::from_str(&line) else {
+                    break;
+                };
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Mcp {
+            child,
+            stdin,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    fn send(&mut self, message: Value) {
+        use std::io::Write;
+        let mut line = serde_json::to_vec(&message).unwrap();
+        line.push(b'\n');
+        self.stdin.write_all(&line).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next message (within 30 s).
+    fn next(&self) -> Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("warden mcp sent nothing")
+    }
+
+    /// The next message with `id` (skipping notifications).
+    fn answer_to(&self, id: Value) -> Value {
+        loop {
+            let message = self.next();
+            if message["id"] == id && message.get("method").is_none() {
+                return message;
+            }
+        }
+    }
+
+    /// The next `elicitation/create` request.
+    fn elicitation(&self) -> Value {
+        loop {
+            let message = self.next();
+            if message["method"] == "elicitation/create" {
+                return message;
+            }
+        }
+    }
+
+    fn initialize(&mut self, capabilities: Value) {
+        self.send(
+            json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": capabilities,
+            "clientInfo": { "name": "raw-client", "version": "1" } } }),
+        );
+        self.answer_to(json!(0));
+        self.send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+    }
+
+    fn call(&mut self, id: u64, tool: &str, arguments: Value) {
+        self.send(json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": tool, "arguments": arguments } }));
+    }
+}
+
+impl Drop for Mcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn result_text(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn mcp_elicitation_takes_only_a_well_formed_answer_to_its_own_request() {
+    // One call at a time and no queue: the answer to an ask must still be
+    // read while the only slot is held by the call waiting for it.
+    let mut mcp = Mcp::start(&mcp_policy("60s"), &["--concurrency", "1", "--queue", "0"]);
+    mcp.initialize(json!({ "elicitation": {} }));
+    let malformed = [
+        json!({ "action": "accept", "content": { "answer": "yes" } }),
+        json!({ "action": "accept", "content": { "answer": ["once"] } }),
+        json!({ "action": "accept" }),
+        json!({ "action": "ACCEPT", "content": { "answer": "once" } }),
+        json!("accept"),
+    ];
+    for (n, bad) in malformed.iter().enumerate() {
+        let id = 10 + n as u64;
+        mcp.call(id, "calc", json!({ "expression": "1 + 1" }));
+        let request = mcp.elicitation();
+        // An answer to an id warden never sent changes nothing.
+        mcp.send(json!({ "jsonrpc": "2.0", "id": "warden-elicit-999", "result": { "action": "accept", "content": { "answer": "once" } } }));
+        mcp.send(json!({ "jsonrpc": "2.0", "id": request["id"], "result": bad }));
+        // A second answer to the same id is not taken either.
+        mcp.send(json!({ "jsonrpc": "2.0", "id": request["id"], "result": { "action": "accept", "content": { "answer": "once" } } }));
+        let answer = mcp.answer_to(json!(id));
+        assert_eq!(answer["result"]["isError"], true, "{bad}: {answer}");
+        let text = result_text(&answer);
+        assert!(
+            text.contains("none was given: the MCP client's answer to elicitation/create"),
+            "{bad}: {text}"
+        );
+    }
+    // A JSON-RPC error from the client: refused, its message quoted.
+    mcp.call(20, "calc", json!({ "expression": "2 + 2" }));
+    let request = mcp.elicitation();
+    mcp.send(json!({ "jsonrpc": "2.0", "id": request["id"], "error": { "code": -1, "message": "no person here" } }));
+    let text = result_text(&mcp.answer_to(json!(20)));
+    assert!(
+        text.contains("the MCP client refused to ask its person: no person here"),
+        "{text}"
+    );
+    // And a well-formed answer is taken.
+    mcp.call(21, "calc", json!({ "expression": "3 + 3" }));
+    let request = mcp.elicitation();
+    mcp.send(json!({ "jsonrpc": "2.0", "id": request["id"], "result": { "action": "accept", "content": { "answer": "once" } } }));
+    assert_eq!(result_text(&mcp.answer_to(json!(21))), "6");
+}
+
+#[test]
+fn an_mcp_client_that_never_answers_stalls_only_the_call_it_was_asked_about() {
+    let mut mcp = Mcp::start(&mcp_policy("2s"), &["--concurrency", "2"]);
+    mcp.initialize(json!({ "elicitation": {} }));
+    mcp.call(1, "calc", json!({ "expression": "1 + 1" }));
+    mcp.elicitation();
+    let started = Instant::now();
+    // Meanwhile another call is answered at once.
+    mcp.call(2, "word_count", json!({ "text": "one two" }));
+    let other = mcp.answer_to(json!(2));
+    assert_eq!(other["result"]["isError"], false, "{other}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the other call waited {:?}",
+        started.elapsed()
+    );
+    let refused = mcp.answer_to(json!(1));
+    let text = result_text(&refused);
+    assert!(
+        text.contains("nobody answered within 2s (approvals.timeout)"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn an_mcp_client_without_elicitation_is_never_asked() {
+    let mut mcp = Mcp::start(&mcp_policy("60s"), &[]);
+    mcp.initialize(json!({}));
+    mcp.call(1, "calc", json!({ "expression": "1 + 1" }));
+    let answer = mcp.answer_to(json!(1));
+    let text = result_text(&answer);
+    assert!(
+        text.contains("needs a person's approval and none was given"),
+        "{text}"
+    );
+    // Listing modes without `form` (warden asks only with a form) is no
+    // capability either.
+    let mut mcp = Mcp::start(&mcp_policy("60s"), &[]);
+    mcp.initialize(json!({ "elicitation": { "url": {} } }));
+    mcp.call(1, "calc", json!({ "expression": "1 + 1" }));
+    let text = result_text(&mcp.answer_to(json!(1)));
+    assert!(text.contains("none was given"), "{text}");
+}
+
+#[test]
+fn asks_past_the_policys_max_pending_are_refused_at_once() {
+    let policy = mcp_policy("60s") + "max_pending = 1\n";
+    let mut mcp = Mcp::start(&policy, &["--concurrency", "4"]);
+    mcp.initialize(json!({ "elicitation": {} }));
+    mcp.call(1, "calc", json!({ "expression": "1 + 1" }));
+    let first = mcp.elicitation();
+    // The first ask waits; the second is refused without being asked.
+    mcp.call(2, "calc", json!({ "expression": "2 + 2" }));
+    let text = result_text(&mcp.answer_to(json!(2)));
+    assert!(
+        text.contains("1 asks of this run are already waiting for a person, the most the policy allows (approvals.max_pending)"),
+        "{text}"
+    );
+    mcp.send(json!({ "jsonrpc": "2.0", "id": first["id"], "result": { "action": "accept", "content": { "answer": "once" } } }));
+    assert_eq!(result_text(&mcp.answer_to(json!(1))), "2");
+}

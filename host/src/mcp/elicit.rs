@@ -228,7 +228,7 @@ fn message(question: &Question) -> String {
     }
     for seen in &question.explained.values {
         out.push_str(&format!(
-            "\nvalue {} = {}: seen {}",
+            "\nvalue {} = {}: {}",
             quote(&seen.field),
             quote(&seen.value),
             seen.seen
