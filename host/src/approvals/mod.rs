@@ -382,8 +382,9 @@ mod tests {
         assert_eq!(pending[0].run, "r-1");
         let id = pending[0].id.clone();
         assert_eq!(
-            desk.answer(&id, Approval::Once, "mallory", Some("mallory")),
-            Err(AnswerError::NotPending(id.clone())),
+            desk.answer(&id, Approval::Once, "mallory", Some("mallory"))
+                .err(),
+            Some(AnswerError::NotPending(id.clone())),
             "another owner answered"
         );
         desk.answer(&id, Approval::Once, "alice", Some("alice"))
@@ -397,8 +398,8 @@ mod tests {
         );
         assert!(desk.is_empty());
         assert_eq!(
-            desk.answer(&id, Approval::Deny, "alice", None),
-            Err(AnswerError::NotPending(id))
+            desk.answer(&id, Approval::Deny, "alice", None).err(),
+            Some(AnswerError::NotPending(id))
         );
     }
 
@@ -430,5 +431,68 @@ mod tests {
         assert_eq!(desk.pending().len(), 1);
         assert_eq!(desk.pending_of("bob").len(), 1);
         assert!(desk.pending_of("alice").is_empty());
+    }
+
+    /// The gate awaits each ask: a thousand of them wait on one thread (a
+    /// blocking ask would hold that thread with the first).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_thousand_asks_wait_on_one_thread_and_each_gets_its_answer() {
+        use crate::audit::{AuditLog, MemorySink};
+        use crate::gate::Gate;
+        use crate::policy::{Policy, Request};
+        let policy = Policy::parse(
+            "p.toml",
+            "[limits]\nmax_refusals = 5000\n\n[tools.pay]\ncomponent = \"x\"\ndecision = \"ask\"\n\n[approvals]\nmax_pending = 1000\n",
+        )
+        .unwrap();
+        let desk = Desk::new(DeskLimits { max_pending: 1000 });
+        let sink = MemorySink::default();
+        let gate = Arc::new(
+            Gate::new(
+                Arc::new(policy),
+                AuditLog::new("r-many").with_sink(sink.clone()),
+            )
+            .with_approvals(Some(desk.approver("r-many", "alice")), &[]),
+        );
+        let mut calls = tokio::task::JoinSet::new();
+        for n in 0..1000u32 {
+            let gate = gate.clone();
+            calls.spawn(async move {
+                let arguments = serde_json::json!({ "n": n });
+                let request = Request::Tool {
+                    name: "pay",
+                    arguments: &arguments,
+                    schema: None,
+                };
+                let data = serde_json::json!({ "arguments": &arguments });
+                let decided = gate.check("pay", &request, Some(data)).await.unwrap();
+                (n, decided.is_ok())
+            });
+        }
+        for _ in 0..100_000 {
+            if desk.len() == 1000 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(desk.len(), 1000);
+        for ask in desk.pending() {
+            let arguments = ask.question.data.clone().unwrap_or_default();
+            let approval = if arguments["arguments"]["n"].as_u64().unwrap_or(1) % 2 == 0 {
+                Approval::Once
+            } else {
+                Approval::Deny
+            };
+            desk.answer(&ask.id, approval, "alice", Some("alice"))
+                .unwrap();
+        }
+        let mut allowed = 0;
+        while let Some(joined) = calls.join_next().await {
+            let (n, ok) = joined.unwrap();
+            assert_eq!(ok, n % 2 == 0, "call {n}");
+            allowed += u32::from(ok);
+        }
+        assert_eq!(allowed, 500);
+        assert!(desk.is_empty());
     }
 }
