@@ -23,8 +23,9 @@ target/guest-tools.stamp: $(VENV)/.installed guest-sdk/js/node_modules/.installe
 ## Debian's chromium and chromium-driver (needs root and apt; skipped when present).
 setup-chromium:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
-		{ DEBIAN_FRONTEND=noninteractive apt-get -qq update > /dev/null && \
-		  DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends chromium chromium-driver > /dev/null; }
+		{ mkdir -p target; { DEBIAN_FRONTEND=noninteractive apt-get -qq update && \
+		    DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends chromium chromium-driver; \
+		  } > target/apt-chromium.log 2>&1 || { cat target/apt-chromium.log >&2; echo "error: could not install chromium and chromium-driver (needs root and apt)" >&2; exit 1; }; }
 
 ## What the demo needs: the Rust guest target.
 setup-rust:
