@@ -4,13 +4,13 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup setup-rust demo install test lint bench bench-injection fuzz clean-cache
+.PHONY: setup setup-rust setup-chromium demo install test lint bench bench-injection fuzz clean-cache
 
 ## Install the guest target (and the lint tools), componentize-py and the
 ## MCP SDK (pinned, in target/venv) and componentize-js (pinned, npm ci).
 ## Idempotent and quick when done. Needs python3 (3.10+) and node (20+).
 VENV := target/venv
-setup: setup-rust target/guest-tools.stamp
+setup: setup-rust target/guest-tools.stamp setup-chromium
 
 ## host/build.rs watches this stamp: touching it once either tool is (re)installed
 ## makes the next build build the Python and JavaScript guests, even when the
@@ -18,6 +18,14 @@ setup: setup-rust target/guest-tools.stamp
 ## when missing, so this rule runs after any install.
 target/guest-tools.stamp: $(VENV)/.installed guest-sdk/js/node_modules/.installed
 	touch $@
+
+## The approvals page's tests drive a real headless Chromium over WebDriver:
+## Debian's chromium and chromium-driver (needs root and apt; skipped when present).
+setup-chromium:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ mkdir -p target; { DEBIAN_FRONTEND=noninteractive apt-get -qq update && \
+		    DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends chromium chromium-driver; \
+		  } > target/apt-chromium.log 2>&1 || { cat target/apt-chromium.log >&2; echo "error: could not install chromium and chromium-driver (needs root and apt)" >&2; exit 1; }; }
 
 ## What the demo needs: the Rust guest target.
 setup-rust:

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use warden::audit::{AuditLog, JsonlFile, new_run_id};
-use warden::gate::{Approval, Approver, Question};
+use warden::gate::{Approval, Approver, Asking, Question, Reply};
 use warden::load::{ComponentSource, PolicyFile};
 use warden::provider::ScriptedProvider;
 use warden::run::{RunSpec, run};
@@ -173,7 +173,7 @@ struct Person {
 }
 
 impl Approver for Person {
-    fn ask(&self, question: &Question<'_>) -> Option<Approval> {
+    fn ask(&self, question: Question) -> Asking {
         if let Ok(mut asks) = self.asks.lock() {
             asks.push(Ask {
                 tool: question.subject.to_string(),
@@ -181,11 +181,12 @@ impl Approver for Person {
                 reason: question.reason.to_string(),
             });
         }
-        Some(if self.approve {
+        let answer = Reply::from(Some(if self.approve {
             Approval::Once
         } else {
             Approval::Deny
-        })
+        }));
+        Box::pin(async move { answer })
     }
 }
 

@@ -345,7 +345,11 @@ fn main() {
                         schema: registry.schema("echo"),
                     };
                     let data = serde_json::json!({ "arguments": &*arguments });
-                    let permit = gate.check("echo", &request, Some(data)).unwrap().unwrap();
+                    let permit = gate
+                        .check("echo", &request, Some(data))
+                        .await
+                        .unwrap()
+                        .unwrap();
                     gate.complete(permit, Outcome::Ok, ARGS, None).unwrap();
                 }
             }));

@@ -359,7 +359,7 @@ fn main() {
                         };
                         let data = serde_json::json!({ "arguments": &parsed });
                         let permit = piece_gate
-                            .check("echo", &request, Some(data))
+                            .check_now("echo", &request, Some(data))
                             .unwrap()
                             .unwrap();
                         let data = serde_json::json!({ "result": ARGS, "labels_added": [] });

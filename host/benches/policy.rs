@@ -366,7 +366,7 @@ fn mediated_call(gate: &Gate, args: &serde_json::Value) {
         arguments: args,
         schema: None,
     };
-    let permit = gate.check("pay", &request, None).unwrap();
+    let permit = gate.check_now("pay", &request, None).unwrap();
     assert!(permit.is_ok(), "{permit:?}");
     black_box(gate.flow_into_call("pay", args));
     gate.observe_tool_call(args).unwrap();

@@ -103,37 +103,115 @@ pub enum Approval {
     Deny,
 }
 
-/// A request the policy wants a person to approve.
-#[derive(Debug)]
-pub struct Question<'a> {
+/// A request the policy wants a person to approve: owned, so an approver
+/// can keep it (on a page, in a message) while the run waits.
+///
+/// Every string in it has passed the boundary's redaction
+/// ([`Gate::clean`]); values and fields are guest text: show them quoted,
+/// and on a web page only as text, never as markup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Question {
     /// What kind of request.
     pub kind: Kind,
     /// The tool, model or guest.
-    pub subject: &'a str,
+    pub subject: String,
     /// Every rule that asks (a yes approves the call under all of them;
     /// "for the run" approves each of them for later calls).
-    pub rules: &'a [Rule],
+    pub rules: Vec<Rule>,
     /// Why it asks.
-    pub reason: &'a str,
+    pub reason: String,
     /// The request's data (e.g. the tool's arguments).
-    pub data: Option<&'a Value>,
+    pub data: Option<Value>,
     /// The session's labels.
-    pub labels: &'a [String],
+    pub labels: Vec<String>,
     /// Each value that triggered the ask with where it was seen, and each
     /// label with what brought it: redacted, values cut to
-    /// [`crate::policy::explain::SHOWN_CHARS`]. Values and fields are
-    /// guest text: show them quoted.
-    pub explained: &'a Explanation,
+    /// [`crate::policy::explain::SHOWN_CHARS`].
+    pub explained: Explanation,
     /// Why `--approve-from` did not approve it, when it was given (warden's
     /// words around quoted field names).
-    pub not_vouched: Option<&'a str>,
+    pub not_vouched: Option<String>,
+    /// How long the gate waits for an answer (`[approvals] timeout`);
+    /// after it the ask is refused as unanswered.
+    #[serde(with = "humantime_serde_secs")]
+    pub timeout: std::time::Duration,
 }
 
-/// Who answers `ask` decisions: a person at a terminal, never a guest or
-/// the model (they have no channel to it).
+/// `timeout` as whole seconds in JSON.
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        value: &std::time::Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_secs())
+    }
+}
+
+/// What came of asking: a person's answer, or why nobody gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A person answered.
+    Answered {
+        /// Their answer.
+        approval: Approval,
+        /// Who, when the channel knows (a token's name); recorded as
+        /// `a person (NAME)`.
+        by: Option<String>,
+    },
+    /// Nobody answered.
+    Unanswered {
+        /// Why, in warden's words (e.g. "3 asks of this run are already
+        /// waiting"); `None` for "nobody can be asked here".
+        why: Option<String>,
+    },
+}
+
+impl From<Option<Approval>> for Reply {
+    fn from(answer: Option<Approval>) -> Self {
+        match answer {
+            Some(approval) => Reply::Answered { approval, by: None },
+            None => Reply::Unanswered { why: None },
+        }
+    }
+}
+
+/// An answer on its way: what [`Approver::ask`] returns.
+pub type Asking = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + 'static>>;
+
+/// Who answers `ask` decisions: a person at a terminal, on a web page or in
+/// an MCP client, never a guest or the model (they have no channel to it).
+///
+/// `ask` returns at once with a future; the gate awaits it without holding
+/// a thread or its lock, and for at most the question's `timeout` (the
+/// future is dropped then: an approver must let go of the ask on drop).
 pub trait Approver: Send + Sync {
-    /// Ask about one request; `None` when nobody can be asked.
-    fn ask(&self, question: &Question<'_>) -> Option<Approval>;
+    /// Ask about one request.
+    fn ask(&self, question: Question) -> Asking;
+}
+
+/// An ask decided up to the point of asking a person: what the answer is
+/// checked and recorded with.
+struct Pending {
+    kind: Kind,
+    subject: String,
+    data: Option<Value>,
+    /// Every rule that asks, and their names joined (the record's rule).
+    asking: Vec<Rule>,
+    named: Rule,
+    reason: String,
+    /// What triggered it, redacted and cut.
+    shown: Explanation,
+    approved_from: Option<Vec<(String, String)>>,
+    labels: Vec<String>,
+    not_vouched: Option<String>,
+}
+
+/// How far [`Gate::decide_first`] got.
+enum First {
+    /// Decided (allowed, refused, or approved without a person).
+    Done(Result<Permit, GuestError>),
+    /// A person must be asked.
+    Ask(Box<Pending>),
 }
 
 /// A tool call's record data with where each argument value came from
@@ -171,13 +249,33 @@ fn unexplained(reason: &str, explained: &Explanation) -> String {
     format!("; values: {}", rest.summary(4))
 }
 
-/// Run a blocking `ask` without stalling the async runtime's other tasks.
-fn block_while<T>(ask: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(ask)
-        }
-        _ => ask(),
+/// One of a run's asks waiting for a person, counted while it lives.
+struct AskSlot<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> AskSlot<'a> {
+    fn take(count: &'a std::sync::atomic::AtomicU32, most: u32) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| AskSlot(count))
+    }
+}
+
+impl Drop for AskSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// `rule: a` or `rules: a, b`.
+fn cited(asking: &[Rule]) -> String {
+    let names: Vec<&str> = asking.iter().map(Rule::as_str).collect();
+    match names.as_slice() {
+        [one] => format!("rule: {one}"),
+        several => format!("rules: {}", several.join(", ")),
     }
 }
 
@@ -190,6 +288,9 @@ pub struct Gate {
     secrets: Secrets,
     /// Who is asked about `ask` decisions.
     approver: Option<Arc<dyn Approver>>,
+    /// Asks of this run waiting for a person now (at most `[approvals]
+    /// max_pending`).
+    asks_waiting: std::sync::atomic::AtomicU32,
     /// Rules approved for the rest of the run, and by whom.
     approved: Mutex<std::collections::HashMap<String, String>>,
     /// `--approve-from SOURCE`: an ask is approved when every value that
@@ -278,6 +379,7 @@ impl Gate {
             secrets: Secrets::default(),
             tally: Mutex::default(),
             approver: None,
+            asks_waiting: std::sync::atomic::AtomicU32::new(0),
             approved: Mutex::default(),
             approve_from: Vec::new(),
             dirs: Vec::new(),
@@ -492,12 +594,51 @@ impl Gate {
     /// Decide `request` about `subject` and record the decision. On a
     /// refusal, also record the outcome and return the error for the guest.
     /// An `Err` means the audit log failed: the caller must stop the guest.
-    pub fn check(
+    ///
+    /// When the policy asks and nothing approved the request already, the
+    /// approver is asked and awaited (at most `[approvals] timeout`) with no
+    /// lock held and no thread blocked; the decision is recorded after the
+    /// answer and before the effect.
+    pub async fn check(
         &self,
         subject: &str,
         request: &Request<'_>,
         data: Option<Value>,
     ) -> io::Result<Result<Permit, GuestError>> {
+        match self.decide_first(subject, request, data)? {
+            First::Done(result) => Ok(result),
+            First::Ask(pending) => {
+                let by = self.ask_person(&pending).await;
+                self.decide_again(request, *pending, by)
+            }
+        }
+    }
+
+    /// [`Gate::check`] where nobody can be waited for (a request that can
+    /// never ask, such as a log line): an ask that needs a person is
+    /// refused as unanswered.
+    pub fn check_now(
+        &self,
+        subject: &str,
+        request: &Request<'_>,
+        data: Option<Value>,
+    ) -> io::Result<Result<Permit, GuestError>> {
+        match self.decide_first(subject, request, data)? {
+            First::Done(result) => Ok(result),
+            First::Ask(pending) => {
+                let by = Err(self.unanswered(&pending, None));
+                self.decide_again(request, *pending, by)
+            }
+        }
+    }
+
+    /// Decide, and record unless a person must be asked first.
+    fn decide_first(
+        &self,
+        subject: &str,
+        request: &Request<'_>,
+        data: Option<Value>,
+    ) -> io::Result<First> {
         let kind = kind_of(request);
         let subject = printable(subject);
         let data = self.seal_data(data);
@@ -529,12 +670,12 @@ impl Gate {
                     outcome: None,
                     data,
                 })?;
-                Ok(Ok(Permit {
+                Ok(First::Done(Ok(Permit {
                     kind,
                     subject,
                     rule,
                     verdict: Verdict::Allow,
-                }))
+                })))
             }
             Decision::Ask {
                 rule,
@@ -573,10 +714,23 @@ impl Gate {
                     }
                     _ => None,
                 };
-                let shown = self.clean(explained).map(Explanation::cut);
-                let mut approved_from = None;
+                let shown = self.clean(explained).map(Explanation::cut).into_inner();
+                let labels = state.session.labels.clone();
+                drop(state);
+                let mut pending = Pending {
+                    kind,
+                    subject,
+                    data,
+                    asking,
+                    named,
+                    reason,
+                    shown,
+                    approved_from: None,
+                    labels,
+                    not_vouched: None,
+                };
                 let by = match (standing, vouched) {
-                    (Some(by), _) => Ok(by),
+                    (Some(by), _) => by,
                     (None, Some(Vouched::Yes(matched))) => {
                         let mut sources: Vec<&str> = Vec::new();
                         for (_, source) in &matched {
@@ -585,11 +739,11 @@ impl Gate {
                             }
                         }
                         let by = format!("--approve-from {}", sources.join(", --approve-from "));
-                        approved_from = Some(matched);
-                        Ok(by)
+                        pending.approved_from = Some(matched);
+                        by
                     }
                     (None, vouched) => {
-                        let not_vouched = match vouched {
+                        pending.not_vouched = match vouched {
                             Some(Vouched::No(why)) => Some(format!(
                                 "--approve-from {} does not cover it: {why}",
                                 self.approve_from
@@ -600,99 +754,10 @@ impl Gate {
                             )),
                             _ => None,
                         };
-                        let labels = state.session.labels.clone();
-                        drop(state);
-                        let answer = self.ask_person(
-                            kind,
-                            &subject,
-                            &asking,
-                            &reason,
-                            &data,
-                            &labels,
-                            &shown,
-                            not_vouched.as_deref(),
-                        );
-                        state = self.lock();
-                        answer
+                        return Ok(First::Ask(Box::new(pending)));
                     }
                 };
-                let asked = serde_json::to_value(&*shown).unwrap_or(Value::Null);
-                let by = match by {
-                    Ok(by) => by,
-                    Err(error) => {
-                        let mut data = data.unwrap_or_else(|| json!({}));
-                        data["asked"] = asked;
-                        self.write_refusal(
-                            &mut state,
-                            kind,
-                            &subject,
-                            Verdict::Ask,
-                            &named,
-                            &error,
-                            Some(data),
-                        )?;
-                        return Ok(Err(error));
-                    }
-                };
-                // Budgets (or labels) may have moved while a person was
-                // asked: decide again, and go ahead only if nothing asks
-                // that was not approved.
-                state.session.now = self.started.elapsed();
-                let again = self.policy.decide(request, &state.session);
-                let changed = match again {
-                    Decision::Ask { .. } if again.rules().all(|r| asking.contains(r)) => None,
-                    Decision::Allow { .. } => None,
-                    Decision::Deny {
-                        kind: DenyKind::Budget,
-                        ..
-                    } => Some(GuestError::BudgetExhausted(format!(
-                        "{reason}; approved, but a budget ran out meanwhile (rule: {named})"
-                    ))),
-                    _ => Some(GuestError::Denied(format!(
-                        "{reason}; approved, but the decision changed meanwhile (rule: {})",
-                        again.rules_text()
-                    ))),
-                };
-                if let Some(error) = changed {
-                    self.write_refusal(
-                        &mut state,
-                        kind,
-                        &subject,
-                        Verdict::Deny,
-                        &named,
-                        &error,
-                        data,
-                    )?;
-                    return Ok(Err(error));
-                }
-                state.session.record(&self.policy, request);
-                let mut data =
-                    with_sources(data, request, &state.session).unwrap_or_else(|| json!({}));
-                data["approved_by"] = json!(by);
-                data["rules"] = json!(asking);
-                data["asked"] = asked;
-                if let Some(matched) = approved_from {
-                    data["approved_from"] = matched
-                        .iter()
-                        .map(|(field, source)| json!({ "field": field, "source": source }))
-                        .collect();
-                }
-                self.write(Entry {
-                    kind,
-                    event: Event::Decision,
-                    subject: subject.clone(),
-                    decision: Verdict::Ask,
-                    rule: named.to_string(),
-                    detail: format!("{reason}; approved by {by}"),
-                    outcome: None,
-                    data: Some(data),
-                })?;
-                Ok(Ok(Permit {
-                    kind,
-                    subject,
-                    rule: named,
-                    verdict: Verdict::Ask,
-                }))
+                self.decide_again(request, pending, Ok(by)).map(First::Done)
             }
             Decision::Deny {
                 rule,
@@ -714,9 +779,107 @@ impl Gate {
                     &error,
                     data,
                 )?;
-                Ok(Err(error))
+                Ok(First::Done(Err(error)))
             }
         }
+    }
+
+    /// After an ask was answered (`by`: who approved it, or the refusal):
+    /// record a refusal, or decide again (budgets or labels may have moved
+    /// while a person was asked) and record the approval.
+    fn decide_again(
+        &self,
+        request: &Request<'_>,
+        pending: Pending,
+        by: Result<String, GuestError>,
+    ) -> io::Result<Result<Permit, GuestError>> {
+        let Pending {
+            kind,
+            subject,
+            data,
+            asking,
+            named,
+            reason,
+            shown,
+            approved_from,
+            ..
+        } = pending;
+        let request = &request.validated();
+        let mut state = self.lock();
+        let asked = serde_json::to_value(&shown).unwrap_or(Value::Null);
+        let by = match by {
+            Ok(by) => by,
+            Err(error) => {
+                let mut data = data.unwrap_or_else(|| json!({}));
+                data["asked"] = asked;
+                self.write_refusal(
+                    &mut state,
+                    kind,
+                    &subject,
+                    Verdict::Ask,
+                    &named,
+                    &error,
+                    Some(data),
+                )?;
+                return Ok(Err(error));
+            }
+        };
+        // Go ahead only if nothing asks now that was not approved.
+        state.session.now = self.started.elapsed();
+        let again = self.policy.decide(request, &state.session);
+        let changed = match again {
+            Decision::Ask { .. } if again.rules().all(|r| asking.contains(r)) => None,
+            Decision::Allow { .. } => None,
+            Decision::Deny {
+                kind: DenyKind::Budget,
+                ..
+            } => Some(GuestError::BudgetExhausted(format!(
+                "{reason}; approved, but a budget ran out meanwhile (rule: {named})"
+            ))),
+            _ => Some(GuestError::Denied(format!(
+                "{reason}; approved, but the decision changed meanwhile (rule: {})",
+                again.rules_text()
+            ))),
+        };
+        if let Some(error) = changed {
+            self.write_refusal(
+                &mut state,
+                kind,
+                &subject,
+                Verdict::Deny,
+                &named,
+                &error,
+                data,
+            )?;
+            return Ok(Err(error));
+        }
+        state.session.record(&self.policy, request);
+        let mut data = with_sources(data, request, &state.session).unwrap_or_else(|| json!({}));
+        data["approved_by"] = json!(by);
+        data["rules"] = json!(asking);
+        data["asked"] = asked;
+        if let Some(matched) = approved_from {
+            data["approved_from"] = matched
+                .iter()
+                .map(|(field, source)| json!({ "field": field, "source": source }))
+                .collect();
+        }
+        self.write(Entry {
+            kind,
+            event: Event::Decision,
+            subject: subject.clone(),
+            decision: Verdict::Ask,
+            rule: named.to_string(),
+            detail: format!("{reason}; approved by {by}"),
+            outcome: None,
+            data: Some(data),
+        })?;
+        Ok(Ok(Permit {
+            kind,
+            subject,
+            rule: named,
+            verdict: Verdict::Ask,
+        }))
     }
 
     /// Who approved every one of `asking` for the run already, or `None`
@@ -733,69 +896,116 @@ impl Gate {
         Some(by.join(", "))
     }
 
-    /// Ask the approver about an `ask` under the rules `asking`: who
-    /// approved it, or the refusal for the guest (a person said no, or
-    /// nobody could be asked).
-    #[allow(clippy::too_many_arguments)]
-    fn ask_person(
-        &self,
-        kind: Kind,
-        subject: &str,
-        asking: &[Rule],
-        reason: &str,
-        data: &Option<Value>,
-        labels: &[String],
-        explained: &Explanation,
-        not_vouched: Option<&str>,
-    ) -> Result<String, GuestError> {
-        // A person reads the question on a terminal: it leaves the sandbox.
-        let data = self.clean(data.clone());
-        let shown = self.clean(reason.to_string());
+    /// Ask the approver about `pending` and wait, at most `[approvals]
+    /// timeout`: who approved it, or the refusal for the guest (a person
+    /// said no, or nobody answered).
+    async fn ask_person(&self, pending: &Pending) -> Result<String, GuestError> {
+        let Some(approver) = &self.approver else {
+            return Err(self.unanswered(pending, None));
+        };
+        let timeout = self.policy.approvals.timeout;
+        // Concurrent calls of one run could each wait for a person: at
+        // most `max_pending` do; the next is refused at once.
+        let Some(_waiting) = AskSlot::take(&self.asks_waiting, self.policy.approvals.max_pending)
+        else {
+            let most = self.policy.approvals.max_pending;
+            return Err(self.unanswered(
+                pending,
+                Some(format!(
+                    "{most} asks of this run are already waiting for a person, the most the policy allows (approvals.max_pending)"
+                )),
+            ));
+        };
+        // A person reads the question: it leaves the sandbox.
         let question = Question {
-            kind,
-            subject,
-            rules: asking,
-            reason: &shown,
-            data: data.as_ref(),
-            labels,
-            explained,
-            not_vouched,
+            kind: pending.kind,
+            subject: pending.subject.clone(),
+            rules: pending.asking.clone(),
+            reason: self.clean(pending.reason.clone()).into_inner(),
+            data: self.clean(pending.data.clone()).into_inner(),
+            labels: pending.labels.clone(),
+            explained: pending.shown.clone(),
+            not_vouched: pending.not_vouched.clone(),
+            timeout,
         };
-        let answer = match &self.approver {
-            Some(approver) => block_while(|| approver.ask(&question)),
-            None => None,
+        let asking = approver.ask(question);
+        // Without a timer (no tokio runtime) the approver's own bound holds.
+        let reply = match tokio::runtime::Handle::try_current() {
+            Ok(_) => match tokio::time::timeout(timeout, asking).await {
+                Ok(reply) => reply,
+                Err(_) => Reply::Unanswered {
+                    why: Some(format!(
+                        "nobody answered within {} (approvals.timeout)",
+                        crate::policy::HumanDuration(timeout)
+                    )),
+                },
+            },
+            Err(_) => asking.await,
         };
-        let names: Vec<&str> = asking.iter().map(Rule::as_str).collect();
-        let cited = match names.as_slice() {
-            [one] => format!("rule: {one}"),
-            several => format!("rules: {}", several.join(", ")),
+        let cited = cited(&pending.asking);
+        let who = |by: &Option<String>| match by {
+            Some(name) => format!(
+                "a person ({})",
+                crate::capability::brief(&printable(name), 80)
+            ),
+            None => "a person".to_string(),
         };
-        match answer {
-            Some(Approval::Once) => Ok("a person, once".to_string()),
-            Some(Approval::ForRun) => {
-                let by = "a person, for the rest of the run".to_string();
+        match reply {
+            Reply::Answered {
+                approval: Approval::Once,
+                by,
+            } => Ok(format!("{}, once", who(&by))),
+            Reply::Answered {
+                approval: Approval::ForRun,
+                by,
+            } => {
+                let by = format!("{}, for the rest of the run", who(&by));
                 let mut approved = self.approved.lock().unwrap_or_else(|e| e.into_inner());
-                for rule in asking {
+                for rule in &pending.asking {
                     approved
                         .entry(rule.to_string())
                         .or_insert_with(|| by.clone());
                 }
                 Ok(by)
             }
-            Some(Approval::Deny) => Err(GuestError::Denied(format!(
-                "{reason}; a person refused this call ({cited})"
+            Reply::Answered {
+                approval: Approval::Deny,
+                by,
+            } => Err(GuestError::Denied(format!(
+                "{}; {} refused this call ({cited})",
+                pending.reason,
+                who(&by)
             ))),
-            None => Err(GuestError::Denied(format!(
-                "{reason}{}{}; this call needs a person's approval and none was given: run warden in a terminal to be asked, or pre-approve with {} ({cited})",
-                unexplained(reason, explained),
-                not_vouched.map(|n| format!("; {n}")).unwrap_or_default(),
-                names
+            Reply::Unanswered { why } => Err(self.unanswered(pending, why)),
+        }
+    }
+
+    /// The refusal of an ask nobody answered: what triggered it, and how
+    /// it could be approved (`why`, or by default the terminal and
+    /// `--approve`).
+    fn unanswered(&self, pending: &Pending, why: Option<String>) -> GuestError {
+        let why = why.unwrap_or_else(|| {
+            format!(
+                "run warden in a terminal to be asked, or pre-approve with {}",
+                pending
+                    .asking
                     .iter()
                     .map(|rule| format!("--approve {rule}"))
                     .collect::<Vec<_>>()
                     .join(" ")
-            ))),
-        }
+            )
+        });
+        GuestError::Denied(format!(
+            "{}{}{}; this call needs a person's approval and none was given: {why} ({})",
+            pending.reason,
+            unexplained(&pending.reason, &pending.shown),
+            pending
+                .not_vouched
+                .as_deref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default(),
+            cited(&pending.asking),
+        ))
     }
 
     /// Record a request refused before the policy could see it (e.g. tool
@@ -918,7 +1128,8 @@ impl Gate {
                 state.logs_dropped = 1;
             }
         }
-        match self.check(guest, &request, Some(json!({ "level": level })))? {
+        // A log line is never asked about: decided at once.
+        match self.check_now(guest, &request, Some(json!({ "level": level })))? {
             Ok(permit) => self.complete(permit, Outcome::Ok, message, None),
             Err(_) => Ok(()),
         }
@@ -1323,9 +1534,9 @@ mod tests {
             arguments: &args,
             schema: None,
         };
-        let permit = gate.check("calc", &request, None).unwrap().unwrap();
+        let permit = gate.check_now("calc", &request, None).unwrap().unwrap();
         gate.complete(permit, Outcome::Ok, "1", None).unwrap();
-        let err = gate.check("calc", &request, None).unwrap().unwrap_err();
+        let err = gate.check_now("calc", &request, None).unwrap().unwrap_err();
         assert_eq!(
             err,
             GuestError::BudgetExhausted(
@@ -1377,7 +1588,7 @@ mod tests {
             schema: None,
         };
         for _ in 0..3 {
-            gate.check("nope", &nope, None).unwrap().unwrap_err();
+            gate.check_now("nope", &nope, None).unwrap().unwrap_err();
         }
         // A malformed request refused before the policy sees it is refused
         // by the spent budget too, with one record.
@@ -1403,7 +1614,7 @@ mod tests {
             schema: None,
         };
         for _ in 0..1000 {
-            gate.check("calc", &calc, None).unwrap().unwrap_err();
+            gate.check_now("calc", &calc, None).unwrap().unwrap_err();
             gate.log("agent", "info", "still here").unwrap();
         }
         let rules: Vec<String> = sink

@@ -43,6 +43,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod approvals;
 pub mod audit;
 pub mod bindings;
 pub mod bundled;

@@ -4,7 +4,7 @@
 use crate::harness::*;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
-use warden::gate::{Approval, Approver, Question};
+use warden::gate::{Approval, Approver, Asking, Question, Reply};
 use warden::policy::Verdict;
 
 const POLICY: &str = r#"
@@ -38,12 +38,13 @@ impl Person {
 }
 
 impl Approver for Person {
-    fn ask(&self, question: &Question<'_>) -> Option<Approval> {
+    fn ask(&self, question: Question) -> Asking {
         self.asked.lock().unwrap().push(format!(
             "{} {} rule={} labels={:?}",
             question.subject,
             question
                 .data
+                .as_ref()
                 .map(|d| d["arguments"].to_string())
                 .unwrap_or_default(),
             question
@@ -55,11 +56,12 @@ impl Approver for Person {
             question.labels
         ));
         self.explained.lock().unwrap().push(json!({
-            "explained": serde_json::to_value(question.explained).unwrap(),
+            "explained": serde_json::to_value(&question.explained).unwrap(),
             "reason": question.reason,
             "not_vouched": question.not_vouched,
         }));
-        self.answers.lock().unwrap().pop()
+        let answer = Reply::from(self.answers.lock().unwrap().pop());
+        Box::pin(async move { answer })
     }
 }
 

@@ -6,6 +6,7 @@ mod harness;
 mod adversarial;
 mod agent_loop;
 mod approvals;
+mod approvals_web;
 mod boundary;
 mod cli;
 mod cli_output;

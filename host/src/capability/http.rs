@@ -184,6 +184,7 @@ async fn send(
             },
             Some(json!({ "method": method, "url": url })),
         )
+        .await
         .map_err(audit_failed)?;
     let Ok(permit) = decision else {
         return Err(HttpError::HttpRequestDenied);

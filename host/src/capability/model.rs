@@ -77,15 +77,18 @@ pub async fn chat(
         "redactions": redactions,
         "secrets_redacted": secrets_redacted,
     });
-    let permit = match gate.check(
-        &request.model,
-        &Request::Model {
-            model: &request.model,
-            messages: &request.messages,
-            estimated_tokens: estimated,
-        },
-        Some(decision_data),
-    )? {
+    let permit = match gate
+        .check(
+            &request.model,
+            &Request::Model {
+                model: &request.model,
+                messages: &request.messages,
+                estimated_tokens: estimated,
+            },
+            Some(decision_data),
+        )
+        .await?
+    {
         Ok(permit) => {
             tracing::debug!(decision = "allow", rule = %permit.rule(), estimated);
             permit

@@ -104,7 +104,7 @@ pub async fn call_parsed_in(
     if !redacted_arguments.is_empty() {
         data["secrets_redacted"] = json!(redacted_arguments);
     }
-    let permit = match gate.check(name, &request, Some(data))? {
+    let permit = match gate.check(name, &request, Some(data)).await? {
         Ok(permit) => {
             tracing::debug!(decision = "allow", rule = %permit.rule());
             permit
@@ -200,7 +200,10 @@ pub async fn call_parsed_in(
 /// decision record before, one outcome after, like every request. The
 /// record keeps at most [`MAX_PLAN_TOOLS`] names of at most 128 bytes
 /// each (a longer plan or name is refused anyway) and how many there were.
-pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clean<GuestError>>> {
+pub async fn declare_plan(
+    gate: &Gate,
+    tools: &[String],
+) -> io::Result<Result<(), Clean<GuestError>>> {
     let request = Request::Plan { tools };
     // What the record keeps is bounded before it is built: a plan that
     // long or names that long are refused anyway.
@@ -211,7 +214,7 @@ pub fn declare_plan(gate: &Gate, tools: &[String]) -> io::Result<Result<(), Clea
         .collect();
     let listed = json!(listed);
     let data = json!({ "tools": listed, "listed": tools.len() });
-    let decided = gate.check("agent", &request, Some(data))?;
+    let decided = gate.check("agent", &request, Some(data)).await?;
     // A replay compares the plan with the recorded one (it performs
     // nothing: a plan has no effect but on later decisions).
     if let Some(replay) = gate.replay() {
@@ -276,7 +279,7 @@ impl wit::Host for GuestState<AgentRole> {
         &mut self,
         tools: Vec<String>,
     ) -> wasmtime::Result<Result<(), crate::bindings::WitError>> {
-        let result = declare_plan(&self.gate, &tools)?;
+        let result = declare_plan(&self.gate, &tools).await?;
         Ok(result.map_err(to_wit))
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use warden::bundled;
-use warden::gate::{Approval, Approver, Question};
+use warden::gate::{Approval, Approver, Asking, Question, Reply};
 use warden::load::{ComponentSource, PolicyFile};
 use warden::provider::{
     self, KeySource, ModelProvider, ProviderOptions, RecordingProvider, ScriptedProvider,
@@ -343,9 +343,9 @@ fn print_answer(answer: &str) {
 /// are guest text: each sits after warden's own lead, JSON-quoted (so it
 /// cannot end early or take a second line); where it was seen is warden's
 /// words naming the policy's sources.
-fn explained_lines(question: &Question<'_>) -> String {
+fn explained_lines(question: &Question) -> String {
     use warden::transcript::name;
-    let explained = question.explained;
+    let explained = &question.explained;
     let mut out = String::new();
     for seen in &explained.values {
         let value = serde_json::Value::String(seen.value.clone()).to_string();
@@ -366,7 +366,7 @@ fn explained_lines(question: &Question<'_>) -> String {
             label.brought_by.join(", ")
         ));
     }
-    if let Some(not) = question.not_vouched {
+    if let Some(not) = &question.not_vouched {
         out.push('\n');
         out.push_str(&field("  note:", not));
     }
@@ -378,50 +378,66 @@ fn explained_lines(question: &Question<'_>) -> String {
 pub(crate) struct TerminalApprover;
 
 impl Approver for TerminalApprover {
-    fn ask(&self, question: &Question<'_>) -> Option<Approval> {
-        use std::io::{BufRead, Write};
-        use warden::transcript::name;
-        let what = question
-            .data
-            .map(|d| d.get("arguments").unwrap_or(d).to_string())
-            .unwrap_or_default();
-        let labels = if question.labels.is_empty() {
-            "none".to_string()
-        } else {
-            question.labels.join(", ")
-        };
-        let bold = if super::color_for(true) {
-            ("\x1b[1m", "\x1b[0m")
-        } else {
-            ("", "")
-        };
-        let mut err = std::io::stderr().lock();
-        let rules = question
-            .rules
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = write!(
-            err,
-            "\n{}warden: approval needed{}\n{}\n{}\n{}\n{}{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
-            bold.0,
-            bold.1,
-            field(&format!("  {} ", name(question.subject)), &what),
-            field("  rule:", &rules),
-            field("  why:", question.reason),
-            field("  session labels:", &labels),
-            explained_lines(question),
-        );
-        let _ = err.flush();
-        let mut line = String::new();
-        if std::io::stdin().lock().read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        Some(match line.trim().to_ascii_lowercase().as_str() {
-            "y" | "yes" => Approval::Once,
-            "a" | "always" => Approval::ForRun,
-            _ => Approval::Deny,
+    fn ask(&self, question: Question) -> Asking {
+        // The prompt reads stdin, which blocks: on a blocking thread, one
+        // prompt at a time, so the async runtime's threads stay free.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+                Reply::from(prompt(&question))
+            })
+            .await
+            .unwrap_or(Reply::Unanswered { why: None })
         })
     }
+}
+
+/// Ask at the terminal; `None` when stdin ended.
+fn prompt(question: &Question) -> Option<Approval> {
+    use std::io::{BufRead, Write};
+    use warden::transcript::name;
+    let what = question
+        .data
+        .as_ref()
+        .map(|d| d.get("arguments").unwrap_or(d).to_string())
+        .unwrap_or_default();
+    let labels = if question.labels.is_empty() {
+        "none".to_string()
+    } else {
+        question.labels.join(", ")
+    };
+    let bold = if super::color_for(true) {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let mut err = std::io::stderr().lock();
+    let rules = question
+        .rules
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = write!(
+        err,
+        "\n{}warden: approval needed{}\n{}\n{}\n{}\n{}{}\n  [y] allow once  [a] allow for the rest of the run (these rules)  [N] deny: ",
+        bold.0,
+        bold.1,
+        field(&format!("  {} ", name(&question.subject)), &what),
+        field("  rule:", &rules),
+        field("  why:", &question.reason),
+        field("  session labels:", &labels),
+        explained_lines(question),
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    Some(match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Approval::Once,
+        "a" | "always" => Approval::ForRun,
+        _ => Approval::Deny,
+    })
 }

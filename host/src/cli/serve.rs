@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use warden::approvals::{self, Desk, DeskLimits};
 use warden::job::JobConfig;
 use warden::serve::auth::{self, Tokens};
 use warden::serve::{ServeLimits, ServeState};
@@ -107,6 +108,12 @@ pub(crate) struct ServeArgs {
     /// Compile every component afresh; do not read or write the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Most asks waiting for a person at once, all runs together (each
+    /// run's own bound is its policy's `[approvals] max_pending`); past it
+    /// an ask is refused as unanswered.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_asks: u64,
 }
 
 #[derive(Subcommand)]
@@ -222,10 +229,20 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     } else {
         format!("{} tokens", tokens.len())
     };
-    let state = Arc::new(ServeState::new(Arc::new(runtime), jobs, tokens, limits));
-    // Other routes (the approvals desk) are mounted here, behind the same
-    // authentication: `warden::serve::router_with(state, routes)`.
-    let app = warden::serve::router(state.clone());
+    // Asks reach a person on the desk: `GET /approvals`, the page at /ui.
+    let desk = Desk::new(DeskLimits {
+        max_pending: usize::try_from(args.max_asks).unwrap_or(usize::MAX),
+    });
+    let asks = desk.clone();
+    let state = Arc::new(
+        ServeState::new(Arc::new(runtime), jobs, tokens, limits).with_approver_for(Arc::new(
+            move |run: &warden::serve::RunInfo| asks.approver(&run.id, &run.owner),
+        )),
+    );
+    // The desk's API behind the same authentication; the page (static, no
+    // data) outside it, since a browser cannot send a bearer token to load it.
+    let app = warden::serve::router_with(state.clone(), approvals::web::router(desk))
+        .merge(approvals::web::page());
     eprintln!(
         "warden serve: listening on http://{bound}  ({auth}; policies {}; audit logs {}; up to {} runs live, {max_instances} instances)",
         policies.display(),

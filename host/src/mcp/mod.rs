@@ -57,6 +57,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+mod elicit;
 pub(crate) mod http;
 mod loading;
 pub use http::{MAX_CONNECTIONS, check_address, listen_address, loopback_only, serve_http};
@@ -298,9 +299,12 @@ where
         server.clone(),
     ));
     let out = Sink::new(sender, &server);
+    server.elicitor.connect(Some(out.clone()));
 
     let mut calls = JoinSet::new();
     let ended = read_messages(&server, &out, input, &mut calls, stop).await;
+    // Nothing more is read: no ask can be answered by the client now.
+    server.elicitor.connect(None);
     // The client is gone: requests waiting for the tools are refused now,
     // loading (if not done) is abandoned, and the loader writes nothing
     // more while `_records` is held.
@@ -328,8 +332,10 @@ fn begin(
     audit: AuditLog,
     transport: &str,
 ) -> Result<Arc<Server>, RunError> {
+    // Asks go to the client's person when it declares `elicitation`.
+    let elicitor = elicit::Elicitor::new(spec.policy.policy.approvals.max_pending);
     let gate = Gate::new(spec.policy.policy.clone(), audit)
-        .with_approvals(None, &spec.approve)
+        .with_approvals(Some(elicitor.approver()), &spec.approve)
         .with_approve_from(spec.approve_from.clone())
         .with_secrets(Secrets::load(&spec.policy));
     let gate = Arc::new(gate.with_dirs(spec.policy.dirs.clone()));
@@ -357,6 +363,7 @@ fn begin(
     );
     Ok(Arc::new(Server {
         gate,
+        elicitor,
         tools,
         in_flight: Mutex::default(),
         failed: Notify::new(),
@@ -461,6 +468,8 @@ fn finish(
 
 struct Server {
     gate: Arc<Gate>,
+    /// Asks sent to the client as `elicitation/create`, when it can answer.
+    elicitor: Arc<elicit::Elicitor>,
     /// Loading, loaded, or why not.
     tools: Arc<ToolSet>,
     /// Calls in flight by request id, and whether the client cancelled
@@ -548,19 +557,23 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
     let mut line = Vec::new();
     loop {
         line.clear();
-        // No slot, no reading: the client waits, warden does not grow.
+        // No slot, no reading: the client waits, warden does not grow. One
+        // exception: while calls wait for the client's answer to an ask,
+        // one message is read without a slot, so that answer can arrive
+        // when every slot is held by a waiting call; anything else read
+        // then waits for a slot before it is handled.
         let slot = tokio::select! {
             biased;
             () = &mut stop => return Ok(()),
             // A call could not write its audit record: nothing more may happen.
             () = server.failed.notified() => return Ok(()),
             () = server.client_gone.notified() => return Ok(()),
-            slot = server.admit() => slot,
+            slot = server.admit() => match slot {
+                Some(slot) => Some(slot),
+                None => return Ok(()),
+            },
+            () = server.elicitor.waiting_for_answers() => None,
         };
-        let Some(slot) = slot else {
-            return Ok(());
-        };
-        let out = &out.holding(slot);
         let read = tokio::select! {
             biased;
             () = &mut stop => return Ok(()),
@@ -568,6 +581,28 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
             () = server.client_gone.notified() => return Ok(()),
             read = read_line(&mut input, &mut line, MAX_MESSAGE) => read,
         };
+        let slot = match slot {
+            Some(slot) => slot,
+            None if matches!(read, Ok(Line::Message)) && is_response(&line) => {
+                server.handle(&line, out, calls)?;
+                continue;
+            }
+            None if matches!(read, Ok(Line::End) | Err(_)) => return Ok(()),
+            None => {
+                let slot = tokio::select! {
+                    biased;
+                    () = &mut stop => return Ok(()),
+                    () = server.failed.notified() => return Ok(()),
+                    () = server.client_gone.notified() => return Ok(()),
+                    slot = server.admit() => slot,
+                };
+                let Some(slot) = slot else {
+                    return Ok(());
+                };
+                slot
+            }
+        };
+        let out = &out.holding(slot);
         match read {
             Ok(Line::End) => return Ok(()),
             Ok(Line::TooLong) => out.error(
@@ -591,6 +626,18 @@ async fn read_messages<R: AsyncBufRead + Unpin>(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Whether `line` is a JSON-RPC response (no `method`; a `result` or an
+/// `error`): an answer to a request of warden's.
+fn is_response(line: &[u8]) -> bool {
+    match crate::capability::strict_json::parse_slice(line) {
+        Ok(Value::Object(message)) => {
+            !message.contains_key("method")
+                && (message.contains_key("result") || message.contains_key("error"))
+        }
+        _ => false,
     }
 }
 
@@ -838,8 +885,9 @@ impl Server {
         }
         let params = message.remove("params").unwrap_or(Value::Null);
         let Some(method) = message.get("method").and_then(Value::as_str) else {
-            // A response to a request of ours: the server sends none.
+            // A response to a request of ours (`elicitation/create`).
             if message.contains_key("result") || message.contains_key("error") {
+                self.elicitor.response(message);
                 return Ok(());
             }
             out.error(
@@ -955,6 +1003,7 @@ impl Server {
             .and_then(|i| i.get("name"))
             .and_then(Value::as_str)
             .unwrap_or("?");
+        self.elicitor.initialized(version, params, client_name);
         self.gate.note(Entry {
             kind: Kind::Run,
             event: Event::Decision,

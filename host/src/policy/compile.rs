@@ -4,7 +4,7 @@
 
 use super::args::{ArgRule, Check, FieldPath, LabelPath, compare_numbers, json_eq};
 use super::file::{
-    At, Instance, MountMode, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPlan,
+    At, Instance, MountMode, RawApprovals, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPlan,
     RawPolicy, RawReproducible, RawRule, RawSecret, RawTool, Verdict,
 };
 use super::plan::PlanPolicy;
@@ -73,6 +73,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
     }
     check_labels(&model, &tools, found);
     let plan = plan(raw.plan.unwrap_or_default(), &model, found);
+    let approvals = approvals(raw.approvals.unwrap_or_default(), found);
     risks(
         &model,
         &agent,
@@ -85,6 +86,7 @@ pub(super) fn compile(raw: RawPolicy, found: &mut Findings) -> Policy {
         limits,
         reproducible,
         plan,
+        approvals,
         model,
         agent,
         tools,
@@ -1462,6 +1464,53 @@ fn plan(raw: RawPlan, model: &ModelPolicy, found: &mut Findings) -> PlanPolicy {
         );
     }
     PlanPolicy { required }
+}
+
+/// `[approvals]`: a timeout a person can meet, and room for one ask.
+fn approvals(raw: RawApprovals, found: &mut Findings) -> super::Approvals {
+    let defaults = super::Approvals::default();
+    let timeout = match raw.timeout {
+        Some(at) if at.value.0 < Duration::from_secs(1) => {
+            found.error(
+                &at.place(),
+                format!(
+                    "`timeout` is {}, too short for a person to answer",
+                    super::HumanDuration(at.value.0)
+                ),
+                "give at least \"1s\"; the default is \"5m\"",
+            );
+            defaults.timeout
+        }
+        Some(at) if at.value.0 > Duration::from_secs(24 * 3600) => {
+            found.error(
+                &at.place(),
+                format!(
+                    "`timeout` is {}; an ask may wait at most 24h",
+                    super::HumanDuration(at.value.0)
+                ),
+                "give at most \"24h\"; the default is \"5m\"",
+            );
+            defaults.timeout
+        }
+        Some(at) => at.value.0,
+        None => defaults.timeout,
+    };
+    let max_pending = match raw.max_pending {
+        Some(at) if at.value == 0 => {
+            found.error(
+                &at.place(),
+                "`max_pending = 0` would refuse every ask before a person could see it",
+                "give at least 1, or remove it for the default of 16",
+            );
+            defaults.max_pending
+        }
+        Some(at) => at.value,
+        None => defaults.max_pending,
+    };
+    super::Approvals {
+        timeout,
+        max_pending,
+    }
 }
 
 fn reproducible(raw: RawReproducible, found: &mut Findings) -> super::Reproducible {

@@ -245,6 +245,22 @@ pub struct RawPolicy {
     /// Whether the agent must declare, before the session carries any
     /// label, which tools with effects it will use.
     pub plan: Option<RawPlan>,
+    /// How long a person may take to answer an `ask`, and how many asks of
+    /// one run may wait at once.
+    pub approvals: Option<RawApprovals>,
+}
+
+/// `[approvals]`: asks waiting for a person.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Approvals")]
+pub struct RawApprovals {
+    /// How long an `ask` waits for a person's answer before it is refused
+    /// as unanswered (default "5m", at least "1s", at most "24h").
+    pub timeout: Option<At<HumanDuration>>,
+    /// Most asks of one run waiting for a person at once (default 16, at
+    /// least 1); past it an ask is refused as unanswered.
+    pub max_pending: Option<At<u32>>,
 }
 
 /// `[plan]`: plan before taint.

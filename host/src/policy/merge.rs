@@ -18,7 +18,7 @@ use super::compile::{
     price_specificity, url_rule,
 };
 use super::file::{
-    At, Instance, MountMode, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits, RawModel,
+    At, Instance, MountMode, RawApprovals, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits, RawModel,
     RawMount, RawPlan, RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool, RawUrlRule,
     Verdict, parse_raw,
 };
@@ -495,6 +495,7 @@ fn overlay(
         secrets: b_secrets,
         reproducible: b_reproducible,
         plan: b_plan,
+        approvals: b_approvals,
     } = below;
     let RawPolicy {
         include: _,
@@ -506,6 +507,7 @@ fn overlay(
         secrets: o_secrets,
         reproducible: o_reproducible,
         plan: o_plan,
+        approvals: o_approvals,
     } = over;
     check_key_sources(&b_model, &b_secrets, &o_model, &o_secrets, &mut n);
     let merged = RawPolicy {
@@ -514,6 +516,7 @@ fn overlay(
         limits: merge_limits(b_limits, o_limits, &mut n),
         reproducible: merge_reproducible(b_reproducible, o_reproducible, &mut n),
         plan: merge_plan(b_plan, o_plan, &mut n),
+        approvals: merge_approvals(b_approvals, o_approvals, &mut n),
         model: merge_model(b_model, o_model, &mut n),
         agent: match (b_agent, o_agent) {
             (Some(b), Some(o)) => Some(merge_grants("agent", b, o, &mut n)),
@@ -612,6 +615,37 @@ fn merge_reproducible(
             random_seed,
             None,
             |b, o| b.value == o.value,
+        ),
+    })
+}
+
+/// A shorter wait and fewer waiting asks narrow (an ask refused sooner).
+fn merge_approvals(
+    below: Option<RawApprovals>,
+    over: Option<RawApprovals>,
+    n: &mut Narrowing<'_>,
+) -> Option<RawApprovals> {
+    let (b, o) = match section(n, "approvals", below, over) {
+        Ok(both) => both,
+        Err(one) => return one,
+    };
+    let d = super::Approvals::default();
+    let RawApprovals {
+        timeout,
+        max_pending,
+    } = o;
+    Some(RawApprovals {
+        timeout: n.at_most(
+            "approvals.timeout",
+            b.timeout,
+            timeout,
+            Some(HumanDuration(d.timeout)),
+        ),
+        max_pending: n.at_most(
+            "approvals.max_pending",
+            b.max_pending,
+            max_pending,
+            Some(d.max_pending),
         ),
     })
 }

@@ -59,6 +59,8 @@ pub struct Policy {
     pub reproducible: Reproducible,
     /// `[plan]`: whether the agent must declare its sinks before any label.
     pub plan: plan::PlanPolicy,
+    /// `[approvals]`: how long a person may take, how many asks may wait.
+    pub approvals: Approvals,
     /// Findings that did not stop the policy from loading.
     pub warnings: Vec<Diagnostic>,
     /// What each including file changed in what it includes, in load order.
@@ -158,6 +160,25 @@ impl Default for Limits {
             stdio: 1 << 20,
             index: 16 << 20,
             audit_field: 16 << 10,
+        }
+    }
+}
+
+/// `[approvals]`: asks waiting for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approvals {
+    /// How long an ask waits for an answer before it is refused as
+    /// unanswered.
+    pub timeout: Duration,
+    /// Most asks of one run waiting at once; past it an ask is refused.
+    pub max_pending: u32,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Approvals {
+            timeout: Duration::from_secs(300),
+            max_pending: 16,
         }
     }
 }
