@@ -63,3 +63,4 @@ pub mod run;
 pub mod runtime;
 pub mod secrets;
 pub mod transcript;
+pub mod worker;

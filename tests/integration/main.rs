@@ -22,6 +22,7 @@ mod loading;
 mod mcp;
 mod mcp_startup;
 mod mock_model;
+mod nats;
 mod plan;
 mod policies;
 mod policy;

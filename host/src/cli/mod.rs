@@ -12,6 +12,7 @@ pub(crate) mod progress;
 pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod tools;
+pub(crate) mod worker;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
