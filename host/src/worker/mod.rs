@@ -893,24 +893,32 @@ fn result_from_end(job: &QueuedJob, end: &Record, line: &[u8]) -> RunResult {
     }
 }
 
-/// Publish `result` on its subject, retried until `deadline` (the message
-/// id makes a retry of a stored publish a no-op).
+/// Publish `result` on its subject unless one is there: the subject must
+/// be empty (expected last sequence 0), so a run has one result however
+/// many workers race to give it, and a retry whose first publish was
+/// stored finds it there.
 async fn publish_result(
     js: &jetstream::Context,
     result: &RunResult,
     deadline: Duration,
 ) -> Result<(), String> {
     let payload: Bytes = serde_json::to_vec(result).map_err(|e| e.to_string())?.into();
-    sink::publish_retrying(
+    let published = sink::publish_retrying(
         js,
         &result_subject(&result.run_id),
-        format!("{}.result", result.run_id),
-        payload,
         None,
+        payload,
+        Some(0),
         deadline,
     )
-    .await
-    .map(drop)
+    .await;
+    match published {
+        Ok(_) => Ok(()),
+        Err(error) => match stored_result(js, &result.run_id).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(error),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ impl NatsSink {
                 let published = publish_retrying(
                     &js,
                     &subject,
-                    id,
+                    Some(id),
                     line.clone(),
                     Some(expected),
                     limits.publish_deadline,
@@ -130,14 +130,15 @@ impl AuditSink for NatsSink {
     }
 }
 
-/// Publish `payload` on `subject` with message id `id` (and, when given,
-/// the subject's expected last sequence) and wait for JetStream's ack;
+/// Publish `payload` on `subject` with message id `id` (when given: a
+/// retry of a stored publish is then a no-op) and, when given,
+/// the subject's expected last sequence, and wait for JetStream's ack;
 /// retried with backoff until `deadline` while NATS is unreachable.
 /// Returns the stream sequence it was stored at.
 pub async fn publish_retrying(
     js: &jetstream::Context,
     subject: &str,
-    id: String,
+    id: Option<String>,
     payload: Bytes,
     expected_last: Option<u64>,
     deadline: Duration,
@@ -145,9 +146,10 @@ pub async fn publish_retrying(
     let until = tokio::time::Instant::now() + deadline;
     let mut pause = Duration::from_millis(50);
     loop {
-        let mut publish = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(&id);
+        let mut publish = jetstream::message::PublishMessage::build().payload(payload.clone());
+        if let Some(id) = &id {
+            publish = publish.message_id(id);
+        }
         if let Some(expected) = expected_last {
             publish = publish.expected_last_subject_sequence(expected);
         }
