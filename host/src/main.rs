@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use cli::{audit, call, check, compile, mcp, new, policy, replay, run, tools, worker};
+use cli::{audit, call, check, compile, mcp, new, policy, replay, run, serve, tools, worker};
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
@@ -79,6 +79,10 @@ enum Command {
         after_help = "Examples:\n  warden mcp -p policies/demo.toml\n  warden mcp -p policies/demo.toml --audit mcp.jsonl\n  warden mcp -p policy.toml --approve-from task   # approve an ask whose every value came from the task"
     )]
     Mcp(mcp::McpArgs),
+    /// Serve runs over HTTP: submit, status, events (SSE), audit log,
+    /// cancel; bearer tokens, per-token limits, one process holding many
+    /// runs, each isolated (docs/serve.md, docs/openapi.json).
+    Serve(serve::ServeArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  warden completions bash > ~/.local/share/bash-completion/completions/warden\n  warden completions zsh > ~/.zfunc/_warden   # with fpath+=~/.zfunc before compinit\n  warden completions fish > ~/.config/fish/completions/warden.fish"
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Tools(command) => cli::block_on(tools::run(command)),
         Command::Audit(command) => audit::run(command),
         Command::Mcp(args) => cli::block_on_threads(args.threads(), mcp::run(args)),
+        Command::Serve(args) => cli::block_on(serve::run(args)),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "warden", &mut script);

@@ -62,6 +62,9 @@ pub enum RunFailure {
     Agent(String),
     /// A limit or trap stopped the agent.
     Stopped(GuestFailure),
+    /// The run was cancelled from outside (a client of `warden serve`, a
+    /// server shutting down): the reason, in warden's words.
+    Cancelled(String),
 }
 
 impl crate::secrets::Scrub for RunFailure {
@@ -69,6 +72,7 @@ impl crate::secrets::Scrub for RunFailure {
         match self {
             RunFailure::Agent(text) => with.text(text),
             RunFailure::Stopped(failure) => failure.scrub(with),
+            RunFailure::Cancelled(_) => {}
         }
     }
 }
@@ -78,6 +82,7 @@ impl std::fmt::Display for RunFailure {
         match self {
             RunFailure::Agent(error) => write!(f, "the agent returned an error: {error}"),
             RunFailure::Stopped(failure) => write!(f, "the agent was stopped: {failure}"),
+            RunFailure::Cancelled(reason) => write!(f, "the run was cancelled: {reason}"),
         }
     }
 }
@@ -130,6 +135,20 @@ pub enum RunError {
     agent = %crate::transcript::name(&spec.agent.to_string()),
 ))]
 pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<RunReport, RunError> {
+    run_until(runtime, spec, audit, std::future::pending()).await
+}
+
+/// [`run`], stopped when `cancel` completes (with the reason): the agent's
+/// instance is dropped at once, wherever it is (waiting on the model, in a
+/// tool call), and the end record says the run was cancelled
+/// (`data.cancelled`). A `cancel` that completed before the agent started
+/// stops it before its first instruction.
+pub async fn run_until(
+    runtime: &Runtime,
+    spec: RunSpec,
+    audit: AuditLog,
+    cancel: impl std::future::Future<Output = String> + Send,
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let agent_name = spec.agent.short_name();
     let (bytes, sha256) = spec
@@ -208,19 +227,25 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
     let stderr = state.stderr();
     let mut store = state.into_store(runtime.engine());
     let mut entered = None;
-    let outcome = GuestState::<AgentRole>::guarded(&stderr, limits.wall, async {
+    let agent_run = GuestState::<AgentRole>::guarded(&stderr, limits.wall, async {
         let agent = pre.instantiate_async(&mut store).await?;
         entered = Some(Instant::now());
         agent.call_run(&mut store, &spec.task).await
-    })
-    .await;
+    });
+    // Dropping the agent's call mid-way is what the wall limit does too.
+    let outcome = tokio::select! {
+        biased;
+        reason = cancel => Err(reason),
+        outcome = agent_run => Ok(outcome),
+    };
     let first_instruction = entered
         .zip(PROCESS_START.get())
         .map(|(at, start)| at - *start);
-    let result = match within_output(outcome, limits.output) {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(error)) => Err(RunFailure::Agent(error)),
-        Err(failure) => Err(RunFailure::Stopped(failure)),
+    let result = match outcome.map(|outcome| within_output(outcome, limits.output)) {
+        Ok(Ok(Ok(answer))) => Ok(answer),
+        Ok(Ok(Err(error))) => Err(RunFailure::Agent(error)),
+        Ok(Err(failure)) => Err(RunFailure::Stopped(failure)),
+        Err(reason) => Err(RunFailure::Cancelled(reason)),
     };
     // The answer leaves the sandbox for a terminal or a caller: the task
     // may have carried a secret the agent repeats.
@@ -247,6 +272,11 @@ pub async fn run(runtime: &Runtime, spec: RunSpec, audit: AuditLog) -> Result<Ru
             Outcome::Trap,
             failure.to_string(),
             json!({ "error": failure.to_string() }),
+        ),
+        Err(failure @ RunFailure::Cancelled(_)) => (
+            Outcome::Failed,
+            failure.to_string(),
+            json!({ "error": failure.to_string(), "cancelled": true }),
         ),
     };
     let mut data = data;

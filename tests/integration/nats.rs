@@ -8,6 +8,7 @@ use async_nats::jetstream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use warden::job::RunRequest;
 use warden::worker::{
     self, ABANDONED_RULE, QueuedJob, RunResult, StreamLimits, SubmitError, read_audit,
     wait_result,
@@ -118,7 +119,8 @@ impl WorkerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["worker", "--nats", nats, "--policies"])
             .arg(policies)
-            .args(["--name", name, "--cache-dir"])
+            .args(["--name", name, "--allow-model", "scripted:*"])
+            .args(["--allow-model", "openai-compatible:http://127.0.0.1:*", "--cache-dir"])
             .arg(crate::harness::cache_dir())
             .args(extra)
             .env_remove("RUST_BACKTRACE")
@@ -186,14 +188,23 @@ pub fn policies() -> tempfile::TempDir {
     dir
 }
 
+fn request(policy: &str, task: &str, model: String) -> RunRequest {
+    RunRequest {
+        agent: "builtin:react".into(),
+        policy: policy.into(),
+        task: task.into(),
+        model: Some(model),
+        run_id: None,
+        approve: Vec::new(),
+        approve_from: Vec::new(),
+    }
+}
+
 pub fn scripted_job(run_id: &str) -> QueuedJob {
     QueuedJob {
         run_id: run_id.into(),
         enqueued_us: worker::now_us(),
-        request: serde_json::json!({
-            "agent": "builtin:react", "policy": "scripted", "task": "What is 6 * 7?",
-            "model": "scripted:answer.script.toml",
-        }),
+        request: request("scripted", "What is 6 * 7?", "scripted:answer.script.toml".into()),
     }
 }
 
@@ -201,10 +212,7 @@ fn remote_job(run_id: &str, model: &MockModel) -> QueuedJob {
     QueuedJob {
         run_id: run_id.into(),
         enqueued_us: worker::now_us(),
-        request: serde_json::json!({
-            "agent": "builtin:react", "policy": "remote", "task": "Answer.",
-            "model": format!("openai-compatible:{}/v1#m", model.url),
-        }),
+        request: request("remote", "Answer.", format!("openai-compatible:{}/v1#m", model.url)),
     }
 }
 
@@ -506,7 +514,7 @@ async fn nats_bad_jobs_are_refused_without_running() {
             .unwrap();
     }
     let mut escape = scripted_job("r-escape");
-    escape.request["policy"] = "../../etc/passwd".into();
+    escape.request.policy = "../../etc/passwd".into();
     worker::submit(&js, &escape).await.unwrap();
     let result = wait_result(&js, "r-escape", Duration::from_secs(60)).await.unwrap();
     let error = result.error.unwrap();

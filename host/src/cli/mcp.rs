@@ -246,7 +246,7 @@ fn stdio() -> (Input, Output) {
 /// Completes at SIGINT or SIGTERM. The handlers are installed at once
 /// (not when first polled), so a signal while the tools load still ends
 /// the session cleanly, with its end record.
-fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

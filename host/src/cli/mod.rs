@@ -11,6 +11,7 @@ pub(crate) mod policy;
 pub(crate) mod progress;
 pub(crate) mod replay;
 pub(crate) mod run;
+pub(crate) mod serve;
 pub(crate) mod tools;
 pub(crate) mod worker;
 
@@ -126,7 +127,7 @@ pub(crate) fn open_audit(path: Option<PathBuf>) -> Result<(PathBuf, AuditLog), E
 }
 
 /// `$XDG_STATE_HOME/warden/runs`, else `~/.local/state/warden/runs`.
-fn default_audit_dir() -> Option<PathBuf> {
+pub(crate) fn default_audit_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))

@@ -2,15 +2,12 @@
 //! Ctrl-C), finishing the runs in hand.
 
 use clap::Args;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use warden::gate::Approver;
-use warden::load::{ComponentSource, PolicyFile};
-use warden::provider::{self, KeySource, ProviderOptions};
-use warden::run::RunSpec;
-use warden::worker::{QueuedJob, Resolve, StreamLimits, Worker, WorkerConfig};
+use warden::job::JobConfig;
+use warden::worker::{StreamLimits, Worker, WorkerConfig};
 
 use super::{bad_input, start_runtime_sized};
 
@@ -20,9 +17,21 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "URL")]
     nats: String,
     /// The directory of policies a job names (`"policy": "demo"` is
-    /// DIR/demo.toml).
+    /// DIR/demo.toml); model scripts a job names are files in it too.
     #[arg(long, value_name = "DIR")]
     policies: PathBuf,
+    /// Agents a job may name besides the built-ins: `NAME` is
+    /// `DIR/NAME.wasm`.
+    #[arg(long, value_name = "DIR")]
+    agents: Option<PathBuf>,
+    /// A model spec a job may give besides the policy's own provider; a
+    /// trailing `*` allows every spec that starts with the rest
+    /// (`openai:gpt-4o*`, `scripted:*`); repeatable. As `warden serve`'s.
+    #[arg(long, value_name = "SPEC")]
+    allow_model: Vec<String>,
+    /// Let jobs carry `approve` and `approve_from` (approved in advance).
+    #[arg(long)]
+    allow_pre_approve: bool,
     /// Keep a copy of each run's audit log in DIR/<run id>.jsonl
     /// (fsynced before the job is acked).
     #[arg(long, value_name = "DIR")]
@@ -92,7 +101,14 @@ pub(crate) async fn run(args: WorkerArgs) -> ExitCode {
         ..StreamLimits::default()
     };
     let name = config.name.clone();
-    let resolver = Arc::new(PolicyDir { dir: policies });
+    let mut jobs = JobConfig::new(
+        policies,
+        config.audit_dir.clone().unwrap_or_else(std::env::temp_dir),
+    );
+    jobs.agent_dir = args.agents;
+    jobs.models = args.allow_model;
+    jobs.allow_pre_approve = args.allow_pre_approve;
+    let resolver = Arc::new(jobs);
     let worker = match Worker::new(js, runtime, resolver, config, &limits).await {
         Ok(worker) => worker,
         Err(error) => return bad_input(format!("error: {error}")),
@@ -127,102 +143,3 @@ async fn stopped() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// A job's request: `{agent, policy, task, model}`, the policy by name
-/// from the worker's directory.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
-    agent: String,
-    policy: String,
-    task: String,
-    #[serde(default)]
-    model: Option<String>,
-}
-
-struct PolicyDir {
-    dir: PathBuf,
-}
-
-/// A name in the policy directory: no separators, no `..`.
-fn plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !name.starts_with('.')
-}
-
-/// A path relative to the policy directory that stays inside it.
-fn inside(dir: &Path, relative: &str) -> Option<PathBuf> {
-    let path = Path::new(relative);
-    path.components()
-        .all(|c| matches!(c, Component::Normal(_)))
-        .then(|| dir.join(path))
-}
-
-impl Resolve for PolicyDir {
-    fn resolve(&self, job: &QueuedJob, approver: Arc<dyn Approver>) -> Result<RunSpec, String> {
-        let request: Request = serde_json::from_value(job.request.clone())
-            .map_err(|e| format!("the job's request is not valid: {e}"))?;
-        if !plain_name(&request.policy) {
-            return Err(format!(
-                "policy `{}`: a policy is named by its file name in the worker's policy directory, without `/` or `..`",
-                request.policy.escape_debug()
-            ));
-        }
-        let path = self.dir.join(format!("{}.toml", request.policy));
-        let policy = PolicyFile::read(&path).map_err(|e| e.render())?;
-        let agent = match request.agent.strip_prefix("builtin:") {
-            Some(_) => ComponentSource::parse(&request.agent, &self.dir),
-            None => match inside(&self.dir, &request.agent) {
-                Some(path) => ComponentSource::parse(&path.display().to_string(), &self.dir),
-                None => {
-                    return Err(format!(
-                        "agent `{}`: a builtin (`builtin:react`) or a path inside the policy directory",
-                        request.agent.escape_debug()
-                    ));
-                }
-            },
-        };
-        let spec = match (&request.model, &policy.policy.model.provider) {
-            (Some(spec), _) => spec.clone(),
-            (None, Some(choice)) => choice.spec.clone(),
-            (None, None) => {
-                return Err(format!(
-                    "no model: the job names none and {} has no `[model] provider`",
-                    policy.name
-                ));
-            }
-        };
-        if let Some(file) = spec
-            .strip_prefix("scripted:")
-            .or_else(|| spec.strip_prefix("replay:"))
-            && inside(&self.dir, file).is_none()
-        {
-            return Err(format!(
-                "model `{}`: a script is a path inside the policy directory",
-                spec.escape_debug()
-            ));
-        }
-        let provider = provider::from_spec(
-            &spec,
-            &ProviderOptions {
-                key: KeySource::Default,
-                limits: policy.policy.model.limits,
-                base_dir: self.dir.clone(),
-            },
-        )
-        .map_err(|e| format!("model `{spec}`: {e}"))?;
-        Ok(RunSpec {
-            policy,
-            agent,
-            provider,
-            task: request.task,
-            approver: Some(approver),
-            approve: Vec::new(),
-            approve_from: Vec::new(),
-            replay_tools: None,
-        })
-    }
-}

@@ -147,7 +147,7 @@ pub async fn serve_http(
         .route("/mcp", post(message).get(no_stream).delete(end_session))
         .with_state(shared.clone());
     let failed = shared.clone();
-    let served = serve_bounded(listener, app, read_timeout, async move {
+    let served = serve_bounded(listener, app, read_timeout, MAX_CONNECTIONS, async move {
         tokio::select! {
             () = stop => {}
             () = failed.server.failed.notified() => {}
@@ -544,17 +544,19 @@ fn new_session_id() -> String {
 }
 
 /// Serve `app` on `listener` until `stop`, then let the requests in flight
-/// finish. At most [`MAX_CONNECTIONS`] connections at once (the next is
+/// finish (also `warden serve`'s loop). At most `max_connections`
+/// ([`MAX_CONNECTIONS`] for MCP) connections at once (the next is
 /// accepted when one closes), and a connection whose request head does not
 /// arrive whole within `read_timeout` (an idle keep-alive connection too)
 /// is closed: neither slow nor silent clients hold the server.
-async fn serve_bounded<T>(
+pub(crate) async fn serve_bounded<T>(
     listener: tokio::net::TcpListener,
     app: Router,
     read_timeout: Duration,
+    max_connections: usize,
     stop: impl Future<Output = T>,
 ) -> io::Result<Option<T>> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     let mut stopped = None;

@@ -57,7 +57,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-mod http;
+pub(crate) mod http;
 mod loading;
 pub use http::{MAX_CONNECTIONS, check_address, listen_address, loopback_only, serve_http};
 pub use loading::{OnTools, ToolsLoaded, ToolsStatus};

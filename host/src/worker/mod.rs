@@ -16,6 +16,7 @@ pub mod sink;
 
 use crate::audit::{AuditLog, Entry, Event, GENESIS, JsonlFile, Kind, Outcome, Record, line_hash};
 use crate::gate::Approver;
+use crate::job::{JobConfig, RunRequest};
 use crate::policy::Verdict;
 use crate::run::{RunSpec, run};
 use crate::runtime::Runtime;
@@ -91,16 +92,29 @@ pub struct QueuedJob {
     /// When it was submitted (µs since the epoch, the submitter's clock).
     #[serde(default)]
     pub enqueued_us: u64,
-    /// What to run, as the front end's request (resolved by [`Resolve`]).
-    pub request: serde_json::Value,
+    /// What to run: the same request `warden serve` takes.
+    pub request: RunRequest,
 }
 
-/// Turns a job's request into what [`run`] needs. The request is the
-/// front end's type; the worker only moves it.
+/// Turns a job's request into what [`run`] needs: the operator's
+/// [`JobConfig`] (what a request may name), or a test's own.
 pub trait Resolve: Send + Sync {
     /// The run to start, or why the request cannot run (bad input: the
     /// job ends with this error and is not retried).
     fn resolve(&self, job: &QueuedJob, approver: Arc<dyn Approver>) -> Result<RunSpec, String>;
+}
+
+impl Resolve for JobConfig {
+    fn resolve(&self, job: &QueuedJob, approver: Arc<dyn Approver>) -> Result<RunSpec, String> {
+        if job.request.run_id.as_ref().is_some_and(|id| *id != job.run_id) {
+            return Err("run_id: the request's run id is not the job's".into());
+        }
+        let mut request = job.request.clone();
+        request.run_id = Some(job.run_id.clone());
+        JobConfig::resolve(self, &request)
+            .map(|resolved| resolved.into_spec(Some(approver)))
+            .map_err(|error| error.to_string())
+    }
 }
 
 /// What a run came to, published on [`result_subject`].
@@ -938,7 +952,15 @@ mod tests {
         let job = QueuedJob {
             run_id: "r-1".into(),
             enqueued_us: 5,
-            request: serde_json::json!({}),
+            request: RunRequest {
+                agent: "builtin:react".into(),
+                policy: "p".into(),
+                task: "t".into(),
+                model: None,
+                run_id: None,
+                approve: Vec::new(),
+                approve_from: Vec::new(),
+            },
         };
         let end = Record {
             seq: 9,
