@@ -524,3 +524,60 @@ async fn nats_bad_jobs_are_refused_without_running() {
     assert_eq!(ends(&records).len(), 1);
     drained(&js, Duration::from_secs(10)).await;
 }
+
+/// An ask travels as a NATS request on the run's approve subject: the
+/// answer decides (once → the call runs; deny → refused), and the
+/// question carries the tool, the rule and the arguments.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_asks_are_answered_on_the_approve_subject() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    std::fs::write(
+        dir.path().join("ask.toml"),
+        "[model]\nallow = [\"scripted\"]\nmax_calls = 4\n\n[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"ask\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("calc.script.toml"),
+        "[[turn]]\ntext = \"computing\"\ncalls = [{ tool = \"calc\", arguments = { expression = \"6 * 7\" } }]\n\n[[turn]]\ntext = \"done\"\n",
+    )
+    .unwrap();
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--approval-timeout", "20"]);
+    let js = nats.jetstream().await;
+    let client = js.client();
+    use futures_util::StreamExt as _;
+    for (run_id, answer, outcome) in [("r-ask-yes", "once", "ok"), ("r-ask-no", "deny", "denied")] {
+        let mut asks = client
+            .subscribe(worker::approve_subject(run_id))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let job = QueuedJob {
+            run_id: run_id.into(),
+            enqueued_us: worker::now_us(),
+            request: request("ask", "6 * 7?", "scripted:calc.script.toml".into()),
+        };
+        worker::submit(&js, &job).await.unwrap();
+        let ask = tokio::time::timeout(Duration::from_secs(60), asks.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let question: serde_json::Value = serde_json::from_slice(&ask.payload).unwrap();
+        assert_eq!(question["run_id"], run_id);
+        assert_eq!(question["subject"], "calc");
+        assert!(question["rules"].to_string().contains("tools.calc"), "{question}");
+        let reply = ask.reply.unwrap();
+        client
+            .publish(reply, serde_json::json!({ "answer": answer }).to_string().into())
+            .await
+            .unwrap();
+        let result = wait_result(&js, run_id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(result.answer.as_deref(), Some("done"), "{result:?}");
+        let (records, _) = verified_audit(&js, run_id).await;
+        let calc = records
+            .iter()
+            .find(|r| r["kind"] == "tool" && r["event"] == "outcome" && r["subject"] == "calc")
+            .unwrap();
+        assert_eq!(calc["outcome"], outcome, "{calc}");
+    }
+}
