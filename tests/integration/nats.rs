@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use warden::job::RunRequest;
 use warden::worker::{
-    self, ABANDONED_RULE, QueuedJob, RunResult, StreamLimits, SubmitError, read_audit,
-    wait_result,
+    self, ABANDONED_RULE, QueuedJob, RunResult, StreamLimits, SubmitError, read_audit, wait_result,
 };
 
 /// A `nats-server -js` on a free loopback port, with its own store dir;
@@ -40,7 +39,14 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -120,7 +126,11 @@ impl WorkerProcess {
             .args(["worker", "--nats", nats, "--policies"])
             .arg(policies)
             .args(["--name", name, "--allow-model", "scripted:*"])
-            .args(["--allow-model", "openai-compatible:http://127.0.0.1:*", "--cache-dir"])
+            .args([
+                "--allow-model",
+                "openai-compatible:http://127.0.0.1:*",
+                "--cache-dir",
+            ])
             .arg(crate::harness::cache_dir())
             .args(extra)
             .env_remove("RUST_BACKTRACE")
@@ -204,7 +214,11 @@ pub fn scripted_job(run_id: &str) -> QueuedJob {
     QueuedJob {
         run_id: run_id.into(),
         enqueued_us: worker::now_us(),
-        request: request("scripted", "What is 6 * 7?", "scripted:answer.script.toml".into()),
+        request: request(
+            "scripted",
+            "What is 6 * 7?",
+            "scripted:answer.script.toml".into(),
+        ),
     }
 }
 
@@ -212,7 +226,11 @@ fn remote_job(run_id: &str, model: &MockModel) -> QueuedJob {
     QueuedJob {
         run_id: run_id.into(),
         enqueued_us: worker::now_us(),
-        request: request("remote", "Answer.", format!("openai-compatible:{}/v1#m", model.url)),
+        request: request(
+            "remote",
+            "Answer.",
+            format!("openai-compatible:{}/v1#m", model.url),
+        ),
     }
 }
 
@@ -254,10 +272,7 @@ async fn results_on_subject(js: &jetstream::Context, run_id: &str) -> u64 {
         .unwrap();
     use futures_util::StreamExt as _;
     let subjects: Vec<_> = info.collect().await;
-    subjects
-        .into_iter()
-        .map(|s| s.unwrap().1 as u64)
-        .sum()
+    subjects.into_iter().map(|s| s.unwrap().1 as u64).sum()
 }
 
 async fn drained(js: &jetstream::Context, within: Duration) {
@@ -275,7 +290,9 @@ async fn nats_one_job_gives_its_answer_and_a_verifiable_chain() {
     let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
     let js = nats.jetstream().await;
     worker::submit(&js, &scripted_job("r-one")).await.unwrap();
-    let result = wait_result(&js, "r-one", Duration::from_secs(60)).await.unwrap();
+    let result = wait_result(&js, "r-one", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(result.answer.as_deref(), Some("forty-two"), "{result:?}");
     assert_eq!((result.attempt, result.worker.as_str()), (1, "w1"));
     assert!(result.enqueued_us <= result.started_us && result.started_us <= result.ended_us);
@@ -293,7 +310,14 @@ async fn nats_three_workers_share_thirty_jobs_each_run_once() {
     let nats = NatsServer::start();
     let dir = policies();
     let workers: Vec<_> = (1..=3)
-        .map(|i| WorkerProcess::start(&nats.url(), dir.path(), &format!("w{i}"), &["--concurrency", "2"]))
+        .map(|i| {
+            WorkerProcess::start(
+                &nats.url(),
+                dir.path(),
+                &format!("w{i}"),
+                &["--concurrency", "2"],
+            )
+        })
         .collect();
     let js = nats.jetstream().await;
     let ids: Vec<String> = (0..30).map(|i| format!("r-spread-{i}")).collect();
@@ -302,7 +326,9 @@ async fn nats_three_workers_share_thirty_jobs_each_run_once() {
     }
     let mut by_worker = std::collections::BTreeMap::<String, usize>::new();
     for id in &ids {
-        let result = wait_result(&js, id, Duration::from_secs(120)).await.unwrap();
+        let result = wait_result(&js, id, Duration::from_secs(120))
+            .await
+            .unwrap();
         assert_eq!(result.answer.as_deref(), Some("forty-two"));
         assert_eq!(result.attempt, 1);
         *by_worker.entry(result.worker).or_default() += 1;
@@ -315,7 +341,11 @@ async fn nats_three_workers_share_thirty_jobs_each_run_once() {
         assert_eq!(results_on_subject(&js, id).await, 1);
     }
     for w in &workers {
-        assert!(by_worker.get(&w.name).copied().unwrap_or(0) > 0, "{} did none: {by_worker:?}", w.name);
+        assert!(
+            by_worker.get(&w.name).copied().unwrap_or(0) > 0,
+            "{} did none: {by_worker:?}",
+            w.name
+        );
     }
     assert_eq!(by_worker.values().sum::<usize>(), 30);
     drained(&js, Duration::from_secs(10)).await;
@@ -334,32 +364,59 @@ async fn nats_worker_killed_mid_run_is_redelivered_and_completes_once() {
     .await;
     let mut first = WorkerProcess::start(&nats.url(), dir.path(), "doomed", &["--ack-wait", "2"]);
     let js = nats.jetstream().await;
-    worker::submit(&js, &remote_job("r-killed", &model)).await.unwrap();
+    worker::submit(&js, &remote_job("r-killed", &model))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while model.seen().is_empty() {
-        assert!(Instant::now() < deadline, "the first worker never called the model");
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never called the model"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill();
     let partial = read_audit(&js, "r-killed", 10_000).await.unwrap();
-    assert!(!partial.is_empty(), "the killed attempt's records are in the stream");
+    assert!(
+        !partial.is_empty(),
+        "the killed attempt's records are in the stream"
+    );
     let _second = WorkerProcess::start(&nats.url(), dir.path(), "heir", &["--ack-wait", "2"]);
-    let result = wait_result(&js, "r-killed", Duration::from_secs(60)).await.unwrap();
-    assert_eq!(result.answer.as_deref(), Some("finished by the second worker"));
+    let result = wait_result(&js, "r-killed", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.answer.as_deref(),
+        Some("finished by the second worker")
+    );
     assert_eq!((result.attempt, result.worker.as_str()), (2, "heir"));
     assert_eq!(model.seen().len(), 2, "one model call per attempt");
     let (records, _) = verified_audit(&js, "r-killed").await;
     // The killed attempt's records are kept as they were, first.
     for (kept, line) in records.iter().zip(&partial) {
-        assert_eq!(kept, &serde_json::from_slice::<serde_json::Value>(line).unwrap());
+        assert_eq!(
+            kept,
+            &serde_json::from_slice::<serde_json::Value>(line).unwrap()
+        );
     }
-    let marks: Vec<_> = records.iter().filter(|r| r["rule"] == ABANDONED_RULE).collect();
+    let marks: Vec<_> = records
+        .iter()
+        .filter(|r| r["rule"] == ABANDONED_RULE)
+        .collect();
     assert_eq!(marks.len(), 1, "one abandoned mark");
     let mark = marks[0];
-    assert_eq!(mark["seq"], partial.len() as u64 + 1, "the mark follows the last kept record");
+    assert_eq!(
+        mark["seq"],
+        partial.len() as u64 + 1,
+        "the mark follows the last kept record"
+    );
     assert_eq!(mark["data"]["abandoned"]["worker"], "doomed");
     assert_eq!(mark["data"]["attempt"], 2);
-    assert_eq!(ends(&records).len(), 1, "one end record: the run completed once");
+    assert_eq!(
+        ends(&records).len(),
+        1,
+        "one end record: the run completed once"
+    );
     assert_eq!(results_on_subject(&js, "r-killed").await, 1);
     drained(&js, Duration::from_secs(10)).await;
 }
@@ -369,7 +426,14 @@ async fn nats_restart_mid_stream_loses_no_job() {
     let mut nats = NatsServer::start();
     let dir = policies();
     let _workers: Vec<_> = (1..=2)
-        .map(|i| WorkerProcess::start(&nats.url(), dir.path(), &format!("w{i}"), &["--ack-wait", "5"]))
+        .map(|i| {
+            WorkerProcess::start(
+                &nats.url(),
+                dir.path(),
+                &format!("w{i}"),
+                &["--ack-wait", "5"],
+            )
+        })
         .collect();
     let js = nats.jetstream().await;
     let ids: Vec<String> = (0..20).map(|i| format!("r-restart-{i}")).collect();
@@ -387,7 +451,9 @@ async fn nats_restart_mid_stream_loses_no_job() {
         }
     }
     for id in &ids {
-        let result = wait_result(&js, id, Duration::from_secs(120)).await.unwrap();
+        let result = wait_result(&js, id, Duration::from_secs(120))
+            .await
+            .unwrap();
         assert_eq!(result.answer.as_deref(), Some("forty-two"), "{id}");
         let (records, _) = verified_audit(&js, id).await;
         assert_eq!(ends(&records).len(), 1, "{id} ended once");
@@ -417,12 +483,23 @@ async fn nats_full_queue_refuses_submits_and_a_saturated_worker_leaves_jobs_queu
     )
     .await;
     for i in 0..3 {
-        worker::submit(&js, &remote_job(&format!("r-full-{i}"), &model)).await.unwrap();
+        worker::submit(&js, &remote_job(&format!("r-full-{i}"), &model))
+            .await
+            .unwrap();
     }
-    let refused = worker::submit(&js, &remote_job("r-full-3", &model)).await.unwrap_err();
+    let refused = worker::submit(&js, &remote_job("r-full-3", &model))
+        .await
+        .unwrap_err();
     assert!(matches!(refused, SubmitError::QueueFull(_)), "{refused}");
-    assert!(refused.to_string().contains("the run queue is full"), "{refused}");
-    assert_eq!(queue_messages(&js).await, 3, "the refused job is not stored");
+    assert!(
+        refused.to_string().contains("the run queue is full"),
+        "{refused}"
+    );
+    assert_eq!(
+        queue_messages(&js).await,
+        3,
+        "the refused job is not stored"
+    );
 
     // One worker, one run at a time: the others wait in the queue.
     let _worker = WorkerProcess::start(&nats.url(), dir.path(), "busy", &["--concurrency", "1"]);
@@ -431,13 +508,21 @@ async fn nats_full_queue_refuses_submits_and_a_saturated_worker_leaves_jobs_queu
         assert!(Instant::now() < deadline, "the worker never started a run");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(worker::queue_depth(&js).await.unwrap(), 2, "two jobs still queued");
+    assert_eq!(
+        worker::queue_depth(&js).await.unwrap(),
+        2,
+        "two jobs still queued"
+    );
     for i in 0..3 {
-        let result = wait_result(&js, &format!("r-full-{i}"), Duration::from_secs(60)).await.unwrap();
+        let result = wait_result(&js, &format!("r-full-{i}"), Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(result.answer.unwrap().starts_with("slow"));
     }
     drained(&js, Duration::from_secs(10)).await;
-    worker::submit(&js, &scripted_job("r-full-after")).await.unwrap();
+    worker::submit(&js, &scripted_job("r-full-after"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,7 +534,9 @@ async fn nats_redelivered_completed_job_does_not_run_again() {
     let js = nats.jetstream().await;
     let job = remote_job("r-again", &model);
     worker::submit(&js, &job).await.unwrap();
-    let first: RunResult = wait_result(&js, "r-again", Duration::from_secs(60)).await.unwrap();
+    let first: RunResult = wait_result(&js, "r-again", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(first.answer.as_deref(), Some("done once"));
     drained(&js, Duration::from_secs(10)).await;
     let (before, _) = verified_audit(&js, "r-again").await;
@@ -489,7 +576,9 @@ async fn nats_redelivered_completed_job_does_not_run_again() {
         .unwrap();
     assert!(stream.delete_message(stored.sequence).await.unwrap());
     redeliver("again-2").await;
-    let rebuilt = wait_result(&js, "r-again", Duration::from_secs(30)).await.unwrap();
+    let rebuilt = wait_result(&js, "r-again", Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(rebuilt.recovered);
     assert_eq!(rebuilt.answer.as_deref(), Some("done once"));
     assert_eq!(rebuilt.audit_head, first.audit_head);
@@ -516,7 +605,9 @@ async fn nats_bad_jobs_are_refused_without_running() {
     let mut escape = scripted_job("r-escape");
     escape.request.policy = "../../etc/passwd".into();
     worker::submit(&js, &escape).await.unwrap();
-    let result = wait_result(&js, "r-escape", Duration::from_secs(60)).await.unwrap();
+    let result = wait_result(&js, "r-escape", Duration::from_secs(60))
+        .await
+        .unwrap();
     let error = result.error.unwrap();
     assert!(error.contains("policy"), "{error}");
     assert!(result.answer.is_none());
@@ -542,7 +633,8 @@ async fn nats_asks_are_answered_on_the_approve_subject() {
         "[[turn]]\ntext = \"computing\"\ncalls = [{ tool = \"calc\", arguments = { expression = \"6 * 7\" } }]\n\n[[turn]]\ntext = \"done\"\n",
     )
     .unwrap();
-    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--approval-timeout", "20"]);
+    let _worker =
+        WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--approval-timeout", "20"]);
     let js = nats.jetstream().await;
     let client = js.client();
     use futures_util::StreamExt as _;
@@ -565,13 +657,21 @@ async fn nats_asks_are_answered_on_the_approve_subject() {
         let question: serde_json::Value = serde_json::from_slice(&ask.payload).unwrap();
         assert_eq!(question["run_id"], run_id);
         assert_eq!(question["subject"], "calc");
-        assert!(question["rules"].to_string().contains("tools.calc"), "{question}");
+        assert!(
+            question["rules"].to_string().contains("tools.calc"),
+            "{question}"
+        );
         let reply = ask.reply.unwrap();
         client
-            .publish(reply, serde_json::json!({ "answer": answer }).to_string().into())
+            .publish(
+                reply,
+                serde_json::json!({ "answer": answer }).to_string().into(),
+            )
             .await
             .unwrap();
-        let result = wait_result(&js, run_id, Duration::from_secs(60)).await.unwrap();
+        let result = wait_result(&js, run_id, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(result.answer.as_deref(), Some("done"), "{result:?}");
         let (records, _) = verified_audit(&js, run_id).await;
         let calc = records

@@ -142,4 +142,3 @@ async fn stopped() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
-

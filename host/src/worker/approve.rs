@@ -56,11 +56,8 @@ impl NatsApprover {
 
     async fn request(&self, payload: Vec<u8>) -> Option<Approval> {
         let subject = super::approve_subject(&self.run_id);
-        let asked = tokio::time::timeout(
-            self.timeout,
-            self.client.request(subject, payload.into()),
-        )
-        .await;
+        let asked =
+            tokio::time::timeout(self.timeout, self.client.request(subject, payload.into())).await;
         let reply = match asked {
             // No answer in time: refused.
             Err(_) => return Some(Approval::Deny),

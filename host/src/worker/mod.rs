@@ -106,7 +106,12 @@ pub trait Resolve: Send + Sync {
 
 impl Resolve for JobConfig {
     fn resolve(&self, job: &QueuedJob, approver: Arc<dyn Approver>) -> Result<RunSpec, String> {
-        if job.request.run_id.as_ref().is_some_and(|id| *id != job.run_id) {
+        if job
+            .request
+            .run_id
+            .as_ref()
+            .is_some_and(|id| *id != job.run_id)
+        {
             return Err("run_id: the request's run id is not the job's".into());
         }
         let mut request = job.request.clone();
@@ -213,10 +218,7 @@ impl Default for StreamLimits {
 
 /// Create the queue, the events stream and the claims bucket, or find
 /// them (a second worker, a restart): idempotent.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    limits: &StreamLimits,
-) -> Result<(), String> {
+pub async fn ensure_streams(js: &jetstream::Context, limits: &StreamLimits) -> Result<(), String> {
     js.get_or_create_stream(stream::Config {
         name: QUEUE_STREAM.into(),
         subjects: vec![QUEUE_SUBJECT.into()],
@@ -916,7 +918,9 @@ async fn publish_result(
     result: &RunResult,
     deadline: Duration,
 ) -> Result<(), String> {
-    let payload: Bytes = serde_json::to_vec(result).map_err(|e| e.to_string())?.into();
+    let payload: Bytes = serde_json::to_vec(result)
+        .map_err(|e| e.to_string())?
+        .into();
     let published = sink::publish_retrying(
         js,
         &result_subject(&result.run_id),
