@@ -681,3 +681,47 @@ async fn nats_asks_are_answered_on_the_approve_subject() {
         assert_eq!(calc["outcome"], outcome, "{calc}");
     }
 }
+
+/// SIGTERM (Kubernetes stopping the pod) stops a worker taking jobs but
+/// lets the run in hand finish: its result is stored, the job acked, and
+/// the worker exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_sigterm_lets_the_run_in_hand_finish() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let model = MockModel::start(vec![
+        openai_text("finished after SIGTERM", None).after(Duration::from_millis(1500)),
+    ])
+    .await;
+    let mut worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let js = nats.jetstream().await;
+    worker::submit(&js, &remote_job("r-term", &model))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.seen().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never called the model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(worker.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let result = wait_result(&js, "r-term", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(result.answer.as_deref(), Some("finished after SIGTERM"));
+    drained(&js, Duration::from_secs(5)).await;
+}
