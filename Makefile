@@ -99,7 +99,7 @@ $(VENV)/.k8s-installed: $(VENV)/.installed deploy/kubernetes/requirements.txt
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
 bench: setup bench-injection
-	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench floor --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages --bench concurrency --bench start --bench cluster
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench floor --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages --bench concurrency --bench start --bench serve --bench cluster
 
 ## The prompt-injection benchmark (bench/injection/README.md): per scenario,
 ## benign tasks without a person, asks, attack success with no human and

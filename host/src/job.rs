@@ -80,10 +80,20 @@ impl RunRequest {
     pub fn from_json(bytes: &[u8]) -> Result<Self, JobError> {
         serde_json::from_slice(bytes).map_err(|error| {
             let message = error.to_string();
-            let field = ["agent", "policy", "task", "model", "run_id", "approve"]
-                .into_iter()
-                .find(|f| message.contains(&format!("`{f}`")))
-                .unwrap_or("body");
+            // `missing field `policy``: that field; anything else (an
+            // unknown field, a wrong type, broken JSON) is the body's.
+            let field = [
+                "agent",
+                "policy",
+                "task",
+                "model",
+                "run_id",
+                "approve",
+                "approve_from",
+            ]
+            .into_iter()
+            .find(|f| message.starts_with(&format!("missing field `{f}`")))
+            .unwrap_or("body");
             JobError::invalid(
                 field,
                 format!(
@@ -801,6 +811,20 @@ max_calls = 4
         assert_eq!(job.model, "scripted:other.toml");
         req.model = Some("x".repeat(MAX_MODEL_SPEC + 1));
         assert_eq!(refused(&config, &req).kind, JobErrorKind::Invalid);
+        // A pattern allows what starts with its prefix, and nothing else.
+        config.models = vec!["openai-compatible:http://127.0.0.1:9/v1#*".into()];
+        req.model = Some("openai-compatible:http://127.0.0.1:9/v1#m".into());
+        assert_eq!(config.resolve(&req).unwrap().model, "openai-compatible:http://127.0.0.1:9/v1#m");
+        for other in [
+            "openai-compatible:http://127.0.0.1:99/v1#m",
+            "openai-compatible:http://169.254.169.254/v1#m",
+            "scripted:other.toml",
+        ] {
+            req.model = Some(other.into());
+            assert_eq!(refused(&config, &req).kind, JobErrorKind::Forbidden, "{other}");
+        }
+        assert!(spec_matches("openai:gpt-4o", "openai:gpt-4o"));
+        assert!(!spec_matches("openai:gpt-4o", "openai:gpt-4o-mini"));
     }
 
     #[test]

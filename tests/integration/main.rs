@@ -31,4 +31,5 @@ mod real_tools;
 mod remote;
 mod replay;
 mod scaffold;
+mod serve;
 mod transcript;

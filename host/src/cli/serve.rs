@@ -70,6 +70,10 @@ pub(crate) struct ServeArgs {
     /// audit files stay).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_kept: usize,
+    /// Most bytes of answers and errors the remembered runs keep in memory
+    /// (the oldest are forgotten past it).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    max_kept_bytes: usize,
     /// The largest request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_body: usize,
@@ -79,6 +83,9 @@ pub(crate) struct ServeArgs {
     /// Most event streams and audit downloads open at once.
     #[arg(long, value_name = "N", default_value_t = 512)]
     max_streams: usize,
+    /// Most event streams and audit downloads one token may have open.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_streams_per_token: usize,
     /// Most TCP connections at once; more wait in the kernel's backlog.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
@@ -167,7 +174,9 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         max_body: args.max_body.max(1024),
         max_live_runs: args.max_runs as usize,
         max_kept_runs: args.max_kept,
+        max_kept_bytes: args.max_kept_bytes,
         max_streams: args.max_streams.max(1),
+        max_streams_per_token: args.max_streams_per_token.max(1),
         max_connections: args.max_connections.max(1),
         read_timeout: Duration::from_secs(args.read_timeout),
         slow_reader: Duration::from_secs(args.read_timeout),

@@ -223,6 +223,15 @@ impl Tokens {
         self.tokens.len()
     }
 
+    /// The names of the callers there can be.
+    pub fn names(&self) -> Vec<String> {
+        self.tokens
+            .iter()
+            .chain(self.anonymous.iter())
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty() && self.anonymous.is_none()

@@ -82,8 +82,14 @@ pub struct ServeLimits {
     /// Most finished runs remembered; the oldest are forgotten (their
     /// audit files stay).
     pub max_kept_runs: usize,
+    /// Most bytes of answers and errors the remembered runs keep; past it
+    /// the oldest are forgotten.
+    pub max_kept_bytes: usize,
     /// Most event streams and audit downloads open at once (`503` past it).
     pub max_streams: usize,
+    /// Most of those one token may hold (so one token cannot take them
+    /// all).
+    pub max_streams_per_token: usize,
     /// Most TCP connections at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// A request head or body not received whole within this long is
@@ -101,7 +107,9 @@ impl Default for ServeLimits {
             max_body: 1 << 20,
             max_live_runs: 1000,
             max_kept_runs: 10_000,
+            max_kept_bytes: 256 << 20,
             max_streams: 512,
+            max_streams_per_token: 64,
             max_connections: 1024,
             read_timeout: Duration::from_secs(10),
             slow_reader: Duration::from_secs(10),
@@ -156,6 +164,8 @@ pub struct ServeState {
     pub approver_for: Option<ApproverFactory>,
     runs: Mutex<RunTable>,
     streams: Arc<Semaphore>,
+    /// Each token's share of `streams`.
+    token_streams: std::collections::HashMap<String, Arc<Semaphore>>,
     closing: AtomicBool,
 }
 
@@ -168,8 +178,22 @@ impl ServeState {
         limits: ServeLimits,
     ) -> Self {
         ServeState {
-            runs: Mutex::new(RunTable::new(limits.max_live_runs, limits.max_kept_runs)),
+            runs: Mutex::new(RunTable::new(
+                limits.max_live_runs,
+                limits.max_kept_runs,
+                limits.max_kept_bytes,
+            )),
             streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
+            token_streams: tokens
+                .names()
+                .into_iter()
+                .map(|name| {
+                    (
+                        name,
+                        Arc::new(Semaphore::new(limits.max_streams_per_token.max(1))),
+                    )
+                })
+                .collect(),
             runtime,
             jobs,
             tokens,
@@ -628,8 +652,26 @@ async fn show(
     }
 }
 
-fn stream_slot(state: &ServeState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-    state.streams.clone().try_acquire_owned().map_err(|_| {
+/// A stream slot of the server's and one of the caller's.
+fn stream_slot(state: &ServeState, caller: &Caller) -> Result<stream::Slot, Response> {
+    let mine = state
+        .token_streams
+        .get(caller.name())
+        .and_then(|s| s.clone().try_acquire_owned().ok())
+        .ok_or_else(|| {
+            with_retry_after(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "streams-full",
+                    format!(
+                        "this token has {} event streams and downloads open, the most one token may (--max-streams-per-token): close one",
+                        state.limits.max_streams_per_token
+                    ),
+                ),
+                1,
+            )
+        })?;
+    let server = state.streams.clone().try_acquire_owned().map_err(|_| {
         with_retry_after(
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -641,7 +683,8 @@ fn stream_slot(state: &ServeState) -> Result<tokio::sync::OwnedSemaphorePermit, 
             ),
             1,
         )
-    })
+    })?;
+    Ok(stream::Slot(vec![server, mine]))
 }
 
 async fn events(
@@ -653,7 +696,7 @@ async fn events(
     let Some(entry) = state.run(&id, caller.name()) else {
         return no_such_run();
     };
-    let permit = match stream_slot(&state) {
+    let permit = match stream_slot(&state, &caller) {
         Ok(permit) => permit,
         Err(response) => return response,
     };
@@ -689,7 +732,7 @@ async fn audit(
     let Some(entry) = state.run(&id, caller.name()) else {
         return no_such_run();
     };
-    let permit = match stream_slot(&state) {
+    let permit = match stream_slot(&state, &caller) {
         Ok(permit) => permit,
         Err(response) => return response,
     };
@@ -716,7 +759,7 @@ async fn verify(
     let Some(entry) = state.run(&id, caller.name()) else {
         return no_such_run();
     };
-    let permit = match stream_slot(&state) {
+    let permit = match stream_slot(&state, &caller) {
         Ok(permit) => permit,
         Err(response) => return response,
     };

@@ -262,6 +262,14 @@ impl RunEntry {
         view
     }
 
+    /// Bytes this entry keeps besides its fixed fields: its answer and
+    /// error (an answer is bounded by the policy's `limits.output`, but
+    /// thousands of remembered answers add up).
+    pub fn retained_bytes(&self) -> usize {
+        let state = self.state();
+        state.answer.as_ref().map_or(0, String::len) + state.error.as_ref().map_or(0, String::len)
+    }
+
     /// The short form `GET /runs` lists.
     pub fn brief(&self) -> Value {
         let state = self.state();
@@ -292,8 +300,11 @@ pub enum Full {
 /// Every run the server remembers.
 pub struct RunTable {
     by_id: HashMap<String, Arc<RunEntry>>,
-    /// Finished runs, oldest first.
-    finished: VecDeque<String>,
+    /// Finished runs, oldest first, with the bytes each keeps.
+    finished: VecDeque<(String, usize)>,
+    /// The bytes finished runs keep, in all.
+    finished_bytes: usize,
+    max_kept_bytes: usize,
     /// Live (admitted, not finished) runs per owner, and in all.
     live_by_owner: HashMap<String, usize>,
     live: usize,
@@ -302,11 +313,14 @@ pub struct RunTable {
 }
 
 impl RunTable {
-    /// A table of at most `max_live` live runs and `max_kept` finished.
-    pub fn new(max_live: usize, max_kept: usize) -> Self {
+    /// A table of at most `max_live` live runs, and `max_kept` finished
+    /// keeping at most `max_kept_bytes` of answers and errors.
+    pub fn new(max_live: usize, max_kept: usize, max_kept_bytes: usize) -> Self {
         RunTable {
             by_id: HashMap::new(),
             finished: VecDeque::new(),
+            finished_bytes: 0,
+            max_kept_bytes,
             live_by_owner: HashMap::new(),
             live: 0,
             max_live: max_live.max(1),
@@ -365,14 +379,18 @@ impl RunTable {
         self.by_id.contains_key(id)
     }
 
-    /// A run that ended: kept among the finished, the oldest beyond
-    /// `max_kept` forgotten.
+    /// A run that ended: kept among the finished, the oldest forgotten
+    /// while more than `max_kept` are kept, or more than `max_kept_bytes`.
     pub fn finished(&mut self, id: &str) {
-        self.finished.push_back(id.to_string());
-        while self.finished.len() > self.max_kept {
-            if let Some(oldest) = self.finished.pop_front() {
-                self.by_id.remove(&oldest);
-            }
+        let bytes = self.by_id.get(id).map_or(0, |e| e.retained_bytes());
+        self.finished.push_back((id.to_string(), bytes));
+        self.finished_bytes += bytes;
+        while self.finished.len() > self.max_kept || self.finished_bytes > self.max_kept_bytes {
+            let Some((oldest, bytes)) = self.finished.pop_front() else {
+                break;
+            };
+            self.finished_bytes -= bytes;
+            self.by_id.remove(&oldest);
         }
     }
 
@@ -422,7 +440,7 @@ mod tests {
 
     #[test]
     fn live_runs_are_limited_per_server_and_per_owner() {
-        let mut table = RunTable::new(3, 10);
+        let mut table = RunTable::new(3, 10, 1 << 20);
         assert!(table.admit("a", 2).is_ok());
         assert!(table.admit("a", 2).is_ok());
         assert_eq!(table.admit("a", 2), Err(Full::Token(2)));
@@ -435,7 +453,7 @@ mod tests {
 
     #[test]
     fn finished_runs_are_forgotten_oldest_first_and_owners_see_only_theirs() {
-        let mut table = RunTable::new(10, 2);
+        let mut table = RunTable::new(10, 2, 1 << 20);
         for id in ["r1", "r2", "r3"] {
             table.insert(entry(id, "a"));
             table.finished(id);
@@ -450,6 +468,19 @@ mod tests {
         let (mine, more) = table.of("a", 1);
         assert_eq!(mine.len(), 1);
         assert!(more);
+    }
+
+    #[test]
+    fn finished_runs_are_forgotten_when_their_answers_add_up() {
+        let mut table = RunTable::new(10, 100, 250);
+        for id in ["r1", "r2", "r3"] {
+            let run = entry(id, "a");
+            run.fail("x".repeat(100));
+            table.insert(run);
+            table.finished(id);
+        }
+        assert!(table.get("r1", "a").is_none(), "300 bytes kept > 250");
+        assert!(table.get("r2", "a").is_some() && table.get("r3", "a").is_some());
     }
 
     #[tokio::test]

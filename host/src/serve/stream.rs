@@ -63,11 +63,15 @@ async fn read_lines(path: PathBuf, offset: u64) -> std::io::Result<Vec<u8>> {
     read.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
 }
 
-/// A response body fed by a channel.
+/// The slots a stream holds (the server's and its token's) for as long as
+/// it feeds its body.
+pub struct Slot(pub Vec<OwnedSemaphorePermit>);
+
+/// A response body fed by a channel. The server's stream slot is held by
+/// the task feeding it, so a reader dropped for being slow gives its slot
+/// back even though its connection (and this body) lingers.
 pub struct ChannelBody {
     receiver: mpsc::Receiver<Bytes>,
-    /// The server's stream slot, held while the body lives.
-    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -99,19 +103,14 @@ pub struct StreamLimits {
 /// (its id the line's number), then one `end` event with the run's final
 /// view. A reader slower than `limits.slow_reader` gets a `dropped` event
 /// if there is room, and the stream ends.
-pub fn events(
-    entry: Arc<RunEntry>,
-    skip: u64,
-    permit: OwnedSemaphorePermit,
-    limits: StreamLimits,
-) -> ChannelBody {
+pub fn events(entry: Arc<RunEntry>, skip: u64, permit: Slot, limits: StreamLimits) -> ChannelBody {
     let (sender, receiver) = mpsc::channel(CHANNEL);
     let progress = entry.watch();
-    tokio::spawn(feed_events(entry, skip, sender, progress, limits));
-    ChannelBody {
-        receiver,
-        _permit: Some(permit),
-    }
+    tokio::spawn(async move {
+        feed_events(entry, skip, sender, progress, limits).await;
+        drop(permit);
+    });
+    ChannelBody { receiver }
 }
 
 async fn feed_events(
@@ -176,6 +175,8 @@ async fn feed_events(
         }
         // Nothing new in the file: wait for the run to write, or a while.
         tokio::select! {
+            // The reader went away: give its slot back now.
+            () = sender.closed() => return,
             changed = progress.changed() => {
                 if changed.is_err() {
                     return;
@@ -192,13 +193,10 @@ async fn feed_events(
 
 /// The run's audit file as it is now: its complete lines, read a chunk at
 /// a time as the client takes them.
-pub fn audit_file(
-    path: PathBuf,
-    permit: OwnedSemaphorePermit,
-    limits: StreamLimits,
-) -> ChannelBody {
+pub fn audit_file(path: PathBuf, permit: Slot, limits: StreamLimits) -> ChannelBody {
     let (sender, receiver) = mpsc::channel(4);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut offset = 0u64;
         loop {
             let chunk = match read_lines(path.clone(), offset).await {
@@ -215,10 +213,7 @@ pub fn audit_file(
             }
         }
     });
-    ChannelBody {
-        receiver,
-        _permit: Some(permit),
-    }
+    ChannelBody { receiver }
 }
 
 #[cfg(test)]
@@ -235,5 +230,44 @@ mod tests {
         let rest = read_lines(path.clone(), lines.len() as u64).await.unwrap();
         assert!(rest.is_empty(), "the torn line waits");
         assert!(read_lines(dir.path().join("none"), 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_takes_nothing_is_dropped_and_gives_its_slot_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let lines: String = (1..=100).map(|i| format!("{{\"seq\":{i}}}\n")).collect();
+        std::fs::write(&path, lines).unwrap();
+        let entry = Arc::new(RunEntry::new(
+            "r-1".into(),
+            "a".into(),
+            ("p".into(), "builtin:react".into(), "m".into()),
+            path,
+        ));
+        entry.fail("over".into());
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = slots.clone().try_acquire_owned().unwrap();
+        let limits = StreamLimits {
+            slow_reader: Duration::from_millis(100),
+        };
+        // Never polled: a reader that reads nothing.
+        let mut body = events(entry, 0, Slot(vec![permit]), limits);
+        let started = std::time::Instant::now();
+        while slots.available_permits() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the stalled stream kept its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What it was sent is bounded by the channel: 16 records and the
+        // note that it was dropped, never the 100 records.
+        let mut received = Vec::new();
+        while let Some(bytes) = body.receiver.recv().await {
+            received.push(bytes);
+        }
+        assert_eq!(received.len(), CHANNEL, "{received:?}");
+        let last = String::from_utf8(received.last().unwrap().to_vec()).unwrap();
+        assert!(last.contains("id: 16"), "{last}");
     }
 }
