@@ -814,14 +814,21 @@ max_calls = 4
         // A pattern allows what starts with its prefix, and nothing else.
         config.models = vec!["openai-compatible:http://127.0.0.1:9/v1#*".into()];
         req.model = Some("openai-compatible:http://127.0.0.1:9/v1#m".into());
-        assert_eq!(config.resolve(&req).unwrap().model, "openai-compatible:http://127.0.0.1:9/v1#m");
+        assert_eq!(
+            config.resolve(&req).unwrap().model,
+            "openai-compatible:http://127.0.0.1:9/v1#m"
+        );
         for other in [
             "openai-compatible:http://127.0.0.1:99/v1#m",
             "openai-compatible:http://169.254.169.254/v1#m",
             "scripted:other.toml",
         ] {
             req.model = Some(other.into());
-            assert_eq!(refused(&config, &req).kind, JobErrorKind::Forbidden, "{other}");
+            assert_eq!(
+                refused(&config, &req).kind,
+                JobErrorKind::Forbidden,
+                "{other}"
+            );
         }
         assert!(spec_matches("openai:gpt-4o", "openai:gpt-4o"));
         assert!(!spec_matches("openai:gpt-4o", "openai:gpt-4o-mini"));
