@@ -718,7 +718,7 @@ impl Worker {
             Ok(spec) => {
                 let running = self.run_beating(spec, audit, message, &mut claim);
                 match running.await {
-                    Beat::Done(result) => Ok(result),
+                    Beat::Done(result) => Ok(*result),
                     Beat::Lost => return Handled::LostClaim,
                 }
             }
@@ -800,7 +800,7 @@ impl Worker {
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                done = &mut running => return Beat::Done(done),
+                done = &mut running => return Beat::Done(Box::new(done)),
                 _ = beat.tick() => {
                     let _ = message.ack_with(jetstream::AckKind::Progress).await;
                     match self.claims.beat(claim).await {
@@ -836,7 +836,7 @@ impl Worker {
 }
 
 enum Beat {
-    Done(Result<crate::run::RunReport, crate::run::RunError>),
+    Done(Box<Result<crate::run::RunReport, crate::run::RunError>>),
     Lost,
 }
 
