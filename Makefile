@@ -4,13 +4,13 @@
 CARGO ?= cargo
 TARGET := wasm32-wasip2
 
-.PHONY: setup setup-rust setup-chromium demo install test lint bench bench-injection fuzz clean-cache
+.PHONY: setup setup-rust setup-chromium setup-nats demo install test lint lint-k8s bench bench-injection fuzz clean-cache
 
 ## Install the guest target (and the lint tools), componentize-py and the
 ## MCP SDK (pinned, in target/venv) and componentize-js (pinned, npm ci).
 ## Idempotent and quick when done. Needs python3 (3.10+) and node (20+).
 VENV := target/venv
-setup: setup-rust target/guest-tools.stamp setup-chromium
+setup: setup-rust setup-nats target/guest-tools.stamp setup-chromium
 
 ## host/build.rs watches this stamp: touching it once either tool is (re)installed
 ## makes the next build build the Python and JavaScript guests, even when the
@@ -26,6 +26,15 @@ setup-chromium:
 		{ mkdir -p target; { DEBIAN_FRONTEND=noninteractive apt-get -qq update && \
 		    DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends chromium chromium-driver; \
 		  } > target/apt-chromium.log 2>&1 || { cat target/apt-chromium.log >&2; echo "error: could not install chromium and chromium-driver (needs root and apt)" >&2; exit 1; }; }
+
+## The worker tests start a real nats-server with JetStream (Debian's
+## package; any 2.9 or later has JetStream).
+setup-nats:
+	@command -v nats-server > /dev/null || { \
+		command -v apt-get > /dev/null || { echo "error: install nats-server (2.9 or later) for the worker tests" >&2; exit 1; }; \
+		apt-get install -y -qq --no-install-recommends nats-server > /dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends nats-server > /dev/null; }; }
+	@nats-server --help 2>&1 | grep -q -- '--jetstream' || { echo "error: this nats-server has no JetStream (-js): install 2.9 or later" >&2; exit 1; }
 
 ## What the demo needs: the Rust guest target.
 setup-rust:
@@ -80,15 +89,26 @@ test: setup
 ## Formatting and lints, as CI runs them; `.ci/unwraps` keeps unwrap() and
 ## expect() out of host code that handles outside data (each one left is
 ## listed with why it cannot fail).
-lint: setup
+lint: setup lint-k8s
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	bash .ci/unwraps
 
+## The Kubernetes manifests against the Kubernetes schemas
+## (kubernetes-validate, pinned in deploy/kubernetes/requirements.txt) and
+## KEDA's (deploy/kubernetes/schemas/), and the security settings they
+## promise; the self-test checks that broken manifests fail.
+lint-k8s: $(VENV)/.k8s-installed
+	$(VENV)/bin/python deploy/kubernetes/check.py --self-test
+
+$(VENV)/.k8s-installed: $(VENV)/.installed deploy/kubernetes/requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/kubernetes/requirements.txt
+	touch $@
+
 ## Benchmarks (release build): mediated tool call vs raw wasmtime, import
 ## round trip, policy decision.
 bench: setup bench-injection
-	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench floor --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages --bench concurrency --bench start --bench python --bench serve
+	env -u RUST_BACKTRACE $(CARGO) bench -p warden --bench floor --bench mediation --bench policy --bench model_call --bench egress --bench audit --bench mcp --bench languages --bench concurrency --bench start --bench python --bench serve --bench cluster
 
 ## The prompt-injection benchmark (bench/injection/README.md): per scenario,
 ## benign tasks without a person, asks, attack success with no human and

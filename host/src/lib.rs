@@ -66,3 +66,4 @@ pub mod runtime;
 pub mod secrets;
 pub mod serve;
 pub mod transcript;
+pub mod worker;

@@ -3,7 +3,7 @@
 mod cli;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use cli::{audit, call, check, compile, mcp, new, policy, replay, run, serve, tools};
+use cli::{audit, call, check, compile, mcp, new, policy, replay, run, serve, tools, worker};
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
@@ -100,6 +100,12 @@ enum Command {
     /// Create a tool or agent project (Rust, Python or JavaScript) that
     /// builds with one command and runs under its own policy.
     New(new::NewArgs),
+    /// Take runs from a NATS JetStream queue and run them, publishing each
+    /// audit record and answer to JetStream (docs/cluster.md).
+    #[command(
+        after_help = "Examples:\n  warden worker --nats nats://127.0.0.1:4222 --policies policies/ --concurrency 4"
+    )]
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -137,5 +143,6 @@ fn main() -> ExitCode {
         }
         Command::Call(args) => cli::block_on(call::run(args)),
         Command::New(args) => new::run(args),
+        Command::Worker(args) => cli::block_on(worker::run(args)),
     }
 }

@@ -25,6 +25,7 @@ mod mcp;
 mod mcp_python;
 mod mcp_startup;
 mod mock_model;
+mod nats;
 mod plan;
 mod policies;
 mod policy;

@@ -364,6 +364,18 @@ impl AuditLog {
         self
     }
 
+    /// Number the next record `seq + 1`: a later attempt of a run whose
+    /// first `seq` records are already kept elsewhere (`warden worker`
+    /// resuming a run another worker left unfinished), so the run's
+    /// numbering and chain go on as one (with [`AuditLog::with_head`]).
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.inner
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seq = seq;
+        self
+    }
+
     /// The run's id.
     pub fn run(&self) -> &str {
         &self.run

@@ -13,6 +13,7 @@ pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod tools;
+pub(crate) mod worker;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;

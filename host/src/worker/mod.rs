@@ -1,0 +1,988 @@
+//! `warden worker`: runs taken from a NATS JetStream work queue, their
+//! audit records published to a stream as they are written, each answer to
+//! a result subject. NATS does queueing, delivery and storage; this module
+//! only decides when a job is done.
+//!
+//! Delivery is at-least-once, so a run is idempotent by its id: before
+//! running, a worker looks for the run's result, then for an end record in
+//! its audit stream, then claims the id (a compare-and-set on the claims stream). It acks the job
+//! only once the end record and the result are stored by JetStream. It must
+//! never ack a job whose end is not durable, and never start a run whose
+//! result (or end record) is already stored.
+
+pub mod approve;
+pub mod claim;
+pub mod sink;
+
+use crate::audit::{AuditLog, Entry, Event, GENESIS, JsonlFile, Kind, Outcome, Record, line_hash};
+use crate::gate::Approver;
+use crate::job::{JobConfig, RunRequest};
+use crate::policy::Verdict;
+use crate::run::{RunSpec, run};
+use crate::runtime::Runtime;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use claim::{Claim, Claims, Taken};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The work-queue stream jobs wait in.
+pub const QUEUE_STREAM: &str = "WARDEN_RUNS";
+/// The subject jobs are submitted on.
+pub const QUEUE_SUBJECT: &str = "warden.runs.queue";
+/// The stream of every run's audit records and result.
+pub const EVENTS_STREAM: &str = "WARDEN_RUN_EVENTS";
+/// The durable consumer the workers share.
+pub const CONSUMER: &str = "workers";
+/// The stream of run claims (one message kept per run).
+pub const CLAIMS_STREAM: &str = "WARDEN_CLAIMS";
+/// The rule named by the record a later attempt writes to mark the
+/// records of an attempt that ended without an end record.
+pub const ABANDONED_RULE: &str = "worker.abandoned";
+
+/// The subject of a run's audit records: one message per record, its
+/// payload the exact line whose hash the next record's `prev` carries.
+pub fn audit_subject(run_id: &str) -> String {
+    format!("warden.runs.{run_id}.audit")
+}
+
+/// The subject of a run's result (one message, see [`RunResult`]).
+pub fn result_subject(run_id: &str) -> String {
+    format!("warden.runs.{run_id}.result")
+}
+
+/// The subject a run's asks are sent on as NATS requests.
+pub fn approve_subject(run_id: &str) -> String {
+    format!("warden.runs.{run_id}.approve")
+}
+
+/// A run id is a subject token and a file name: `[A-Za-z0-9_-]{1,64}`.
+pub fn check_run_id(run_id: &str) -> Result<(), String> {
+    if run_id.is_empty()
+        || run_id.len() > 64
+        || !run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "run id `{}` is not 1 to 64 letters, digits, `-` or `_`",
+            run_id.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// One job on the queue: a run id and a self-contained request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuedJob {
+    /// The run's id: its audit records carry it, and a redelivered job is
+    /// recognised by it.
+    pub run_id: String,
+    /// When it was submitted (µs since the epoch, the submitter's clock).
+    #[serde(default)]
+    pub enqueued_us: u64,
+    /// What to run: the same request `warden serve` takes.
+    pub request: RunRequest,
+}
+
+/// Turns a job's request into what [`run`] needs: the operator's
+/// [`JobConfig`] (what a request may name), or a test's own.
+pub trait Resolve: Send + Sync {
+    /// The run to start, or why the request cannot run (bad input: the
+    /// job ends with this error and is not retried).
+    fn resolve(&self, job: &QueuedJob, approver: Arc<dyn Approver>) -> Result<RunSpec, String>;
+}
+
+impl Resolve for JobConfig {
+    fn resolve(&self, job: &QueuedJob, approver: Arc<dyn Approver>) -> Result<RunSpec, String> {
+        if job
+            .request
+            .run_id
+            .as_ref()
+            .is_some_and(|id| *id != job.run_id)
+        {
+            return Err("run_id: the request's run id is not the job's".into());
+        }
+        let mut request = job.request.clone();
+        request.run_id = Some(job.run_id.clone());
+        JobConfig::resolve(self, &request)
+            .map(|resolved| resolved.into_spec(Some(approver)))
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// What a run came to, published on [`result_subject`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The run's id.
+    pub run_id: String,
+    /// The agent's answer (already through the gate's redaction).
+    pub answer: Option<String>,
+    /// Why there is no answer.
+    pub error: Option<String>,
+    /// Which attempt ended it (1 unless a worker died mid-run).
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker: String,
+    /// The hash of the run's last audit record.
+    pub audit_head: String,
+    /// The `seq` of the run's last audit record.
+    pub audit_records: u64,
+    /// Submitted, started, ended (µs since the epoch).
+    pub enqueued_us: u64,
+    /// When this attempt started.
+    pub started_us: u64,
+    /// When the end record was durable.
+    pub ended_us: u64,
+    /// Rebuilt from the end record by a later delivery (the worker that
+    /// ran it died between its end record and its result).
+    #[serde(default)]
+    pub recovered: bool,
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's name, in claims and results.
+    pub name: String,
+    /// Runs at once.
+    pub concurrency: usize,
+    /// How long a delivered job may go without a heartbeat before
+    /// JetStream gives it to another worker.
+    pub ack_wait: Duration,
+    /// Deliveries before a job that keeps killing workers is given up.
+    pub max_deliver: i64,
+    /// A local copy of each run's audit log, `DIR/<run id>.jsonl`,
+    /// fsynced before the job is acked.
+    pub audit_dir: Option<PathBuf>,
+    /// How long an ask waits for an answer on the approve subject.
+    pub approval_timeout: Duration,
+    /// How long publishing one record may keep retrying (NATS down).
+    pub publish_deadline: Duration,
+    /// Most audit bytes a run may have waiting for JetStream's ack.
+    pub max_audit_in_flight: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            name: format!("worker-{}", std::process::id()),
+            concurrency: 2,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            audit_dir: None,
+            approval_timeout: Duration::from_secs(300),
+            publish_deadline: Duration::from_secs(60),
+            max_audit_in_flight: 64 << 20,
+        }
+    }
+}
+
+/// Limits of the streams, set when they are created.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Jobs the queue holds before a submit is refused.
+    pub queue_max_messages: i64,
+    /// Bytes the queue holds before a submit is refused.
+    pub queue_max_bytes: i64,
+    /// Largest job.
+    pub max_job_bytes: i32,
+    /// Bytes of audit records and results kept, all runs.
+    pub events_max_bytes: i64,
+    /// How long audit records and results are kept.
+    pub events_max_age: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            queue_max_messages: 10_000,
+            queue_max_bytes: 256 << 20,
+            max_job_bytes: 1 << 20,
+            events_max_bytes: 8 << 30,
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Create the queue, the events stream and the claims bucket, or find
+/// them (a second worker, a restart): idempotent.
+pub async fn ensure_streams(js: &jetstream::Context, limits: &StreamLimits) -> Result<(), String> {
+    js.get_or_create_stream(stream::Config {
+        name: QUEUE_STREAM.into(),
+        subjects: vec![QUEUE_SUBJECT.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_messages: limits.queue_max_messages,
+        max_bytes: limits.queue_max_bytes,
+        max_message_size: limits.max_job_bytes,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create or find the stream {QUEUE_STREAM}: {e}"))?;
+    js.get_or_create_stream(stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: vec!["warden.runs.*.audit".into(), "warden.runs.*.result".into()],
+        retention: stream::RetentionPolicy::Limits,
+        max_bytes: limits.events_max_bytes,
+        max_age: limits.events_max_age,
+        // A full store refuses records (the run stops) rather than
+        // dropping the oldest runs' records.
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create or find the stream {EVENTS_STREAM}: {e}"))?;
+    js.get_or_create_stream(stream::Config {
+        name: CLAIMS_STREAM.into(),
+        subjects: vec!["warden.claims.*".into()],
+        retention: stream::RetentionPolicy::Limits,
+        // A key-value store: the last claim of each run.
+        max_messages_per_subject: 1,
+        max_message_size: 4096,
+        max_age: limits.events_max_age,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create or find the stream {CLAIMS_STREAM}: {e}"))?;
+    Ok(())
+}
+
+/// Why a submit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is at its limit: workers are saturated.
+    #[error(
+        "the run queue is full ({0}): workers are not keeping up; submit again later, add workers, or raise the queue's limits"
+    )]
+    QueueFull(String),
+    /// The job is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// NATS did not take it.
+    #[error("the run queue did not take the job: {0}")]
+    Nats(String),
+}
+
+/// Put `job` on the queue; returns once JetStream stored it. The run id is
+/// the message id, so a submit repeated within two minutes is stored once.
+pub async fn submit(js: &jetstream::Context, job: &QueuedJob) -> Result<(), SubmitError> {
+    check_run_id(&job.run_id).map_err(SubmitError::Invalid)?;
+    let payload = serde_json::to_vec(job).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+    let ack = js
+        .send_publish(
+            QUEUE_SUBJECT,
+            jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(&job.run_id),
+        )
+        .await
+        .map_err(|e| SubmitError::Nats(e.to_string()))?;
+    match ack.await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let text = error.to_string();
+            if text.contains("maximum messages") || text.contains("maximum bytes") {
+                Err(SubmitError::QueueFull(text))
+            } else {
+                Err(SubmitError::Nats(text))
+            }
+        }
+    }
+}
+
+/// Jobs waiting in the queue (not yet delivered to a worker): what an
+/// autoscaler scales on.
+pub async fn queue_depth(js: &jetstream::Context) -> Result<u64, String> {
+    let stream = js
+        .get_stream(QUEUE_STREAM)
+        .await
+        .map_err(|e| format!("no stream {QUEUE_STREAM}: {e}"))?;
+    let mut consumer: consumer::PullConsumer = stream
+        .get_consumer(CONSUMER)
+        .await
+        .map_err(|e| format!("no consumer {CONSUMER}: {e}"))?;
+    let info = consumer.info().await.map_err(|e| e.to_string())?;
+    Ok(info.num_pending)
+}
+
+/// The stored result of `run_id`, if there is one.
+pub async fn stored_result(
+    js: &jetstream::Context,
+    run_id: &str,
+) -> Result<Option<RunResult>, String> {
+    let stream = js
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    match stream
+        .get_last_raw_message_by_subject(&result_subject(run_id))
+        .await
+    {
+        Ok(message) => serde_json::from_slice(&message.payload)
+            .map(Some)
+            .map_err(|e| format!("the stored result of {run_id} is not a result: {e}")),
+        Err(error) if is_not_found(&error.to_string()) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+pub(crate) fn is_not_found(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    text.contains("no message found") || text.contains("not found")
+}
+
+/// Wait up to `timeout` for the result of `run_id`.
+pub async fn wait_result(
+    js: &jetstream::Context,
+    run_id: &str,
+    timeout: Duration,
+) -> Result<RunResult, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Ok(Some(result)) = stored_result(js, run_id).await {
+            return Ok(result);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no result for {run_id} within {timeout:?}"));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Every audit line of `run_id` in the stream, in order (at most
+/// `max_records`: a bound on what a reader holds).
+pub async fn read_audit(
+    js: &jetstream::Context,
+    run_id: &str,
+    max_records: usize,
+) -> Result<Vec<Bytes>, String> {
+    let stream = js
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let subject = audit_subject(run_id);
+    let mut lines = Vec::new();
+    let mut next = match stream.get_first_raw_message_by_subject(&subject, 1).await {
+        Ok(message) => Some(message),
+        Err(error) if is_not_found(&error.to_string()) => None,
+        Err(error) => return Err(error.to_string()),
+    };
+    while let Some(message) = next {
+        if lines.len() >= max_records {
+            return Err(format!(
+                "the audit of {run_id} has more than {max_records} records"
+            ));
+        }
+        let sequence = message.sequence;
+        lines.push(message.payload);
+        next = match stream
+            .get_first_raw_message_by_subject(&subject, sequence + 1)
+            .await
+        {
+            Ok(message) => Some(message),
+            Err(error) if is_not_found(&error.to_string()) => None,
+            Err(error) => return Err(error.to_string()),
+        };
+    }
+    Ok(lines)
+}
+
+/// A worker: one runtime, `concurrency` runs at once.
+pub struct Worker {
+    js: jetstream::Context,
+    runtime: Arc<Runtime>,
+    resolver: Arc<dyn Resolve>,
+    config: WorkerConfig,
+    claims: Claims,
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The run ran (attempt n) and its result is stored.
+    Ran(u32),
+    /// The result was stored already: acked without running.
+    AlreadyDone,
+    /// The end record was stored but not the result: the result was
+    /// rebuilt from it, without running.
+    Recovered,
+    /// Another worker holds the run and is alive: left for later.
+    HeldElsewhere,
+    /// The run lost its claim to another worker (this one was thought
+    /// dead): stopped, nothing acked.
+    LostClaim,
+    /// Not a job: given up (terminated).
+    Rejected(String),
+    /// NATS failed before the end was durable: left for redelivery.
+    Retry(String),
+}
+
+impl Worker {
+    /// A worker on `js` (streams created if missing).
+    pub async fn new(
+        js: jetstream::Context,
+        runtime: Arc<Runtime>,
+        resolver: Arc<dyn Resolve>,
+        config: WorkerConfig,
+        limits: &StreamLimits,
+    ) -> Result<Self, String> {
+        ensure_streams(&js, limits).await?;
+        let claims = Claims::open(&js).await?;
+        Ok(Worker {
+            js,
+            runtime,
+            resolver,
+            config,
+            claims,
+        })
+    }
+
+    async fn consumer(&self) -> Result<consumer::PullConsumer, String> {
+        let stream = self
+            .js
+            .get_stream(QUEUE_STREAM)
+            .await
+            .map_err(|e| format!("no stream {QUEUE_STREAM}: {e}"))?;
+        stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    max_deliver: self.config.max_deliver,
+                    max_ack_pending: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot create or find the consumer {CONSUMER}: {e}"))
+    }
+
+    /// Take jobs until `stop` resolves, then finish the runs in hand. A
+    /// job is fetched only when a run slot is free, so a saturated pool
+    /// leaves jobs in the queue for other workers.
+    pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        let this = Arc::new(self);
+        let slots = Arc::new(tokio::sync::Semaphore::new(this.config.concurrency.max(1)));
+        let mut consumer = None;
+        let mut pause = Duration::from_millis(100);
+        tokio::pin!(stop);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut stop => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            if consumer.is_none() {
+                match this.consumer().await {
+                    Ok(c) => consumer = Some(c),
+                    Err(error) => {
+                        tracing::warn!("{error}; retrying in {pause:?}");
+                        drop(permit);
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            let Some(pull) = consumer.as_ref() else {
+                continue;
+            };
+            let fetched = pull
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await;
+            let mut batch = match fetched {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!("fetching a job failed: {error}; retrying in {pause:?}");
+                    drop(permit);
+                    consumer = None;
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            use futures_util::StreamExt as _;
+            let next = tokio::select! {
+                _ = &mut stop => break,
+                next = batch.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    pause = Duration::from_millis(100);
+                    let this = this.clone();
+                    tokio::spawn(async move {
+                        let handled = this.handle(message).await;
+                        tracing::debug!("job handled: {handled:?}");
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::debug!("no job fetched: {error}");
+                    drop(permit);
+                }
+                None => drop(permit),
+            }
+        }
+        // Let the runs in hand finish (their jobs are acked as usual).
+        let _ = slots
+            .acquire_many(this.config.concurrency.max(1) as u32)
+            .await;
+        Ok(())
+    }
+
+    /// Handle one delivered job to the end: run it (or recognise it as
+    /// done), make its end durable, and ack it.
+    pub async fn handle(&self, message: jetstream::Message) -> Handled {
+        let job: QueuedJob = match serde_json::from_slice(&message.payload) {
+            Ok(job) => job,
+            Err(error) => {
+                let reason = format!("the job is not a warden job: {error}");
+                tracing::warn!("{reason}");
+                let _ = message.ack_with(jetstream::AckKind::Term).await;
+                return Handled::Rejected(reason);
+            }
+        };
+        if let Err(reason) = check_run_id(&job.run_id) {
+            let _ = message.ack_with(jetstream::AckKind::Term).await;
+            return Handled::Rejected(reason);
+        }
+        let handled = self.handle_job(&job, &message).await;
+        match &handled {
+            Handled::Ran(_) | Handled::AlreadyDone | Handled::Recovered => {
+                // The result is stored: a lost ack only means one more
+                // delivery, which finds it.
+                if let Err(error) = message.double_ack().await {
+                    tracing::warn!("ack of {} failed: {error}", job.run_id);
+                }
+            }
+            Handled::HeldElsewhere => {
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(self.config.ack_wait / 2)))
+                    .await;
+            }
+            Handled::Retry(_) => {
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+            Handled::LostClaim | Handled::Rejected(_) => {}
+        }
+        handled
+    }
+
+    async fn handle_job(&self, job: &QueuedJob, message: &jetstream::Message) -> Handled {
+        let run_id = job.run_id.as_str();
+        match stored_result(&self.js, run_id).await {
+            Ok(Some(_)) => return Handled::AlreadyDone,
+            Ok(None) => {}
+            Err(error) => return Handled::Retry(error),
+        }
+        let previous = match last_audit_record(&self.js, run_id).await {
+            Ok(previous) => previous,
+            Err(error) => return Handled::Retry(error),
+        };
+        if let Some(last) = &previous
+            && last.record.kind == Kind::Run
+            && last.record.event == Event::Outcome
+            && last.record.rule != ABANDONED_RULE
+        {
+            // The run ended and its end record is durable; its worker
+            // died before the result. Rebuild it: never run again.
+            let result = result_from_end(job, &last.record, &last.line);
+            return match publish_result(&self.js, &result, self.config.publish_deadline).await {
+                Ok(()) => Handled::Recovered,
+                Err(error) => Handled::Retry(error),
+            };
+        }
+        let started_us = now_us();
+        let claim = match self
+            .claims
+            .take(run_id, &self.config.name, self.config.ack_wait)
+            .await
+        {
+            Ok(Taken::Mine(claim)) => claim,
+            Ok(Taken::Alive) => return Handled::HeldElsewhere,
+            Err(error) => return Handled::Retry(error),
+        };
+        self.run_claimed(job, message, claim, previous, started_us)
+            .await
+    }
+
+    async fn run_claimed(
+        &self,
+        job: &QueuedJob,
+        message: &jetstream::Message,
+        mut claim: Claim,
+        previous: Option<LastRecord>,
+        started_us: u64,
+    ) -> Handled {
+        let run_id = job.run_id.as_str();
+        let attempt = claim.attempt;
+        let (head, seq, subject_seq) = match &previous {
+            Some(last) => (line_hash(&last.line), last.record.seq, last.stream_seq),
+            None => (GENESIS.to_string(), 0, 0),
+        };
+        let (audit_sink, pump) = sink::NatsSink::start(
+            self.js.clone(),
+            audit_subject(run_id),
+            subject_seq,
+            sink::SinkLimits {
+                max_in_flight: self.config.max_audit_in_flight,
+                publish_deadline: self.config.publish_deadline,
+            },
+        );
+        let mut audit = AuditLog::new(run_id)
+            .with_head(&head)
+            .with_seq(seq)
+            .with_sink(audit_sink);
+        if let Some(dir) = &self.config.audit_dir {
+            match self.local_copy(dir, run_id, previous.is_some()).await {
+                Ok(file) => audit = audit.with_sink(file),
+                Err(error) => {
+                    return Handled::Retry(format!(
+                        "the local audit copy in {} cannot be written: {error}",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        if let Some(last) = &previous {
+            // Mark what the dead attempt left: its records stay, and this
+            // record, chained after its last, says they are abandoned.
+            let marked = audit.write(Entry {
+                kind: Kind::Run,
+                event: Event::Outcome,
+                subject: "attempt".into(),
+                decision: Verdict::Allow,
+                rule: ABANDONED_RULE.into(),
+                detail: format!(
+                    "attempt {} ended without an end record after record {}; attempt {attempt} starts",
+                    attempt.saturating_sub(1),
+                    last.record.seq
+                ),
+                outcome: Some(Outcome::Failed),
+                data: Some(serde_json::json!({
+                    "abandoned": {
+                        "attempt": attempt.saturating_sub(1),
+                        "last_seq": last.record.seq,
+                        "worker": claim.previous_worker.clone(),
+                    },
+                    "attempt": attempt,
+                    "worker": self.config.name,
+                })),
+            });
+            if let Err(error) = marked {
+                return Handled::Retry(error.to_string());
+            }
+        }
+        let approver: Arc<dyn Approver> = Arc::new(approve::NatsApprover::new(
+            self.js.client(),
+            run_id,
+            self.config.approval_timeout,
+        ));
+        let outcome = match self.resolver.resolve(job, approver) {
+            Ok(spec) => {
+                let running = self.run_beating(spec, audit, message, &mut claim);
+                match running.await {
+                    Beat::Done(result) => Ok(*result),
+                    Beat::Lost => return Handled::LostClaim,
+                }
+            }
+            Err(reason) => Err((reason, audit)),
+        };
+        let (answer, error) = match outcome {
+            Ok(Ok(report)) => match report.result {
+                Ok(answer) => (Some(answer), None),
+                Err(failure) => (None, Some(failure.to_string())),
+            },
+            Ok(Err(error)) => (None, Some(error.to_string())),
+            Err((reason, audit)) => {
+                // The request could not become a run: record why, so the
+                // run's stream says it ended.
+                let ended = audit.write(Entry {
+                    kind: Kind::Run,
+                    event: Event::Outcome,
+                    subject: "job".into(),
+                    decision: Verdict::Deny,
+                    rule: "worker.resolve".into(),
+                    detail: reason.clone(),
+                    outcome: Some(Outcome::Invalid),
+                    data: Some(serde_json::json!({ "error": reason })),
+                });
+                drop(audit);
+                if let Err(error) = ended {
+                    return Handled::Retry(error.to_string());
+                }
+                (None, Some(reason))
+            }
+        };
+        // Every record acked by JetStream (the log and its sink were
+        // dropped with the run, closing the pump's channel).
+        let pumped = match pump.await {
+            Ok(Ok(pumped)) => pumped,
+            Ok(Err(error)) => return Handled::Retry(error),
+            Err(error) => return Handled::Retry(error.to_string()),
+        };
+        // Only the claim's holder publishes: a worker thought dead that
+        // comes back finds its claim taken and stops here.
+        if let Err(error) = self.claims.beat(&mut claim).await {
+            return if error == claim::LOST {
+                Handled::LostClaim
+            } else {
+                Handled::Retry(error)
+            };
+        }
+        let result = RunResult {
+            run_id: run_id.to_string(),
+            answer,
+            error,
+            attempt,
+            worker: self.config.name.clone(),
+            audit_head: pumped.head,
+            audit_records: pumped.last_seq,
+            enqueued_us: job.enqueued_us,
+            started_us,
+            ended_us: now_us(),
+            recovered: false,
+        };
+        match publish_result(&self.js, &result, self.config.publish_deadline).await {
+            Ok(()) => Handled::Ran(attempt),
+            Err(error) => Handled::Retry(error),
+        }
+    }
+
+    /// Run `spec`, sending a heartbeat (in-progress ack, claim update)
+    /// every third of the ack wait. Losing the claim stops the run.
+    async fn run_beating(
+        &self,
+        spec: RunSpec,
+        audit: AuditLog,
+        message: &jetstream::Message,
+        claim: &mut Claim,
+    ) -> Beat {
+        let running = run(&self.runtime, spec, audit);
+        tokio::pin!(running);
+        let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut running => return Beat::Done(Box::new(done)),
+                _ = beat.tick() => {
+                    let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                    match self.claims.beat(claim).await {
+                        Err(error) if error == claim::LOST => return Beat::Lost,
+                        Err(error) => tracing::warn!("heartbeat of {}: {error}", claim.run_id),
+                        Ok(()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// `DIR/<run>.jsonl`, holding the run's earlier attempts' records
+    /// first when there were any, so the local copy verifies on its own.
+    async fn local_copy(
+        &self,
+        dir: &std::path::Path,
+        run_id: &str,
+        resumed: bool,
+    ) -> Result<JsonlFile, String> {
+        let path = dir.join(format!("{run_id}.jsonl"));
+        let mut text = Vec::new();
+        if resumed {
+            for line in read_audit(&self.js, run_id, 1_000_000).await? {
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::write(&path, &text).map_err(|e| e.to_string())?;
+        JsonlFile::open(&path).map_err(|e| e.to_string())
+    }
+}
+
+enum Beat {
+    Done(Box<Result<crate::run::RunReport, crate::run::RunError>>),
+    Lost,
+}
+
+/// The last record of a run in the stream.
+struct LastRecord {
+    record: Record,
+    line: Bytes,
+    stream_seq: u64,
+}
+
+async fn last_audit_record(
+    js: &jetstream::Context,
+    run_id: &str,
+) -> Result<Option<LastRecord>, String> {
+    let stream = js
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    match stream
+        .get_last_raw_message_by_subject(&audit_subject(run_id))
+        .await
+    {
+        Ok(message) => {
+            let record: Record = serde_json::from_slice(&message.payload).map_err(|e| {
+                format!(
+                    "the last audit record of {run_id} (stream sequence {}) is not a record: {e}",
+                    message.sequence
+                )
+            })?;
+            Ok(Some(LastRecord {
+                record,
+                line: message.payload,
+                stream_seq: message.sequence,
+            }))
+        }
+        Err(error) if is_not_found(&error.to_string()) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn result_from_end(job: &QueuedJob, end: &Record, line: &[u8]) -> RunResult {
+    let field = |name: &str| {
+        end.data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let answer = if end.outcome == Some(Outcome::Ok) {
+        field("answer")
+    } else {
+        None
+    };
+    let error = match &answer {
+        Some(_) => None,
+        None => Some(field("error").unwrap_or_else(|| end.detail.clone())),
+    };
+    RunResult {
+        run_id: job.run_id.clone(),
+        answer,
+        error,
+        attempt: 0,
+        worker: String::new(),
+        audit_head: line_hash(line),
+        audit_records: end.seq,
+        enqueued_us: job.enqueued_us,
+        started_us: 0,
+        ended_us: now_us(),
+        recovered: true,
+    }
+}
+
+/// Publish `result` on its subject unless one is there: the subject must
+/// be empty (expected last sequence 0), so a run has one result however
+/// many workers race to give it, and a retry whose first publish was
+/// stored finds it there.
+async fn publish_result(
+    js: &jetstream::Context,
+    result: &RunResult,
+    deadline: Duration,
+) -> Result<(), String> {
+    let payload: Bytes = serde_json::to_vec(result)
+        .map_err(|e| e.to_string())?
+        .into();
+    let published = sink::publish_retrying(
+        js,
+        &result_subject(&result.run_id),
+        None,
+        payload,
+        Some(0),
+        deadline,
+    )
+    .await;
+    match published {
+        Ok(_) => Ok(()),
+        Err(error) => match stored_result(js, &result.run_id).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(error),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_subject_tokens() {
+        assert!(check_run_id("r-0123456789abcdef").is_ok());
+        for bad in ["", "a.b", "a*", "a>", "a b", "../x", &"x".repeat(65)] {
+            assert!(check_run_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_result_is_rebuilt_from_an_end_record() {
+        let job = QueuedJob {
+            run_id: "r-1".into(),
+            enqueued_us: 5,
+            request: RunRequest {
+                agent: "builtin:react".into(),
+                policy: "p".into(),
+                task: "t".into(),
+                model: None,
+                run_id: None,
+                approve: Vec::new(),
+                approve_from: Vec::new(),
+            },
+        };
+        let end = Record {
+            seq: 9,
+            prev: GENESIS.into(),
+            ts: String::new(),
+            run: "r-1".into(),
+            kind: Kind::Run,
+            event: Event::Outcome,
+            subject: "react".into(),
+            decision: Verdict::Allow,
+            rule: "policy".into(),
+            detail: "42".into(),
+            outcome: Some(Outcome::Ok),
+            data: Some(serde_json::json!({ "answer": "42" })),
+        };
+        let result = result_from_end(&job, &end, b"line");
+        assert_eq!(result.answer.as_deref(), Some("42"));
+        assert_eq!(result.audit_records, 9);
+        assert!(result.recovered);
+    }
+}

@@ -1,0 +1,727 @@
+//! `warden worker` against a real `nats-server -js` started per test on
+//! loopback with a temp store dir, workers as real processes: jobs spread
+//! across workers, a worker killed mid-run, a NATS restart, a full queue,
+//! and redelivered jobs that must not run again.
+
+use crate::mock_model::{MockModel, Reply, openai_text};
+use async_nats::jetstream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use warden::job::RunRequest;
+use warden::worker::{
+    self, ABANDONED_RULE, QueuedJob, RunResult, StreamLimits, SubmitError, read_audit, wait_result,
+};
+
+/// A `nats-server -js` on a free loopback port, with its own store dir;
+/// killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = NatsServer {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (`make setup` installs Debian's nats-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop (SIGTERM, as an orchestrator does) and start again on the same
+    /// port and store.
+    pub fn restart(&mut self, down_for: Duration) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(self.url())
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // (async-nats's `query_account` does not parse nats-server 2.9's
+        // answer: ask the API directly.)
+        let ready = |js: &jetstream::Context| {
+            let client = js.client();
+            async move {
+                match client.request("$JS.API.INFO", "".into()).await {
+                    Ok(reply) => {
+                        let text = String::from_utf8_lossy(&reply.payload).to_string();
+                        text.contains("account_info_response") && !text.contains("\"error\"")
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        while !ready(&js).await {
+            assert!(Instant::now() < deadline, "JetStream did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        js
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `warden worker` process; SIGKILLed on drop.
+pub struct WorkerProcess {
+    child: Child,
+    pub name: String,
+}
+
+impl WorkerProcess {
+    pub fn start(nats: &str, policies: &Path, name: &str, extra: &[&str]) -> WorkerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["worker", "--nats", nats, "--policies"])
+            .arg(policies)
+            .args(["--name", name, "--allow-model", "scripted:*"])
+            .args([
+                "--allow-model",
+                "openai-compatible:http://127.0.0.1:*",
+                "--cache-dir",
+            ])
+            .arg(crate::harness::cache_dir())
+            .args(extra)
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Ready once it says so (its streams and consumer exist).
+        let stderr = child.stderr.take().unwrap();
+        let (ready, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains("taking runs") {
+                    let _ = ready.send(());
+                    sent = true;
+                }
+                if std::env::var_os("WARDEN_TEST_WORKER_LOG").is_some() {
+                    eprintln!("[worker] {line}");
+                }
+            }
+        });
+        wait.recv_timeout(Duration::from_secs(60))
+            .expect("the worker started");
+        WorkerProcess {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A policy directory: `scripted.toml` (the scripted model, answering
+/// "forty-two") and `remote.toml` (model `m` on a loopback server).
+pub fn policies() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("scripted.toml"),
+        "[model]\nallow = [\"scripted\"]\nmax_calls = 4\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("answer.script.toml"),
+        "[[turn]]\ntext = \"forty-two\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("remote.toml"),
+        "[model]\nallow = [\"m\"]\nmax_calls = 4\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn request(policy: &str, task: &str, model: String) -> RunRequest {
+    RunRequest {
+        agent: "builtin:react".into(),
+        policy: policy.into(),
+        task: task.into(),
+        model: Some(model),
+        run_id: None,
+        approve: Vec::new(),
+        approve_from: Vec::new(),
+    }
+}
+
+pub fn scripted_job(run_id: &str) -> QueuedJob {
+    QueuedJob {
+        run_id: run_id.into(),
+        enqueued_us: worker::now_us(),
+        request: request(
+            "scripted",
+            "What is 6 * 7?",
+            "scripted:answer.script.toml".into(),
+        ),
+    }
+}
+
+fn remote_job(run_id: &str, model: &MockModel) -> QueuedJob {
+    QueuedJob {
+        run_id: run_id.into(),
+        enqueued_us: worker::now_us(),
+        request: request(
+            "remote",
+            "Answer.",
+            format!("openai-compatible:{}/v1#m", model.url),
+        ),
+    }
+}
+
+/// The run's audit from the stream, as a file, verified.
+async fn verified_audit(js: &jetstream::Context, run_id: &str) -> (Vec<serde_json::Value>, String) {
+    let lines = read_audit(js, run_id, 10_000).await.unwrap();
+    let mut text = Vec::new();
+    for line in &lines {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    let report = warden::audit::verify(&text[..]).unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert!(report.torn.is_empty());
+    let records = lines
+        .iter()
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    (records, report.head)
+}
+
+fn ends(records: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "run" && r["event"] == "outcome" && r["rule"] != ABANDONED_RULE)
+        .collect()
+}
+
+async fn queue_messages(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream(worker::QUEUE_STREAM).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+async fn results_on_subject(js: &jetstream::Context, run_id: &str) -> u64 {
+    let stream = js.get_stream(worker::EVENTS_STREAM).await.unwrap();
+    let info = stream
+        .info_with_subjects(worker::result_subject(run_id))
+        .await
+        .unwrap();
+    use futures_util::StreamExt as _;
+    let subjects: Vec<_> = info.collect().await;
+    subjects.into_iter().map(|s| s.unwrap().1 as u64).sum()
+}
+
+async fn drained(js: &jetstream::Context, within: Duration) {
+    let deadline = Instant::now() + within;
+    while queue_messages(js).await > 0 {
+        assert!(Instant::now() < deadline, "the queue did not drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_one_job_gives_its_answer_and_a_verifiable_chain() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let js = nats.jetstream().await;
+    worker::submit(&js, &scripted_job("r-one")).await.unwrap();
+    let result = wait_result(&js, "r-one", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(result.answer.as_deref(), Some("forty-two"), "{result:?}");
+    assert_eq!((result.attempt, result.worker.as_str()), (1, "w1"));
+    assert!(result.enqueued_us <= result.started_us && result.started_us <= result.ended_us);
+    let (records, head) = verified_audit(&js, "r-one").await;
+    assert_eq!(result.audit_head, head, "the result names the chain's head");
+    assert_eq!(result.audit_records, records.len() as u64);
+    assert_eq!(records[0]["kind"], "run");
+    assert_eq!(ends(&records).len(), 1);
+    assert_eq!(ends(&records)[0]["data"]["answer"], "forty-two");
+    drained(&js, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_three_workers_share_thirty_jobs_each_run_once() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let workers: Vec<_> = (1..=3)
+        .map(|i| {
+            WorkerProcess::start(
+                &nats.url(),
+                dir.path(),
+                &format!("w{i}"),
+                &["--concurrency", "2"],
+            )
+        })
+        .collect();
+    let js = nats.jetstream().await;
+    let ids: Vec<String> = (0..30).map(|i| format!("r-spread-{i}")).collect();
+    for id in &ids {
+        worker::submit(&js, &scripted_job(id)).await.unwrap();
+    }
+    let mut by_worker = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let result = wait_result(&js, id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(result.answer.as_deref(), Some("forty-two"));
+        assert_eq!(result.attempt, 1);
+        *by_worker.entry(result.worker).or_default() += 1;
+        let (records, _) = verified_audit(&js, id).await;
+        let openings = records
+            .iter()
+            .filter(|r| r["kind"] == "run" && r["event"] == "decision" && r["subject"] == "react")
+            .count();
+        assert_eq!((openings, ends(&records).len()), (1, 1), "{id} ran once");
+        assert_eq!(results_on_subject(&js, id).await, 1);
+    }
+    for w in &workers {
+        assert!(
+            by_worker.get(&w.name).copied().unwrap_or(0) > 0,
+            "{} did none: {by_worker:?}",
+            w.name
+        );
+    }
+    assert_eq!(by_worker.values().sum::<usize>(), 30);
+    drained(&js, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_worker_killed_mid_run_is_redelivered_and_completes_once() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    // The first model call never answers in time: the worker is killed
+    // while waiting on it. The second (the next attempt's) answers.
+    let model = MockModel::start(vec![
+        openai_text("too late", None).after(Duration::from_secs(600)),
+        openai_text("finished by the second worker", None),
+    ])
+    .await;
+    let mut first = WorkerProcess::start(&nats.url(), dir.path(), "doomed", &["--ack-wait", "2"]);
+    let js = nats.jetstream().await;
+    worker::submit(&js, &remote_job("r-killed", &model))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.seen().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never called the model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+    let partial = read_audit(&js, "r-killed", 10_000).await.unwrap();
+    assert!(
+        !partial.is_empty(),
+        "the killed attempt's records are in the stream"
+    );
+    let _second = WorkerProcess::start(&nats.url(), dir.path(), "heir", &["--ack-wait", "2"]);
+    let result = wait_result(&js, "r-killed", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.answer.as_deref(),
+        Some("finished by the second worker")
+    );
+    assert_eq!((result.attempt, result.worker.as_str()), (2, "heir"));
+    assert_eq!(model.seen().len(), 2, "one model call per attempt");
+    let (records, _) = verified_audit(&js, "r-killed").await;
+    // The killed attempt's records are kept as they were, first.
+    for (kept, line) in records.iter().zip(&partial) {
+        assert_eq!(
+            kept,
+            &serde_json::from_slice::<serde_json::Value>(line).unwrap()
+        );
+    }
+    let marks: Vec<_> = records
+        .iter()
+        .filter(|r| r["rule"] == ABANDONED_RULE)
+        .collect();
+    assert_eq!(marks.len(), 1, "one abandoned mark");
+    let mark = marks[0];
+    assert_eq!(
+        mark["seq"],
+        partial.len() as u64 + 1,
+        "the mark follows the last kept record"
+    );
+    assert_eq!(mark["data"]["abandoned"]["worker"], "doomed");
+    assert_eq!(mark["data"]["attempt"], 2);
+    assert_eq!(
+        ends(&records).len(),
+        1,
+        "one end record: the run completed once"
+    );
+    assert_eq!(results_on_subject(&js, "r-killed").await, 1);
+    drained(&js, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_restart_mid_stream_loses_no_job() {
+    let mut nats = NatsServer::start();
+    let dir = policies();
+    let _workers: Vec<_> = (1..=2)
+        .map(|i| {
+            WorkerProcess::start(
+                &nats.url(),
+                dir.path(),
+                &format!("w{i}"),
+                &["--ack-wait", "5"],
+            )
+        })
+        .collect();
+    let js = nats.jetstream().await;
+    let ids: Vec<String> = (0..20).map(|i| format!("r-restart-{i}")).collect();
+    for id in &ids[..10] {
+        worker::submit(&js, &scripted_job(id)).await.unwrap();
+    }
+    nats.restart(Duration::from_millis(500));
+    let js = nats.jetstream().await;
+    for id in &ids[10..] {
+        // A submit during the reconnect may fail: the submitter retries.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(error) = worker::submit(&js, &scripted_job(id)).await {
+            assert!(Instant::now() < deadline, "submit kept failing: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for id in &ids {
+        let result = wait_result(&js, id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(result.answer.as_deref(), Some("forty-two"), "{id}");
+        let (records, _) = verified_audit(&js, id).await;
+        assert_eq!(ends(&records).len(), 1, "{id} ended once");
+        assert_eq!(results_on_subject(&js, id).await, 1);
+    }
+    drained(&js, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_full_queue_refuses_submits_and_a_saturated_worker_leaves_jobs_queued() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let js = nats.jetstream().await;
+    worker::ensure_streams(
+        &js,
+        &StreamLimits {
+            queue_max_messages: 3,
+            ..StreamLimits::default()
+        },
+    )
+    .await
+    .unwrap();
+    let model = MockModel::start(
+        (0..3)
+            .map(|i| openai_text(&format!("slow {i}"), None).after(Duration::from_millis(1500)))
+            .collect::<Vec<Reply>>(),
+    )
+    .await;
+    for i in 0..3 {
+        worker::submit(&js, &remote_job(&format!("r-full-{i}"), &model))
+            .await
+            .unwrap();
+    }
+    let refused = worker::submit(&js, &remote_job("r-full-3", &model))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, SubmitError::QueueFull(_)), "{refused}");
+    assert!(
+        refused.to_string().contains("the run queue is full"),
+        "{refused}"
+    );
+    assert_eq!(
+        queue_messages(&js).await,
+        3,
+        "the refused job is not stored"
+    );
+
+    // One worker, one run at a time: the others wait in the queue.
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "busy", &["--concurrency", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while model.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the worker never started a run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        worker::queue_depth(&js).await.unwrap(),
+        2,
+        "two jobs still queued"
+    );
+    for i in 0..3 {
+        let result = wait_result(&js, &format!("r-full-{i}"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(result.answer.unwrap().starts_with("slow"));
+    }
+    drained(&js, Duration::from_secs(10)).await;
+    worker::submit(&js, &scripted_job("r-full-after"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_redelivered_completed_job_does_not_run_again() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let model = MockModel::start(vec![openai_text("done once", None)]).await;
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let js = nats.jetstream().await;
+    let job = remote_job("r-again", &model);
+    worker::submit(&js, &job).await.unwrap();
+    let first: RunResult = wait_result(&js, "r-again", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(first.answer.as_deref(), Some("done once"));
+    drained(&js, Duration::from_secs(10)).await;
+    let (before, _) = verified_audit(&js, "r-again").await;
+
+    // The same job delivered again (as after a lost ack, past the
+    // queue's duplicate window: another message id).
+    let redeliver = |id: &'static str| {
+        let js = js.clone();
+        let payload = serde_json::to_vec(&job).unwrap();
+        async move {
+            js.send_publish(
+                worker::QUEUE_SUBJECT,
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(id),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    };
+    redeliver("again-1").await;
+    drained(&js, Duration::from_secs(10)).await;
+    assert_eq!(model.seen().len(), 1, "the model was not called again");
+    assert_eq!(results_on_subject(&js, "r-again").await, 1);
+    let (after, _) = verified_audit(&js, "r-again").await;
+    assert_eq!(after.len(), before.len(), "no record was added");
+
+    // The worker died after the end record, before the result: the next
+    // delivery rebuilds the result from the end record, still without
+    // running.
+    let stream = js.get_stream(worker::EVENTS_STREAM).await.unwrap();
+    let stored = stream
+        .get_last_raw_message_by_subject(&worker::result_subject("r-again"))
+        .await
+        .unwrap();
+    assert!(stream.delete_message(stored.sequence).await.unwrap());
+    redeliver("again-2").await;
+    let rebuilt = wait_result(&js, "r-again", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(rebuilt.recovered);
+    assert_eq!(rebuilt.answer.as_deref(), Some("done once"));
+    assert_eq!(rebuilt.audit_head, first.audit_head);
+    drained(&js, Duration::from_secs(10)).await;
+    assert_eq!(model.seen().len(), 1, "still one model call");
+}
+
+/// A job that is not JSON, or names a run id that is not a subject token,
+/// is given up (terminated) with no run and no result; a request naming a
+/// policy outside the directory ends with an error result naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_bad_jobs_are_refused_without_running() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let js = nats.jetstream().await;
+    for payload in [&b"not json"[..], br#"{"run_id": "a.b.>", "request": {}}"#] {
+        js.publish(worker::QUEUE_SUBJECT, payload.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut escape = scripted_job("r-escape");
+    escape.request.policy = "../../etc/passwd".into();
+    worker::submit(&js, &escape).await.unwrap();
+    let result = wait_result(&js, "r-escape", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let error = result.error.unwrap();
+    assert!(error.contains("policy"), "{error}");
+    assert!(result.answer.is_none());
+    let (records, _) = verified_audit(&js, "r-escape").await;
+    assert_eq!(ends(&records).len(), 1);
+    drained(&js, Duration::from_secs(10)).await;
+}
+
+/// An ask travels as a NATS request on the run's approve subject: the
+/// answer decides (once → the call runs; deny → refused), and the
+/// question carries the tool, the rule and the arguments.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_asks_are_answered_on_the_approve_subject() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    std::fs::write(
+        dir.path().join("ask.toml"),
+        "[model]\nallow = [\"scripted\"]\nmax_calls = 4\n\n[tools.calc]\ncomponent = \"builtin:calc\"\ndecision = \"ask\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("calc.script.toml"),
+        "[[turn]]\ntext = \"computing\"\ncalls = [{ tool = \"calc\", arguments = { expression = \"6 * 7\" } }]\n\n[[turn]]\ntext = \"done\"\n",
+    )
+    .unwrap();
+    let _worker =
+        WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--approval-timeout", "20"]);
+    let js = nats.jetstream().await;
+    let client = js.client();
+    use futures_util::StreamExt as _;
+    for (run_id, answer, outcome) in [("r-ask-yes", "once", "ok"), ("r-ask-no", "deny", "denied")] {
+        let mut asks = client
+            .subscribe(worker::approve_subject(run_id))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let job = QueuedJob {
+            run_id: run_id.into(),
+            enqueued_us: worker::now_us(),
+            request: request("ask", "6 * 7?", "scripted:calc.script.toml".into()),
+        };
+        worker::submit(&js, &job).await.unwrap();
+        let ask = tokio::time::timeout(Duration::from_secs(60), asks.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let question: serde_json::Value = serde_json::from_slice(&ask.payload).unwrap();
+        assert_eq!(question["run_id"], run_id);
+        assert_eq!(question["subject"], "calc");
+        assert!(
+            question["rules"].to_string().contains("tools.calc"),
+            "{question}"
+        );
+        let reply = ask.reply.unwrap();
+        client
+            .publish(
+                reply,
+                serde_json::json!({ "answer": answer }).to_string().into(),
+            )
+            .await
+            .unwrap();
+        let result = wait_result(&js, run_id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(result.answer.as_deref(), Some("done"), "{result:?}");
+        let (records, _) = verified_audit(&js, run_id).await;
+        let calc = records
+            .iter()
+            .find(|r| r["kind"] == "tool" && r["event"] == "outcome" && r["subject"] == "calc")
+            .unwrap();
+        assert_eq!(calc["outcome"], outcome, "{calc}");
+    }
+}
+
+/// SIGTERM (Kubernetes stopping the pod) stops a worker taking jobs but
+/// lets the run in hand finish: its result is stored, the job acked, and
+/// the worker exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_sigterm_lets_the_run_in_hand_finish() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let model = MockModel::start(vec![
+        openai_text("finished after SIGTERM", None).after(Duration::from_millis(1500)),
+    ])
+    .await;
+    let mut worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let js = nats.jetstream().await;
+    worker::submit(&js, &remote_job("r-term", &model))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.seen().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never called the model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(worker.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let result = wait_result(&js, "r-term", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(result.answer.as_deref(), Some("finished after SIGTERM"));
+    drained(&js, Duration::from_secs(5)).await;
+}
