@@ -34,6 +34,6 @@ mod real_tools;
 mod remote;
 mod replay;
 mod scaffold;
-mod sessions;
 mod serve;
+mod sessions;
 mod transcript;

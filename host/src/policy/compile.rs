@@ -4,8 +4,8 @@
 
 use super::args::{ArgRule, Check, FieldPath, LabelPath, compare_numbers, json_eq};
 use super::file::{
-    At, Instance, MountMode, RawApprovals, Place, RawArgEntry, RawGrants, RawHttp, RawLimits, RawModel, RawPlan,
-    RawPolicy, RawReproducible, RawRule, RawSecret, RawTool, Verdict,
+    At, Instance, MountMode, Place, RawApprovals, RawArgEntry, RawGrants, RawHttp, RawLimits,
+    RawModel, RawPlan, RawPolicy, RawReproducible, RawRule, RawSecret, RawTool, Verdict,
 };
 use super::plan::PlanPolicy;
 use super::provenance::SourceSpec;

@@ -18,9 +18,9 @@ use super::compile::{
     price_specificity, url_rule,
 };
 use super::file::{
-    At, Instance, MountMode, RawApprovals, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits, RawModel,
-    RawMount, RawPlan, RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool, RawUrlRule,
-    Verdict, parse_raw,
+    At, Instance, MountMode, RawApprovals, RawArgEntry, RawGrants, RawHttp, RawInject, RawLimits,
+    RawModel, RawMount, RawPlan, RawPolicy, RawPrice, RawReproducible, RawSecret, RawTool,
+    RawUrlRule, Verdict, parse_raw,
 };
 use super::units::{ByteSize, HumanDuration};
 use super::{

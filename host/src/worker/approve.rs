@@ -4,7 +4,7 @@
 //! can be asked; no answer in time is a denial. The question holds only
 //! what the gate already redacted; the answer is one of three words.
 
-use crate::gate::{Approval, Approver, Question};
+use crate::gate::{Approval, Approver, Asking, Question, Reply};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ impl NatsApprover {
     }
 
     /// The question as sent (every field from the gate: redacted).
-    pub fn payload(&self, question: &Question<'_>) -> serde_json::Value {
+    pub fn payload(&self, question: &Question) -> serde_json::Value {
         serde_json::json!({
             "run_id": self.run_id,
             "kind": question.kind.as_str(),
@@ -49,51 +49,72 @@ impl NatsApprover {
             "reason": question.reason,
             "data": question.data,
             "labels": question.labels,
+            "explained": question.explained,
             "not_vouched": question.not_vouched,
-            "timeout_ms": self.timeout.as_millis() as u64,
+            "timeout_ms": self.timeout.min(question.timeout).as_millis() as u64,
         })
     }
+}
 
-    async fn request(&self, payload: Vec<u8>) -> Option<Approval> {
-        let subject = super::approve_subject(&self.run_id);
-        let asked =
-            tokio::time::timeout(self.timeout, self.client.request(subject, payload.into())).await;
-        let reply = match asked {
-            // No answer in time: refused.
-            Err(_) => return Some(Approval::Deny),
-            Ok(Err(error)) => {
-                return match error.kind() {
-                    async_nats::client::RequestErrorKind::TimedOut => Some(Approval::Deny),
-                    // No responders, a subject or payload NATS refuses:
-                    // nobody can be asked.
-                    _ => None,
-                };
+/// Send `payload` on the run's approve subject and read the answer.
+async fn request(
+    client: async_nats::Client,
+    run_id: String,
+    timeout: Duration,
+    payload: Vec<u8>,
+) -> Reply {
+    let subject = super::approve_subject(&run_id);
+    let asked = tokio::time::timeout(timeout, client.request(subject, payload.into())).await;
+    let nobody_in_time = || Reply::Unanswered {
+        why: Some("nobody answered on the run's approve subject in time".to_string()),
+    };
+    let reply = match asked {
+        Err(_) => return nobody_in_time(),
+        Ok(Err(error)) => {
+            return match error.kind() {
+                async_nats::client::RequestErrorKind::TimedOut => nobody_in_time(),
+                // No responders, a subject or payload NATS refuses:
+                // nobody can be asked.
+                _ => Reply::Unanswered { why: None },
+            };
+        }
+        Ok(Ok(reply)) => reply,
+    };
+    let deny = |by| Reply::Answered {
+        approval: Approval::Deny,
+        by,
+    };
+    if reply.payload.len() > MAX_ANSWER {
+        return deny(None);
+    }
+    match serde_json::from_slice::<Answer>(&reply.payload) {
+        Ok(answer) => {
+            let by = answer.by.map(|by| by.chars().take(64).collect());
+            match answer.answer.as_str() {
+                "once" => Reply::Answered {
+                    approval: Approval::Once,
+                    by,
+                },
+                "run" => Reply::Answered {
+                    approval: Approval::ForRun,
+                    by,
+                },
+                _ => deny(by),
             }
-            Ok(Ok(reply)) => reply,
-        };
-        if reply.payload.len() > MAX_ANSWER {
-            return Some(Approval::Deny);
         }
-        match serde_json::from_slice::<Answer>(&reply.payload) {
-            Ok(answer) => Some(match answer.answer.as_str() {
-                "once" => Approval::Once,
-                "run" => Approval::ForRun,
-                _ => Approval::Deny,
-            }),
-            Err(_) => Some(Approval::Deny),
-        }
+        Err(_) => deny(None),
     }
 }
 
 impl Approver for NatsApprover {
-    fn ask(&self, question: &Question<'_>) -> Option<Approval> {
-        let payload = serde_json::to_vec(&self.payload(question)).ok()?;
-        // The gate calls this inside `block_in_place` on a multi-thread
-        // runtime; elsewhere there is no runtime to wait on.
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return None;
-        }
-        handle.block_on(self.request(payload))
+    fn ask(&self, question: Question) -> Asking {
+        let payload = serde_json::to_vec(&self.payload(&question)).unwrap_or_default();
+        let timeout = self.timeout.min(question.timeout);
+        Box::pin(request(
+            self.client.clone(),
+            self.run_id.clone(),
+            timeout,
+            payload,
+        ))
     }
 }
