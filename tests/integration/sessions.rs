@@ -79,6 +79,18 @@ async fn a_cpu_limit_tears_the_instance_down_and_the_next_call_starts_fresh() {
     // the first instance's spent second does not count against it.
     assert_eq!(report(&results[4])["value"], "2");
     assert_eq!(end_ledger(&ran)["instance_resets"], 1);
+    // The reset is in the audit log, on the outcome of the call that
+    // caused it, not only in the ledger's count.
+    let reset: Vec<_> = ran
+        .find("tool", "outcome")
+        .into_iter()
+        .filter(|r| {
+            serde_json::to_string(r)
+                .unwrap()
+                .contains("the session was reset")
+        })
+        .collect();
+    assert_eq!(reset.len(), 1, "{:#?}", ran.records);
 }
 
 #[tokio::test]
