@@ -22,6 +22,7 @@ mod ledger;
 mod limits;
 mod loading;
 mod mcp;
+mod mcp_elicit_http;
 mod mcp_python;
 mod mcp_startup;
 mod mock_model;

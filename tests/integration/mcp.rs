@@ -711,7 +711,7 @@ async fn a_client_that_reads_nothing_stops_the_server_instead_of_growing_it() {
 
 /// `warden mcp --http` in-process on a free loopback port: its URL, the
 /// stop switch and the server task.
-fn start_http(
+pub(crate) fn start_http(
     spec: ServeSpec,
     memory: &MemorySink,
 ) -> (

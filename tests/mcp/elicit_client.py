@@ -2,6 +2,11 @@
 Python SDK's elicitation callback.
 
 Usage: elicit_client.py WARDEN_BINARY POLICY AUDIT_LOG ANSWER...
+       elicit_client.py http://127.0.0.1:PORT/mcp ANSWER...
+
+(the second form connects to a `warden mcp --http` over streamable HTTP:
+warden's questions come as events on each call's stream, and the SDK
+POSTs the callback's answers back with the session's id).
 
 Each ANSWER (`once`, `run`, `deny`, `decline`, `cancel`) answers the next
 `elicitation/create` warden sends; one `calc` call is made per answer, one
@@ -40,8 +45,12 @@ async def main(server, answers):
 
 
 if __name__ == "__main__":
-    warden, policy, audit = sys.argv[1:4]
-    server = StdioServerParameters(
-        command=warden, args=["mcp", "--policy", policy, "--audit", audit]
-    )
-    asyncio.run(main(server, sys.argv[4:]))
+    if sys.argv[1].startswith("http"):
+        server, answers = sys.argv[1], sys.argv[2:]
+    else:
+        warden, policy, audit = sys.argv[1:4]
+        server = StdioServerParameters(
+            command=warden, args=["mcp", "--policy", policy, "--audit", audit]
+        )
+        answers = sys.argv[4:]
+    asyncio.run(main(server, answers))

@@ -1,14 +1,20 @@
 //! The streamable-HTTP transport of MCP: `warden mcp --http ADDR`.
 //!
 //! One endpoint, `/mcp`. A client POSTs one JSON-RPC message; a request is
-//! answered with `application/json`, a notification with `202 Accepted`.
-//! The one exception: a request that waits for the tools to load, carries
-//! a `_meta.progressToken` and accepts `text/event-stream` gets its
-//! progress notifications and then its answer as an event stream. `initialize` opens a protocol session
-//! whose id (`Mcp-Session-Id`) every later POST must carry; `DELETE` ends
-//! it; `GET` (a server-to-client stream) is `405`, as warden sends nothing
-//! unasked. Every MCP session shares the one warden session behind it:
-//! one policy, one set of budgets, one audit log.
+//! answered with `application/json`, a notification or a response with
+//! `202 Accepted`. Two exceptions answer with an event stream when the
+//! client accepts `text/event-stream`: a request that waits for the tools
+//! to load and carries a `_meta.progressToken` (its progress
+//! notifications, then its answer), and a `tools/call` of a session whose
+//! client declared `elicitation` (a question to the client's person, as an
+//! `elicitation/create` request, when the policy asks; then its answer).
+//! The client POSTs its answer to that question with the session's id; it
+//! reaches that session's questions only ([`super::elicit`]). `initialize`
+//! opens a protocol session whose id (`Mcp-Session-Id`) every later POST
+//! must carry; `DELETE` ends it (a question waiting is refused); `GET` (a
+//! server-to-client stream) is `405`, as warden sends nothing unasked.
+//! Every MCP session shares the one warden session behind it: one policy,
+//! one set of budgets, one audit log.
 //!
 //! Exposure: only loopback addresses are accepted (there is no
 //! authentication; a host name is resolved, and refused if any of its
@@ -20,9 +26,14 @@
 //! is `503`, recorded once and counted in the end record); a session
 //! unused for `session_idle` is ended; a request takes one of the server's
 //! slots before its body is read, and when none is free it is refused at
-//! once (`503`, JSON-RPC `-32000` "server busy") without reading it.
+//! once (`503`, JSON-RPC `-32000` "server busy") without reading it
+//! (unless its session has a question waiting: then a few such POSTs of at
+//! most 64 KiB are read, and only an answer is taken). A client that
+//! drops an event stream does not drop its calls: they run to their end
+//! (a question waiting is refused), and the server waits for them.
 
-use super::{MAX_MESSAGE, SERVER_BUSY, ServeReport, ServeSpec, Sink, begin, finish, lock};
+use super::elicit::Elicitor;
+use super::{MAX_MESSAGE, SERVER_BUSY, Scope, ServeReport, ServeSpec, Sink, begin, finish, lock};
 use crate::audit::{AuditLog, Entry, Event, Kind};
 use crate::policy::Verdict;
 use crate::registry::KeptInstances;
@@ -61,12 +72,33 @@ struct Shared {
     sessions: Mutex<Sessions>,
     /// The first audit failure: the server stops.
     failure: Mutex<Option<io::Error>>,
+    /// The calls of event streams the client dropped, run to their end
+    /// (an ask among them refused, and recorded) before the server ends.
+    /// At most one per slot: each holds its POST's.
+    orphans: Mutex<JoinSet<()>>,
+    /// Answers read while every slot is taken (see [`answer_without_slot`]).
+    answer_reads: tokio::sync::Semaphore,
+}
+
+/// The most bytes of an answer to `elicitation/create` read while every
+/// slot is taken: an answer is well under 1 KiB.
+const MAX_ANSWER: usize = 64 << 10;
+/// The most such answers read at once.
+const ANSWER_READS: usize = 4;
+
+/// One open MCP session: when it was last used, its per-run tool
+/// instances and its questions to the client's person (never another
+/// session's).
+struct Session {
+    used: Instant,
+    kept: Arc<KeptInstances>,
+    asks: Arc<Elicitor>,
 }
 
 /// The open MCP sessions, by id, with when each was last used and its
 /// per-run tool instances (never another session's).
 struct Sessions {
-    open: HashMap<String, (Instant, Arc<KeptInstances>)>,
+    open: HashMap<String, Session>,
     /// Sessions ended or expired whose instances are still to be torn
     /// down (outside the lock: that writes audit records).
     ended: Vec<Arc<KeptInstances>>,
@@ -78,7 +110,7 @@ struct Sessions {
 
 /// What became of a session's `initialize`.
 enum Opened {
-    Yes(String),
+    Yes(String, Arc<Elicitor>),
     /// Full; `true` the first time, which is recorded (the rest counted).
     Full(bool),
 }
@@ -89,45 +121,69 @@ impl Sessions {
     fn sweep(&mut self, now: Instant) {
         let idle = self.idle;
         let ended = &mut self.ended;
-        self.open.retain(|_, (used, kept)| {
-            let open = now.saturating_duration_since(*used) < idle;
+        self.open.retain(|_, session| {
+            let open = now.saturating_duration_since(session.used) < idle;
             if !open {
-                ended.push(kept.clone());
+                session.asks.close();
+                ended.push(session.kept.clone());
             }
             open
         });
     }
 
-    fn open(&mut self, now: Instant) -> Opened {
+    fn open(&mut self, now: Instant, server: &Elicitor) -> Opened {
         self.sweep(now);
         if self.open.len() >= self.max {
             self.refused += 1;
             return Opened::Full(self.refused == 1);
         }
         let id = new_session_id();
-        self.open
-            .insert(id.clone(), (now, Arc::new(KeptInstances::new())));
-        Opened::Yes(id)
+        let asks = server.for_http_session();
+        self.open.insert(
+            id.clone(),
+            Session {
+                used: now,
+                kept: Arc::new(KeptInstances::new()),
+                asks: asks.clone(),
+            },
+        );
+        Opened::Yes(id, asks)
     }
 
     /// End `id`; whether it was open.
     fn end(&mut self, id: &str, now: Instant) -> bool {
         self.sweep(now);
         match self.open.remove(id) {
-            Some((_, kept)) => {
-                self.ended.push(kept);
+            Some(session) => {
+                session.asks.close();
+                self.ended.push(session.kept);
                 true
             }
             None => false,
         }
     }
 
-    /// `id`'s per-run instances, if it is open; using it keeps it alive.
-    fn touch(&mut self, id: &str, now: Instant) -> Option<Arc<KeptInstances>> {
+    /// `id`'s per-run instances and questions, if it is open; using it
+    /// keeps it alive.
+    fn touch(&mut self, id: &str, now: Instant) -> Option<(Arc<KeptInstances>, Arc<Elicitor>)> {
         self.sweep(now);
-        let (used, kept) = self.open.get_mut(id)?;
-        *used = now;
-        Some(kept.clone())
+        let session = self.open.get_mut(id)?;
+        session.used = now;
+        Some((session.kept.clone(), session.asks.clone()))
+    }
+
+    /// `id`'s questions, if it is open and one waits for the client's
+    /// answer.
+    fn asking(&self, id: &str) -> Option<Arc<Elicitor>> {
+        let session = self.open.get(id)?;
+        session.asks.has_waiting().then(|| session.asks.clone())
+    }
+
+    /// The server stops: every question waiting is unanswered.
+    fn close_asks(&self) {
+        for session in self.open.values() {
+            session.asks.close();
+        }
     }
 }
 
@@ -168,6 +224,8 @@ pub async fn serve_http(
         read_timeout,
         sessions: Mutex::new(sessions),
         failure: Mutex::default(),
+        orphans: Mutex::default(),
+        answer_reads: tokio::sync::Semaphore::new(ANSWER_READS),
     });
     let app = Router::new()
         .route("/mcp", post(message).get(no_stream).delete(end_session))
@@ -179,7 +237,9 @@ pub async fn serve_http(
             () = failed.server.failed.notified() => {}
         }
         // Before the requests in flight are waited for: those waiting for
-        // the tools are refused now, not after a compile.
+        // the tools are refused now, not after a compile, and those waiting
+        // for a person now, not after `[approvals] timeout`.
+        lock(&failed.sessions).close_asks();
         failed.server.tools.stop().await
     })
     .await;
@@ -188,10 +248,20 @@ pub async fn serve_http(
         Ok(None) => (Ok(()), shared.server.tools.stop().await),
         Err(error) => (Err(error), shared.server.tools.stop().await),
     };
+    // The calls of streams their clients dropped end before the server.
+    let mut orphans = std::mem::take(&mut *lock(&shared.orphans));
+    while orphans.join_next().await.is_some() {}
     // Every session's per-run instances end with the server.
     {
         let mut sessions = lock(&shared.sessions);
-        let open: Vec<_> = sessions.open.drain().map(|(_, (_, kept))| kept).collect();
+        let open: Vec<_> = sessions
+            .open
+            .drain()
+            .map(|(_, session)| {
+                session.asks.close();
+                session.kept
+            })
+            .collect();
         sessions.ended.extend(open);
     }
     close_ended(&shared);
@@ -313,8 +383,16 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             "requests from web pages of other origins are refused",
         );
     }
-    // A slot before the body: a request past them is refused unread.
+    // A slot before the body: a request past them is refused unread,
+    // unless it may be the answer a call holding a slot waits for.
     let Some(slot) = shared.server.try_admit() else {
+        let asking = headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|id| lock(&shared.sessions).asking(id));
+        if let Some(asks) = asking {
+            return answer_without_slot(&shared, &asks, body).await;
+        }
         shared
             .server
             .gauge
@@ -349,21 +427,26 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             }
         };
     let parsed: Option<Value> = crate::capability::strict_json::parse_slice(&body).ok();
-    let is_initialize = parsed
+    let method = parsed
         .as_ref()
         .and_then(|m| m.get("method"))
-        .and_then(Value::as_str)
-        == Some("initialize");
+        .and_then(Value::as_str);
+    let is_initialize = method == Some("initialize");
+    let is_call = method == Some("tools/call");
     let now = Instant::now();
     let mut new_session = None;
     // A closed, empty place for requests outside a session (`initialize`,
     // unparsable ones): no per-run instance is ever shared between
-    // sessions, nor kept outside one.
+    // sessions, nor kept outside one; nor are questions.
     let mut kept = Arc::new(KeptInstances::closed());
+    let mut asks = shared.server.elicitor.for_http_session();
     if is_initialize {
-        let opened = lock(&shared.sessions).open(now);
+        let opened = lock(&shared.sessions).open(now, &shared.server.elicitor);
         match opened {
-            Opened::Yes(id) => new_session = Some(id),
+            Opened::Yes(id, session_asks) => {
+                new_session = Some(id);
+                asks = session_asks;
+            }
             Opened::Full(first) => {
                 if first && let Err(error) = sessions_full(&shared) {
                     lock(&shared.failure).get_or_insert(error);
@@ -386,37 +469,44 @@ async fn message(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bo
             Some(id) => {
                 let touched = lock(&shared.sessions).touch(id, now);
                 close_ended(&shared);
-                let Some(session) = touched else {
+                let Some((session_kept, session_asks)) = touched else {
                     return refuse(
                         StatusCode::NOT_FOUND,
                         -32600,
                         "unknown, ended or expired session: initialize again",
                     );
                 };
-                kept = session;
+                kept = session_kept;
+                asks = session_asks;
             }
         }
     }
 
     // Progress can only reach the client in an event stream, and is only
-    // sent while a request waits for the tools.
-    let streams = !is_initialize
-        && accepts_events(&headers)
-        && parsed
-            .as_ref()
-            .and_then(|m| m.get("params"))
-            .and_then(super::progress_token)
-            .is_some()
+    // sent while a request waits for the tools; a question to the client's
+    // person only in the event stream of the call that asks.
+    let progress = parsed
+        .as_ref()
+        .and_then(|m| m.get("params"))
+        .and_then(super::progress_token)
+        .is_some()
         && shared.server.tools.loaded().is_none();
+    let streams =
+        !is_initialize && accepts_events(&headers) && (progress || (is_call && asks.enabled()));
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let mut sink = Sink::new(sender, &shared.server).holding(slot);
     if !streams {
         sink = sink.without_progress();
     }
     let mut calls = JoinSet::new();
+    let scope = Scope {
+        kept,
+        asks,
+        streams,
+    };
     let mut failure = shared
         .server
-        .handle_in(&body, &sink, &mut calls, Some(kept))
+        .handle_in(&body, &sink, &mut calls, Some(scope))
         .err();
     if streams {
         drop(sink);
@@ -537,6 +627,88 @@ impl http_body::Body for EventStream {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// A stream the client stopped reading (it closed the connection): its
+/// calls are not dropped with it but run to their end, so a call waiting
+/// for the client's answer is refused (the question's future sees the
+/// stream closed) and recorded, and its slot comes back when it ends.
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if self.calls.is_empty() {
+            return;
+        }
+        // Without a runtime (the process is ending) they are dropped.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut calls = std::mem::take(&mut self.calls);
+        let mut failure = self.failure.take();
+        let shared = Arc::downgrade(&self.shared);
+        let mut orphans = lock(&self.shared.orphans);
+        // Those ended are reaped as new ones come: the set holds at most
+        // one per slot.
+        while orphans.try_join_next().is_some() {}
+        orphans.spawn(async move {
+            while let Some(joined) = calls.join_next().await {
+                if let Ok(Err(error)) = joined {
+                    failure.get_or_insert(error);
+                }
+            }
+            if let (Some(error), Some(shared)) = (failure, shared.upgrade()) {
+                lock(&shared.failure).get_or_insert(error);
+                shared.server.failed.notify_one();
+            }
+        });
+    }
+}
+
+/// A POST that came when every slot was taken, from a session with a
+/// question waiting: it may be the answer a call holding a slot waits for
+/// (with `--concurrency 1 --queue 0`, always). At most [`ANSWER_READS`]
+/// are read at once, each at most [`MAX_ANSWER`] bytes within the read
+/// timeout; only an answer is taken, anything else is refused as busy.
+async fn answer_without_slot(shared: &Shared, asks: &Elicitor, body: Body) -> Response {
+    let busy_refused = || {
+        shared
+            .server
+            .gauge
+            .0
+            .busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        busy(
+            "server busy: every slot (--concurrency + --queue) is taken; only answers to warden's questions (elicitation/create) are read until one frees; retry later",
+        )
+    };
+    let Ok(_reading) = shared.answer_reads.try_acquire() else {
+        return busy_refused();
+    };
+    let body = tokio::time::timeout(shared.read_timeout, axum::body::to_bytes(body, MAX_ANSWER));
+    let body = match body.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return busy_refused(),
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                -32600,
+                &format!(
+                    "the request body did not arrive within {:?} (--write-timeout)",
+                    shared.read_timeout
+                ),
+            );
+        }
+    };
+    match crate::capability::strict_json::parse_slice(&body) {
+        Ok(Value::Object(message))
+            if message.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+                && !message.contains_key("method")
+                && (message.contains_key("result") || message.contains_key("error")) =>
+        {
+            asks.response(message);
+            StatusCode::ACCEPTED.into_response()
+        }
+        _ => busy_refused(),
     }
 }
 

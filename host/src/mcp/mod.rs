@@ -158,6 +158,8 @@ struct Counters {
     busy: AtomicU64,
     written: AtomicU64,
     tools: std::sync::atomic::AtomicU8,
+    asks_waiting: AtomicUsize,
+    answers_ignored: AtomicU64,
 }
 
 impl Gauge {
@@ -192,6 +194,19 @@ impl Gauge {
     /// Answers written to the client.
     pub fn written(&self) -> u64 {
         self.0.written.load(Ordering::Relaxed)
+    }
+
+    /// `elicitation/create` requests waiting for the client's answer,
+    /// every session together (at most `[approvals] max_pending` per
+    /// session).
+    pub fn asks_waiting(&self) -> usize {
+        self.0.asks_waiting.load(Ordering::Relaxed)
+    }
+    /// Answers from the client that matched no question waiting (an id
+    /// never sent, another session's, already answered or given up on):
+    /// dropped, only counted.
+    pub fn answers_ignored(&self) -> u64 {
+        self.0.answers_ignored.load(Ordering::Relaxed)
     }
 
     /// How far loading the tools got.
@@ -333,7 +348,8 @@ fn begin(
     transport: &str,
 ) -> Result<Arc<Server>, RunError> {
     // Asks go to the client's person when it declares `elicitation`.
-    let elicitor = elicit::Elicitor::new(spec.policy.policy.approvals.max_pending);
+    let elicitor =
+        elicit::Elicitor::new(spec.policy.policy.approvals.max_pending, spec.gauge.clone());
     let gate = Gate::new(spec.policy.policy.clone(), audit)
         .with_approvals(Some(elicitor.approver()), &spec.approve)
         .with_approve_from(spec.approve_from.clone())
@@ -494,6 +510,19 @@ struct Server {
     line: Mutex<Option<(u64, oneshot::Receiver<()>)>>,
     places: AtomicU64,
 }
+
+/// What an HTTP request's messages are handled in: its MCP session's own
+/// per-run instances and questions to the client's person, and whether
+/// its answer is an event stream (the only way a question reaches an HTTP
+/// client).
+struct Scope {
+    kept: Arc<crate::registry::KeptInstances>,
+    asks: Arc<elicit::Elicitor>,
+    streams: bool,
+}
+
+/// Why an HTTP call that asks without an event stream is refused.
+const NO_STREAM: &str = "this tools/call was POSTed without `Accept: text/event-stream`, so warden has no stream to send its question (elicitation/create) on; accept `application/json, text/event-stream`, or pre-approve with --approve";
 
 /// A request's place in the [`Server::line`]: it goes on once `after`
 /// (the one before it) has; dropping `release` lets the next one go on.
@@ -767,6 +796,12 @@ impl Sink {
         }
     }
 
+    /// Resolves when nothing sent here can reach the client any more (the
+    /// stdio writer stopped; an HTTP response was dropped).
+    async fn closed(&self) {
+        self.sender.closed().await;
+    }
+
     /// This sink, sending no progress notifications.
     fn without_progress(mut self) -> Sink {
         self.progress = false;
@@ -844,16 +879,16 @@ impl Server {
         self.handle_in(line, out, calls, None)
     }
 
-    /// [`handle`](Self::handle) for an HTTP session: per-run tools keep
-    /// their instances in `kept`, the session's own (`None`: the
-    /// registry's, for the one session of stdio).
+    /// [`handle`](Self::handle) in an HTTP session's [`Scope`] (`None`:
+    /// the one session of stdio, the server's own).
     fn handle_in(
         self: &Arc<Self>,
         line: &[u8],
         out: &Sink,
         calls: &mut JoinSet<io::Result<()>>,
-        kept: Option<Arc<crate::registry::KeptInstances>>,
+        scope: Option<Scope>,
     ) -> io::Result<()> {
+        let asks = scope.as_ref().map_or(&self.elicitor, |s| &s.asks).clone();
         let message: Value = match crate::capability::strict_json::parse_slice(line) {
             Ok(message) => message,
             Err(error) => {
@@ -887,7 +922,7 @@ impl Server {
         let Some(method) = message.get("method").and_then(Value::as_str) else {
             // A response to a request of ours (`elicitation/create`).
             if message.contains_key("result") || message.contains_key("error") {
-                self.elicitor.response(message);
+                asks.response(message);
                 return Ok(());
             }
             out.error(
@@ -921,7 +956,7 @@ impl Server {
             return Ok(());
         }
         match method {
-            "initialize" => self.initialize(out, id, &params)?,
+            "initialize" => self.initialize(out, id, &params, &asks)?,
             "ping" => out.result(id, json!({})),
             "tools/list" => match self.tools.loaded() {
                 Some(tools) => out.result(id, json!({ "tools": tool_list(&tools) })),
@@ -952,12 +987,23 @@ impl Server {
                     .insert(id.to_string(), false);
                 let place = self.take_place();
                 let server = self.clone();
+                // Over HTTP the call's asks go to its own session, on its
+                // POST's event stream when it has one.
+                let route = scope.as_ref().map(|scope| elicit::Route {
+                    asks: asks.clone(),
+                    stream: if scope.streams {
+                        Ok(out.clone())
+                    } else {
+                        Err(NO_STREAM.to_string())
+                    },
+                });
+                let kept = scope.map(|scope| scope.kept);
                 let out = out.clone();
-                calls.spawn(async move {
+                calls.spawn(elicit::within(route, async move {
                     server
                         .call(out, id, name, arguments, token, place, kept)
                         .await
-                });
+                }));
             }
             other => out.error(
                 id,
@@ -987,7 +1033,13 @@ impl Server {
         // `notifications/initialized` and anything else: nothing to do.
     }
 
-    fn initialize(&self, out: &Sink, id: Value, params: &Value) -> io::Result<()> {
+    fn initialize(
+        &self,
+        out: &Sink,
+        id: Value,
+        params: &Value,
+        asks: &elicit::Elicitor,
+    ) -> io::Result<()> {
         let asked = params
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -1003,7 +1055,7 @@ impl Server {
             .and_then(|i| i.get("name"))
             .and_then(Value::as_str)
             .unwrap_or("?");
-        self.elicitor.initialized(version, params, client_name);
+        asks.initialized(version, params, client_name);
         self.gate.note(Entry {
             kind: Kind::Run,
             event: Event::Decision,
