@@ -36,7 +36,7 @@ timeout = "{timeout}"
 }
 
 /// A `warden serve` on loopback with two tokens (alice, mallory), the
-/// attacker agent and the policies `asks` (60 s to answer) and `quick`
+/// attacker agent and the policies `asks` (10 min to answer, longer than any test waits under load) and `quick`
 /// (5 s); killed when dropped.
 struct Serve {
     child: Child,
@@ -52,7 +52,7 @@ impl Serve {
         for sub in ["policies", "agents", "audit"] {
             std::fs::create_dir(root.join(sub)).unwrap();
         }
-        std::fs::write(root.join("policies/asks.toml"), policy("60s")).unwrap();
+        std::fs::write(root.join("policies/asks.toml"), policy("10m")).unwrap();
         std::fs::write(root.join("policies/quick.toml"), policy("5s")).unwrap();
         std::fs::write(
             root.join("policies/unused.toml"),
@@ -736,7 +736,7 @@ fn mcp_policy(timeout: &str) -> String {
 fn mcp_elicitation_with_the_official_sdk_lets_the_clients_person_decide() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, mcp_policy("60s")).unwrap();
+    std::fs::write(&policy, mcp_policy("10m")).unwrap();
     let audit = dir.path().join("audit.jsonl");
     let python = std::env::var_os("WARDEN_PYTHON")
         .map(PathBuf::from)
