@@ -425,8 +425,20 @@ impl JobConfig {
                     }
                     Spec::Http { .. } => (PathBuf::new(), spec.to_string()),
                 };
+                let key = client_key(&parsed);
+                if let (Spec::Http { api, base, .. }, KeySource::None) = (&parsed, &key)
+                    && *api == provider::Api::Anthropic
+                {
+                    return Err(JobError::forbidden(
+                        "model",
+                        format!(
+                            "anthropic at {} would be sent no API key: a request's own spec gets the provider's key only at the provider's own server; leave `model` out to use the policy's provider",
+                            shown(base.as_str())
+                        ),
+                    ));
+                }
                 let options = ProviderOptions {
-                    key: KeySource::Default,
+                    key,
                     limits,
                     base_dir,
                 };
@@ -482,12 +494,62 @@ fn own_provider(
     (choice.spec.clone(), options, choice.spec.clone())
 }
 
-/// Whether `spec` is allowed by `pattern`: equal, or `pattern` ends in `*`
-/// and `spec` starts with the rest.
+/// The key a request's own spec gets: the provider's usual one only at
+/// the provider's own server. A base URL a client named gets no key,
+/// whatever pattern allowed it.
+fn client_key(spec: &Spec) -> KeySource {
+    match spec {
+        Spec::Http { api, base, .. } if !api.is_own_base(base) => KeySource::None,
+        _ => KeySource::Default,
+    }
+}
+
+/// Whether `spec` is allowed by `pattern` (an `--allow-model`). Both are
+/// read as specs, not as text: the provider and the base URL must be the
+/// pattern's own (a pattern that names no base URL allows only the
+/// provider's own server), and only the model, or a script's file name,
+/// may be left open by a trailing `*`. So `openai:*` allows every OpenAI
+/// model at api.openai.com and never `openai:https://elsewhere/v1#m`.
 pub fn spec_matches(pattern: &str, spec: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => spec.starts_with(prefix),
-        None => pattern == spec,
+    let Ok(spec) = provider::parse_spec(spec) else {
+        return false;
+    };
+    let (fixed, open) = match pattern.strip_suffix('*') {
+        Some(fixed) => (fixed, true),
+        None => (pattern, false),
+    };
+    let allows = |have: &str, want: &str| {
+        if open {
+            have.starts_with(want)
+        } else {
+            have == want
+        }
+    };
+    match spec {
+        Spec::Scripted(file) => fixed
+            .strip_prefix("scripted:")
+            .is_some_and(|want| allows(&file, want)),
+        Spec::Replay(file) => fixed
+            .strip_prefix("replay:")
+            .is_some_and(|want| allows(&file, want)),
+        Spec::Http { api, base, model } => {
+            // The pattern's model part is after its base URL's `#`, or
+            // after the provider's `:` when it names no base URL.
+            let split = match fixed.rfind('#') {
+                Some(at) if fixed[..at].contains("://") => at + 1,
+                _ => fixed.find(':').map_or(fixed.len(), |at| at + 1),
+            };
+            let (head, want) = fixed.split_at(split);
+            // Read the pattern's provider and base with a stand-in model.
+            match provider::parse_spec(&format!("{head}m")) {
+                Ok(Spec::Http {
+                    api: their_api,
+                    base: their_base,
+                    ..
+                }) => their_api == api && their_base == base && allows(&model, want),
+                _ => false,
+            }
+        }
     }
 }
 
@@ -832,6 +894,93 @@ max_calls = 4
         }
         assert!(spec_matches("openai:gpt-4o", "openai:gpt-4o"));
         assert!(!spec_matches("openai:gpt-4o", "openai:gpt-4o-mini"));
+    }
+
+    /// The attack: `--allow-model 'openai:*'` meant every OpenAI model, and
+    /// a client named its own server as the base URL to receive the
+    /// operator's OPENAI_API_KEY.
+    #[test]
+    fn a_pattern_allows_models_not_servers_and_the_key_goes_only_to_its_provider() {
+        for (pattern, spec, allowed) in [
+            ("openai:*", "openai:gpt-4o", true),
+            (
+                "openai:*",
+                "openai:https://attacker.example/v1#gpt-4o",
+                false,
+            ),
+            (
+                "openai:*",
+                "openai:https://api.openai.com.attacker.example/v1#m",
+                false,
+            ),
+            ("openai:gpt-4o*", "openai:gpt-4o-mini", true),
+            ("openai:gpt-4o*", "openai:gpt-3.5", false),
+            ("anthropic:*", "anthropic:http://127.0.0.1:9#claude", false),
+            ("anthropic:*", "anthropic:claude-sonnet", true),
+            (
+                "openai:*",
+                "openai-compatible:http://127.0.0.1:9/v1#m",
+                false,
+            ),
+            ("openai:*", "anthropic:claude", false),
+            (
+                "openai-compatible:http://127.0.0.1:9/v1#*",
+                "openai-compatible:http://127.0.0.1:9/v1#m",
+                true,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:9/v1#*",
+                "openai-compatible:http://127.0.0.1:9/v1/../x#m",
+                false,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:9/v1#*",
+                "openai-compatible:http://127.0.0.1:9/v1#m#x",
+                false,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:9/v*",
+                "openai-compatible:http://127.0.0.1:9/v1@evil.example/#m",
+                false,
+            ),
+            (
+                "https://api.openai.com/v1#openai:gpt-4o",
+                "openai:https://api.openai.com/v1#openai:gpt-4o",
+                false,
+            ),
+            ("scripted:*", "scripted:demo.toml", true),
+            ("scripted:*", "replay:demo.jsonl", false),
+            ("*", "openai:https://attacker.example/v1#m", false),
+            ("*", "scripted:demo.toml", false),
+        ] {
+            assert_eq!(
+                spec_matches(pattern, spec),
+                allowed,
+                "--allow-model {pattern} and the request's {spec}"
+            );
+        }
+        // An operator who allows a server by name still sends it no key
+        // that was meant for api.openai.com.
+        let key = |spec: &str| client_key(&provider::parse_spec(spec).unwrap());
+        assert_eq!(
+            key("openai:https://proxy.example/v1#gpt-4o"),
+            KeySource::None
+        );
+        assert_eq!(key("anthropic:http://127.0.0.1:9#claude"), KeySource::None);
+        assert_eq!(key("openai:gpt-4o"), KeySource::Default);
+        assert_eq!(
+            key("openai:https://api.openai.com/v1#gpt-4o"),
+            KeySource::Default
+        );
+        assert_eq!(key("anthropic:claude"), KeySource::Default);
+        // Anthropic with no key is refused, not run keyless.
+        let (_dir, mut config) = setup();
+        config.models = vec!["anthropic:http://127.0.0.1:9#*".into()];
+        let mut req = request("demo");
+        req.model = Some("anthropic:http://127.0.0.1:9#claude".into());
+        let error = refused(&config, &req);
+        assert_eq!(error.field, "model", "{error}");
+        assert!(error.message.contains("no API key"), "{error}");
     }
 
     #[test]

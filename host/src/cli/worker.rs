@@ -24,9 +24,10 @@ pub(crate) struct WorkerArgs {
     /// `DIR/NAME.wasm`.
     #[arg(long, value_name = "DIR")]
     agents: Option<PathBuf>,
-    /// A model spec a job may give besides the policy's own provider; a
-    /// trailing `*` allows every spec that starts with the rest
-    /// (`openai:gpt-4o*`, `scripted:*`); repeatable. As `warden serve`'s.
+    /// A model spec a job may give besides the policy's own provider,
+    /// read as a spec: its provider and base URL are fixed (none named:
+    /// the provider's own server), a trailing `*` leaves the model open
+    /// (`openai:*`, `openai:gpt-4o*`, `scripted:*`); repeatable. As `warden serve`'s.
     #[arg(long, value_name = "SPEC")]
     allow_model: Vec<String>,
     /// Let jobs carry `approve` and `approve_from` (approved in advance).

@@ -232,6 +232,9 @@ pub enum KeySource {
     Env(String),
     /// This file (its contents, trailing newline removed).
     File(PathBuf),
+    /// No key at all: a spec a client gave, naming a server the operator
+    /// did not vouch for with a key.
+    None,
 }
 
 /// How to build a provider from a spec.
@@ -283,6 +286,23 @@ impl Api {
         }
     }
 
+    /// Where the API is reached when a spec names no base URL.
+    fn default_base(self) -> Option<&'static str> {
+        match self {
+            Api::OpenAi => Some("https://api.openai.com/v1"),
+            Api::Anthropic => Some("https://api.anthropic.com"),
+            Api::OpenAiCompatible => None,
+        }
+    }
+
+    /// Whether `base` is this API's own server (the one its usual key
+    /// variable is for).
+    pub fn is_own_base(self, base: &Url) -> bool {
+        self.default_base()
+            .and_then(|own| Url::parse(own).ok())
+            .is_some_and(|own| own == *base)
+    }
+
     /// The variable the key is read from unless another source is named.
     fn default_key_env(self) -> Option<&'static str> {
         match self {
@@ -326,13 +346,14 @@ pub fn parse_spec(spec: &str) -> Result<Spec, String> {
     };
     let (base, model) = match rest.rsplit_once('#') {
         Some((url, model)) if url.contains("://") => (url, model),
-        _ if api == Api::OpenAiCompatible => {
-            return Err(format!(
-                "`{spec}` needs a base URL and a model: `openai-compatible:http://127.0.0.1:11434/v1#llama3.1`"
-            ));
-        }
-        _ if api == Api::Anthropic => ("https://api.anthropic.com", rest),
-        _ => ("https://api.openai.com/v1", rest),
+        _ => match api.default_base() {
+            Some(own) => (own, rest),
+            None => {
+                return Err(format!(
+                    "`{spec}` needs a base URL and a model: `openai-compatible:http://127.0.0.1:11434/v1#llama3.1`"
+                ));
+            }
+        },
     };
     if model.is_empty() {
         return Err(format!("`{spec}` names no model"));
@@ -389,7 +410,11 @@ pub fn from_spec(
                 (Api::Anthropic, Some(key)) => {
                     Arc::new(AnthropicProvider::new(endpoint, base, model, key))
                 }
-                (Api::Anthropic, None) => unreachable!("anthropic always has a key source"),
+                (Api::Anthropic, None) => {
+                    return Err(ProviderSpecError::Key(format!(
+                        "anthropic at {base} would be sent no API key: a model spec from a request gets the provider's key only at the provider's own server"
+                    )));
+                }
                 (Api::OpenAi, key) => Arc::new(OpenAiProvider::new(
                     Flavor::OpenAi,
                     endpoint,
@@ -424,6 +449,7 @@ fn read_key(source: &KeySource, api: Api) -> Result<Option<ApiKey>, ProviderSpec
     match source {
         KeySource::Default => api.default_key_env().map(from_env).transpose(),
         KeySource::Env(var) => from_env(var).map(Some),
+        KeySource::None => Ok(None),
         KeySource::File(path) => {
             let text =
                 crate::load::read_text(path, crate::load::MAX_SECRET_FILE).map_err(|error| {
