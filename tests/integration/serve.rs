@@ -107,6 +107,21 @@ impl Server {
     }
 
     async fn start_with(configure: impl FnOnce(&mut JobConfig, &mut ServeLimits)) -> Server {
+        let tokens = format!(
+            "{}{}{}{}",
+            token_entry("alice", ALICE, "[\"*\"]", 1000.0, 16),
+            token_entry("bob", BOB, "[\"demo\"]", 1000.0, 16),
+            token_entry("slow", SLOW, "[\"*\"]", 1.0, 16),
+            token_entry("one", ONE, "[\"*\"]", 1000.0, 1),
+        );
+        let tokens = Tokens::parse("tokens.toml", &tokens).unwrap();
+        Self::start_with_tokens(tokens, configure).await
+    }
+
+    async fn start_with_tokens(
+        tokens: Tokens,
+        configure: impl FnOnce(&mut JobConfig, &mut ServeLimits),
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
@@ -137,14 +152,6 @@ impl Server {
         )
         .unwrap();
         std::fs::write(dir.path().join("outside.toml"), DEMO_POLICY).unwrap();
-        let tokens = format!(
-            "{}{}{}{}",
-            token_entry("alice", ALICE, "[\"*\"]", 1000.0, 16),
-            token_entry("bob", BOB, "[\"demo\"]", 1000.0, 16),
-            token_entry("slow", SLOW, "[\"*\"]", 1.0, 16),
-            token_entry("one", ONE, "[\"*\"]", 1000.0, 1),
-        );
-        let tokens = Tokens::parse("tokens.toml", &tokens).unwrap();
         let mut jobs = JobConfig::new(&policies, dir.path().join("audit"));
         jobs.models = vec!["scripted:*".into()];
         let mut limits = ServeLimits {
@@ -1115,4 +1122,67 @@ async fn serve_the_command_line_serves_with_a_hashed_token_and_refuses_open_addr
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// The attack on `--insecure-no-auth`: no token stands between the API and
+/// a web page the person has open. A cross-site "simple" POST (text/plain,
+/// no preflight) started runs; a page rebinding its own name to 127.0.0.1
+/// read them. Both are refused; a local client and the page served from
+/// loopback are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_auth_refuses_other_sites_and_rebound_names() {
+    let server = Server::start_with_tokens(Tokens::insecure(1000.0, 16), |_, _| {}).await;
+    let body = demo_request().to_string();
+    let post = |origin: Option<&str>, host: Option<&str>| {
+        let mut request = server
+            .client
+            .post(format!("{}/runs", server.url))
+            .header("content-type", "text/plain")
+            .body(body.clone());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+    let cross_site = post(Some("https://attacker.example"), None).await.unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let said = cross_site.text().await.unwrap();
+    assert!(said.contains("other origins"), "{said}");
+    let opaque = post(Some("null"), None).await.unwrap();
+    assert_eq!(opaque.status(), 403);
+    let rebound = server
+        .client
+        .get(format!("{}/runs", server.url))
+        .header("host", "attacker.example:8940")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let said = rebound.text().await.unwrap();
+    assert!(said.contains("attacker.example"), "{said}");
+    let rebound_page = server
+        .client
+        .get(format!("{}/approvals", server.url))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound_page.status(), 403);
+    // Nothing ran.
+    let (status, list) = server.get("", "/runs").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["runs"], json!([]), "{list}");
+    // A local client, and the page from this machine, are served.
+    let port = server.url.rsplit(':').next().unwrap();
+    let local = post(Some(&format!("http://127.0.0.1:{port}")), None)
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 202, "{:?}", local.text().await);
+    let by_name = post(None, Some(&format!("localhost:{port}")))
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), 202, "{:?}", by_name.text().await);
 }

@@ -359,11 +359,54 @@ async fn not_found() -> Response {
     )
 }
 
+/// Without tokens, the only thing between a web page in the person's
+/// browser and the API is that the browser says where a request comes
+/// from and is addressed to. So with `--insecure-no-auth` a request must be
+/// addressed to a loopback name (`Host`: a page that rebinds its own domain
+/// to 127.0.0.1 sends its domain) and, when a browser says where it comes
+/// from (`Origin`), come from a loopback origin (a cross-site form or
+/// `fetch`, even a "simple" one with `text/plain`, sends the site's).
+fn browser_refusal(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    let loopback =
+        |text: &str| url::Url::parse(text).is_ok_and(|url| crate::remote::is_loopback(&url));
+    match host {
+        Some(host) if loopback(&format!("http://{host}/")) => {}
+        host => {
+            return Some(format!(
+                "without authentication (--insecure-no-auth) only requests addressed to 127.0.0.1, [::1] or localhost are served, not `{}`: a web page whose name points at this machine is refused",
+                crate::capability::brief(
+                    &crate::policy::printable(host.as_deref().unwrap_or("")),
+                    80
+                )
+            ));
+        }
+    }
+    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(origin)) if loopback(origin) => None,
+        Some(origin) => Some(format!(
+            "without authentication (--insecure-no-auth) requests from web pages of other origins are refused (`Origin: {}`)",
+            crate::capability::brief(&crate::policy::printable(origin.unwrap_or("?")), 80)
+        )),
+    }
+}
+
 async fn authenticate(
     State(state): State<Arc<ServeState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    if state.tokens.is_insecure()
+        && let Some(why) = browser_refusal(&request)
+    {
+        return error(StatusCode::FORBIDDEN, "forbidden", why);
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
