@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "wdn-test-token-alice-0123456789abcdef";
 const OTHER_TOKEN: &str = "wdn-test-token-mallory-0123456789abcd";
+/// Held by automation: may start runs, may not answer their asks.
+const CI_TOKEN: &str = "wdn-test-token-ci-0123456789abcdef0123";
+/// Held by the person who answers ci's asks.
+const APPROVER_TOKEN: &str = "wdn-test-token-approver-0123456789abcd";
 
 /// `calc` asks whenever its expression did not come from `word_count`'s
 /// results, so each ask explains where the value was seen.
@@ -67,9 +71,11 @@ impl Serve {
         std::fs::write(
             root.join("tokens.toml"),
             format!(
-                "[[token]]\nname = \"alice\"\nsha256 = \"{}\"\npolicies = [\"*\"]\nrate = 200\n\n[[token]]\nname = \"mallory\"\nsha256 = \"{}\"\npolicies = [\"*\"]\nrate = 200\n",
+                "[[token]]\nname = \"alice\"\nsha256 = \"{}\"\npolicies = [\"*\"]\nrate = 200\n\n[[token]]\nname = \"mallory\"\nsha256 = \"{}\"\npolicies = [\"*\"]\nrate = 200\n\n[[token]]\nname = \"ci\"\nsha256 = \"{}\"\npolicies = [\"*\"]\nrate = 200\napproves = []\n\n[[token]]\nname = \"approver\"\nsha256 = \"{}\"\npolicies = [\"quick\"]\nrate = 200\napproves = [\"ci\"]\n",
                 hash(TOKEN),
-                hash(OTHER_TOKEN)
+                hash(OTHER_TOKEN),
+                hash(CI_TOKEN),
+                hash(APPROVER_TOKEN)
             ),
         )
         .unwrap();
@@ -142,11 +148,16 @@ impl Serve {
     /// Submit the attacker agent calling `calc` with `expression` under
     /// `policy`; the run's id.
     async fn submit(&self, policy: &str, expression: &str) -> String {
+        self.submit_as(TOKEN, policy, expression).await
+    }
+
+    /// [`Serve::submit`] with `token`.
+    async fn submit_as(&self, token: &str, policy: &str, expression: &str) -> String {
         let ops =
             json!([{ "tool": "calc", "args": json!({ "expression": expression }).to_string() }]);
         let request =
             json!({ "agent": "attacker", "policy": policy, "task": format!("calls:{ops}") });
-        let (status, view) = self.post("/runs", TOKEN, &request.to_string()).await;
+        let (status, view) = self.post("/runs", token, &request.to_string()).await;
         assert_eq!(status, 202, "{view}");
         view["id"].as_str().unwrap().to_string()
     }
@@ -607,6 +618,83 @@ async fn markup_and_script_in_an_ask_are_shown_as_text_and_never_run() {
     assert_eq!(
         browser.eval("return typeof window.pwned").await,
         json!("undefined")
+    );
+}
+
+/// The attack: automation holding a token starts a run and answers its
+/// asks itself, so no person ever decides. A token with `approves = []`
+/// cannot; the person's token that `approves = ["ci"]` sees and answers
+/// them, and is recorded as who answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_may_not_approve_cannot_answer_its_own_runs_asks() {
+    let serve = Serve::start();
+    let run = serve.submit_as(CI_TOKEN, "asks", "6 * 7").await;
+    let mut pending;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = serve.get("/approvals", APPROVER_TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        pending = body["pending"].as_array().cloned().unwrap_or_default();
+        if !pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ci's ask never reached its approver"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(pending[0]["run"], run.as_str());
+    assert_eq!(pending[0]["owner"], "ci");
+    // ci sees none of its asks, and its answer is refused as for no ask.
+    let (status, mine) = serve.get("/approvals", CI_TOKEN).await;
+    assert_eq!((status, &mine["pending"]), (200, &json!([])), "{mine}");
+    let (status, body) = serve
+        .post(
+            &format!("/approvals/{id}"),
+            CI_TOKEN,
+            r#"{"answer":"once"}"#,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    // alice approves only her own.
+    let (status, _) = serve
+        .post(&format!("/approvals/{id}"), TOKEN, r#"{"answer":"once"}"#)
+        .await;
+    assert_eq!(status, 404);
+    // The approver answers; the run goes on, the log says who.
+    let (status, body) = serve
+        .post(
+            &format!("/approvals/{id}"),
+            APPROVER_TOKEN,
+            r#"{"answer":"once"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let view = loop {
+        let (_, view) = serve.get(&format!("/runs/{run}"), CI_TOKEN).await;
+        if view.get("finished").is_some() {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "{run} did not end: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(view["status"], "succeeded", "{view}");
+    let text = serve
+        .http
+        .get(format!("{}/runs/{run}/audit", serve.base))
+        .bearer_auth(CI_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("approved by a person (approver), once"),
+        "who answered is not recorded: {text}"
     );
 }
 

@@ -175,6 +175,11 @@ impl Desk {
         asks.into_iter().map(|(_, ask)| ask).collect()
     }
 
+    /// The owner of the run that waits on ask `id`, if it waits.
+    pub fn owner_of(&self, id: &str) -> Option<String> {
+        self.lock().asks.get(id).map(|w| w.shown.owner.clone())
+    }
+
     /// The waiting asks of runs `owner` owns, oldest first.
     pub fn pending_of(&self, owner: &str) -> Vec<PendingAsk> {
         let mut asks = self.pending();

@@ -102,7 +102,9 @@ async fn list(State(desk): State<Desk>, caller: Caller) -> Response {
     let Some(axum::Extension(caller)) = caller else {
         return unauthenticated();
     };
-    axum::Json(json!({ "pending": desk.pending_of(caller.name()) })).into_response()
+    let mut pending = desk.pending();
+    pending.retain(|ask| caller.token.may_answer(&ask.owner));
+    axum::Json(json!({ "pending": pending })).into_response()
 }
 
 /// Errors as the rest of the serve API writes them.
@@ -152,8 +154,19 @@ async fn answer(
             ),
         );
     };
-    let owner = caller.name();
-    match desk.answer(&id, approval, owner, Some(owner)) {
+    // Only an ask of a run whose owner this token answers for; another's
+    // is "not pending", as one that never was.
+    let Some(owner) = desk
+        .owner_of(&id)
+        .filter(|owner| caller.token.may_answer(owner))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            AnswerError::NotPending(crate::capability::brief(&id, 64)).to_string(),
+        );
+    };
+    match desk.answer(&id, approval, caller.name(), Some(&owner)) {
         Ok(ask) => axum::Json(json!({ "answered": ask.id, "run": ask.run, "answer": text }))
             .into_response(),
         Err(e @ AnswerError::NotPending(_)) => {

@@ -35,12 +35,22 @@ pub struct Token {
     pub rate: f64,
     /// Most runs of this token live at once.
     pub max_runs: usize,
+    /// Whose runs' asks it sees on `/approvals` and may answer: token
+    /// names, `*` for every token's. By default its own name only; a token
+    /// held by automation gets `[]`, so that what it starts waits for a
+    /// person holding another token.
+    pub approves: Vec<String>,
 }
 
 impl Token {
     /// Whether this token may run policy `name`.
     pub fn may_use(&self, name: &str) -> bool {
         self.policies.iter().any(|p| p == "*" || p == name)
+    }
+
+    /// Whether this token may see and answer the asks of runs of `owner`.
+    pub fn may_answer(&self, owner: &str) -> bool {
+        self.approves.iter().any(|a| a == "*" || a == owner)
     }
 }
 
@@ -105,6 +115,8 @@ struct RawToken {
     rate: f64,
     #[serde(default = "default_max_runs")]
     max_runs: usize,
+    #[serde(default)]
+    approves: Option<Vec<String>>,
 }
 
 fn default_rate() -> f64 {
@@ -125,6 +137,7 @@ impl Tokens {
     /// policies = ["demo"]      # or ["*"]
     /// rate = 10                # requests per second (default 10)
     /// max_runs = 16            # live at once (default 16)
+    /// approves = []            # whose asks it answers (default: its own)
     /// ```
     pub fn parse(name: &str, text: &str) -> Result<Self, String> {
         let raw: RawFile = if text.trim_start().starts_with('{') {
@@ -174,13 +187,36 @@ impl Tokens {
             if t.max_runs == 0 {
                 return Err(format!("{at}: `max_runs` must be at least 1"));
             }
+            let approves = t.approves.unwrap_or_else(|| vec![t.name.clone()]);
+            if approves.len() > MAX_TOKENS {
+                return Err(format!(
+                    "{at}: `approves` names more than {MAX_TOKENS} tokens"
+                ));
+            }
             tokens.push(Arc::new(Token {
                 name: t.name,
                 sha256,
                 policies: t.policies,
                 rate: t.rate,
                 max_runs: t.max_runs,
+                approves,
             }));
+        }
+        // A name in `approves` that is no token is a typo that would leave
+        // asks with nobody to answer them.
+        for (i, t) in tokens.iter().enumerate() {
+            if let Some(unknown) = t
+                .approves
+                .iter()
+                .find(|a| *a != "*" && !tokens.iter().any(|o| o.name == **a))
+            {
+                return Err(format!(
+                    "{name}: token {} (`{}`): `approves` names `{}`, which is no token's `name`: name tokens whose runs' asks it answers, or `[\"*\"]` for all",
+                    i + 1,
+                    short(&t.name),
+                    short(unknown)
+                ));
+            }
         }
         Ok(Tokens {
             tokens,
@@ -208,6 +244,7 @@ impl Tokens {
                 policies: vec!["*".into()],
                 rate,
                 max_runs: max_runs.max(1),
+                approves: vec!["anonymous".into()],
             })),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -348,6 +385,38 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_token_answers_its_own_asks_unless_approves_says_whose() {
+        let text = format!(
+            "{}approves = []\n{}approves = [\"ci\"]\n{}",
+            file(&[("ci", "secret-ci", "[\"*\"]")]),
+            file(&[("person", "secret-p", "[\"demo\"]")]),
+            file(&[("solo", "secret-s", "[\"demo\"]")]),
+        );
+        let tokens = Tokens::parse("tokens.toml", &text).unwrap();
+        let now = Instant::now();
+        let who = |secret: &str| {
+            tokens
+                .authenticate(Some(format!("Bearer {secret}").as_bytes()), now)
+                .unwrap()
+                .token
+        };
+        assert!(!who("secret-ci").may_answer("ci"));
+        assert!(who("secret-p").may_answer("ci") && !who("secret-p").may_answer("person"));
+        assert!(who("secret-s").may_answer("solo") && !who("secret-s").may_answer("ci"));
+        let typo = format!(
+            "{}approves = [\"c1\"]\n",
+            file(&[("person", "secret-p", "[\"demo\"]")])
+        );
+        let error = Tokens::parse("tokens.toml", &typo).err().unwrap();
+        assert!(
+            error.contains(
+                "tokens.toml: token 1 (`person`): `approves` names `c1`, which is no token's `name`"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
