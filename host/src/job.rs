@@ -508,8 +508,9 @@ fn client_key(spec: &Spec) -> KeySource {
 /// read as specs, not as text: the provider and the base URL must be the
 /// pattern's own (a pattern that names no base URL allows only the
 /// provider's own server), and only the model, or a script's file name,
-/// may be left open by a trailing `*`. So `openai:*` allows every OpenAI
-/// model at api.openai.com and never `openai:https://elsewhere/v1#m`.
+/// may be left open by a trailing `*`, or the port of a base URL written
+/// `API:SCHEME://HOST:*`. So `openai:*` allows every OpenAI model at
+/// api.openai.com and never `openai:https://elsewhere/v1#m`.
 pub fn spec_matches(pattern: &str, spec: &str) -> bool {
     let Ok(spec) = provider::parse_spec(spec) else {
         return false;
@@ -533,6 +534,25 @@ pub fn spec_matches(pattern: &str, spec: &str) -> bool {
             .strip_prefix("replay:")
             .is_some_and(|want| allows(&file, want)),
         Spec::Http { api, base, model } => {
+            // `API:SCHEME://HOST:*`: any port of that host, any model (a
+            // model server on loopback whose port is not known ahead).
+            if open && fixed.ends_with(':') && fixed.contains("://") && !fixed.contains('#') {
+                let head = &fixed[..fixed.len() - 1];
+                return match provider::parse_spec(&format!("{head}/#m")) {
+                    Ok(Spec::Http {
+                        api: their_api,
+                        base: their_base,
+                        ..
+                    }) => {
+                        their_api == api
+                            && their_base.scheme() == base.scheme()
+                            && their_base.host() == base.host()
+                            && base.username().is_empty()
+                            && base.password().is_none()
+                    }
+                    _ => false,
+                };
+            }
             // The pattern's model part is after its base URL's `#`, or
             // after the provider's `:` when it names no base URL.
             let split = match fixed.rfind('#') {
@@ -947,6 +967,31 @@ max_calls = 4
                 "https://api.openai.com/v1#openai:gpt-4o",
                 "openai:https://api.openai.com/v1#openai:gpt-4o",
                 false,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:*",
+                "openai-compatible:http://127.0.0.1:4000/v1#m",
+                true,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:*",
+                "openai-compatible:http://127.0.0.1:80@evil.example/v1#m",
+                false,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:*",
+                "openai-compatible:http://127.0.0.1.evil.example:80/v1#m",
+                false,
+            ),
+            (
+                "openai-compatible:http://127.0.0.1:*",
+                "openai-compatible:https://127.0.0.1:443/v1#m",
+                false,
+            ),
+            (
+                "openai:http://127.0.0.1:*",
+                "openai:http://127.0.0.1:9/v1#m",
+                true,
             ),
             ("scripted:*", "scripted:demo.toml", true),
             ("scripted:*", "replay:demo.jsonl", false),

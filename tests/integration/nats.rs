@@ -725,3 +725,47 @@ async fn nats_sigterm_lets_the_run_in_hand_finish() {
     assert_eq!(result.answer.as_deref(), Some("finished after SIGTERM"));
     drained(&js, Duration::from_secs(5)).await;
 }
+
+/// The attack: anyone who may publish on the claims subject writes a claim
+/// whose heartbeat lies far in the future, so every worker takes the run
+/// as held elsewhere and it never runs. A heartbeat further ahead than a
+/// claim lives is taken over as stale; the run completes once.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_claim_with_a_future_heartbeat_does_not_hold_a_run_forever() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let js = nats.jetstream().await;
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--ack-wait", "2"]);
+    // The worker made its streams; forge the claim before the job exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while js.get_stream(worker::CLAIMS_STREAM).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker made no claims stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let forged = serde_json::json!({
+        "worker": "forger",
+        "attempt": 1,
+        "heartbeat_us": worker::now_us() + 10 * 365 * 24 * 3600 * 1_000_000,
+    });
+    js.publish(
+        worker::claim::claim_subject("r-forged"),
+        serde_json::to_vec(&forged).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    worker::submit(&js, &scripted_job("r-forged"))
+        .await
+        .unwrap();
+    let result = wait_result(&js, "r-forged", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(result.answer.as_deref(), Some("forty-two"), "{result:?}");
+    assert_eq!(result.worker, "w1");
+    let (records, _) = verified_audit(&js, "r-forged").await;
+    assert_eq!(ends(&records).len(), 1);
+}

@@ -127,8 +127,14 @@ impl Claims {
         let (attempt, expected, previous_worker) = match self.read(run_id).await? {
             None => (1, 0, None),
             Some((held, revision)) => {
-                let age = Duration::from_micros(now_us().saturating_sub(held.heartbeat_us));
-                if age < stale_after {
+                let now = now_us();
+                let age = Duration::from_micros(now.saturating_sub(held.heartbeat_us));
+                // A heartbeat from further ahead than a claim lives is no
+                // clock skew: it was written to hold the run forever (by
+                // anyone who may publish on the claims subject), and is
+                // taken over as a stale one.
+                let ahead = Duration::from_micros(held.heartbeat_us.saturating_sub(now));
+                if age < stale_after && ahead < stale_after {
                     return Ok(Taken::Alive);
                 }
                 (held.attempt.saturating_add(1), revision, Some(held.worker))
