@@ -44,11 +44,17 @@ use tokio::sync::oneshot;
 pub struct DeskLimits {
     /// Most asks waiting at once; past it an ask is refused as unanswered.
     pub max_pending: usize,
+    /// Most asks of one owner's runs waiting at once, so that one token's
+    /// runs cannot fill the desk and leave the others' asks refused.
+    pub max_per_owner: usize,
 }
 
 impl Default for DeskLimits {
     fn default() -> Self {
-        DeskLimits { max_pending: 1024 }
+        DeskLimits {
+            max_pending: 1024,
+            max_per_owner: 256,
+        }
     }
 }
 
@@ -256,6 +262,21 @@ impl Desk {
                 )),
             });
         }
+        let each = self.inner.limits.max_per_owner;
+        if state
+            .asks
+            .values()
+            .filter(|w| w.shown.owner == owner)
+            .count()
+            >= each
+        {
+            return Err(Reply::Unanswered {
+                why: Some(format!(
+                    "{each} asks of {}'s runs are already waiting for a person, the most one owner may have waiting; answer some first",
+                    crate::capability::brief(&crate::policy::printable(owner), 64)
+                )),
+            });
+        }
         let id = loop {
             let id = random_id();
             if !state.asks.contains_key(&id) {
@@ -410,17 +431,27 @@ mod tests {
 
     #[tokio::test]
     async fn asks_past_the_bound_are_refused_with_the_reason() {
-        let desk = Desk::new(DeskLimits { max_pending: 3 });
+        let desk = Desk::new(DeskLimits {
+            max_pending: 4,
+            max_per_owner: 2,
+        });
         let one = desk.approver("r-1", "alice");
         let two = desk.approver("r-2", "bob");
+        let three = desk.approver("r-3", "carol");
         let _a = one.ask(question("pay"));
         let _b = one.ask(question("pay"));
+        // alice's runs have their share: a third is refused, bob's is not.
+        let Reply::Unanswered { why: Some(why) } = one.ask(question("pay")).await else {
+            panic!("a third ask of alice's was taken");
+        };
+        assert!(why.contains("the most one owner may have waiting"), "{why}");
         let _c = two.ask(question("pay"));
+        let _d = three.ask(question("pay"));
         let Reply::Unanswered { why: Some(why) } = two.ask(question("pay")).await else {
-            panic!("a fourth ask was taken");
+            panic!("a fifth ask was taken");
         };
         assert!(why.contains("the most this server holds"), "{why}");
-        assert_eq!(desk.len(), 3);
+        assert_eq!(desk.len(), 4);
     }
 
     #[tokio::test]
@@ -450,7 +481,10 @@ mod tests {
             "[limits]\nmax_refusals = 5000\n\n[tools.pay]\ncomponent = \"x\"\ndecision = \"ask\"\n\n[approvals]\nmax_pending = 1000\n",
         )
         .unwrap();
-        let desk = Desk::new(DeskLimits { max_pending: 1000 });
+        let desk = Desk::new(DeskLimits {
+            max_pending: 1000,
+            max_per_owner: 1000,
+        });
         let sink = MemorySink::default();
         let gate = Arc::new(
             Gate::new(

@@ -16,7 +16,9 @@ pub(crate) struct McpArgs {
     #[arg(long, short)]
     policy: PathBuf,
     /// Approve in advance every request the rule RULE asks about;
-    /// repeatable. Nobody else is asked: stdin is the protocol.
+    /// repeatable. Other asks go to the client's person as MCP
+    /// elicitation when the client offers it (over stdio or --http), and
+    /// are refused when it does not: stdin is the protocol, not a terminal.
     #[arg(long, value_name = "RULE")]
     approve: Vec<String>,
     /// Approve an ask, once per call, when every value that triggered it

@@ -115,6 +115,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_asks: u64,
+    /// Most asks of one token's runs waiting on the desk at once, so one
+    /// token cannot fill it for the others.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_asks_per_token: u64,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +238,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     // Asks reach a person on the desk: `GET /approvals`, the page at /ui.
     let desk = Desk::new(DeskLimits {
         max_pending: usize::try_from(args.max_asks).unwrap_or(usize::MAX),
+        max_per_owner: usize::try_from(args.max_asks_per_token).unwrap_or(usize::MAX),
     });
     let asks = desk.clone();
     let state = Arc::new(

@@ -297,11 +297,32 @@ pub enum Full {
     Token(usize),
 }
 
+/// Finished runs an owner keeps: (how many, their bytes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Kept(usize, usize);
+
+impl std::ops::AddAssign<(usize, usize)> for Kept {
+    fn add_assign(&mut self, (runs, bytes): (usize, usize)) {
+        self.0 += runs;
+        self.1 += bytes;
+    }
+}
+
+impl std::ops::SubAssign<(usize, usize)> for Kept {
+    fn sub_assign(&mut self, (runs, bytes): (usize, usize)) {
+        self.0 = self.0.saturating_sub(runs);
+        self.1 = self.1.saturating_sub(bytes);
+    }
+}
+
 /// Every run the server remembers.
 pub struct RunTable {
     by_id: HashMap<String, Arc<RunEntry>>,
-    /// Finished runs, oldest first, with the bytes each keeps.
-    finished: VecDeque<(String, usize)>,
+    /// Finished runs, oldest first, with their owner and the bytes each
+    /// keeps.
+    finished: VecDeque<(String, String, usize)>,
+    /// Finished runs kept per owner: (runs, bytes).
+    kept_by_owner: HashMap<String, Kept>,
     /// The bytes finished runs keep, in all.
     finished_bytes: usize,
     max_kept_bytes: usize,
@@ -319,6 +340,7 @@ impl RunTable {
         RunTable {
             by_id: HashMap::new(),
             finished: VecDeque::new(),
+            kept_by_owner: HashMap::new(),
             finished_bytes: 0,
             max_kept_bytes,
             live_by_owner: HashMap::new(),
@@ -379,17 +401,40 @@ impl RunTable {
         self.by_id.contains_key(id)
     }
 
-    /// A run that ended: kept among the finished, the oldest forgotten
-    /// while more than `max_kept` are kept, or more than `max_kept_bytes`.
+    /// A run that ended: kept among the finished, while more than
+    /// `max_kept` are kept, or more than `max_kept_bytes`, one is
+    /// forgotten: the oldest of the owner who keeps the most bytes, so one
+    /// token's flood of runs forgets its own, not the others'.
     pub fn finished(&mut self, id: &str) {
-        let bytes = self.by_id.get(id).map_or(0, |e| e.retained_bytes());
-        self.finished.push_back((id.to_string(), bytes));
+        let Some(entry) = self.by_id.get(id) else {
+            return;
+        };
+        let (owner, bytes) = (entry.owner.clone(), entry.retained_bytes());
+        *self.kept_by_owner.entry(owner.clone()).or_default() += (1, bytes);
+        self.finished.push_back((id.to_string(), owner, bytes));
         self.finished_bytes += bytes;
         while self.finished.len() > self.max_kept || self.finished_bytes > self.max_kept_bytes {
-            let Some((oldest, bytes)) = self.finished.pop_front() else {
+            let Some(heaviest) = self
+                .kept_by_owner
+                .iter()
+                .max_by_key(|(_, kept)| (kept.1, kept.0))
+                .map(|(owner, _)| owner.clone())
+            else {
+                break;
+            };
+            let Some(at) = self.finished.iter().position(|(_, o, _)| *o == heaviest) else {
+                break;
+            };
+            let Some((oldest, owner, bytes)) = self.finished.remove(at) else {
                 break;
             };
             self.finished_bytes -= bytes;
+            if let Some(kept) = self.kept_by_owner.get_mut(&owner) {
+                *kept -= (1, bytes);
+                if kept.0 == 0 {
+                    self.kept_by_owner.remove(&owner);
+                }
+            }
             self.by_id.remove(&oldest);
         }
     }
@@ -468,6 +513,27 @@ mod tests {
         let (mine, more) = table.of("a", 1);
         assert_eq!(mine.len(), 1);
         assert!(more);
+    }
+
+    /// The attack: one token floods the server with short runs so that
+    /// every other token's finished runs (their answers) are forgotten.
+    #[test]
+    fn a_flood_of_one_owners_runs_forgets_its_own_not_the_others() {
+        let mut table = RunTable::new(10, 4, 1 << 20);
+        for id in ["b1", "c1"] {
+            table.insert(entry(id, id));
+            table.finished(id);
+        }
+        for n in 0..100 {
+            let id = format!("a{n}");
+            table.insert(entry(&id, "a"));
+            table.finished(&id);
+        }
+        assert_eq!(table.len(), 4);
+        assert!(table.get("b1", "b1").is_some(), "b's answer was forgotten");
+        assert!(table.get("c1", "c1").is_some(), "c's answer was forgotten");
+        assert!(table.get("a99", "a").is_some() && table.get("a98", "a").is_some());
+        assert!(table.get("a97", "a").is_none());
     }
 
     #[test]
