@@ -78,6 +78,7 @@ test: setup
 	$(CARGO) test --workspace
 	node --import ./guest-sdk/js/node/register.mjs --test tools/jsonpath-js/
 	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m unittest discover -s agents/codeact-py
+	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m unittest discover -s guest-sdk/python
 	@for p in policies/*.toml; do \
 		$(WARDEN) check --strict $$(case $$p in */email-assistant.toml) echo --no-load;; esac) $$p > /dev/null || exit 1; \
 		$(WARDEN) policy test $$p policies/tests/$$(basename $$p) || exit 1; \

@@ -43,7 +43,7 @@ const BENCH_GUESTS: &[(&str, &str)] = &[("injection-tool", "injection_tool")];
 /// artifact).
 const PYTHON_GUESTS: &[(&str, &str, &str, &str)] = &[
     ("tools/wordfreq-py", "app", "tool", "wordfreq_py"),
-    ("tools/python-exec", "app", "tool", "python_exec"),
+    ("tools/python-exec", "app", "tool-http", "python_exec"),
     ("agents/react-py", "app", "agent", "react_py"),
     ("agents/codeact-py", "app", "agent", "codeact_py"),
 ];

@@ -249,3 +249,200 @@ async fn python_exec_runs_code_with_no_authority_of_its_own() {
         ),
     }
 }
+
+/// The python tool's report for each call, parsed (`Err` when the call
+/// itself was refused or failed).
+fn reports(results: &[Result<String, String>]) -> Vec<serde_json::Value> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(text) => serde_json::from_str(text).unwrap(),
+            Err(e) => json!({ "call_failed": e }),
+        })
+        .collect()
+}
+
+/// With an `http` grant, model-written code in the python tool reaches the
+/// granted URLs through `wasi:http`, each request decided by the host; any
+/// other URL or method, a body past `max_response`, sockets and urllib
+/// fail; a secret bound to the server is injected and the echo of it is
+/// redacted. Without a grant, nothing leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_exec_reaches_the_network_only_through_its_http_grant() {
+    use crate::mock_model::{MockModel, Reply, ReplyBody};
+    let server = MockModel::start(vec![
+        Reply::json(200, json!({ "items": [1, 2] })),
+        Reply::json(201, json!({ "ok": true })),
+        Reply::raw(200, vec![b'x'; 10_000]),
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: ReplyBody::EchoHeaders,
+            delay: std::time::Duration::ZERO,
+        },
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-9e1c55d0a7b3\n").unwrap();
+    let url = &server.url;
+    let mut text = policy(&[("python", guests::PYTHON_EXEC)]);
+    text = text.replace("[limits]\n", "[limits]\ncpu = \"5s\"\n");
+    text.push_str(&format!(
+        "secrets = [\"TOKEN\"]\nhttp = {{ allow = [{{ url = \"{url}/api/**\", private = true }}], methods = [\"GET\", \"POST\"], max_response = \"4KiB\" }}\n\n[secrets.TOKEN]\nfrom_file = {:?}\ninject = {{ host = \"127.0.0.1\", header = \"Authorization\", format = \"Bearer {{}}\" }}\n",
+        token.display().to_string()
+    ));
+    let refused = |call: &str| {
+        format!(
+            "code = None\ntry:\n    {call}\nexcept HttpError as refused:\n    print(refused)\n    code = refused.code\ncode"
+        )
+    };
+    let run = |code: String| ("python", json!({ "code": code }));
+    let (results, ran) = run_calls(
+        &text,
+        &[
+            run(format!("r = http_request('{url}/api/items')\n(r.status, r.json())")),
+            run(format!(
+                "import json\nr = http_request('{url}/api/up', method='POST', headers={{'content-type': 'application/json'}}, body=json.dumps({{'n': 7}}))\nr.status"
+            )),
+            run(refused(&format!("http_request('{url}/api/big')"))),
+            run(format!("http_request('{url}/api/echo').text()")),
+            run(refused(&format!("http_request('{url}/admin')"))),
+            run(refused(&format!("http_request('{url}/api/items', method='DELETE')"))),
+            run(refused("http_request('https://example.com/')")),
+            run(format!("import urllib.request\nurllib.request.urlopen('{url}/api/items')")),
+        ],
+    )
+    .await;
+    let r = reports(&results);
+    assert_eq!(r[0]["value"], "(200, {'items': [1, 2]})", "{}", r[0]);
+    assert_eq!(r[1]["value"], "201", "{}", r[1]);
+    let seen = server.seen();
+    assert_eq!(seen[1].path, "/api/up");
+    assert_eq!(seen[1].body, json!({ "n": 7 }), "the POST body arrived");
+    assert_eq!(r[2]["value"], "'HTTP-response-body-size'", "{}", r[2]);
+    assert!(
+        r[2]["stdout"].as_str().unwrap().contains("max_response"),
+        "{}",
+        r[2]
+    );
+    // The server got the token; the code saw only its redaction.
+    assert_eq!(
+        seen[3].header("authorization"),
+        Some("Bearer tok-9e1c55d0a7b3")
+    );
+    let echoed = r[3]["value"].as_str().unwrap();
+    assert!(echoed.contains("[REDACTED:TOKEN]"), "{echoed}");
+    for i in [4, 5, 6] {
+        assert_eq!(r[i]["value"], "'HTTP-request-denied'", "call {i}: {}", r[i]);
+        assert!(
+            r[i]["stdout"].as_str().unwrap().contains("`http` grant"),
+            "{}",
+            r[i]
+        );
+    }
+    assert!(r[7]["error"].is_string(), "urllib found a socket: {}", r[7]);
+    assert_eq!(server.seen().len(), 4, "only the granted requests arrived");
+    // Each request is decided and recorded under the tool's own rule.
+    let decisions: Vec<(String, String)> = ran
+        .records
+        .iter()
+        .filter(|r| serde_json::to_value(r.kind).unwrap() == "http" && r.outcome.is_none())
+        .map(|r| (format!("{:?}", r.decision), r.rule.clone()))
+        .collect();
+    assert_eq!(decisions.len(), 7, "{decisions:?}");
+    assert_eq!(
+        decisions[0],
+        ("Allow".into(), "tools.python.http.allow[0]".into())
+    );
+    assert_eq!(
+        decisions[4],
+        ("Deny".into(), "tools.python.http.allow".into())
+    );
+    assert_eq!(
+        decisions[5],
+        ("Deny".into(), "tools.python.http.methods".into())
+    );
+    let all: String = ran
+        .records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    assert!(
+        !all.contains("tok-9e1c55d0a7b3"),
+        "a record holds the secret"
+    );
+
+    // No grant: the same request is refused, and nothing arrives.
+    let bare = MockModel::start(vec![Reply::json(200, json!({}))]).await;
+    let (results, _) = run_calls(
+        &policy(&[("python", guests::PYTHON_EXEC)]),
+        &[run(refused(&format!(
+            "http_request('{}/api/items')",
+            bare.url
+        )))],
+    )
+    .await;
+    assert_eq!(reports(&results)[0]["value"], "'HTTP-request-denied'");
+    assert!(bare.seen().is_empty());
+}
+
+/// With an `fs` grant the python tool reads and writes the granted
+/// directory and nothing else: a read-only grant refuses writes, `..` and
+/// absolute host paths do not leave it, and a symlink planted inside that
+/// points out is not followed out.
+#[tokio::test]
+async fn python_exec_sees_only_its_fs_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("notes.txt"), "the notes").unwrap();
+    std::fs::write(dir.path().join("outside.txt"), "outside the grant").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside.txt"), work.join("escape")).unwrap();
+    let mut text = policy(&[("python", guests::PYTHON_EXEC)]);
+    text.push_str(&format!(
+        "fs = {{ \"/work\" = {{ dir = {:?}, mode = \"rw\" }}, \"/docs\" = {{ dir = {:?}, mode = \"ro\" }} }}\n",
+        work.display().to_string(),
+        docs.display().to_string()
+    ));
+    let run = |code: &str| ("python", json!({ "code": code }));
+    let (results, _) = run_calls(
+        &text,
+        &[
+            run("open('/work/out.txt', 'w').write('written inside')\nopen('/docs/notes.txt').read()"),
+            run("open('/docs/new.txt', 'w').write('x')"),
+            run("open('/work/../outside.txt').read()"),
+            run(&format!("open({:?}).read()", dir.path().join("outside.txt").display().to_string())),
+            run("open('/work/escape').read()"),
+            run("import os\nsorted(os.listdir('/'))"),
+        ],
+    )
+    .await;
+    let r = reports(&results);
+    assert_eq!(r[0]["value"], "'the notes'", "{}", r[0]);
+    assert_eq!(
+        std::fs::read_to_string(work.join("out.txt")).unwrap(),
+        "written inside"
+    );
+    assert!(
+        r[1]["error"].is_string(),
+        "wrote under a read-only grant: {}",
+        r[1]
+    );
+    assert!(!docs.join("new.txt").exists());
+    for i in [2, 3, 4] {
+        assert!(
+            r[i]["error"].is_string(),
+            "call {i} left the grant: {}",
+            r[i]
+        );
+        assert!(!r[i].to_string().contains("outside the grant"), "{}", r[i]);
+    }
+    let root = &r[5];
+    assert!(
+        root["value"] == "['docs', 'work']" || root["error"].is_string(),
+        "{root}"
+    );
+}

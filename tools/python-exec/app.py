@@ -14,7 +14,7 @@ as in a notebook), until a limit resets the instance.
 
 Build (from the repository root)::
 
-    componentize-py -d guest-sdk/wit -w tool componentize \\
+    componentize-py -d guest-sdk/wit -w tool-http componentize \\
         -p tools/python-exec -p guest-sdk/python app -o python-exec.wasm
 """
 
@@ -23,6 +23,7 @@ import contextlib
 import io
 import traceback
 
+from warden_sdk import http
 from warden_sdk.tool import ToolWorld, tool
 
 # The longest snippet accepted, in characters.
@@ -31,12 +32,17 @@ MAX_CODE = 100_000
 # The names the snippets define: empty in every fresh instance (the module
 # runs when the component is built, and each instance starts from that
 # snapshot), kept between calls only when warden keeps the instance.
-NAMESPACE = {"__name__": "__main__"}
+# `http_request` is `warden_sdk.http.request`: the host makes the request if
+# the tool's `http` grant allows it (and raises `HttpError` if not).
+NAMESPACE = {"__name__": "__main__", "http_request": http.request, "HttpError": http.HttpError}
 
 
 @tool(
     description="Run a Python snippet (standard library only) and return its "
-    "printed output, the value of its last expression and any error.",
+    "printed output, the value of its last expression and any error. "
+    "`http_request(url, method='GET', headers=None, body=None)` returns a response "
+    "with .status, .headers, .body, .text() and .json(), for the URLs the policy grants; "
+    "sockets and urllib do not work.",
     parameters={
         "type": "object",
         "properties": {"code": {"type": "string", "maxLength": MAX_CODE}},

@@ -5,7 +5,10 @@ interpreter; the component carries no ``.py`` files, so a module imported
 for the first time inside a function at run time fails with ``ImportError``
 (componentize-py issue #23). The bindings are therefore imported here,
 eagerly, each one optional: the ``tool`` world has no ``model`` or
-``tools``, and plain CPython (unit tests) has no bindings at all.
+``tools``, only ``tool-http`` has ``wasi:http``, and plain CPython (unit
+tests) has no bindings at all. Where two imported interfaces share a name
+(``warden:sandbox/types`` and ``wasi:http/types`` in ``tool-http``),
+componentize-py prefixes each with its package; both spellings are tried.
 """
 
 import importlib
@@ -20,11 +23,16 @@ def _optional(name):
 
 _types_module = _optional("componentize_py_types")
 Err = getattr(_types_module, "Err", None)
-types = _optional("wit_world.imports.types")
+types = _optional("wit_world.imports.types") or _optional(
+    "wit_world.imports.warden_sandbox_types"
+)
 log = _optional("wit_world.imports.log")
 model = _optional("wit_world.imports.model")
 tools = _optional("wit_world.imports.tools")
 limits = _optional("wit_world.imports.limits")
+http_types = _optional("wit_world.imports.wasi_http_types")
+outgoing_handler = _optional("wit_world.imports.outgoing_handler")
+streams = _optional("wit_world.imports.streams")
 
 
 def need(module, what: str):
@@ -32,6 +40,6 @@ def need(module, what: str):
     if module is None:
         raise RuntimeError(
             f"{what} is not in this component's bindings: build it with "
-            "componentize-py for the right world (-w agent or -w tool)"
+            "componentize-py for the right world (-w agent, -w tool or -w tool-http)"
         )
     return module
