@@ -35,6 +35,11 @@ component = "builtin:text"
 
 [approvals]
 timeout = "{timeout}"
+
+# The run waits on its asks: give it as long (a loaded CI machine drives
+# the page slowly; the default wall limit of 2 min ended a run mid-test).
+[limits]
+wall = "15m"
 "#
     )
 }
@@ -168,6 +173,7 @@ impl Serve {
         loop {
             let (status, body) = self.get("/approvals", TOKEN).await;
             assert_eq!(status, 200, "{body}");
+            crate::serve::openapi_check("ApprovalList", &body);
             let asks: Vec<Value> = body["pending"]
                 .as_array()
                 .unwrap()

@@ -162,7 +162,10 @@ impl Server {
         let state = Arc::new(ServeState::new(runtime(), jobs, tokens, limits));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = warden::serve::router(state.clone());
+        // The desk's routes as `warden serve` mounts them (no approver: its
+        // list is empty; approvals_web tests asks end to end).
+        let desk = warden::approvals::Desk::new(Default::default());
+        let app = warden::serve::router_with(state.clone(), warden::approvals::web::router(desk));
         let serving = state.clone();
         tokio::spawn(async move {
             warden::serve::serve(
@@ -851,6 +854,24 @@ async fn serve_a_server_full_of_runs_answers_503_and_forgets_the_oldest_finished
     assert_eq!(server.get(ALICE, &format!("/runs/{}", ids[1])).await.0, 200);
 }
 
+/// Check `value` against the schema `schema` of docs/openapi.json.
+pub(crate) fn openapi_check(schema: &str, value: &Value) {
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::harness::repo().join("docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let root = json!({
+        "$ref": format!("#/components/schemas/{schema}"),
+        "components": spec["components"],
+    });
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?}\n{value}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_the_openapi_description_matches_the_router_and_real_responses() {
     let spec: Value = serde_json::from_str(
@@ -873,6 +894,7 @@ async fn serve_the_openapi_description_matches_the_router_and_real_responses() {
         .collect();
     let served: std::collections::BTreeSet<(String, String)> = warden::serve::routes()
         .into_iter()
+        .chain(warden::approvals::web::routes())
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(
@@ -881,21 +903,7 @@ async fn serve_the_openapi_description_matches_the_router_and_real_responses() {
     );
 
     let server = Server::start().await;
-    let validator = |schema: &str| {
-        let root = json!({
-            "$ref": format!("#/components/schemas/{schema}"),
-            "components": spec["components"],
-        });
-        jsonschema::validator_for(&root).unwrap()
-    };
-    let check = |schema: &str, value: &Value| {
-        let validator = validator(schema);
-        let errors: Vec<String> = validator
-            .iter_errors(value)
-            .map(|e| e.to_string())
-            .collect();
-        assert!(errors.is_empty(), "{schema}: {errors:?}\n{value}");
-    };
+    let check = openapi_check;
     // Every route is served (none answers the router's 404 or 405), and
     // each documented response schema holds for a real answer.
     let (status, accepted) = server.submit(ALICE, demo_request()).await;
@@ -946,6 +954,26 @@ async fn serve_the_openapi_description_matches_the_router_and_real_responses() {
     check("Error", &unauthenticated);
     let (_, invalid) = server.submit(ALICE, json!({ "policy": "../x" })).await;
     check("Error", &invalid);
+    // The desk's routes (asks themselves: approvals_web's `asks_of` checks
+    // every list it reads against `ApprovalList`).
+    let (status, pending) = server.get(ALICE, "/approvals").await;
+    assert_eq!(status, 200, "{pending}");
+    check("ApprovalList", &pending);
+    for (body, code) in [
+        (r#"{"answer": "once"}"#, 404),
+        (r#"{"answer": "maybe"}"#, 400),
+    ] {
+        let answered = server
+            .client
+            .post(format!("{}/approvals/a-nope", server.url))
+            .bearer_auth(ALICE)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), code);
+        check("Error", &answered.json().await.unwrap());
+    }
     // Each documented status of each operation has a schema or is a stream.
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {

@@ -35,12 +35,31 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// asks of its own runs, and is recorded as who answered. Without a
 /// caller (no auth layer) the routes refuse every request.
 pub fn router(desk: Desk) -> Router {
-    Router::new()
-        .route("/approvals", get(list))
-        .route("/approvals/{id}", post(answer))
-        .layer(DefaultBodyLimit::max(MAX_ANSWER_BODY))
+    let mut api = Router::new();
+    for (_, path, route) in table() {
+        api = api.route(path, route);
+    }
+    api.layer(DefaultBodyLimit::max(MAX_ANSWER_BODY))
         .with_state(desk)
         .layer(axum::middleware::map_response(secure))
+}
+
+/// The API's routes and handlers, as docs/openapi.json writes them (the
+/// OpenAPI test checks the two against each other).
+fn table() -> Vec<(
+    &'static str,
+    &'static str,
+    axum::routing::MethodRouter<Desk>,
+)> {
+    vec![
+        ("get", "/approvals", get(list)),
+        ("post", "/approvals/{id}", post(answer)),
+    ]
+}
+
+/// The approvals API's routes: (method, path), lowercase methods.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
 }
 
 /// The page: `GET /ui` (HTML), `/ui/app.js`, `/ui/app.css`. Static, holding
@@ -162,7 +181,7 @@ async fn answer(
     else {
         return error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            "not-found",
             AnswerError::NotPending(crate::capability::brief(&id, 64)).to_string(),
         );
     };
@@ -170,7 +189,7 @@ async fn answer(
         Ok(ask) => axum::Json(json!({ "answered": ask.id, "run": ask.run, "answer": text }))
             .into_response(),
         Err(e @ AnswerError::NotPending(_)) => {
-            error(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            error(StatusCode::NOT_FOUND, "not-found", e.to_string())
         }
     }
 }
