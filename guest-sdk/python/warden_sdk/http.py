@@ -37,8 +37,10 @@ __all__ = ["HttpError", "Response", "request"]
 # memory from filling up when the grant is generous.
 DEFAULT_MAX_RESPONSE = 10 << 20
 
-# A read or write of at most this many bytes at a time.
-_CHUNK = 64 << 10
+# A read of at most this many bytes at a time.
+_READ_CHUNK = 64 << 10
+# `blocking-write-and-flush` takes at most 4096 bytes per call (wasi:io).
+_WRITE_CHUNK = 4096
 
 # What the error codes a tool meets most often mean under warden.
 _MEANINGS = {
@@ -134,9 +136,14 @@ def _method(types, name: str):
     return fixed() if fixed is not None else types.Method_Other(name)
 
 
+def _is_err(value) -> bool:
+    """Whether ``value`` is a componentize-py ``Err`` (raised or returned)."""
+    return _wit.Err is not None and isinstance(value, _wit.Err)
+
+
 def _unwrap(result):
     """A componentize-py ``Ok``/``Err`` value: the ``Ok`` payload, or raise."""
-    if _wit.Err is not None and isinstance(result, _wit.Err):
+    if _is_err(result):
         raise _error(result.value)
     return result.value
 
@@ -165,7 +172,7 @@ def request(
             [(name, value.encode("latin-1")) for name, value in (headers or {}).items()]
         )
     except Exception as bad:  # noqa: BLE001 - `Err(header-error)`
-        if _wit.Err is not None and isinstance(bad, _wit.Err):
+        if _is_err(bad):
             kind = type(bad.value).__name__.removeprefix("HeaderError_")
             raise HttpError(
                 "header-error",
@@ -184,10 +191,10 @@ def request(
     try:
         future = handler.handle(outgoing, None)
     except Exception as refused:  # noqa: BLE001 - `Err(error-code)` from the host
-        if _wit.Err is not None and isinstance(refused, _wit.Err):
+        if _is_err(refused):
             raise _error(refused.value) from None
         raise
-    _send_body(types, streams, outgoing_body, body)
+    _send_body(types, outgoing_body, body)
     with future:
         future.subscribe().block()
         response = _unwrap(_unwrap(future.get()))
@@ -199,18 +206,18 @@ def request(
     return Response(status, head, data)
 
 
-def _send_body(types, streams, outgoing_body, body: Optional[bytes]) -> None:
+def _send_body(types, outgoing_body, body: Optional[bytes]) -> None:
     """Write ``body`` and finish the request; a refused request stops reading
     it, and the refusal is what ``handle``'s future reports, so a write that
     fails is left for that."""
     try:
         if body:
             with outgoing_body.write() as stream:
-                for start in range(0, len(body), _CHUNK):
-                    stream.blocking_write_and_flush(body[start : start + _CHUNK])
+                for start in range(0, len(body), _WRITE_CHUNK):
+                    stream.blocking_write_and_flush(body[start : start + _WRITE_CHUNK])
         types.OutgoingBody.finish(outgoing_body, None)
     except Exception as failed:  # noqa: BLE001 - a closed stream after a refusal
-        if _wit.Err is None or not isinstance(failed, _wit.Err):
+        if not _is_err(failed):
             raise
 
 
@@ -221,9 +228,9 @@ def _read_body(streams, response, limit: int) -> bytes:
         with incoming.stream() as stream:
             while True:
                 try:
-                    chunk = stream.blocking_read(_CHUNK)
+                    chunk = stream.blocking_read(_READ_CHUNK)
                 except Exception as ended:  # noqa: BLE001 - `Err(stream-error)`
-                    if _wit.Err is not None and isinstance(ended, _wit.Err):
+                    if _is_err(ended):
                         if isinstance(ended.value, streams.StreamError_Closed):
                             break
                         raise HttpError("HTTP-response-incomplete", "the response body broke off") from None
