@@ -341,13 +341,29 @@ impl Browser {
         }
     }
 
+    /// Click `element`; a click that does not land (the element left the
+    /// page, or another covers it) fails the test here, not 120 s later.
     async fn click(&self, element: &str) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            json!({}),
-        )
-        .await;
+        let answer = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{element}/click"),
+                json!({}),
+            )
+            .await;
+        assert!(answer.get("error").is_none(), "click failed: {answer}");
+    }
+
+    /// Whether `element` is still the one on the page (not replaced).
+    async fn attached(&self, element: &str) -> bool {
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/element/{element}/name"),
+                Value::Null,
+            )
+            .await;
+        answer.get("error").is_none()
     }
 
     async fn type_into(&self, element: &str, text: &str) {
@@ -581,8 +597,9 @@ async fn markup_and_script_in_an_ask_are_shown_as_text_and_never_run() {
     }
     let browser = Browser::start().await;
     browser.open(&serve).await;
+    let mut cards = Vec::new();
     for (_, ask) in &runs {
-        browser.card(ask["id"].as_str().unwrap()).await;
+        cards.push(browser.card(ask["id"].as_str().unwrap()).await);
     }
     // Rendered twice at least (the page refreshes every second).
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -611,8 +628,10 @@ async fn markup_and_script_in_an_ask_are_shown_as_text_and_never_run() {
         .eval("return [...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => a.name.startsWith('on'))).length")
         .await;
     assert_eq!(with_handlers, json!(0));
-    // Deny them all through the page; each run is refused.
-    for (run, ask) in &runs {
+    // Deny them all through the page; each run is refused. A refresh
+    // leaves the cards still waiting as they were: the button a person
+    // is about to press is never swapped under the pointer.
+    for (i, (run, ask)) in runs.iter().enumerate() {
         let id = ask["id"].as_str().unwrap();
         let deny = browser
             .find(&format!("article.ask[data-id=\"{id}\"] button.deny"))
@@ -620,6 +639,11 @@ async fn markup_and_script_in_an_ask_are_shown_as_text_and_never_run() {
         browser.click(&deny).await;
         let view = serve.finished(run).await;
         assert_eq!(report(&view)["error"]["kind"], "denied", "{view}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!browser.attached(&cards[i]).await, "{id} still shown");
+        for card in &cards[i + 1..] {
+            assert!(browser.attached(card).await, "a waiting card was replaced");
+        }
     }
     assert_eq!(
         browser.eval("return typeof window.pwned").await,

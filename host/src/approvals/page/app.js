@@ -7,7 +7,10 @@
 
 const TOKEN_KEY = "warden-token";
 const REFRESH_MS = 1000;
-let shownPending = null;
+// The cards on the page, by ask id: { key, card }. A card stays the same
+// element for as long as its ask waits, so a refresh never replaces a
+// button under the person's pointer (or a driver's click).
+let shownCards = new Map();
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
@@ -116,6 +119,7 @@ async function answerAsk(id, answer, card) {
     setStatus("status", "answered: " + answer, "ok");
   } catch (e) {
     setStatus("status", "not answered: " + e.message, "error");
+    for (const b of card.querySelectorAll("button")) b.disabled = false;
   }
   await refresh();
 }
@@ -129,11 +133,29 @@ async function refresh() {
     return;
   }
   const pending = Array.isArray(body && body.pending) ? body.pending : [];
-  const key = JSON.stringify(pending);
-  if (key === shownPending) return;
-  shownPending = key;
+  showPending(pending);
+}
+
+// Bring the list to `pending`: remove the cards of asks that left, add
+// cards for new ones, and leave every other card (and its buttons) alone.
+function showPending(pending) {
   const list = document.getElementById("pending");
-  list.replaceChildren(...pending.map(renderAsk));
+  const next = new Map();
+  const cards = pending.map((ask) => {
+    const key = JSON.stringify(ask);
+    const shown = shownCards.get(text(ask.id));
+    const card = shown && shown.key === key ? shown.card : renderAsk(ask);
+    next.set(text(ask.id), { key, card });
+    return card;
+  });
+  const keep = new Set(cards);
+  for (const node of [...list.children]) {
+    if (!keep.has(node)) node.remove();
+  }
+  cards.forEach((card, i) => {
+    if (list.children[i] !== card) list.insertBefore(card, list.children[i] || null);
+  });
+  shownCards = next;
   document.getElementById("pending-count").textContent = "(" + pending.length + ")";
   if (!pending.length) list.append(el("p", "muted none", ["Nothing waits for an answer."]));
 }
@@ -238,13 +260,13 @@ document.addEventListener("DOMContentLoaded", () => {
     const input = document.getElementById("token");
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
     input.value = "";
-    shownPending = null;
+    shownCards = new Map();
     showTokenState();
     refresh();
   });
   document.getElementById("token-forget").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
-    shownPending = null;
+    shownCards = new Map();
     showTokenState();
     refresh();
   });
