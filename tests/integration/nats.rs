@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use warden::job::RunRequest;
 use warden::worker::{
-    self, ABANDONED_RULE, QueuedJob, RunResult, StreamLimits, SubmitError, read_audit, wait_result,
+    self, ABANDONED_RULE, GAVE_UP_RULE, QueuedJob, RunResult, StreamLimits, SubmitError,
+    read_audit, wait_result,
 };
 
 /// A `nats-server -js` on a free loopback port, with its own store dir;
@@ -418,6 +419,71 @@ async fn nats_worker_killed_mid_run_is_redelivered_and_completes_once() {
         "one end record: the run completed once"
     );
     assert_eq!(results_on_subject(&js, "r-killed").await, 1);
+    drained(&js, Duration::from_secs(10)).await;
+}
+
+/// The attack: a job that kills every worker that runs it (here each is
+/// SIGKILLed mid-run) would take worker after worker down and, once
+/// JetStream stopped delivering it, leave its submitter waiting forever.
+/// After `--max-attempts` attempts that never ended, the next worker does
+/// not run it: it ends the run with a record saying why and a result
+/// with that error, and the queue lets the job go.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_job_that_kills_its_workers_is_given_up_with_a_result() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let model = MockModel::start(vec![
+        openai_text("never", None).after(Duration::from_secs(600)),
+        openai_text("never", None).after(Duration::from_secs(600)),
+        openai_text("must not be asked", None),
+    ])
+    .await;
+    let js = nats.jetstream().await;
+    let flags = ["--ack-wait", "2", "--max-attempts", "2"];
+    for attempt in 1..=2 {
+        let mut doomed = WorkerProcess::start(
+            &nats.url(),
+            dir.path(),
+            &format!("doomed-{attempt}"),
+            &flags,
+        );
+        if attempt == 1 {
+            worker::submit(&js, &remote_job("r-poison", &model))
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while model.seen().len() < attempt {
+            assert!(Instant::now() < deadline, "attempt {attempt} never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        doomed.kill();
+    }
+    let _last = WorkerProcess::start(&nats.url(), dir.path(), "judge", &flags);
+    let result = wait_result(&js, "r-poison", Duration::from_secs(60))
+        .await
+        .expect("a result for the job that killed its workers");
+    assert_eq!(result.answer, None);
+    let error = result.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("2 attempts") && error.contains("--max-attempts"),
+        "{error}"
+    );
+    assert_eq!((result.attempt, result.worker.as_str()), (3, "judge"));
+    assert_eq!(model.seen().len(), 2, "not run a third time");
+    let (records, head) = verified_audit(&js, "r-poison").await;
+    assert_eq!(result.audit_head, head);
+    let marks = records
+        .iter()
+        .filter(|r| r["rule"] == ABANDONED_RULE)
+        .count();
+    assert_eq!(marks, 2, "both dead attempts are marked");
+    let ended = ends(&records);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["rule"], GAVE_UP_RULE);
+    assert_eq!(ended[0]["decision"], "deny");
+    assert_eq!(records.last(), Some(ended[0]), "the give-up is the end");
+    assert_eq!(results_on_subject(&js, "r-poison").await, 1);
     drained(&js, Duration::from_secs(10)).await;
 }
 

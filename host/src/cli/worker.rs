@@ -44,6 +44,11 @@ pub(crate) struct WorkerArgs {
     /// another worker (heartbeats go every third of it).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     ack_wait: u64,
+    /// Attempts of a run that may end without an end record (their
+    /// worker died mid-run) before the next worker gives the job up with
+    /// an error result instead of running it again.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    max_attempts: u32,
     /// Seconds an ask waits for an answer on warden.runs.<id>.approve
     /// before it is denied.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
@@ -93,6 +98,7 @@ pub(crate) async fn run(args: WorkerArgs) -> ExitCode {
         name: args.name.unwrap_or_else(default_name),
         concurrency: args.concurrency as usize,
         ack_wait: Duration::from_secs(args.ack_wait),
+        max_attempts: args.max_attempts,
         audit_dir: args.audit_dir,
         approval_timeout: Duration::from_secs(args.approval_timeout),
         ..WorkerConfig::default()

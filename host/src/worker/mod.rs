@@ -41,6 +41,9 @@ pub const CLAIMS_STREAM: &str = "WARDEN_CLAIMS";
 /// The rule named by the record a later attempt writes to mark the
 /// records of an attempt that ended without an end record.
 pub const ABANDONED_RULE: &str = "worker.abandoned";
+/// The rule of the end record of a run given up after
+/// [`WorkerConfig::max_attempts`] attempts that never ended.
+pub const GAVE_UP_RULE: &str = "worker.gave-up";
 
 /// The subject of a run's audit records: one message per record, its
 /// payload the exact line whose hash the next record's `prev` carries.
@@ -161,7 +164,14 @@ pub struct WorkerConfig {
     /// How long a delivered job may go without a heartbeat before
     /// JetStream gives it to another worker.
     pub ack_wait: Duration,
-    /// Deliveries before a job that keeps killing workers is given up.
+    /// Attempts (runs started) a job may have that end without an end
+    /// record (their worker died or lost the job) before the next worker
+    /// gives it up: ends the run with [`GAVE_UP_RULE`] and a result
+    /// saying why, instead of running it again.
+    pub max_attempts: u32,
+    /// Deliveries before JetStream stops offering a job (a backstop past
+    /// `max_attempts`: deliveries also count jobs put back because their
+    /// claim was alive elsewhere or NATS failed).
     pub max_deliver: i64,
     /// A local copy of each run's audit log, `DIR/<run id>.jsonl`,
     /// fsynced before the job is acked.
@@ -180,7 +190,8 @@ impl Default for WorkerConfig {
             name: format!("worker-{}", std::process::id()),
             concurrency: 2,
             ack_wait: Duration::from_secs(30),
-            max_deliver: 5,
+            max_attempts: 3,
+            max_deliver: 100,
             audit_dir: None,
             approval_timeout: Duration::from_secs(300),
             publish_deadline: Duration::from_secs(60),
@@ -714,7 +725,19 @@ impl Worker {
             run_id,
             self.config.approval_timeout,
         ));
-        let outcome = match self.resolver.resolve(job, approver) {
+        // A job whose earlier attempts all died is not run again: it may
+        // be what kills them.
+        let gave_up = attempt > self.config.max_attempts;
+        let refused = if gave_up {
+            Err(format!(
+                "gave up: {} attempts ended without an end record (each worker died or lost \
+                 the job mid-run), the most `--max-attempts` allows; the job is not run again",
+                attempt - 1
+            ))
+        } else {
+            self.resolver.resolve(job, approver)
+        };
+        let outcome = match refused {
             Ok(spec) => {
                 let running = self.run_beating(spec, audit, message, &mut claim);
                 match running.await {
@@ -731,17 +754,22 @@ impl Worker {
             },
             Ok(Err(error)) => (None, Some(error.to_string())),
             Err((reason, audit)) => {
-                // The request could not become a run: record why, so the
-                // run's stream says it ended.
+                // The request could not become a run, or was given up:
+                // record why, so the run's stream says it ended.
+                let (rule, outcome) = if gave_up {
+                    (GAVE_UP_RULE, Outcome::Failed)
+                } else {
+                    ("worker.resolve", Outcome::Invalid)
+                };
                 let ended = audit.write(Entry {
                     kind: Kind::Run,
                     event: Event::Outcome,
                     subject: "job".into(),
                     decision: Verdict::Deny,
-                    rule: "worker.resolve".into(),
+                    rule: rule.into(),
                     detail: reason.clone(),
-                    outcome: Some(Outcome::Invalid),
-                    data: Some(serde_json::json!({ "error": reason })),
+                    outcome: Some(outcome),
+                    data: Some(serde_json::json!({ "error": reason, "attempt": attempt })),
                 });
                 drop(audit);
                 if let Err(error) = ended {
