@@ -27,6 +27,7 @@ mod mcp_python;
 mod mcp_startup;
 mod mock_model;
 mod nats;
+mod nats_front;
 mod plan;
 mod policies;
 mod policy;

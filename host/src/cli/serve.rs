@@ -109,6 +109,12 @@ pub(crate) struct ServeArgs {
     /// Compile every component afresh; do not read or write the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Be the front end of a cluster: put runs on the JetStream work
+    /// queue of this NATS server for `warden worker`s to run, follow their
+    /// records and results, and relay their asks to the approvals page
+    /// (docs/cluster.md). The workers need the same policy directory.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
     /// Most asks waiting for a person at once, all runs together (each
     /// run's own bound is its policy's `[approvals] max_pending`); past it
     /// an ask is refused as unanswered.
@@ -241,17 +247,26 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         max_per_owner: usize::try_from(args.max_asks_per_token).unwrap_or(usize::MAX),
     });
     let asks = desk.clone();
-    let state = Arc::new(
-        ServeState::new(Arc::new(runtime), jobs, tokens, limits).with_approver_for(Arc::new(
-            move |run: &warden::serve::RunInfo| asks.approver(&run.id, &run.owner),
-        )),
+    let mut state = ServeState::new(Arc::new(runtime), jobs, tokens, limits).with_approver_for(
+        Arc::new(move |run: &warden::serve::RunInfo| asks.approver(&run.id, &run.owner)),
     );
+    if let Some(url) = &args.nats {
+        match cluster(url).await {
+            Ok(cluster) => state = state.with_cluster(cluster),
+            Err(message) => return bad_input(format!("error: {message}")),
+        }
+    }
+    let state = Arc::new(state);
     // The desk's API behind the same authentication; the page (static, no
     // data) outside it, since a browser cannot send a bearer token to load it.
     let app = warden::serve::router_with(state.clone(), approvals::web::router(desk))
         .merge(approvals::web::page());
+    let runs_where = match &args.nats {
+        Some(url) => format!("runs on the workers of {url}"),
+        None => format!("{max_instances} instances"),
+    };
     eprintln!(
-        "warden serve: listening on http://{bound}  ({auth}; policies {}; audit logs {}; up to {} runs live, {max_instances} instances)",
+        "warden serve: listening on http://{bound}  ({auth}; policies {}; audit logs {}; up to {} runs live, {runs_where})",
         policies.display(),
         audit_dir.display(),
         state.limits.max_live_runs,
@@ -277,6 +292,20 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
             ExitCode::from(EXIT_NO_ANSWER)
         }
     }
+}
+
+/// The cluster at `url`, its streams made if missing (as a worker makes
+/// them), so a run can be queued before any worker started.
+async fn cluster(url: &str) -> Result<warden::serve::cluster::Cluster, String> {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to --nats {url}: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    warden::worker::ensure_streams(&js, &warden::worker::StreamLimits::default()).await?;
+    Ok(warden::serve::cluster::Cluster { js })
 }
 
 /// `--listen`: an address, or `HOST:PORT` resolved (the first address).

@@ -22,7 +22,8 @@ pub const SHOWN_CHARS: usize = 48;
 const MAX_CARRIERS: usize = 8;
 
 /// Why one `ask` asked.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Explanation {
     /// Each value that triggered it, with where it was seen.
     pub values: Vec<ValueSeen>,
@@ -33,7 +34,7 @@ pub struct Explanation {
 }
 
 /// One value an `ask` is about.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ValueSeen {
     /// Where it is in the arguments (`to`, `items.0.name`).
     pub field: String,
@@ -47,7 +48,7 @@ pub struct ValueSeen {
 }
 
 /// One label an `ask_when_labeled` rule asked about.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabelSeen {
     /// The label.
     pub label: String,

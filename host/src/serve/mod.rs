@@ -47,6 +47,7 @@
 //! pre-approved it (and the server allows pre-approval).
 
 pub mod auth;
+pub mod cluster;
 pub mod runs;
 pub mod stream;
 
@@ -54,6 +55,7 @@ use crate::audit::{AuditLog, AuditSink, Record};
 use crate::gate::Approver;
 use crate::job::{JobConfig, JobError, JobErrorKind, RunRequest};
 use crate::runtime::Runtime;
+use crate::worker;
 use auth::{Caller, Refusal, Tokens};
 use axum::Router;
 use axum::body::Body;
@@ -64,7 +66,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Json};
 use runs::{Full, RunEntry, RunTable};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -162,6 +164,9 @@ pub struct ServeState {
     /// Who answers each run's asks; `None`: nobody (asks are refused unless
     /// pre-approved).
     pub approver_for: Option<ApproverFactory>,
+    /// With `--nats`: runs go on the cluster's queue instead of running
+    /// here ([`cluster`]).
+    pub cluster: Option<cluster::Cluster>,
     runs: Mutex<RunTable>,
     streams: Arc<Semaphore>,
     /// Each token's share of `streams`.
@@ -199,6 +204,7 @@ impl ServeState {
             tokens,
             limits,
             approver_for: None,
+            cluster: None,
             closing: AtomicBool::new(false),
         }
     }
@@ -206,6 +212,12 @@ impl ServeState {
     /// With `factory` making each run's approver.
     pub fn with_approver_for(mut self, factory: ApproverFactory) -> Self {
         self.approver_for = Some(factory);
+        self
+    }
+
+    /// Submitting runs to `cluster`'s workers instead of running them.
+    pub fn with_cluster(mut self, cluster: cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -227,6 +239,11 @@ impl ServeState {
     /// server is shutting down), and wait up to `wait` for them to end.
     pub async fn shut_down(&self, wait: Duration) {
         self.closing.store(true, Ordering::SeqCst);
+        if self.cluster.is_some() {
+            // The runs are the workers': they go on, their records and
+            // results stay in JetStream.
+            return;
+        }
         let live = self.runs().live_entries();
         for entry in live {
             entry.cancel("the server is shutting down");
@@ -592,6 +609,7 @@ async fn submit(
     // Reading and validating the policy, and building the provider, touch
     // files: off the reactor.
     let resolving = state.clone();
+    let queued = state.cluster.as_ref().map(|_| request.clone());
     let resolved = tokio::task::spawn_blocking(move || resolving.jobs.resolve(&request)).await;
     let job = match resolved {
         Ok(Ok(job)) => job,
@@ -614,6 +632,54 @@ async fn submit(
         ),
         job.audit_path.clone(),
     ));
+    if let (Some(cluster), Some(request)) = (&state.cluster, queued) {
+        if state.runs().contains(&entry.id) {
+            return error(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a run with this id exists",
+            );
+        }
+        let asks = match cluster::enqueue(cluster, &entry.id, request).await {
+            Ok(asks) => asks,
+            Err(refused) => {
+                return match refused {
+                    worker::SubmitError::QueueFull(_) => with_retry_after(
+                        error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "queue-full",
+                            refused.to_string(),
+                        ),
+                        5,
+                    ),
+                    worker::SubmitError::Invalid(_) | worker::SubmitError::Nats(_) => {
+                        tracing::warn!(run = %entry.id, "the queue refused a run: {refused}");
+                        with_retry_after(
+                            error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "queue-unavailable",
+                                "the run queue did not take the run (the server's log says why): retry later",
+                            ),
+                            5,
+                        )
+                    }
+                };
+            }
+        };
+        state.runs().insert(entry.clone());
+        slot.armed = false;
+        drop(slot);
+        let view = entry.view();
+        let approver = state.approver_for.as_ref().map(|make| make(&entry.info()));
+        tokio::spawn(cluster::follow(
+            state.clone(),
+            cluster.clone(),
+            entry,
+            asks,
+            approver,
+        ));
+        return accepted(view);
+    }
     let log = match job.open_audit() {
         Ok(log) => log.with_sink(Progressed(entry.clone())),
         Err(failure) => {
@@ -640,6 +706,11 @@ async fn submit(
     drop(slot);
     let view = entry.view();
     tokio::spawn(drive(state.clone(), entry, job, log));
+    accepted(view)
+}
+
+/// 202 with the run's view and its `Location`.
+fn accepted(view: Value) -> Response {
     let location = view["links"]["self"]
         .as_str()
         .unwrap_or("/runs")
@@ -657,14 +728,7 @@ async fn drive(state: Arc<ServeState>, entry: Arc<RunEntry>, job: crate::job::Jo
         state: state.clone(),
         entry: entry.clone(),
     };
-    let info = RunInfo {
-        id: entry.id.clone(),
-        owner: entry.owner.clone(),
-        policy: entry.policy.clone(),
-        agent: entry.agent.clone(),
-        model: entry.model.clone(),
-    };
-    let approver = state.approver_for.as_ref().map(|make| make(&info));
+    let approver = state.approver_for.as_ref().map(|make| make(&entry.info()));
     let spec = job.into_spec(approver);
     entry.set_running();
     let result = crate::run::run_until(&state.runtime, spec, log, entry.cancelled()).await;

@@ -105,6 +105,17 @@ impl RunEntry {
         }
     }
 
+    /// The run as the approver factory sees it.
+    pub fn info(&self) -> super::RunInfo {
+        super::RunInfo {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            policy: self.policy.clone(),
+            agent: self.agent.clone(),
+            model: self.model.clone(),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, RunState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -169,16 +180,7 @@ impl RunEntry {
         let mut state = self.state();
         match result {
             Ok(report) => {
-                let session = &report.session;
-                state.summary = Some(json!({
-                    "model_calls": session.model_calls,
-                    "tool_calls": session.tool_calls.values().map(|n| u64::from(*n)).sum::<u64>(),
-                    "refused": session.refusals,
-                    "tokens": session.tokens,
-                    "cost_usd": session.cost_usd,
-                    "labels": session.labels,
-                    "elapsed_ms": report.elapsed.as_millis() as u64,
-                }));
+                state.summary = Some(summary_of(report));
                 state.audit_head = Some(report.audit_head.clone());
                 match &report.result {
                     Ok(answer) => {
@@ -204,6 +206,31 @@ impl RunEntry {
                     }
                     other => other.to_string(),
                 });
+            }
+        }
+        state.finished = Some(SystemTime::now());
+        drop(state);
+        self.progress.send_modify(|p| p.done = true);
+    }
+
+    /// The run is over on a worker of the cluster: `result` is what it
+    /// published (`warden serve --nats`).
+    pub fn finish_queued(&self, result: &crate::worker::RunResult) {
+        let mut state = self.state();
+        state.summary = result.summary.clone();
+        state.audit_head = Some(result.audit_head.clone());
+        match (&result.answer, &result.error) {
+            (Some(answer), _) => {
+                state.status = Some(Status::Succeeded);
+                state.answer = Some(answer.clone());
+            }
+            (None, error) => {
+                state.status = Some(if result.cancelled {
+                    Status::Cancelled
+                } else {
+                    Status::Failed
+                });
+                state.error = Some(error.clone().unwrap_or_else(|| "the run failed".into()));
             }
         }
         state.finished = Some(SystemTime::now());
@@ -281,6 +308,20 @@ impl RunEntry {
             "created": httpdate_rfc3339(self.created),
         })
     }
+}
+
+/// What a run used, as `GET /runs/{id}` shows it under `summary`.
+pub fn summary_of(report: &RunReport) -> Value {
+    let session = &report.session;
+    json!({
+        "model_calls": session.model_calls,
+        "tool_calls": session.tool_calls.values().map(|n| u64::from(*n)).sum::<u64>(),
+        "refused": session.refusals,
+        "tokens": session.tokens,
+        "cost_usd": session.cost_usd,
+        "labels": session.labels,
+        "elapsed_ms": report.elapsed.as_millis() as u64,
+    })
 }
 
 /// RFC 3339 in UTC, to the second.

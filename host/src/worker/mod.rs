@@ -18,7 +18,7 @@ use crate::audit::{AuditLog, Entry, Event, GENESIS, JsonlFile, Kind, Outcome, Re
 use crate::gate::Approver;
 use crate::job::{JobConfig, RunRequest};
 use crate::policy::Verdict;
-use crate::run::{RunSpec, run};
+use crate::run::{RunSpec, run_until};
 use crate::runtime::Runtime;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
@@ -60,6 +60,16 @@ pub fn result_subject(run_id: &str) -> String {
 pub fn approve_subject(run_id: &str) -> String {
     format!("warden.runs.{run_id}.approve")
 }
+
+/// The subject a run is cancelled on: a NATS request whose payload is the
+/// reason; the worker running it replies and stops the run (its end
+/// record says cancelled). No responder: no worker runs it now.
+pub fn cancel_subject(run_id: &str) -> String {
+    format!("warden.runs.{run_id}.cancel")
+}
+
+/// Longest cancel reason kept.
+const MAX_CANCEL_REASON: usize = 512;
 
 /// A run id is a subject token and a file name: `[A-Za-z0-9_-]{1,64}`.
 pub fn check_run_id(run_id: &str) -> Result<(), String> {
@@ -152,6 +162,13 @@ pub struct RunResult {
     /// ran it died between its end record and its result).
     #[serde(default)]
     pub recovered: bool,
+    /// The run was cancelled (on [`cancel_subject`]).
+    #[serde(default)]
+    pub cancelled: bool,
+    /// What the run used: calls, tokens, cost, labels (as `GET /runs/{id}`
+    /// shows it); none for a run that never started or was recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<serde_json::Value>,
 }
 
 /// How a worker runs.
@@ -747,11 +764,19 @@ impl Worker {
             }
             Err(reason) => Err((reason, audit)),
         };
+        let mut cancelled = false;
+        let mut summary = None;
         let (answer, error) = match outcome {
-            Ok(Ok(report)) => match report.result {
-                Ok(answer) => (Some(answer), None),
-                Err(failure) => (None, Some(failure.to_string())),
-            },
+            Ok(Ok(report)) => {
+                summary = Some(crate::serve::runs::summary_of(&report));
+                match report.result {
+                    Ok(answer) => (Some(answer), None),
+                    Err(failure) => {
+                        cancelled = matches!(failure, crate::run::RunFailure::Cancelled(_));
+                        (None, Some(failure.to_string()))
+                    }
+                }
+            }
             Ok(Err(error)) => (None, Some(error.to_string())),
             Err((reason, audit)) => {
                 // The request could not become a run, or was given up:
@@ -806,6 +831,8 @@ impl Worker {
             started_us,
             ended_us: now_us(),
             recovered: false,
+            cancelled,
+            summary,
         };
         match publish_result(&self.js, &result, self.config.publish_deadline).await {
             Ok(()) => Handled::Ran(attempt),
@@ -822,7 +849,48 @@ impl Worker {
         message: &jetstream::Message,
         claim: &mut Claim,
     ) -> Beat {
-        let running = run(&self.runtime, spec, audit);
+        // Subscribed before the run starts, so a cancel sent from now on
+        // stops it (one sent earlier is sent again by the front end).
+        let cancel = match self
+            .js
+            .client()
+            .subscribe(cancel_subject(&claim.run_id))
+            .await
+        {
+            Ok(subscription) => Some(subscription),
+            Err(error) => {
+                tracing::warn!("cannot listen for cancels of {}: {error}", claim.run_id);
+                None
+            }
+        };
+        let client = self.js.client();
+        let cancelled = async move {
+            use futures_util::StreamExt as _;
+            let Some(mut cancel) = cancel else {
+                return std::future::pending().await;
+            };
+            match cancel.next().await {
+                Some(message) => {
+                    if let Some(reply) = message.reply {
+                        let _ = client
+                            .publish(reply, Bytes::from_static(b"cancelling"))
+                            .await;
+                    }
+                    let reason = String::from_utf8_lossy(&message.payload);
+                    let reason = crate::transcript::clean(&crate::capability::brief(
+                        &reason,
+                        MAX_CANCEL_REASON,
+                    ));
+                    if reason.is_empty() {
+                        "cancelled".to_string()
+                    } else {
+                        reason
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let running = run_until(&self.runtime, spec, audit, cancelled);
         tokio::pin!(running);
         let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -934,6 +1002,11 @@ fn result_from_end(job: &QueuedJob, end: &Record, line: &[u8]) -> RunResult {
         started_us: 0,
         ended_us: now_us(),
         recovered: true,
+        cancelled: end
+            .data
+            .as_ref()
+            .is_some_and(|d| d.get("cancelled").is_some()),
+        summary: None,
     }
 }
 
