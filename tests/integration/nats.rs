@@ -835,3 +835,29 @@ async fn nats_a_claim_with_a_future_heartbeat_does_not_hold_a_run_forever() {
     let (records, _) = verified_audit(&js, "r-forged").await;
     assert_eq!(ends(&records).len(), 1);
 }
+
+/// `--replicas 3` on one server is refused at start, saying what it needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_replicas_past_the_servers_are_refused_clearly() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["worker", "--nats", &nats.url(), "--policies"])
+        .arg(dir.path())
+        .args(["--replicas", "3"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARDEN_RUNS with 3 replicas")
+            && stderr.contains("needs a NATS cluster of at least N servers"),
+        "{stderr}"
+    );
+    // One replica on the same server works, and the streams have one.
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--replicas", "1"]);
+    let js = nats.jetstream().await;
+    let mut stream = js.get_stream(worker::QUEUE_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.num_replicas, 1);
+}

@@ -115,6 +115,11 @@ pub(crate) struct ServeArgs {
     /// (docs/cluster.md). The workers need the same policy directory.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// With --nats: copies JetStream keeps of each of warden's streams
+    /// (as `warden worker --replicas`).
+    #[arg(long, default_value_t = 1, requires = "nats",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
     /// Most asks waiting for a person at once, all runs together (each
     /// run's own bound is its policy's `[approvals] max_pending`); past it
     /// an ask is refused as unanswered.
@@ -251,7 +256,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         Arc::new(move |run: &warden::serve::RunInfo| asks.approver(&run.id, &run.owner)),
     );
     if let Some(url) = &args.nats {
-        match cluster(url).await {
+        match cluster(url, usize::from(args.replicas)).await {
             Ok(cluster) => state = state.with_cluster(cluster),
             Err(message) => return bad_input(format!("error: {message}")),
         }
@@ -296,15 +301,16 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
 
 /// The cluster at `url`, its streams made if missing (as a worker makes
 /// them), so a run can be queued before any worker started.
-async fn cluster(url: &str) -> Result<warden::serve::cluster::Cluster, String> {
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+async fn cluster(url: &str, replicas: usize) -> Result<warden::serve::cluster::Cluster, String> {
+    let client = warden::worker::connect(url)
         .await
-        .map_err(|e| format!("cannot connect to --nats {url}: {e}"))?;
+        .map_err(|e| format!("--nats: {e}"))?;
     let js = async_nats::jetstream::new(client);
-    warden::worker::ensure_streams(&js, &warden::worker::StreamLimits::default()).await?;
+    let limits = warden::worker::StreamLimits {
+        replicas,
+        ..warden::worker::StreamLimits::default()
+    };
+    warden::worker::ensure_streams(&js, &limits).await?;
     Ok(warden::serve::cluster::Cluster { js })
 }
 

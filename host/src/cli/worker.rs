@@ -57,6 +57,11 @@ pub(crate) struct WorkerArgs {
     /// worker creates the stream).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     queue_max: i64,
+    /// Copies JetStream keeps of each of warden's streams: 3 on a cluster
+    /// of 3 or more NATS servers survives losing one (applies when this
+    /// worker creates the streams; streams with fewer are scaled up).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
     /// This worker's name in claims and results (default: host name and
     /// process id).
     #[arg(long)]
@@ -84,14 +89,9 @@ pub(crate) async fn run(args: WorkerArgs) -> ExitCode {
         Ok(runtime) => Arc::new(runtime),
         Err(code) => return code,
     };
-    let client = match async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(args.nats.as_str())
-        .await
-    {
+    let client = match warden::worker::connect(&args.nats).await {
         Ok(client) => client,
-        Err(error) => return bad_input(format!("error: cannot connect to {}: {error}", args.nats)),
+        Err(error) => return bad_input(format!("error: --nats: {error}")),
     };
     let js = async_nats::jetstream::new(client);
     let config = WorkerConfig {
@@ -105,6 +105,7 @@ pub(crate) async fn run(args: WorkerArgs) -> ExitCode {
     };
     let limits = StreamLimits {
         queue_max_messages: args.queue_max,
+        replicas: usize::from(args.replicas),
         ..StreamLimits::default()
     };
     let name = config.name.clone();

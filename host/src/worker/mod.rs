@@ -230,6 +230,10 @@ pub struct StreamLimits {
     pub events_max_bytes: i64,
     /// How long audit records and results are kept.
     pub events_max_age: Duration,
+    /// Copies JetStream keeps of each stream (1 to 5; 3 survives losing
+    /// one server of a cluster). Streams that exist with fewer are scaled
+    /// up; more are left as they are.
+    pub replicas: usize,
 }
 
 impl Default for StreamLimits {
@@ -240,57 +244,128 @@ impl Default for StreamLimits {
             max_job_bytes: 1 << 20,
             events_max_bytes: 8 << 30,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
         }
     }
 }
 
+/// Connect to NATS at `urls` (one URL, or several separated by commas:
+/// servers of one cluster), retrying the first connection.
+pub async fn connect(urls: &str) -> Result<async_nats::Client, String> {
+    let servers: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if servers.is_empty() {
+        return Err("no NATS server given".into());
+    }
+    let addresses = servers
+        .iter()
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("`{}` is not a NATS URL: {e}", crate::transcript::clean(url)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addresses)
+        .await
+        .map_err(|e| format!("cannot connect to {urls}: {e}"))
+}
+
 /// Create the queue, the events stream and the claims bucket, or find
-/// them (a second worker, a restart): idempotent.
+/// them (a second worker, a restart): idempotent. Each has
+/// `limits.replicas` copies; one found with fewer is scaled up.
 pub async fn ensure_streams(js: &jetstream::Context, limits: &StreamLimits) -> Result<(), String> {
-    js.get_or_create_stream(stream::Config {
-        name: QUEUE_STREAM.into(),
-        subjects: vec![QUEUE_SUBJECT.into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        max_messages: limits.queue_max_messages,
-        max_bytes: limits.queue_max_bytes,
-        max_message_size: limits.max_job_bytes,
-        discard: stream::DiscardPolicy::New,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
+    let replicas = limits.replicas.clamp(1, 5);
+    ensure_stream(
+        js,
+        stream::Config {
+            name: QUEUE_STREAM.into(),
+            subjects: vec![QUEUE_SUBJECT.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_messages: limits.queue_max_messages,
+            max_bytes: limits.queue_max_bytes,
+            max_message_size: limits.max_job_bytes,
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: vec!["warden.runs.*.audit".into(), "warden.runs.*.result".into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_bytes: limits.events_max_bytes,
+            max_age: limits.events_max_age,
+            // A full store refuses records (the run stops) rather than
+            // dropping the oldest runs' records.
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: CLAIMS_STREAM.into(),
+            subjects: vec!["warden.claims.*".into()],
+            retention: stream::RetentionPolicy::Limits,
+            // A key-value store: the last claim of each run.
+            max_messages_per_subject: 1,
+            max_message_size: 4096,
+            max_age: limits.events_max_age,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| format!("cannot create or find the stream {QUEUE_STREAM}: {e}"))?;
-    js.get_or_create_stream(stream::Config {
-        name: EVENTS_STREAM.into(),
-        subjects: vec!["warden.runs.*.audit".into(), "warden.runs.*.result".into()],
-        retention: stream::RetentionPolicy::Limits,
-        max_bytes: limits.events_max_bytes,
-        max_age: limits.events_max_age,
-        // A full store refuses records (the run stops) rather than
-        // dropping the oldest runs' records.
-        discard: stream::DiscardPolicy::New,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("cannot create or find the stream {EVENTS_STREAM}: {e}"))?;
-    js.get_or_create_stream(stream::Config {
-        name: CLAIMS_STREAM.into(),
-        subjects: vec!["warden.claims.*".into()],
-        retention: stream::RetentionPolicy::Limits,
-        // A key-value store: the last claim of each run.
-        max_messages_per_subject: 1,
-        max_message_size: 4096,
-        max_age: limits.events_max_age,
-        storage: stream::StorageType::File,
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("cannot create or find the stream {CLAIMS_STREAM}: {e}"))?;
+}
+
+/// Create the stream `config` names, or find it and scale its replicas up
+/// to `config`'s.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), String> {
+    let name = config.name.clone();
+    let replicas = config.num_replicas;
+    let explain = |error: String| {
+        if error.contains("insufficient resources") || error.contains("replicas") {
+            format!(
+                "cannot create or find the stream {name} with {replicas} replicas: {error} (a stream of N replicas needs a NATS cluster of at least N servers with JetStream)"
+            )
+        } else {
+            format!("cannot create or find the stream {name}: {error}")
+        }
+    };
+    let mut found = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| explain(e.to_string()))?;
+    let info = found.info().await.map_err(|e| explain(e.to_string()))?;
+    if info.config.num_replicas < replicas {
+        let mut scaled = info.config.clone();
+        scaled.num_replicas = replicas;
+        js.update_stream(scaled)
+            .await
+            .map_err(|e| explain(e.to_string()))?;
+    } else if info.config.num_replicas > replicas {
+        tracing::warn!(
+            "the stream {name} has {} replicas, more than the {replicas} asked: left as it is",
+            info.config.num_replicas
+        );
+    }
     Ok(())
 }
 
