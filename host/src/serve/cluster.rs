@@ -10,8 +10,8 @@
 //!   process's approvals desk (the page, `GET /approvals`) for the run's
 //!   owner, and the answer goes back as the reply;
 //! - `POST /runs/{id}/cancel` is sent to the worker on the run's cancel
-//!   subject, again every half second until a worker takes it or the run
-//!   ends (a run still queued is cancelled as soon as a worker starts it);
+//!   subject, again every half second until the run ends (a run still
+//!   queued is cancelled within half a second of a worker starting it);
 //! - its result ends the entry (status, answer or error, summary, head).
 //!
 //! Records and the result come from two ordered consumers on the events
@@ -133,7 +133,7 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
     let cancelled = entry.cancelled();
     tokio::pin!(cancelled);
     let mut seen_cancel = false;
-    // The reason of a cancel asked for and not yet taken by a worker.
+    // The reason of a cancel asked for: sent until the run ends.
     let mut cancel: Option<String> = None;
     let mut resend = tokio::time::interval(CANCEL_EVERY);
     // The seq of the last record copied, and the result once read: the
@@ -161,7 +161,11 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
                 let mut text = Vec::with_capacity(line.len() + 1);
                 text.extend_from_slice(&line);
                 text.push(b'\n');
+                // Flushed before readers are told, so they find it there.
                 file.write_all(&text)
+                    .await
+                    .map_err(|e| format!("the audit file cannot be written: {e}"))?;
+                file.flush()
                     .await
                     .map_err(|e| format!("the audit file cannot be written: {e}"))?;
                 last_seq = seq;
@@ -181,15 +185,14 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
             }
             _ = resend.tick(), if cancel.is_some() => {
                 let reason = cancel.clone().unwrap_or_default();
-                let asked = tokio::time::timeout(
+                // Sent again until the result comes, even once a worker
+                // took it: that worker may die before its end record, and
+                // the next attempt must be cancelled too.
+                let _ = tokio::time::timeout(
                     CANCEL_EVERY,
                     client.request(worker::cancel_subject(&entry.id), reason.into_bytes().into()),
                 )
                 .await;
-                if matches!(asked, Ok(Ok(_))) {
-                    // A worker took it: its end record and result follow.
-                    cancel = None;
-                }
             }
         }
     }

@@ -241,7 +241,14 @@ impl ServeState {
         self.closing.store(true, Ordering::SeqCst);
         if self.cluster.is_some() {
             // The runs are the workers': they go on, their records and
-            // results stay in JetStream.
+            // results stay in JetStream. Only this process stops following
+            // them (which ends their event streams here).
+            for entry in self.runs().live_entries() {
+                entry.fail(format!(
+                    "the front end stopped following the run; it goes on on its worker (its records and result are in JetStream under warden.runs.{}.*)",
+                    entry.id
+                ));
+            }
             return;
         }
         let live = self.runs().live_entries();

@@ -218,7 +218,8 @@ impl RunEntry {
     pub fn finish_queued(&self, result: &crate::worker::RunResult) {
         let mut state = self.state();
         state.summary = result.summary.clone();
-        state.audit_head = Some(result.audit_head.clone());
+        // A run that ended before its first record has no head.
+        state.audit_head = Some(result.audit_head.clone()).filter(|h| !h.is_empty());
         match (&result.answer, &result.error) {
             (Some(answer), _) => {
                 state.status = Some(Status::Succeeded);
