@@ -115,6 +115,23 @@ pub struct RunReport {
     pub audit_head: String,
 }
 
+impl RunReport {
+    /// What the run used: calls, refusals, tokens, cost, labels, time (as
+    /// `warden run --json`, `GET /runs/{id}` and a worker's result show it).
+    pub fn summary(&self) -> serde_json::Value {
+        let session = &self.session;
+        serde_json::json!({
+            "model_calls": session.model_calls,
+            "tool_calls": session.tool_calls.values().map(|n| u64::from(*n)).sum::<u64>(),
+            "refused": session.refusals,
+            "tokens": session.tokens,
+            "cost_usd": session.cost_usd,
+            "labels": session.labels,
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+        })
+    }
+}
+
 /// Why a run could not start, or had to stop without a record.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -302,22 +302,15 @@ async fn execute(
 
 /// `run --json`'s object (docs/cli.md): `answer` or `error`, never both.
 fn run_json(report: &warden::run::RunReport, audit_path: &Path) -> serde_json::Value {
-    let session = &report.session;
+    let mut summary = report.summary();
+    summary["first_instruction_us"] =
+        serde_json::json!(report.first_instruction.map(|d| d.as_micros() as u64));
     let mut value = serde_json::json!({
         "exit": if report.result.is_ok() { 0 } else { EXIT_NO_ANSWER },
         "run_id": report.run_id,
         "audit_log": audit_path.display().to_string(),
         "audit_head": report.audit_head,
-        "summary": {
-            "model_calls": session.model_calls,
-            "tool_calls": session.tool_calls.values().map(|n| u64::from(*n)).sum::<u64>(),
-            "refused": session.refusals,
-            "tokens": session.tokens,
-            "cost_usd": session.cost_usd,
-            "labels": session.labels,
-            "elapsed_ms": report.elapsed.as_millis() as u64,
-            "first_instruction_us": report.first_instruction.map(|d| d.as_micros() as u64),
-        },
+        "summary": summary,
     });
     match &report.result {
         Ok(answer) => value["answer"] = answer.as_str().into(),

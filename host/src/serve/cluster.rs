@@ -149,7 +149,11 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
         }
         tokio::select! {
             next = records.next() => {
-                let Some(line) = delivered(next, &audit_subject)? else { continue };
+                let Some(line) = delivered(next, &audit_subject)? else {
+                    // A passing fault: not a busy loop if it lasts.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 if line.len() > MAX_RECORD || line.contains(&b'\n') {
                     return Err(format!(
                         "a record on {audit_subject} is not one JSON line of at most {MAX_RECORD} bytes"
@@ -173,7 +177,11 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
                 entry.record_written();
             }
             next = results.next(), if result.is_none() => {
-                let Some(payload) = delivered(next, &result_subject)? else { continue };
+                let Some(payload) = delivered(next, &result_subject)? else {
+                    // A passing fault: not a busy loop if it lasts.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 result = Some(serde_json::from_slice(&payload).map_err(|e| {
                     format!("the result on {result_subject} is not a result: {e}")
                 })?);

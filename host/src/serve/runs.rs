@@ -180,7 +180,7 @@ impl RunEntry {
         let mut state = self.state();
         match result {
             Ok(report) => {
-                state.summary = Some(summary_of(report));
+                state.summary = Some(report.summary());
                 state.audit_head = Some(report.audit_head.clone());
                 match &report.result {
                     Ok(answer) => {
@@ -309,20 +309,6 @@ impl RunEntry {
             "created": httpdate_rfc3339(self.created),
         })
     }
-}
-
-/// What a run used, as `GET /runs/{id}` shows it under `summary`.
-pub fn summary_of(report: &RunReport) -> Value {
-    let session = &report.session;
-    json!({
-        "model_calls": session.model_calls,
-        "tool_calls": session.tool_calls.values().map(|n| u64::from(*n)).sum::<u64>(),
-        "refused": session.refusals,
-        "tokens": session.tokens,
-        "cost_usd": session.cost_usd,
-        "labels": session.labels,
-        "elapsed_ms": report.elapsed.as_millis() as u64,
-    })
 }
 
 /// RFC 3339 in UTC, to the second.

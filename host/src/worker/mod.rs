@@ -843,7 +843,7 @@ impl Worker {
         let mut summary = None;
         let (answer, error) = match outcome {
             Ok(Ok(report)) => {
-                summary = Some(crate::serve::runs::summary_of(&report));
+                summary = Some(report.summary());
                 match report.result {
                     Ok(answer) => (Some(answer), None),
                     Err(failure) => {
