@@ -146,6 +146,21 @@ pub enum RunError {
     Audit(#[from] std::io::Error),
 }
 
+impl RunError {
+    /// What the one who submitted the run is told (`warden serve`, a
+    /// worker's result): a tool that cannot be loaded is rendered with the
+    /// policy's text and the server's paths, for the operator's log (and
+    /// the run's end record), not the client.
+    pub fn for_client(&self) -> String {
+        match self {
+            RunError::Policy(_) => {
+                "a tool of the policy cannot be loaded (the server's log says why)".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Run `spec` on `runtime`, recording to `audit`.
 #[tracing::instrument(level = "debug", name = "run", skip_all, fields(
     run = %audit.run(),

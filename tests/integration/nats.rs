@@ -65,6 +65,13 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's pid, to stop it with SIGSTOP (it keeps its
+    /// connections and what they send, and answers nothing until
+    /// SIGCONT).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap()
+    }
+
     /// Stop (SIGTERM, as an orchestrator does) and start again on the same
     /// port and store.
     pub fn restart(&mut self, down_for: Duration) {

@@ -11,7 +11,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use warden::worker::read_audit;
+use warden::worker::{read_audit, stored_result};
 
 /// Asks about every `calc` call the attacker agent makes (its expression
 /// is not from `word_count`).
@@ -43,6 +43,16 @@ struct Front {
 
 impl Front {
     fn start(nats: &str, policies: &Path, agents: &Path, audit: &Path) -> Front {
+        Front::start_with(nats, policies, agents, audit, &[])
+    }
+
+    fn start_with(
+        nats: &str,
+        policies: &Path,
+        agents: &Path,
+        audit: &Path,
+        extra: &[&str],
+    ) -> Front {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["serve", "--nats", nats, "--policies"])
             .arg(policies)
@@ -54,6 +64,7 @@ impl Front {
             .args(["--allow-model", "scripted:*", "--max-runs", "16"])
             .arg("--cache-dir")
             .arg(cache_dir())
+            .args(extra)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -264,4 +275,132 @@ async fn nats_serve_front_end_queues_runs_follows_them_relays_asks_and_cancels()
     assert!(end["data"].get("cancelled").is_some(), "{end}");
     let (_, desk) = front.get("/approvals").await;
     assert_eq!(desk["pending"], json!([]), "{desk}");
+}
+
+fn scripted() -> Value {
+    json!({
+        "agent": "builtin:react",
+        "policy": "scripted",
+        "task": "What is 6 * 7?",
+        "model": "scripted:answer.script.toml",
+    })
+}
+
+/// JetStream that takes a job but does not answer within its timeout (a
+/// slow or partitioned server; here one stopped with SIGSTOP and
+/// continued) must not make the front end refuse a run that it then
+/// leaves running unfollowed: what it answers must be true.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_run_whose_queue_does_not_answer_in_time_is_not_refused_and_then_run_unseen() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let agents = tempfile::tempdir().unwrap();
+    let audit = tempfile::tempdir().unwrap();
+    let front = Front::start(&nats.url(), dir.path(), agents.path(), audit.path());
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let js = nats.jetstream().await;
+    let pid = nats.pid();
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Continued after JetStream's 5 s publish timeout has passed.
+    let resumed = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(7));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    let (status, view) = front.post("/runs", scripted()).await;
+    resumed.join().unwrap();
+    if status != 202 {
+        // The id was never told: look for any run's records.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut events = js.get_stream(warden::worker::EVENTS_STREAM).await.unwrap();
+        let stored = events.info().await.unwrap().state.messages;
+        panic!(
+            "refused with {status} {view}, and a worker ran it anyway: {stored} records and results"
+        );
+    }
+    let run = view["id"].as_str().unwrap().to_string();
+    let view = front.finished(&run).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["answer"], "forty-two");
+    let result = stored_result(&js, &run).await.unwrap().unwrap();
+    assert_eq!(result.attempt, 1, "the run ran once: {result:?}");
+    let copy = front.text(&format!("/runs/{run}/audit")).await;
+    let report = warden::audit::verify(copy.as_bytes()).unwrap();
+    assert_eq!(report.records as u64, result.audit_records, "{copy}");
+    assert!(report.problems.is_empty(), "{copy}");
+    assert_eq!(report.head, result.audit_head);
+}
+
+/// A run cancelled while no worker has taken it ends at once, gives back
+/// its slot, and never runs: a worker that starts later finds it
+/// withdrawn.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_queued_run_cancelled_before_any_worker_ends_at_once_and_never_runs() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let agents = tempfile::tempdir().unwrap();
+    let audit = tempfile::tempdir().unwrap();
+    let front = Front::start_with(
+        &nats.url(),
+        dir.path(),
+        agents.path(),
+        audit.path(),
+        &["--queue-timeout", "3"],
+    );
+    let run = front.submit(scripted()).await;
+    let (status, body) = front
+        .post(
+            &format!("/runs/{run}/cancel"),
+            json!({ "reason": "changed my mind" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let view = front.finished(&run).await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    // Nobody takes the other one: it is given up after --queue-timeout.
+    let waited = front.submit(scripted()).await;
+    let view = front.finished(&waited).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert!(
+        view["error"].as_str().unwrap().contains("--queue-timeout"),
+        "{view}"
+    );
+    let js = nats.jetstream().await;
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    // The worker takes both jobs off the queue without running them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut queue = js.get_stream(warden::worker::QUEUE_STREAM).await.unwrap();
+    while queue.info().await.unwrap().state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not take the jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (run, cancelled) in [(&run, true), (&waited, false)] {
+        let result = stored_result(&js, run).await.unwrap().unwrap();
+        assert_eq!(result.attempt, 0, "{run} ran: {result:?}");
+        assert_eq!(result.cancelled, cancelled, "{result:?}");
+        assert!(
+            read_audit(&js, run, 10).await.unwrap().is_empty(),
+            "{run} ran"
+        );
+    }
+    // A tool the worker cannot load: the client is told so, not the
+    // worker's paths and the compiler's text (those are in its log).
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm not a component").unwrap();
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "[model]\nallow = [\"scripted\"]\nprovider = \"scripted:answer.script.toml\"\n\n\
+         [tools.calc]\ncomponent = \"broken.wasm\"\n",
+    )
+    .unwrap();
+    let mut request = scripted();
+    request["policy"] = json!("broken");
+    let broken = front.submit(request).await;
+    let view = front.finished(&broken).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(
+        view["error"], "a tool of the policy cannot be loaded (the server's log says why)",
+        "{view}"
+    );
 }

@@ -120,6 +120,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1, requires = "nats",
           value_parser = clap::value_parser!(u8).range(1..=5))]
     replicas: u8,
+    /// With --nats: seconds a run may wait with no live worker holding it
+    /// (still queued, or its workers died and JetStream gave it up) before
+    /// it is withdrawn and fails saying why; 0: wait forever.
+    #[arg(long, value_name = "SECS", default_value_t = 3600, requires = "nats")]
+    queue_timeout: u64,
+    /// With --nats: the workers' `--ack-wait`. A run whose claim was not
+    /// renewed for this long belongs to a dead worker, and may be withdrawn
+    /// when it is cancelled or waited past --queue-timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "nats",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    worker_ack_wait: u64,
     /// Most asks waiting for a person at once, all runs together (each
     /// run's own bound is its policy's `[approvals] max_pending`); past it
     /// an ask is refused as unanswered.
@@ -221,9 +232,11 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         Ok(_) => {}
         Err(error) => eprintln!("warning: cannot read the descriptor limit: {error}"),
     }
-    let max_instances = args
-        .max_instances
-        .unwrap_or_else(|| args.max_runs.saturating_add(128));
+    // A front end of a cluster runs nothing here: one instance.
+    let max_instances = args.max_instances.unwrap_or_else(|| match args.nats {
+        Some(_) => 1,
+        None => args.max_runs.saturating_add(128),
+    });
     let runtime = match start_runtime_sized(args.cache_dir.clone(), args.no_cache, max_instances) {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -257,7 +270,13 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     );
     if let Some(url) = &args.nats {
         match cluster(url, usize::from(args.replicas)).await {
-            Ok(cluster) => state = state.with_cluster(cluster),
+            Ok(mut cluster) => {
+                cluster.name = format!("serve {}", super::worker::default_name());
+                cluster.worker_ack_wait = Duration::from_secs(args.worker_ack_wait);
+                cluster.queue_timeout =
+                    (args.queue_timeout > 0).then(|| Duration::from_secs(args.queue_timeout));
+                state = state.with_cluster(cluster)
+            }
             Err(message) => return bad_input(format!("error: {message}")),
         }
     }
@@ -311,7 +330,7 @@ async fn cluster(url: &str, replicas: usize) -> Result<warden::serve::cluster::C
         ..warden::worker::StreamLimits::default()
     };
     warden::worker::ensure_streams(&js, &limits).await?;
-    Ok(warden::serve::cluster::Cluster { js })
+    Ok(warden::serve::cluster::Cluster::new(js))
 }
 
 /// `--listen`: an address, or `HOST:PORT` resolved (the first address).

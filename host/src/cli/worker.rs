@@ -128,7 +128,7 @@ pub(crate) async fn run(args: WorkerArgs) -> ExitCode {
     }
 }
 
-fn default_name() -> String {
+pub(crate) fn default_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();

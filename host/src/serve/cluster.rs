@@ -24,6 +24,7 @@ use super::runs::RunEntry;
 use super::{Release, ServeState};
 use crate::gate::{Approver, Reply};
 use crate::job::RunRequest;
+use crate::worker::claim::Withdrawal;
 use crate::worker::{self, QueuedJob, RunResult, SubmitError, approve};
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
@@ -43,19 +44,79 @@ const CANCEL_EVERY: Duration = Duration::from_millis(500);
 pub struct Cluster {
     /// JetStream on the cluster's NATS.
     pub js: jetstream::Context,
+    /// This front end, as a withdrawn run's result names it.
+    pub name: String,
+    /// The workers' `--ack-wait`: a claim not renewed for this long is a
+    /// dead worker's, and its run may be withdrawn.
+    pub worker_ack_wait: Duration,
+    /// How long a run may wait with no live worker holding it (queued, or
+    /// its workers dead) before it is withdrawn as failed; `None`: forever.
+    pub queue_timeout: Option<Duration>,
 }
 
-/// The asks of a run, subscribed to before it is queued (so its first ask
-/// finds a responder).
-pub struct Asks(async_nats::Subscriber);
+impl Cluster {
+    /// A front end on `js` with the default timeouts (a worker's default
+    /// ack wait; an hour in the queue).
+    pub fn new(js: jetstream::Context) -> Self {
+        Cluster {
+            js,
+            name: format!("serve-{}", std::process::id()),
+            worker_ack_wait: worker::WorkerConfig::default().ack_wait,
+            queue_timeout: Some(Duration::from_secs(3600)),
+        }
+    }
 
-/// Put `request` on the queue as run `run_id`; returns once JetStream
-/// stored it, with the run's asks to relay.
+    /// Withdraw run `entry` for `reason` unless a live worker holds it:
+    /// its result if it is over now.
+    async fn withdraw(
+        &self,
+        entry: &RunEntry,
+        enqueued_us: u64,
+        reason: String,
+        cancelled: bool,
+    ) -> Option<RunResult> {
+        let withdrawal = Withdrawal {
+            by: self.name.clone(),
+            reason,
+            cancelled,
+        };
+        match worker::withdraw(
+            &self.js,
+            &entry.id,
+            enqueued_us,
+            &withdrawal,
+            self.worker_ack_wait,
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(run = %entry.id, "withdrawing a run failed (tried again later): {error}");
+                None
+            }
+        }
+    }
+}
+
+/// A run put on the queue: its asks (subscribed to before it was queued,
+/// so its first ask finds a responder), and whether JetStream confirmed it
+/// stored the job.
+pub struct Queued {
+    asks: async_nats::Subscriber,
+    job: QueuedJob,
+    confirmed: bool,
+}
+
+/// Put `request` on the queue as run `run_id`. Refused only when the job
+/// is surely not stored; when JetStream did not confirm within
+/// [`worker::SUBMIT_DEADLINE`] (the job may be stored, or be stored once
+/// NATS answers), the run is accepted and [`follow`] goes on submitting
+/// it: a run is idempotent by its id, so a job stored twice runs once.
 pub async fn enqueue(
     cluster: &Cluster,
     run_id: &str,
     request: RunRequest,
-) -> Result<Asks, SubmitError> {
+) -> Result<Queued, SubmitError> {
     let client = cluster.js.client();
     let asks = client
         .subscribe(worker::approve_subject(run_id))
@@ -70,8 +131,19 @@ pub async fn enqueue(
         enqueued_us: worker::now_us(),
         request,
     };
-    worker::submit(&cluster.js, &job).await?;
-    Ok(Asks(asks))
+    let confirmed = match worker::submit(&cluster.js, &job).await {
+        Ok(()) => true,
+        Err(SubmitError::Unconfirmed(error)) => {
+            tracing::warn!(run = %run_id, "the queue did not confirm the job ({error}); accepted, and submitted again until it does");
+            false
+        }
+        Err(refused) => return Err(refused),
+    };
+    Ok(Queued {
+        asks,
+        job,
+        confirmed,
+    })
 }
 
 /// Follow the queued run `entry` to its end (see the module doc), then
@@ -80,13 +152,18 @@ pub async fn follow(
     state: Arc<ServeState>,
     cluster: Cluster,
     entry: Arc<RunEntry>,
-    asks: Asks,
+    queued: Queued,
     approver: Option<Arc<dyn Approver>>,
 ) {
     let release = Release {
         state: state.clone(),
         entry: entry.clone(),
     };
+    let Queued {
+        asks,
+        job,
+        confirmed,
+    } = queued;
     let relay = approver.map(|approver| {
         tokio::spawn(relay_asks(
             cluster.js.client(),
@@ -95,7 +172,8 @@ pub async fn follow(
             approver,
         ))
     });
-    match mirror(&cluster, &entry).await {
+    let confirming = (!confirmed).then(|| tokio::spawn(confirm(cluster.clone(), job.clone())));
+    match mirror(&cluster, &entry, job.enqueued_us).await {
         Ok(result) => entry.finish_queued(&result),
         Err(error) => {
             tracing::warn!(run = %entry.id, "following a queued run failed: {error}");
@@ -105,37 +183,117 @@ pub async fn follow(
             ));
         }
     }
-    if let Some(relay) = relay {
-        relay.abort();
+    for task in [relay, confirming].into_iter().flatten() {
+        task.abort();
     }
     drop(release);
 }
 
+/// Submit `job` again until JetStream confirms it stored it (the message
+/// id makes a stored job's repeat a no-op, and a run is idempotent by its
+/// id past the dedupe window); a job the queue refuses is withdrawn, so
+/// its result says why.
+async fn confirm(cluster: Cluster, job: QueuedJob) {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match worker::submit(&cluster.js, &job).await {
+            Ok(()) => return,
+            Err(SubmitError::Unconfirmed(error)) => {
+                tracing::debug!(run = %job.run_id, "the queue did not confirm the job yet: {error}");
+            }
+            Err(refused) => {
+                let withdrawal = Withdrawal {
+                    by: cluster.name.clone(),
+                    reason: format!("the run queue refused the run: {refused}"),
+                    cancelled: false,
+                };
+                match worker::withdraw(
+                    &cluster.js,
+                    &job.run_id,
+                    job.enqueued_us,
+                    &withdrawal,
+                    cluster.worker_ack_wait,
+                )
+                .await
+                {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(run = %job.run_id, "withdrawing a refused run: {error}")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Retried with backoff for this long when following a run cannot start
+/// (NATS is away): the run goes on on its worker meanwhile.
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The run's two ordered consumers, retried while NATS does not answer.
+async fn consumers(cluster: &Cluster, run_id: &str) -> Result<(Messages, Messages), String> {
+    let client = cluster.js.client();
+    let until = tokio::time::Instant::now() + SETUP_DEADLINE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let made = async {
+            let stream = cluster
+                .js
+                .get_stream_no_info(worker::EVENTS_STREAM)
+                .await
+                .map_err(|e| format!("no stream {}: {e}", worker::EVENTS_STREAM))?;
+            let records = follow_subject(&stream, &client, &worker::audit_subject(run_id)).await?;
+            let results = follow_subject(&stream, &client, &worker::result_subject(run_id)).await?;
+            Ok::<_, String>((records, results))
+        };
+        match made.await {
+            Ok(both) => return Ok(both),
+            Err(error) if tokio::time::Instant::now() + pause < until => {
+                tracing::debug!(run = %run_id, "following the run: {error}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(format!("{error} (for {SETUP_DEADLINE:?})")),
+        }
+    }
+}
+
 /// Append the run's records to its audit file as they arrive, forward a
-/// cancel, and return its result.
-async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String> {
+/// cancel (or withdraw the run if no worker holds it), withdraw it when it
+/// waited past the queue timeout, and return its result.
+async fn mirror(
+    cluster: &Cluster,
+    entry: &RunEntry,
+    enqueued_us: u64,
+) -> Result<RunResult, String> {
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&entry.audit_path)
         .await
         .map_err(|e| format!("the audit file cannot be opened: {e}"))?;
-    let stream = cluster
-        .js
-        .get_stream_no_info(worker::EVENTS_STREAM)
-        .await
-        .map_err(|e| format!("no stream {}: {e}", worker::EVENTS_STREAM))?;
     let client = cluster.js.client();
     let audit_subject = worker::audit_subject(&entry.id);
     let result_subject = worker::result_subject(&entry.id);
-    let mut records = follow_subject(&stream, &client, &audit_subject).await?;
-    let mut results = follow_subject(&stream, &client, &result_subject).await?;
+    let (mut records, mut results) = consumers(cluster, &entry.id).await?;
     let cancelled = entry.cancelled();
     tokio::pin!(cancelled);
     let mut seen_cancel = false;
     // The reason of a cancel asked for: sent until the run ends.
     let mut cancel: Option<String> = None;
     let mut resend = tokio::time::interval(CANCEL_EVERY);
+    // Whether a worker holds the run is looked at when it has been quiet
+    // (no record) for the queue timeout.
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut look = tokio::time::interval(
+        cluster
+            .queue_timeout
+            .map_or(Duration::from_secs(3600), |t| {
+                (t / 4).clamp(Duration::from_millis(250), Duration::from_secs(30))
+            }),
+    );
     // The seq of the last record copied, and the result once read: the
     // run is over when both say the same record.
     let mut last_seq = 0u64;
@@ -173,6 +331,7 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
                     .await
                     .map_err(|e| format!("the audit file cannot be written: {e}"))?;
                 last_seq = seq;
+                quiet_since = tokio::time::Instant::now();
                 entry.set_running();
                 entry.record_written();
             }
@@ -191,16 +350,47 @@ async fn mirror(cluster: &Cluster, entry: &RunEntry) -> Result<RunResult, String
                 cancel = Some(reason);
                 resend.reset_immediately();
             }
-            _ = resend.tick(), if cancel.is_some() => {
+            _ = resend.tick(), if cancel.is_some() && result.is_none() => {
                 let reason = cancel.clone().unwrap_or_default();
                 // Sent again until the result comes, even once a worker
                 // took it: that worker may die before its end record, and
                 // the next attempt must be cancelled too.
-                let _ = tokio::time::timeout(
+                let sent = tokio::time::timeout(
                     CANCEL_EVERY,
-                    client.request(worker::cancel_subject(&entry.id), reason.into_bytes().into()),
+                    client.request(worker::cancel_subject(&entry.id), reason.clone().into_bytes().into()),
                 )
                 .await;
+                let nobody = matches!(&sent, Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders);
+                if nobody {
+                    // No worker runs it now: queued, or its worker dead.
+                    // Withdrawn unless a live worker just took it (then
+                    // the next cancel reaches it).
+                    result = cluster
+                        .withdraw(entry, enqueued_us, format!("the run was cancelled: {reason} (before a worker ran it)"), true)
+                        .await;
+                }
+            }
+            _ = look.tick(), if result.is_none() => {
+                let Some(timeout) = cluster.queue_timeout else { continue };
+                if quiet_since.elapsed() < timeout {
+                    continue;
+                }
+                result = cluster
+                    .withdraw(
+                        entry,
+                        enqueued_us,
+                        format!(
+                            "no worker ran the run for {}s (`warden serve --queue-timeout`): \
+                             none took it from the queue, or the ones that did died; start workers, \
+                             or raise --queue-timeout",
+                            timeout.as_secs()
+                        ),
+                        false,
+                    )
+                    .await;
+                // A live worker holds it: looked at again after another
+                // quiet while.
+                quiet_since = tokio::time::Instant::now();
             }
         }
     }
@@ -255,7 +445,7 @@ fn delivered(
 async fn relay_asks(
     client: async_nats::Client,
     run_id: String,
-    Asks(mut asks): Asks,
+    mut asks: async_nats::Subscriber,
     approver: Arc<dyn Approver>,
 ) {
     // Aborted with this task (the run ended): an ask still on the desk is

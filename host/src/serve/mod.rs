@@ -647,8 +647,8 @@ async fn submit(
                 "a run with this id exists",
             );
         }
-        let asks = match cluster::enqueue(cluster, &entry.id, request).await {
-            Ok(asks) => asks,
+        let queued = match cluster::enqueue(cluster, &entry.id, request).await {
+            Ok(queued) => queued,
             Err(refused) => {
                 return match refused {
                     worker::SubmitError::QueueFull(_) => with_retry_after(
@@ -659,7 +659,9 @@ async fn submit(
                         ),
                         5,
                     ),
-                    worker::SubmitError::Invalid(_) | worker::SubmitError::Nats(_) => {
+                    worker::SubmitError::Invalid(_)
+                    | worker::SubmitError::Nats(_)
+                    | worker::SubmitError::Unconfirmed(_) => {
                         tracing::warn!(run = %entry.id, "the queue refused a run: {refused}");
                         with_retry_after(
                             error(
@@ -682,7 +684,7 @@ async fn submit(
             state.clone(),
             cluster.clone(),
             entry,
-            asks,
+            queued,
             approver,
         ));
         return accepted(view);

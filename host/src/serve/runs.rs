@@ -198,14 +198,7 @@ impl RunEntry {
             }
             Err(error) => {
                 state.status = Some(Status::Failed);
-                state.error = Some(match error {
-                    // Rendered with the policy's text and the server's
-                    // paths: for the operator's log, not the client.
-                    RunError::Policy(_) => {
-                        "a tool of the policy cannot be loaded (the server's log says why)".into()
-                    }
-                    other => other.to_string(),
-                });
+                state.error = Some(error.for_client());
             }
         }
         state.finished = Some(SystemTime::now());

@@ -20,6 +20,34 @@ struct Stored {
     attempt: u32,
     /// The holder's clock at its last heartbeat (µs since the epoch).
     heartbeat_us: u64,
+    /// The run was withdrawn (by its front end): no worker runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    withdrawn: Option<Withdrawal>,
+}
+
+impl Stored {
+    /// Its holder renewed it within `stale_after`. A heartbeat from
+    /// further ahead than a claim lives is no clock skew: it was written to
+    /// hold the run forever (by anyone who may publish on the claims
+    /// subject), and is taken as a stale one.
+    fn is_live(&self, stale_after: Duration) -> bool {
+        let now = now_us();
+        let age = Duration::from_micros(now.saturating_sub(self.heartbeat_us));
+        let ahead = Duration::from_micros(self.heartbeat_us.saturating_sub(now));
+        age < stale_after && ahead < stale_after
+    }
+}
+
+/// Why a run was withdrawn before a worker ran it to its end: what its
+/// result says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// Who withdrew it (a front end's name).
+    pub by: String,
+    /// The run's error.
+    pub reason: String,
+    /// It was cancelled (rather than given up waiting for a worker).
+    pub cancelled: bool,
 }
 
 /// A claim this worker holds.
@@ -42,6 +70,17 @@ pub enum Taken {
     Mine(Claim),
     /// A live worker holds it.
     Alive,
+    /// It was withdrawn: it must not run.
+    Withdrawn(Withdrawal),
+}
+
+/// The result of trying to withdraw a run.
+#[derive(Debug, PartialEq)]
+pub enum Withdrawn {
+    /// No worker holds it or ever will: this withdrawal, or an earlier one.
+    Yes(Withdrawal),
+    /// A live worker holds it (a cancel reaches it on the cancel subject).
+    Held,
 }
 
 /// The claims bucket.
@@ -126,15 +165,15 @@ impl Claims {
     ) -> Result<Taken, String> {
         let (attempt, expected, previous_worker) = match self.read(run_id).await? {
             None => (1, 0, None),
+            Some((
+                Stored {
+                    withdrawn: Some(withdrawal),
+                    ..
+                },
+                _,
+            )) => return Ok(Taken::Withdrawn(withdrawal)),
             Some((held, revision)) => {
-                let now = now_us();
-                let age = Duration::from_micros(now.saturating_sub(held.heartbeat_us));
-                // A heartbeat from further ahead than a claim lives is no
-                // clock skew: it was written to hold the run forever (by
-                // anyone who may publish on the claims subject), and is
-                // taken over as a stale one.
-                let ahead = Duration::from_micros(held.heartbeat_us.saturating_sub(now));
-                if age < stale_after && ahead < stale_after {
+                if held.is_live(stale_after) {
                     return Ok(Taken::Alive);
                 }
                 (held.attempt.saturating_add(1), revision, Some(held.worker))
@@ -144,6 +183,7 @@ impl Claims {
             worker: worker.to_string(),
             attempt,
             heartbeat_us: now_us(),
+            withdrawn: None,
         };
         match self.write(run_id, &stored, expected).await {
             Ok(revision) => Ok(Taken::Mine(Claim {
@@ -165,6 +205,7 @@ impl Claims {
             worker: claim.worker.clone(),
             attempt: claim.attempt,
             heartbeat_us: now_us(),
+            withdrawn: None,
         };
         match self.write(&claim.run_id, &stored, claim.revision).await {
             Ok(revision) => {
@@ -174,6 +215,50 @@ impl Claims {
             Err(Cas::Lost) => Err(LOST.to_string()),
             Err(Cas::Failed(error)) => {
                 Err(format!("renewing the claim of {}: {error}", claim.run_id))
+            }
+        }
+    }
+
+    /// Withdraw `run_id` unless a live worker holds it (its claim renewed
+    /// within `stale_after`): the claim becomes `withdrawal`, by the same
+    /// compare-and-set a worker claims with, so a worker either took the
+    /// run first (and is cancelled on the cancel subject) or never runs it.
+    /// A dead worker's claim is taken over, as a worker would; the dead
+    /// worker, if it comes back, finds its claim lost and stops.
+    pub async fn withdraw(
+        &self,
+        run_id: &str,
+        withdrawal: &Withdrawal,
+        stale_after: Duration,
+    ) -> Result<Withdrawn, String> {
+        loop {
+            let (attempt, expected) = match self.read(run_id).await? {
+                None => (0, 0),
+                Some((
+                    Stored {
+                        withdrawn: Some(earlier),
+                        ..
+                    },
+                    _,
+                )) => return Ok(Withdrawn::Yes(earlier)),
+                Some((held, revision)) => {
+                    if held.is_live(stale_after) {
+                        return Ok(Withdrawn::Held);
+                    }
+                    (held.attempt, revision)
+                }
+            };
+            let stored = Stored {
+                worker: withdrawal.by.clone(),
+                attempt,
+                heartbeat_us: now_us(),
+                withdrawn: Some(withdrawal.clone()),
+            };
+            match self.write(run_id, &stored, expected).await {
+                Ok(_) => return Ok(Withdrawn::Yes(withdrawal.clone())),
+                // A worker (or another withdrawal) wrote first: look again.
+                Err(Cas::Lost) => continue,
+                Err(Cas::Failed(error)) => return Err(format!("withdrawing {run_id}: {error}")),
             }
         }
     }

@@ -380,36 +380,138 @@ pub enum SubmitError {
     /// The job is not valid.
     #[error("{0}")]
     Invalid(String),
-    /// NATS did not take it.
+    /// NATS did not take it: the job is not stored.
     #[error("the run queue did not take the job: {0}")]
     Nats(String),
+    /// JetStream did not answer within [`SUBMIT_DEADLINE`] after a publish
+    /// went out: the job may be stored (or be stored once NATS answers).
+    /// Submit it again (same run id) until it is confirmed; a run is
+    /// idempotent by its id, so a job stored twice runs once.
+    #[error("the run queue did not confirm it stored the job: {0}")]
+    Unconfirmed(String),
 }
+
+/// How long [`submit`] tries (with the same message id, so a repeat of a
+/// stored job is stored once) while JetStream does not answer.
+pub const SUBMIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Put `job` on the queue; returns once JetStream stored it. The run id is
 /// the message id, so a submit repeated within two minutes is stored once.
 pub async fn submit(js: &jetstream::Context, job: &QueuedJob) -> Result<(), SubmitError> {
+    use jetstream::context::PublishErrorKind as Kind;
     check_run_id(&job.run_id).map_err(SubmitError::Invalid)?;
-    let payload = serde_json::to_vec(job).map_err(|e| SubmitError::Invalid(e.to_string()))?;
-    let ack = js
-        .send_publish(
-            QUEUE_SUBJECT,
-            jetstream::message::PublishMessage::build()
-                .payload(payload.into())
-                .message_id(&job.run_id),
-        )
-        .await
-        .map_err(|e| SubmitError::Nats(e.to_string()))?;
-    match ack.await {
-        Ok(_) => Ok(()),
-        Err(error) => {
-            let text = error.to_string();
-            if text.contains("maximum messages") || text.contains("maximum bytes") {
-                Err(SubmitError::QueueFull(text))
-            } else {
-                Err(SubmitError::Nats(text))
+    let payload: Bytes = serde_json::to_vec(job)
+        .map_err(|e| SubmitError::Invalid(e.to_string()))?
+        .into();
+    let until = tokio::time::Instant::now() + SUBMIT_DEADLINE;
+    let mut pause = Duration::from_millis(50);
+    // Whether a publish may have reached JetStream unanswered.
+    let mut maybe_stored = false;
+    loop {
+        let attempt = async {
+            let ack = js
+                .send_publish(
+                    QUEUE_SUBJECT,
+                    jetstream::message::PublishMessage::build()
+                        .payload(payload.clone())
+                        .message_id(&job.run_id),
+                )
+                .await
+                .map_err(|e| (false, e))?;
+            ack.await.map_err(|e| (true, e))
+        };
+        let (sent, error) = match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(failed) => failed,
+        };
+        let text = error.to_string();
+        match error.kind() {
+            // Sent, and no answer: it may be stored.
+            Kind::TimedOut | Kind::BrokenPipe if sent => maybe_stored = true,
+            // JetStream answered: it refused the job. (Had an earlier
+            // unanswered publish been stored, this repeat would have been
+            // acked as its duplicate.)
+            Kind::Other if sent => {
+                return Err(
+                    if text.contains("maximum messages") || text.contains("maximum bytes") {
+                        SubmitError::QueueFull(text)
+                    } else {
+                        SubmitError::Nats(text)
+                    },
+                );
             }
+            Kind::MaxPayloadExceeded => return Err(SubmitError::Invalid(text)),
+            // Not sent, or no stream yet (JetStream starting): try again.
+            _ => {}
         }
+        if tokio::time::Instant::now() + pause > until {
+            return Err(if maybe_stored {
+                SubmitError::Unconfirmed(text)
+            } else {
+                SubmitError::Nats(text)
+            });
+        }
+        tracing::debug!(run = %job.run_id, "submitting the job: {text}; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Withdraw run `run_id` (as its front end `withdrawal.by`), unless a live
+/// worker holds it (its claim renewed within `stale_after`): no worker
+/// runs it from now on, whether its job is in the queue, was never stored,
+/// or was given up by JetStream ([`claim::Claims::withdraw`]). The run's
+/// result when it is over (this withdrawal's, an earlier one's, or the
+/// result a worker stored first); `None` while a live worker holds it
+/// (cancel it on [`cancel_subject`]).
+pub async fn withdraw(
+    js: &jetstream::Context,
+    run_id: &str,
+    enqueued_us: u64,
+    withdrawal: &claim::Withdrawal,
+    stale_after: Duration,
+) -> Result<Option<RunResult>, String> {
+    if let Some(result) = stored_result(js, run_id).await? {
+        return Ok(Some(result));
+    }
+    let claims = Claims::open(js).await?;
+    let withdrawal = match claims.withdraw(run_id, withdrawal, stale_after).await? {
+        claim::Withdrawn::Held => return Ok(None),
+        claim::Withdrawn::Yes(withdrawal) => withdrawal,
+    };
+    let result = withdrawn_result(js, run_id, enqueued_us, &withdrawal).await?;
+    publish_result(js, &result, Duration::from_secs(30)).await?;
+    // A result stored first (a worker that ended just before) is the run's.
+    Ok(Some(stored_result(js, run_id).await?.unwrap_or(result)))
+}
+
+/// The result of a withdrawn run: its error is the withdrawal's reason,
+/// its head the last record an earlier attempt left (if any).
+async fn withdrawn_result(
+    js: &jetstream::Context,
+    run_id: &str,
+    enqueued_us: u64,
+    withdrawal: &claim::Withdrawal,
+) -> Result<RunResult, String> {
+    let (audit_head, audit_records) = match last_audit_record(js, run_id).await? {
+        Some(last) => (line_hash(&last.line), last.record.seq),
+        None => (String::new(), 0),
+    };
+    Ok(RunResult {
+        run_id: run_id.to_string(),
+        answer: None,
+        error: Some(withdrawal.reason.clone()),
+        attempt: 0,
+        worker: withdrawal.by.clone(),
+        audit_head,
+        audit_records,
+        enqueued_us,
+        started_us: 0,
+        ended_us: now_us(),
+        recovered: false,
+        cancelled: withdrawal.cancelled,
+        summary: None,
+    })
 }
 
 /// Jobs waiting in the queue (not yet delivered to a worker): what an
@@ -530,6 +632,9 @@ pub enum Handled {
     /// The end record was stored but not the result: the result was
     /// rebuilt from it, without running.
     Recovered,
+    /// The run was withdrawn by its front end before a worker took it:
+    /// acked without running, its result stored.
+    Withdrawn,
     /// Another worker holds the run and is alive: left for later.
     HeldElsewhere,
     /// The run lost its claim to another worker (this one was thought
@@ -685,7 +790,7 @@ impl Worker {
         }
         let handled = self.handle_job(&job, &message).await;
         match &handled {
-            Handled::Ran(_) | Handled::AlreadyDone | Handled::Recovered => {
+            Handled::Ran(_) | Handled::AlreadyDone | Handled::Recovered | Handled::Withdrawn => {
                 // The result is stored: a lost ack only means one more
                 // delivery, which finds it.
                 if let Err(error) = message.double_ack().await {
@@ -739,6 +844,18 @@ impl Worker {
         {
             Ok(Taken::Mine(claim)) => claim,
             Ok(Taken::Alive) => return Handled::HeldElsewhere,
+            Ok(Taken::Withdrawn(withdrawal)) => {
+                // Its front end may have died before storing the result.
+                let stored = async {
+                    let result =
+                        withdrawn_result(&self.js, run_id, job.enqueued_us, &withdrawal).await?;
+                    publish_result(&self.js, &result, self.config.publish_deadline).await
+                };
+                return match stored.await {
+                    Ok(()) => Handled::Withdrawn,
+                    Err(error) => Handled::Retry(error),
+                };
+            }
             Err(error) => return Handled::Retry(error),
         };
         self.run_claimed(job, message, claim, previous, started_us)
@@ -852,7 +969,12 @@ impl Worker {
                     }
                 }
             }
-            Ok(Err(error)) => (None, Some(error.to_string())),
+            Ok(Err(error)) => {
+                if let crate::run::RunError::Policy(error) = &error {
+                    tracing::warn!(run = %run_id, "a run's policy could not be loaded:\n{error}");
+                }
+                (None, Some(error.for_client()))
+            }
             Err((reason, audit)) => {
                 // The request could not become a run, or was given up:
                 // record why, so the run's stream says it ended.
