@@ -404,3 +404,54 @@ async fn nats_a_queued_run_cancelled_before_any_worker_ends_at_once_and_never_ru
         "{view}"
     );
 }
+
+/// A front end that stops (killed: a crash, or a rolling update) and
+/// starts again on the same audit directory knows its runs again: one
+/// still queued is followed to its end, one that ended while no front end
+/// was up ends with its stored result, one it saw end is shown as it
+/// ended; each audit copy is the stream's.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_restarted_front_end_knows_and_follows_its_runs_again() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let agents = tempfile::tempdir().unwrap();
+    let audit = tempfile::tempdir().unwrap();
+    let start = || Front::start(&nats.url(), dir.path(), agents.path(), audit.path());
+    let js = nats.jetstream().await;
+    let front = start();
+    let queued = front.submit(scripted()).await;
+    drop(front);
+    let front = start();
+    let (status, view) = front.get(&format!("/runs/{queued}")).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["status"], "queued", "{view}");
+    let worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    let view = front.finished(&queued).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    // Submitted, then no front end while it runs.
+    let unseen = front.submit(scripted()).await;
+    drop(front);
+    warden::worker::wait_result(&js, &unseen, Duration::from_secs(120))
+        .await
+        .unwrap();
+    drop(worker);
+    let front = start();
+    for run in [&queued, &unseen] {
+        let view = front.finished(run).await;
+        assert_eq!(view["status"], "succeeded", "{run}: {view}");
+        assert_eq!(view["answer"], "forty-two", "{view}");
+        let stream: Vec<String> = read_audit(&js, run, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| String::from_utf8(l.to_vec()).unwrap())
+            .collect();
+        let copy = front.text(&format!("/runs/{run}/audit")).await;
+        assert_eq!(copy.lines().collect::<Vec<_>>(), stream, "{run}");
+        let (_, verified) = front.get(&format!("/runs/{run}/audit/verify")).await;
+        assert_eq!(verified["intact"], true, "{verified}");
+        assert_eq!(verified["head_matches"], true, "{verified}");
+    }
+    let (_, listed) = front.get("/runs").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 2, "{listed}");
+}

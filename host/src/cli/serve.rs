@@ -281,6 +281,14 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         }
     }
     let state = Arc::new(state);
+    // The runs a front end that stopped was following, on this audit dir.
+    match warden::serve::cluster::recover(&state).await {
+        Ok(0) => {}
+        Ok(followed) => eprintln!(
+            "warden serve: following again {followed} runs this front end followed before it stopped"
+        ),
+        Err(message) => return bad_input(format!("error: {message}")),
+    }
     // The desk's API behind the same authentication; the page (static, no
     // data) outside it, since a browser cannot send a bearer token to load it.
     let app = warden::serve::router_with(state.clone(), approvals::web::router(desk))

@@ -21,13 +21,14 @@
 //! the last (`audit_records`) is copied.
 
 use super::runs::RunEntry;
-use super::{Release, ServeState};
+use super::{Release, RunInfo, ServeState};
 use crate::gate::{Approver, Reply};
 use crate::job::RunRequest;
 use crate::worker::claim::Withdrawal;
 use crate::worker::{self, QueuedJob, RunResult, SubmitError, approve};
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
@@ -99,24 +100,82 @@ impl Cluster {
 }
 
 /// A run put on the queue: its asks (subscribed to before it was queued,
-/// so its first ask finds a responder), and whether JetStream confirmed it
-/// stored the job.
+/// so its first ask finds a responder), when, and its job while JetStream
+/// has not confirmed it stored it.
 pub struct Queued {
     asks: async_nats::Subscriber,
-    job: QueuedJob,
-    confirmed: bool,
+    enqueued_us: u64,
+    unconfirmed: Option<QueuedJob>,
 }
 
-/// Put `request` on the queue as run `run_id`. Refused only when the job
+/// What a front end keeps on disk of each run it follows, beside its audit
+/// file, so that a restarted front end follows it again ([`recover`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Following {
+    run: RunInfo,
+    enqueued_us: u64,
+    /// Once the run is over: its result (the entry is kept, with the
+    /// finished runs, until the table forgets it).
+    #[serde(default)]
+    result: Option<RunResult>,
+}
+
+const FOLLOWING: &str = ".following.json";
+
+/// Largest file [`recover`] reads.
+const MAX_FOLLOWING: u64 = 64 << 10;
+
+fn following_path(entry: &RunEntry) -> Option<PathBuf> {
+    let dir = entry.audit_path.parent()?;
+    Some(dir.join(format!("{}{FOLLOWING}", entry.id)))
+}
+
+/// Write (atomically) that this front end follows `entry`, and once it is
+/// over its result.
+fn write_following(
+    entry: &RunEntry,
+    enqueued_us: u64,
+    result: Option<&RunResult>,
+) -> Result<(), String> {
+    let path = following_path(entry).ok_or("the audit file has no directory")?;
+    let text = serde_json::to_vec(&Following {
+        run: entry.info(),
+        enqueued_us,
+        result: result.cloned(),
+    })
+    .map_err(|e| e.to_string())?;
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The server forgot these runs: a restarted front end need not know them.
+pub(super) fn forget(runs: &[Arc<RunEntry>]) {
+    for entry in runs {
+        forget_following(entry);
+    }
+}
+
+fn forget_following(entry: &RunEntry) {
+    if let Some(path) = following_path(entry) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Put `request` on the queue as run `entry`. Refused only when the job
 /// is surely not stored; when JetStream did not confirm within
 /// [`worker::SUBMIT_DEADLINE`] (the job may be stored, or be stored once
 /// NATS answers), the run is accepted and [`follow`] goes on submitting
 /// it: a run is idempotent by its id, so a job stored twice runs once.
+/// The run is written down first, so a front end restarted from now on
+/// follows it ([`recover`]).
 pub async fn enqueue(
     cluster: &Cluster,
-    run_id: &str,
+    entry: &RunEntry,
     request: RunRequest,
 ) -> Result<Queued, SubmitError> {
+    let run_id = entry.id.as_str();
     let client = cluster.js.client();
     let asks = client
         .subscribe(worker::approve_subject(run_id))
@@ -131,19 +190,168 @@ pub async fn enqueue(
         enqueued_us: worker::now_us(),
         request,
     };
+    if let Err(error) = write_following(entry, job.enqueued_us, None) {
+        // Refused: a run this process could lose track of on a restart.
+        return Err(SubmitError::Nats(format!(
+            "the front end cannot write down the run it follows: {error}"
+        )));
+    }
     let confirmed = match worker::submit(&cluster.js, &job).await {
         Ok(()) => true,
         Err(SubmitError::Unconfirmed(error)) => {
             tracing::warn!(run = %run_id, "the queue did not confirm the job ({error}); accepted, and submitted again until it does");
             false
         }
-        Err(refused) => return Err(refused),
+        Err(refused) => {
+            forget_following(entry);
+            return Err(refused);
+        }
     };
     Ok(Queued {
         asks,
-        job,
-        confirmed,
+        enqueued_us: job.enqueued_us,
+        unconfirmed: (!confirmed).then_some(job),
     })
+}
+
+/// Know again the runs a front end that stopped knew (each
+/// `<id>.following.json` in the audit directory). One it saw end is shown
+/// as it ended. One it was following is followed again: its audit file is
+/// copied afresh from JetStream, its asks are relayed from now on, and if
+/// it ended meanwhile it ends at once with its stored result. At most as
+/// many are followed as the server has live slots, newest first; the
+/// others are left on disk, and said. Returns how many are followed.
+pub async fn recover(state: &Arc<ServeState>) -> Result<usize, String> {
+    let Some(cluster) = state.cluster.clone() else {
+        return Ok(0);
+    };
+    let dir = state.jobs.audit_dir.clone();
+    let found = tokio::task::spawn_blocking(move || read_following(&dir))
+        .await
+        .map_err(|e| e.to_string())??;
+    let (ended, live): (Vec<Following>, Vec<Following>) =
+        found.into_iter().partition(|f| f.result.is_some());
+    // The ended runs are shown again as they ended, oldest first (so the
+    // table forgets the oldest past its limits); their audit files are
+    // whole.
+    for following in ended.iter().rev() {
+        let run = &following.run;
+        let entry = Arc::new(RunEntry::new(
+            run.id.clone(),
+            run.owner.clone(),
+            (run.policy.clone(), run.agent.clone(), run.model.clone()),
+            state.jobs.audit_dir.join(format!("{}.jsonl", run.id)),
+        ));
+        if let Some(result) = &following.result {
+            entry.finish_queued(result);
+        }
+        let forgotten = {
+            let mut runs = state.runs();
+            if runs.contains(&run.id) {
+                continue;
+            }
+            runs.insert(entry.clone());
+            runs.finished(&run.id)
+        };
+        forget(&forgotten);
+    }
+    let found = live;
+    let mut followed = 0;
+    for (index, following) in found.iter().enumerate() {
+        let run = &following.run;
+        let entry = Arc::new(RunEntry::new(
+            run.id.clone(),
+            run.owner.clone(),
+            (run.policy.clone(), run.agent.clone(), run.model.clone()),
+            state.jobs.audit_dir.join(format!("{}.jsonl", run.id)),
+        ));
+        {
+            let mut runs = state.runs();
+            if runs.contains(&run.id) {
+                continue;
+            }
+            // The run goes on whatever its token's limit is now.
+            if runs.admit(&run.owner, usize::MAX).is_err() {
+                tracing::warn!(
+                    "{} more runs this front end followed are not followed again: its --max-runs is full (their records and results are in JetStream)",
+                    found.len() - index
+                );
+                break;
+            }
+            runs.insert(entry.clone());
+        }
+        // Its records come again from the stream's first.
+        if let Err(error) = std::fs::File::create(&entry.audit_path) {
+            entry.fail(format!("the run's audit file cannot be written: {error}"));
+            let mut runs = state.runs();
+            runs.release(&entry.owner);
+            let forgotten = runs.finished(&entry.id);
+            drop(runs);
+            forget(&forgotten);
+            continue;
+        }
+        let asks = match cluster
+            .js
+            .client()
+            .subscribe(worker::approve_subject(&run.id))
+            .await
+        {
+            Ok(asks) => asks,
+            Err(error) => return Err(format!("NATS: {error}")),
+        };
+        let approver = state.approver_for.as_ref().map(|make| make(&entry.info()));
+        tokio::spawn(follow(
+            state.clone(),
+            cluster.clone(),
+            entry,
+            Queued {
+                asks,
+                enqueued_us: following.enqueued_us,
+                unconfirmed: None,
+            },
+            approver,
+        ));
+        followed += 1;
+    }
+    Ok(followed)
+}
+
+/// The runs written down in `dir`, newest first.
+fn read_following(dir: &Path) -> Result<Vec<Following>, String> {
+    let mut found = Vec::new();
+    let listing = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for item in listing.flatten() {
+        let name = item.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(FOLLOWING)) else {
+            continue;
+        };
+        let path = item.path();
+        let read = std::fs::File::open(&path).and_then(|file| {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FOLLOWING), &mut text)
+                .map(|_| text)
+        });
+        let parsed = read
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_slice::<Following>(&text).map_err(|e| e.to_string()))
+            .and_then(|following| {
+                worker::check_run_id(&following.run.id)?;
+                if following.run.id == id {
+                    Ok(following)
+                } else {
+                    Err(format!("it names run {}", following.run.id))
+                }
+            });
+        match parsed {
+            Ok(following) => found.push(following),
+            Err(error) => tracing::warn!(
+                "{} is not a run this front end followed ({error}): left as it is",
+                path.display()
+            ),
+        }
+    }
+    found.sort_by(|a, b| b.enqueued_us.cmp(&a.enqueued_us));
+    Ok(found)
 }
 
 /// Follow the queued run `entry` to its end (see the module doc), then
@@ -161,8 +369,8 @@ pub async fn follow(
     };
     let Queued {
         asks,
-        job,
-        confirmed,
+        enqueued_us,
+        unconfirmed,
     } = queued;
     let relay = approver.map(|approver| {
         tokio::spawn(relay_asks(
@@ -172,9 +380,15 @@ pub async fn follow(
             approver,
         ))
     });
-    let confirming = (!confirmed).then(|| tokio::spawn(confirm(cluster.clone(), job.clone())));
-    match mirror(&cluster, &entry, job.enqueued_us).await {
-        Ok(result) => entry.finish_queued(&result),
+    let confirming = unconfirmed.map(|job| tokio::spawn(confirm(cluster.clone(), job)));
+    match mirror(&cluster, &entry, enqueued_us).await {
+        Ok(result) => {
+            // Over: a restarted front end shows it, and need not follow it.
+            if let Err(error) = write_following(&entry, enqueued_us, Some(&result)) {
+                tracing::warn!(run = %entry.id, "the end of a run cannot be written down: {error}");
+            }
+            entry.finish_queued(&result);
+        }
         Err(error) => {
             tracing::warn!(run = %entry.id, "following a queued run failed: {error}");
             entry.fail(format!(

@@ -134,7 +134,7 @@ impl ServeLimits {
 pub const DESCRIPTOR_RESERVE: u64 = 256;
 
 /// A run as the approver factory sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {
     /// The run's id.
     pub id: String,
@@ -485,9 +485,14 @@ impl Drop for Release {
             self.entry
                 .fail("the server failed while running it (see its log)".into());
         }
-        let mut runs = self.state.runs();
-        runs.release(&self.entry.owner);
-        runs.finished(&self.entry.id);
+        let forgotten = {
+            let mut runs = self.state.runs();
+            runs.release(&self.entry.owner);
+            runs.finished(&self.entry.id)
+        };
+        if self.state.cluster.is_some() {
+            cluster::forget(&forgotten);
+        }
     }
 }
 
@@ -647,7 +652,7 @@ async fn submit(
                 "a run with this id exists",
             );
         }
-        let queued = match cluster::enqueue(cluster, &entry.id, request).await {
+        let queued = match cluster::enqueue(cluster, &entry, request).await {
             Ok(queued) => queued,
             Err(refused) => {
                 return match refused {

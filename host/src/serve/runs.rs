@@ -426,9 +426,11 @@ impl RunTable {
     /// `max_kept` are kept, or more than `max_kept_bytes`, one is
     /// forgotten: the oldest of the owner who keeps the most bytes, so one
     /// token's flood of runs forgets its own, not the others'.
-    pub fn finished(&mut self, id: &str) {
+    /// Returns the runs forgotten.
+    pub fn finished(&mut self, id: &str) -> Vec<Arc<RunEntry>> {
+        let mut forgotten = Vec::new();
         let Some(entry) = self.by_id.get(id) else {
-            return;
+            return forgotten;
         };
         let (owner, bytes) = (entry.owner.clone(), entry.retained_bytes());
         *self.kept_by_owner.entry(owner.clone()).or_default() += (1, bytes);
@@ -456,8 +458,9 @@ impl RunTable {
                     self.kept_by_owner.remove(&owner);
                 }
             }
-            self.by_id.remove(&oldest);
+            forgotten.extend(self.by_id.remove(&oldest));
         }
+        forgotten
     }
 
     /// The run `id` if `owner`'s: another owner's run is as absent as one
