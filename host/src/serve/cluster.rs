@@ -350,7 +350,7 @@ fn read_following(dir: &Path) -> Result<Vec<Following>, String> {
             ),
         }
     }
-    found.sort_by(|a, b| b.enqueued_us.cmp(&a.enqueued_us));
+    found.sort_by_key(|f| std::cmp::Reverse(f.enqueued_us));
     Ok(found)
 }
 
