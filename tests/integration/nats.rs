@@ -868,3 +868,165 @@ async fn nats_replicas_past_the_servers_are_refused_clearly() {
     let mut stream = js.get_stream(worker::QUEUE_STREAM).await.unwrap();
     assert_eq!(stream.info().await.unwrap().config.num_replicas, 1);
 }
+
+/// Three `nats-server -js` routed into one cluster on loopback, each with
+/// its own store; killed on drop.
+struct NatsCluster {
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    _stores: Vec<tempfile::TempDir>,
+}
+
+impl NatsCluster {
+    fn start(size: usize) -> NatsCluster {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let ports: Vec<u16> = (0..size).map(|_| free()).collect();
+        let routes: Vec<u16> = (0..size).map(|_| free()).collect();
+        let all_routes = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = NatsCluster {
+            ports: ports.clone(),
+            children: Vec::new(),
+            _stores: Vec::new(),
+        };
+        for (i, (port, route)) in ports.iter().zip(&routes).enumerate() {
+            let store = tempfile::tempdir().unwrap();
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(["--name", &format!("n{i}"), "--cluster_name", "warden"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", &all_routes, "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server is installed");
+            cluster.children.push(Some(child));
+            cluster._stores.push(store);
+        }
+        for port in &ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    /// Every server's URL, separated by commas (as `--nats` takes them).
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// JetStream through every server, once the cluster has a leader.
+    async fn jetstream(&self) -> jetstream::Context {
+        let servers: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = js.client().request("$JS.API.INFO", "".into()).await;
+            if let Ok(reply) = reply {
+                let text = String::from_utf8_lossy(&reply.payload).to_string();
+                if text.contains("account_info_response") && !text.contains("\"error\"") {
+                    return js;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the JetStream cluster did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `--replicas 3` on a real three-server cluster: the streams are made
+/// with three copies, and losing a server (SIGKILL, the one the worker
+/// and the submitter may be talking to) loses no job and runs none twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_replicas_three_survive_losing_a_server_of_the_cluster() {
+    let mut cluster = NatsCluster::start(3);
+    let dir = policies();
+    let js = cluster.jetstream().await;
+    let _workers: Vec<_> = (1..=2)
+        .map(|i| {
+            WorkerProcess::start(
+                &cluster.urls(),
+                dir.path(),
+                &format!("w{i}"),
+                &["--replicas", "3", "--ack-wait", "5"],
+            )
+        })
+        .collect();
+    for name in [
+        worker::QUEUE_STREAM,
+        worker::EVENTS_STREAM,
+        worker::CLAIMS_STREAM,
+    ] {
+        let mut stream = js.get_stream(name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.num_replicas, 3, "{name}");
+    }
+    let ids: Vec<String> = (0..20).map(|i| format!("r-r3-{i}")).collect();
+    for id in &ids[..10] {
+        worker::submit(&js, &scripted_job(id)).await.unwrap();
+    }
+    cluster.kill(0);
+    for id in &ids[10..] {
+        // The submitter's connection may be to the server just lost: it
+        // reconnects to another, and a submit is retried until stored.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(error) = worker::submit(&js, &scripted_job(id)).await {
+            assert!(Instant::now() < deadline, "submit kept failing: {error}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for id in &ids {
+        let result = wait_result(&js, id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(result.answer.as_deref(), Some("forty-two"), "{id}");
+        let (records, _) = verified_audit(&js, id).await;
+        assert_eq!(ends(&records).len(), 1, "{id} ended once");
+        assert_eq!(results_on_subject(&js, id).await, 1, "{id}");
+    }
+    drained(&js, Duration::from_secs(30)).await;
+}
