@@ -1030,3 +1030,121 @@ async fn nats_replicas_three_survive_losing_a_server_of_the_cluster() {
     }
     drained(&js, Duration::from_secs(30)).await;
 }
+
+/// A withdrawal (a front end ending a run no live worker holds) appends
+/// the run's end record after the last record a dead attempt left, so
+/// that attempt, if it is only cut off and comes back, cannot append
+/// after it; and a run that ended before its result was published is
+/// given its real result, not withdrawn.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_withdrawal_fences_a_stale_attempt_and_keeps_a_run_that_ended() {
+    use warden::audit::{AuditLog, Entry, Event, Kind, Outcome};
+    use warden::worker::claim::Withdrawal;
+    let nats = NatsServer::start();
+    let dir = policies();
+    let js = nats.jetstream().await;
+    worker::ensure_streams(&js, &StreamLimits::default())
+        .await
+        .unwrap();
+    // A dead attempt: one record, and a claim last renewed two minutes ago.
+    let run = "r-zombie";
+    let (sink, pump) = worker::sink::NatsSink::start(
+        js.clone(),
+        worker::audit_subject(run),
+        0,
+        worker::sink::SinkLimits {
+            max_in_flight: 1 << 20,
+            publish_deadline: Duration::from_secs(10),
+        },
+    );
+    let audit = AuditLog::new(run).with_sink(sink);
+    let entry = || Entry {
+        kind: Kind::Tool,
+        event: Event::Outcome,
+        subject: "calc".into(),
+        decision: warden::policy::Verdict::Allow,
+        rule: "policy".into(),
+        detail: "2".into(),
+        outcome: Some(Outcome::Ok),
+        data: None,
+    };
+    audit.write(entry()).unwrap();
+    drop(audit);
+    pump.await.unwrap().unwrap();
+    let zombie_last = js
+        .get_stream(worker::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&worker::audit_subject(run))
+        .await
+        .unwrap();
+    let stale = serde_json::json!({
+        "worker": "zombie",
+        "attempt": 1,
+        "heartbeat_us": worker::now_us() - 120_000_000,
+        "lease_ms": 5_000,
+    });
+    js.publish(
+        warden::worker::claim::claim_subject(run),
+        stale.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let withdrawal = Withdrawal {
+        by: "test front end".into(),
+        reason: "the run was cancelled: test".into(),
+        cancelled: true,
+    };
+    let result = worker::withdraw(&js, run, 0, &withdrawal, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a stale claim is withdrawn");
+    assert!(result.cancelled, "{result:?}");
+    assert_eq!(result.audit_records, 2, "{result:?}");
+    let (records, head) = verified_audit(&js, run).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["rule"], worker::WITHDRAWN_RULE, "{}", records[1]);
+    assert_eq!(result.audit_head, head);
+    // The zombie's next record, chained after its own last, is refused.
+    let refused = worker::sink::publish_retrying(
+        &js,
+        &worker::audit_subject(run),
+        None,
+        zombie_last.payload.clone(),
+        Some(zombie_last.sequence),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a stale attempt appended after the withdrawal"
+    );
+    assert_eq!(verified_audit(&js, run).await.0.len(), 2);
+
+    // A run that ended (its end record stored) but whose result was not
+    // published is not withdrawn: its result is its answer.
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
+    worker::submit(&js, &scripted_job("r-ended")).await.unwrap();
+    wait_result(&js, "r-ended", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let events = js.get_stream(worker::EVENTS_STREAM).await.unwrap();
+    let stored = events
+        .get_last_raw_message_by_subject(&worker::result_subject("r-ended"))
+        .await
+        .unwrap();
+    events.delete_message(stored.sequence).await.unwrap();
+    let result = worker::withdraw(&js, "r-ended", 0, &withdrawal, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.answer.as_deref(), Some("forty-two"), "{result:?}");
+    assert!(!result.cancelled, "{result:?}");
+    let (records, _) = verified_audit(&js, "r-ended").await;
+    assert!(
+        records.iter().all(|r| r["rule"] != worker::WITHDRAWN_RULE),
+        "an ended run got a withdrawal record"
+    );
+}

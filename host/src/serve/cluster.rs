@@ -181,10 +181,17 @@ pub async fn enqueue(
         .subscribe(worker::approve_subject(run_id))
         .await
         .map_err(|e| SubmitError::Nats(e.to_string()))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| SubmitError::Nats(e.to_string()))?;
+    // Nothing is published yet: NATS away here is a plain refusal.
+    match tokio::time::timeout(worker::SUBMIT_DEADLINE, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(SubmitError::Nats(error.to_string())),
+        Err(_) => {
+            return Err(SubmitError::Nats(format!(
+                "NATS did not answer within {:?}",
+                worker::SUBMIT_DEADLINE
+            )));
+        }
+    }
     let job = QueuedJob {
         run_id: run_id.to_string(),
         enqueued_us: worker::now_us(),
@@ -380,7 +387,8 @@ pub async fn follow(
             approver,
         ))
     });
-    let confirming = unconfirmed.map(|job| tokio::spawn(confirm(cluster.clone(), job)));
+    let confirming =
+        unconfirmed.map(|job| tokio::spawn(confirm(cluster.clone(), entry.clone(), job)));
     match mirror(&cluster, &entry, enqueued_us).await {
         Ok(result) => {
             // Over: a restarted front end shows it, and need not follow it.
@@ -391,6 +399,16 @@ pub async fn follow(
         }
         Err(error) => {
             tracing::warn!(run = %entry.id, "following a queued run failed: {error}");
+            // Not left running unseen: withdrawn if no worker holds it,
+            // else cancelled on its worker.
+            let reason = format!("the front end could not follow the run: {error}");
+            let stopped = stop(&cluster, &entry, enqueued_us, &reason);
+            if tokio::time::timeout(Duration::from_secs(30), stopped)
+                .await
+                .is_err()
+            {
+                tracing::warn!(run = %entry.id, "the run could not be stopped: it may go on on a worker");
+            }
             entry.fail(format!(
                 "the front end lost the run: {error} (its records and result stay in JetStream under warden.runs.{}.*)",
                 entry.id
@@ -405,40 +423,76 @@ pub async fn follow(
 
 /// Submit `job` again until JetStream confirms it stored it (the message
 /// id makes a stored job's repeat a no-op, and a run is idempotent by its
-/// id past the dedupe window); a job the queue refuses is withdrawn, so
-/// its result says why.
-async fn confirm(cluster: Cluster, job: QueuedJob) {
+/// id past the dedupe window), until the run has a record (it is stored:
+/// a worker took it), or [`CONFIRM_TRIES`] times (then `--queue-timeout`
+/// ends a run that never reached the queue). A job the queue refuses is
+/// withdrawn, so its result says why.
+async fn confirm(cluster: Cluster, entry: Arc<RunEntry>, job: QueuedJob) {
     let mut pause = Duration::from_millis(500);
-    loop {
-        match worker::submit(&cluster.js, &job).await {
+    for _ in 0..CONFIRM_TRIES {
+        if entry.watch().borrow().records > 0 {
+            return;
+        }
+        let refused = match worker::submit(&cluster.js, &job).await {
             Ok(()) => return,
-            Err(SubmitError::Unconfirmed(error)) => {
+            Err(refused @ (SubmitError::QueueFull(_) | SubmitError::Invalid(_))) => refused,
+            Err(error) => {
                 tracing::debug!(run = %job.run_id, "the queue did not confirm the job yet: {error}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+                continue;
             }
-            Err(refused) => {
-                let withdrawal = Withdrawal {
-                    by: cluster.name.clone(),
-                    reason: format!("the run queue refused the run: {refused}"),
-                    cancelled: false,
-                };
-                match worker::withdraw(
-                    &cluster.js,
-                    &job.run_id,
-                    job.enqueued_us,
-                    &withdrawal,
-                    cluster.worker_ack_wait,
-                )
-                .await
-                {
-                    Ok(_) => return,
-                    Err(error) => {
-                        tracing::warn!(run = %job.run_id, "withdrawing a refused run: {error}")
-                    }
-                }
-            }
+        };
+        // Withdrawn, or held by a live worker (an earlier copy is stored).
+        let withdrawal = Withdrawal {
+            by: cluster.name.clone(),
+            reason: format!("the run queue refused the run: {refused}"),
+            cancelled: false,
+        };
+        match worker::withdraw(
+            &cluster.js,
+            &job.run_id,
+            job.enqueued_us,
+            &withdrawal,
+            cluster.worker_ack_wait,
+        )
+        .await
+        {
+            Ok(_) => return,
+            Err(error) => tracing::warn!(run = %job.run_id, "withdrawing a refused run: {error}"),
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+    tracing::warn!(run = %job.run_id, "the queue never confirmed the job; --queue-timeout ends the run if no worker takes it");
+}
+
+/// Most submits of one unconfirmed job (about two minutes with the pauses
+/// between, JetStream's dedupe window): a bound on the copies one run can
+/// put in the queue.
+const CONFIRM_TRIES: usize = 16;
+
+/// Withdraw the run, or cancel it on the live worker that holds it, until
+/// one of the two is done.
+async fn stop(cluster: &Cluster, entry: &RunEntry, enqueued_us: u64, reason: &str) {
+    let client = cluster.js.client();
+    loop {
+        if cluster
+            .withdraw(entry, enqueued_us, reason.to_string(), true)
+            .await
+            .is_some()
+        {
+            return;
+        }
+        let sent = client
+            .request(
+                worker::cancel_subject(&entry.id),
+                reason.as_bytes().to_vec().into(),
+            )
+            .await;
+        if sent.is_ok() {
+            return;
+        }
+        tokio::time::sleep(CANCEL_EVERY).await;
     }
 }
 
@@ -498,6 +552,10 @@ async fn mirror(
     // The reason of a cancel asked for: sent until the run ends.
     let mut cancel: Option<String> = None;
     let mut resend = tokio::time::interval(CANCEL_EVERY);
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A withdrawal is tried at most this often while a cancel finds no
+    // worker (each is a few requests to JetStream).
+    let mut next_withdrawal = tokio::time::Instant::now();
     // Whether a worker holds the run is looked at when it has been quiet
     // (no record) for the queue timeout.
     let mut quiet_since = tokio::time::Instant::now();
@@ -508,6 +566,7 @@ async fn mirror(
                 (t / 4).clamp(Duration::from_millis(250), Duration::from_secs(30))
             }),
     );
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The seq of the last record copied, and the result once read: the
     // run is over when both say the same record.
     let mut last_seq = 0u64;
@@ -575,7 +634,8 @@ async fn mirror(
                 )
                 .await;
                 let nobody = matches!(&sent, Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders);
-                if nobody {
+                if nobody && tokio::time::Instant::now() >= next_withdrawal {
+                    next_withdrawal = tokio::time::Instant::now() + 4 * CANCEL_EVERY;
                     // No worker runs it now: queued, or its worker dead.
                     // Withdrawn unless a live worker just took it (then
                     // the next cancel reaches it).

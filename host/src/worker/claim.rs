@@ -20,6 +20,10 @@ struct Stored {
     attempt: u32,
     /// The holder's clock at its last heartbeat (µs since the epoch).
     heartbeat_us: u64,
+    /// How long the holder takes its claim to live unrenewed (its ack
+    /// wait, ms): nobody takes it as stale sooner.
+    #[serde(default)]
+    lease_ms: u64,
     /// The run was withdrawn (by its front end): no worker runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     withdrawn: Option<Withdrawal>,
@@ -31,6 +35,7 @@ impl Stored {
     /// hold the run forever (by anyone who may publish on the claims
     /// subject), and is taken as a stale one.
     fn is_live(&self, stale_after: Duration) -> bool {
+        let stale_after = stale_after.max(Duration::from_millis(self.lease_ms));
         let now = now_us();
         let age = Duration::from_micros(now.saturating_sub(self.heartbeat_us));
         let ahead = Duration::from_micros(self.heartbeat_us.saturating_sub(now));
@@ -61,6 +66,7 @@ pub struct Claim {
     pub previous_worker: Option<String>,
     worker: String,
     revision: u64,
+    lease_ms: u64,
 }
 
 /// The result of trying to claim a run.
@@ -179,10 +185,12 @@ impl Claims {
                 (held.attempt.saturating_add(1), revision, Some(held.worker))
             }
         };
+        let lease_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
         let stored = Stored {
             worker: worker.to_string(),
             attempt,
             heartbeat_us: now_us(),
+            lease_ms,
             withdrawn: None,
         };
         match self.write(run_id, &stored, expected).await {
@@ -192,6 +200,7 @@ impl Claims {
                 previous_worker,
                 worker: worker.to_string(),
                 revision,
+                lease_ms,
             })),
             // Another worker claimed it first.
             Err(Cas::Lost) => Ok(Taken::Alive),
@@ -205,6 +214,7 @@ impl Claims {
             worker: claim.worker.clone(),
             attempt: claim.attempt,
             heartbeat_us: now_us(),
+            lease_ms: claim.lease_ms,
             withdrawn: None,
         };
         match self.write(&claim.run_id, &stored, claim.revision).await {
@@ -231,7 +241,9 @@ impl Claims {
         withdrawal: &Withdrawal,
         stale_after: Duration,
     ) -> Result<Withdrawn, String> {
-        loop {
+        // Each round lost is a worker's claim or heartbeat written first:
+        // a live worker is found within a few.
+        for _ in 0..8 {
             let (attempt, expected) = match self.read(run_id).await? {
                 None => (0, 0),
                 Some((
@@ -252,15 +264,19 @@ impl Claims {
                 worker: withdrawal.by.clone(),
                 attempt,
                 heartbeat_us: now_us(),
+                lease_ms: 0,
                 withdrawn: Some(withdrawal.clone()),
             };
             match self.write(run_id, &stored, expected).await {
                 Ok(_) => return Ok(Withdrawn::Yes(withdrawal.clone())),
                 // A worker (or another withdrawal) wrote first: look again.
-                Err(Cas::Lost) => continue,
+                Err(Cas::Lost) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(Cas::Failed(error)) => return Err(format!("withdrawing {run_id}: {error}")),
             }
         }
+        Err(format!(
+            "withdrawing {run_id}: its claim kept changing under the compare-and-set"
+        ))
     }
 }
 

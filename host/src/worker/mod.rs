@@ -428,9 +428,11 @@ pub async fn submit(js: &jetstream::Context, job: &QueuedJob) -> Result<(), Subm
         match error.kind() {
             // Sent, and no answer: it may be stored.
             Kind::TimedOut | Kind::BrokenPipe if sent => maybe_stored = true,
-            // JetStream answered: it refused the job. (Had an earlier
-            // unanswered publish been stored, this repeat would have been
-            // acked as its duplicate.)
+            // JetStream answered a repeat of a publish that may be
+            // stored (its limits can be checked before its duplicates):
+            // still unknown.
+            Kind::Other if sent && maybe_stored => {}
+            // JetStream answered: it refused the job.
             Kind::Other if sent => {
                 return Err(
                     if text.contains("maximum messages") || text.contains("maximum bytes") {
@@ -474,44 +476,118 @@ pub async fn withdraw(
     if let Some(result) = stored_result(js, run_id).await? {
         return Ok(Some(result));
     }
-    let claims = Claims::open(js).await?;
-    let withdrawal = match claims.withdraw(run_id, withdrawal, stale_after).await? {
-        claim::Withdrawn::Held => return Ok(None),
-        claim::Withdrawn::Yes(withdrawal) => withdrawal,
+    let result = match last_audit_record(js, run_id).await? {
+        // It ended; its worker has not published the result (yet).
+        Some(last) if is_end(&last.record) => {
+            result_from_end(run_id, enqueued_us, &last.record, &last.line)
+        }
+        _ => {
+            let claims = Claims::open(js).await?;
+            let withdrawal = match claims.withdraw(run_id, withdrawal, stale_after).await? {
+                claim::Withdrawn::Held => return Ok(None),
+                claim::Withdrawn::Yes(withdrawal) => withdrawal,
+            };
+            end_withdrawn(js, run_id, enqueued_us, &withdrawal).await?
+        }
     };
-    let result = withdrawn_result(js, run_id, enqueued_us, &withdrawal).await?;
     publish_result(js, &result, Duration::from_secs(30)).await?;
     // A result stored first (a worker that ended just before) is the run's.
     Ok(Some(stored_result(js, run_id).await?.unwrap_or(result)))
 }
 
-/// The result of a withdrawn run: its error is the withdrawal's reason,
-/// its head the last record an earlier attempt left (if any).
-async fn withdrawn_result(
+/// The rule of the end record a withdrawal writes.
+pub const WITHDRAWN_RULE: &str = "worker.withdrawn";
+
+/// End the withdrawn run `run_id`: its end record is appended after its
+/// last (with the subject's expected last sequence, so an attempt still
+/// running somewhere cannot append after it), unless its last record is
+/// an end record already (it ended before the withdrawal: that is its
+/// result). The result names the end record.
+async fn end_withdrawn(
     js: &jetstream::Context,
     run_id: &str,
     enqueued_us: u64,
     withdrawal: &claim::Withdrawal,
 ) -> Result<RunResult, String> {
-    let (audit_head, audit_records) = match last_audit_record(js, run_id).await? {
-        Some(last) => (line_hash(&last.line), last.record.seq),
-        None => (String::new(), 0),
-    };
-    Ok(RunResult {
-        run_id: run_id.to_string(),
-        answer: None,
-        error: Some(withdrawal.reason.clone()),
-        attempt: 0,
-        worker: withdrawal.by.clone(),
-        audit_head,
-        audit_records,
-        enqueued_us,
-        started_us: 0,
-        ended_us: now_us(),
-        recovered: false,
-        cancelled: withdrawal.cancelled,
-        summary: None,
-    })
+    // A zombie attempt appending between the read and the write makes
+    // the write fail; it stops at its next heartbeat.
+    for _ in 0..5 {
+        let last = last_audit_record(js, run_id).await?;
+        if let Some(last) = &last
+            && is_end(&last.record)
+        {
+            return Ok(result_from_end(
+                run_id,
+                enqueued_us,
+                &last.record,
+                &last.line,
+            ));
+        }
+        let (head, seq, after) = match &last {
+            Some(last) => (line_hash(&last.line), last.record.seq, last.stream_seq),
+            None => (GENESIS.to_string(), 0, 0),
+        };
+        let (audit_sink, pump) = sink::NatsSink::start(
+            js.clone(),
+            audit_subject(run_id),
+            after,
+            sink::SinkLimits {
+                max_in_flight: 1 << 20,
+                publish_deadline: Duration::from_secs(30),
+            },
+        );
+        let audit = AuditLog::new(run_id)
+            .with_head(&head)
+            .with_seq(seq)
+            .with_sink(audit_sink);
+        let mut data = serde_json::json!({
+            "error": withdrawal.reason,
+            "withdrawn": { "by": withdrawal.by },
+        });
+        if withdrawal.cancelled {
+            data["cancelled"] = serde_json::Value::String(withdrawal.reason.clone());
+        }
+        audit
+            .write(Entry {
+                kind: Kind::Run,
+                event: Event::Outcome,
+                subject: "job".into(),
+                decision: Verdict::Deny,
+                rule: WITHDRAWN_RULE.into(),
+                detail: withdrawal.reason.clone(),
+                outcome: Some(Outcome::Failed),
+                data: Some(data),
+            })
+            .map_err(|e| e.to_string())?;
+        drop(audit);
+        match pump.await {
+            Ok(Ok(pumped)) => {
+                return Ok(RunResult {
+                    run_id: run_id.to_string(),
+                    answer: None,
+                    error: Some(withdrawal.reason.clone()),
+                    attempt: 0,
+                    worker: withdrawal.by.clone(),
+                    audit_head: pumped.head,
+                    audit_records: pumped.last_seq,
+                    enqueued_us,
+                    started_us: 0,
+                    ended_us: now_us(),
+                    recovered: false,
+                    cancelled: withdrawal.cancelled,
+                    summary: None,
+                });
+            }
+            Ok(Err(error)) if error.contains("wrong last sequence") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(Err(error)) => return Err(error),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err(format!(
+        "the withdrawn run {run_id} kept getting records: its end record could not be written"
+    ))
 }
 
 /// Jobs waiting in the queue (not yet delivered to a worker): what an
@@ -824,13 +900,11 @@ impl Worker {
             Err(error) => return Handled::Retry(error),
         };
         if let Some(last) = &previous
-            && last.record.kind == Kind::Run
-            && last.record.event == Event::Outcome
-            && last.record.rule != ABANDONED_RULE
+            && is_end(&last.record)
         {
             // The run ended and its end record is durable; its worker
             // died before the result. Rebuild it: never run again.
-            let result = result_from_end(job, &last.record, &last.line);
+            let result = result_from_end(run_id, job.enqueued_us, &last.record, &last.line);
             return match publish_result(&self.js, &result, self.config.publish_deadline).await {
                 Ok(()) => Handled::Recovered,
                 Err(error) => Handled::Retry(error),
@@ -848,7 +922,7 @@ impl Worker {
                 // Its front end may have died before storing the result.
                 let stored = async {
                     let result =
-                        withdrawn_result(&self.js, run_id, job.enqueued_us, &withdrawal).await?;
+                        end_withdrawn(&self.js, run_id, job.enqueued_us, &withdrawal).await?;
                     publish_result(&self.js, &result, self.config.publish_deadline).await
                 };
                 return match stored.await {
@@ -872,6 +946,63 @@ impl Worker {
     ) -> Handled {
         let run_id = job.run_id.as_str();
         let attempt = claim.attempt;
+        // Held from the claim until the result: no heartbeat gap while
+        // the local copy is written, the run resolved, or its records
+        // drained (a claim gone stale there could be withdrawn or taken
+        // over while this attempt still runs).
+        let body = self.attempt(job, attempt, claim.previous_worker.clone(), previous);
+        let attempted = match self.beating(body, message, &mut claim).await {
+            None => return Handled::LostClaim,
+            Some(Err(handled)) => return handled,
+            Some(Ok(attempted)) => attempted,
+        };
+        let Attempted {
+            answer,
+            error,
+            cancelled,
+            summary,
+            pumped,
+        } = attempted;
+        // Only the claim's holder publishes: a worker thought dead that
+        // comes back finds its claim taken and stops here.
+        if let Err(error) = self.claims.beat(&mut claim).await {
+            return if error == claim::LOST {
+                Handled::LostClaim
+            } else {
+                Handled::Retry(error)
+            };
+        }
+        let result = RunResult {
+            run_id: run_id.to_string(),
+            answer,
+            error,
+            attempt,
+            worker: self.config.name.clone(),
+            audit_head: pumped.head,
+            audit_records: pumped.last_seq,
+            enqueued_us: job.enqueued_us,
+            started_us,
+            ended_us: now_us(),
+            recovered: false,
+            cancelled,
+            summary,
+        };
+        match publish_result(&self.js, &result, self.config.publish_deadline).await {
+            Ok(()) => Handled::Ran(attempt),
+            Err(error) => Handled::Retry(error),
+        }
+    }
+
+    /// One attempt of the run, from its first record to its last acked by
+    /// JetStream; `Err` is how the job is handled instead.
+    async fn attempt(
+        &self,
+        job: &QueuedJob,
+        attempt: u32,
+        previous_worker: Option<String>,
+        previous: Option<LastRecord>,
+    ) -> Result<Attempted, Handled> {
+        let run_id = job.run_id.as_str();
         let (head, seq, subject_seq) = match &previous {
             Some(last) => (line_hash(&last.line), last.record.seq, last.stream_seq),
             None => (GENESIS.to_string(), 0, 0),
@@ -893,10 +1024,10 @@ impl Worker {
             match self.local_copy(dir, run_id, previous.is_some()).await {
                 Ok(file) => audit = audit.with_sink(file),
                 Err(error) => {
-                    return Handled::Retry(format!(
+                    return Err(Handled::Retry(format!(
                         "the local audit copy in {} cannot be written: {error}",
                         dir.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -919,14 +1050,14 @@ impl Worker {
                     "abandoned": {
                         "attempt": attempt.saturating_sub(1),
                         "last_seq": last.record.seq,
-                        "worker": claim.previous_worker.clone(),
+                        "worker": previous_worker,
                     },
                     "attempt": attempt,
                     "worker": self.config.name,
                 })),
             });
             if let Err(error) = marked {
-                return Handled::Retry(error.to_string());
+                return Err(Handled::Retry(error.to_string()));
             }
         }
         let approver: Arc<dyn Approver> = Arc::new(approve::NatsApprover::new(
@@ -947,13 +1078,7 @@ impl Worker {
             self.resolver.resolve(job, approver)
         };
         let outcome = match refused {
-            Ok(spec) => {
-                let running = self.run_beating(spec, audit, message, &mut claim);
-                match running.await {
-                    Beat::Done(result) => Ok(*result),
-                    Beat::Lost => return Handled::LostClaim,
-                }
-            }
+            Ok(spec) => Ok(self.run_cancellable(spec, audit, run_id).await),
             Err(reason) => Err((reason, audit)),
         };
         let mut cancelled = false;
@@ -995,7 +1120,7 @@ impl Worker {
                 });
                 drop(audit);
                 if let Err(error) = ended {
-                    return Handled::Retry(error.to_string());
+                    return Err(Handled::Retry(error.to_string()));
                 }
                 (None, Some(reason))
             }
@@ -1004,59 +1129,31 @@ impl Worker {
         // dropped with the run, closing the pump's channel).
         let pumped = match pump.await {
             Ok(Ok(pumped)) => pumped,
-            Ok(Err(error)) => return Handled::Retry(error),
-            Err(error) => return Handled::Retry(error.to_string()),
+            Ok(Err(error)) => return Err(Handled::Retry(error)),
+            Err(error) => return Err(Handled::Retry(error.to_string())),
         };
-        // Only the claim's holder publishes: a worker thought dead that
-        // comes back finds its claim taken and stops here.
-        if let Err(error) = self.claims.beat(&mut claim).await {
-            return if error == claim::LOST {
-                Handled::LostClaim
-            } else {
-                Handled::Retry(error)
-            };
-        }
-        let result = RunResult {
-            run_id: run_id.to_string(),
+        Ok(Attempted {
             answer,
             error,
-            attempt,
-            worker: self.config.name.clone(),
-            audit_head: pumped.head,
-            audit_records: pumped.last_seq,
-            enqueued_us: job.enqueued_us,
-            started_us,
-            ended_us: now_us(),
-            recovered: false,
             cancelled,
             summary,
-        };
-        match publish_result(&self.js, &result, self.config.publish_deadline).await {
-            Ok(()) => Handled::Ran(attempt),
-            Err(error) => Handled::Retry(error),
-        }
+            pumped,
+        })
     }
 
-    /// Run `spec`, sending a heartbeat (in-progress ack, claim update)
-    /// every third of the ack wait. Losing the claim stops the run.
-    async fn run_beating(
+    /// Run `spec` until it ends or is cancelled on its cancel subject.
+    async fn run_cancellable(
         &self,
         spec: RunSpec,
         audit: AuditLog,
-        message: &jetstream::Message,
-        claim: &mut Claim,
-    ) -> Beat {
+        run_id: &str,
+    ) -> Result<crate::run::RunReport, crate::run::RunError> {
         // Subscribed before the run starts, so a cancel sent from now on
         // stops it (one sent earlier is sent again by the front end).
-        let cancel = match self
-            .js
-            .client()
-            .subscribe(cancel_subject(&claim.run_id))
-            .await
-        {
+        let cancel = match self.js.client().subscribe(cancel_subject(run_id)).await {
             Ok(subscription) => Some(subscription),
             Err(error) => {
-                tracing::warn!("cannot listen for cancels of {}: {error}", claim.run_id);
+                tracing::warn!("cannot listen for cancels of {run_id}: {error}");
                 None
             }
         };
@@ -1087,19 +1184,45 @@ impl Worker {
                 None => std::future::pending().await,
             }
         };
-        let running = run_until(&self.runtime, spec, audit, cancelled);
-        tokio::pin!(running);
+        run_until(&self.runtime, spec, audit, cancelled).await
+    }
+
+    /// `work`, with a heartbeat (in-progress ack, claim renewal) every
+    /// third of the ack wait; `None`, with `work` dropped, when the claim
+    /// was taken, or when it could not be renewed for half the ack wait:
+    /// this worker stops on its own clock before the claim is stale to
+    /// anyone else, so a run withdrawn or taken over as a dead worker's
+    /// is not still running here.
+    async fn beating<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        message: &jetstream::Message,
+        claim: &mut Claim,
+    ) -> Option<T> {
+        tokio::pin!(work);
         let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                done = &mut running => return Beat::Done(Box::new(done)),
+                done = &mut work => return Some(done),
                 _ = beat.tick() => {
                     let _ = message.ack_with(jetstream::AckKind::Progress).await;
                     match self.claims.beat(claim).await {
-                        Err(error) if error == claim::LOST => return Beat::Lost,
-                        Err(error) => tracing::warn!("heartbeat of {}: {error}", claim.run_id),
-                        Ok(()) => {}
+                        Ok(()) => renewed = tokio::time::Instant::now(),
+                        Err(error) if error == claim::LOST => return None,
+                        Err(error) => {
+                            tracing::warn!("heartbeat of {}: {error}", claim.run_id);
+                            if renewed.elapsed() >= self.config.ack_wait / 2 {
+                                tracing::warn!(
+                                    "{}: the claim was not renewed for {:?}; stopping the run before another worker may take it",
+                                    claim.run_id,
+                                    renewed.elapsed()
+                                );
+                                return None;
+                            }
+                        }
                     }
                 }
             }
@@ -1128,9 +1251,13 @@ impl Worker {
     }
 }
 
-enum Beat {
-    Done(Box<Result<crate::run::RunReport, crate::run::RunError>>),
-    Lost,
+/// What an attempt came to, its records all stored.
+struct Attempted {
+    answer: Option<String>,
+    error: Option<String>,
+    cancelled: bool,
+    summary: Option<serde_json::Value>,
+    pumped: sink::Pumped,
 }
 
 /// The last record of a run in the stream.
@@ -1170,7 +1297,13 @@ async fn last_audit_record(
     }
 }
 
-fn result_from_end(job: &QueuedJob, end: &Record, line: &[u8]) -> RunResult {
+/// Whether `record` is a run's end record (not the mark a resumed attempt
+/// leaves).
+fn is_end(record: &Record) -> bool {
+    record.kind == Kind::Run && record.event == Event::Outcome && record.rule != ABANDONED_RULE
+}
+
+fn result_from_end(run_id: &str, enqueued_us: u64, end: &Record, line: &[u8]) -> RunResult {
     let field = |name: &str| {
         end.data
             .as_ref()
@@ -1188,14 +1321,14 @@ fn result_from_end(job: &QueuedJob, end: &Record, line: &[u8]) -> RunResult {
         None => Some(field("error").unwrap_or_else(|| end.detail.clone())),
     };
     RunResult {
-        run_id: job.run_id.clone(),
+        run_id: run_id.to_string(),
         answer,
         error,
         attempt: 0,
         worker: String::new(),
         audit_head: line_hash(line),
         audit_records: end.seq,
-        enqueued_us: job.enqueued_us,
+        enqueued_us,
         started_us: 0,
         ended_us: now_us(),
         recovered: true,
@@ -1278,7 +1411,7 @@ mod tests {
             outcome: Some(Outcome::Ok),
             data: Some(serde_json::json!({ "answer": "42" })),
         };
-        let result = result_from_end(&job, &end, b"line");
+        let result = result_from_end(&job.run_id, job.enqueued_us, &end, b"line");
         assert_eq!(result.answer.as_deref(), Some("42"));
         assert_eq!(result.audit_records, 9);
         assert!(result.recovered);
