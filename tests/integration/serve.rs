@@ -1214,3 +1214,19 @@ async fn serve_without_auth_refuses_other_sites_and_rebound_names() {
         .unwrap();
     assert_eq!(by_name.status(), 202, "{:?}", by_name.text().await);
 }
+
+/// Audit logs are kept, never deleted by the server: a disk with less room
+/// than `--min-free-disk` refuses new runs (507, `disk-full`) instead of
+/// letting clients fill it.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_runs_when_the_audit_disk_has_no_room() {
+    let server = Server::start_with(|_, limits| limits.min_free_disk = u64::MAX).await;
+    let (status, body) = server.submit(ALICE, demo_request()).await;
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "disk-full", "{body}");
+    openapi_check("Error", &body);
+    assert_eq!(server.state.live_runs(), 0);
+    let room = Server::start_with(|_, limits| limits.min_free_disk = 1).await;
+    let (status, body) = room.submit(ALICE, demo_request()).await;
+    assert_eq!(status, 202, "{body}");
+}

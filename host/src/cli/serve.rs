@@ -76,6 +76,11 @@ pub(crate) struct ServeArgs {
     /// (the oldest are forgotten past it).
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     max_kept_bytes: usize,
+    /// Refuse new runs (507) while the audit directory's file system has
+    /// fewer bytes free than this: audit logs are kept, never deleted by
+    /// the server, so the disk bounds them; archive old ones.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    min_free_disk: u64,
     /// The largest request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_body: usize,
@@ -210,6 +215,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         max_live_runs: args.max_runs as usize,
         max_kept_runs: args.max_kept,
         max_kept_bytes: args.max_kept_bytes,
+        min_free_disk: args.min_free_disk,
         max_streams: args.max_streams.max(1),
         max_streams_per_token: args.max_streams_per_token.max(1),
         max_connections: args.max_connections.max(1),

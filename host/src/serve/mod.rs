@@ -101,6 +101,10 @@ pub struct ServeLimits {
     pub slow_reader: Duration,
     /// Most runs `GET /runs` lists.
     pub max_listed: usize,
+    /// A submit is refused (`507`) while the audit directory's file system
+    /// has fewer bytes free than this: audit files are kept, so the disk
+    /// is what bounds them.
+    pub min_free_disk: u64,
 }
 
 impl Default for ServeLimits {
@@ -116,6 +120,7 @@ impl Default for ServeLimits {
             read_timeout: Duration::from_secs(10),
             slow_reader: Duration::from_secs(10),
             max_listed: 1000,
+            min_free_disk: 1 << 30,
         }
     }
 }
@@ -585,6 +590,27 @@ async fn submit(
             ),
         );
     }
+    match free_disk(&state.jobs.audit_dir) {
+        Ok(free) if free < state.limits.min_free_disk => {
+            tracing::warn!(
+                "a run was refused: {free} bytes are free for audit logs in {}, less than --min-free-disk {}",
+                state.jobs.audit_dir.display(),
+                state.limits.min_free_disk
+            );
+            return with_retry_after(
+                error(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk-full",
+                    "the server has no room for more audit logs (--min-free-disk): retry later, or ask its operator to archive old ones",
+                ),
+                60,
+            );
+        }
+        Ok(_) => {}
+        Err(failure) => {
+            tracing::debug!("cannot read the free space of the audit directory: {failure}")
+        }
+    }
     let admitted = state.runs().admit(caller.name(), caller.token.max_runs);
     match admitted {
         Ok(()) => {}
@@ -947,6 +973,25 @@ async fn cancel(
             .into_response();
     }
     (StatusCode::ACCEPTED, Json(entry.view())).into_response()
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+pub fn free_disk(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // A directory not made yet will be on its nearest existing ancestor's.
+    let dir = dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
+    // `stats` is a plain struct the call fills in.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Raise the soft limit on open descriptors to the hard limit; returns
