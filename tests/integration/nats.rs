@@ -1148,3 +1148,91 @@ async fn nats_a_withdrawal_fences_a_stale_attempt_and_keeps_a_run_that_ended() {
         "an ended run got a withdrawal record"
     );
 }
+
+/// A worker cut off from NATS while its run waits on the model does not
+/// go on with the run once it may have lost its claim: the attempt is
+/// dropped, and once NATS is back the job runs again as attempt 2, the
+/// first marked abandoned. (Here the renewal sent as NATS went down is
+/// applied when it comes back, so the worker's next renewal finds the
+/// claim changed and stops; a worker whose renewals fail without landing
+/// stops on its own clock after half the ack wait, which this test does
+/// not separate.)
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_worker_cut_off_from_nats_stops_its_run_before_its_claim_is_stale() {
+    let mut nats = NatsServer::start();
+    let dir = policies();
+    let model = MockModel::start(vec![
+        openai_text("too late", None).after(Duration::from_secs(30)),
+        openai_text("second attempt", None),
+    ])
+    .await;
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--ack-wait", "4"]);
+    let js = nats.jetstream().await;
+    worker::submit(&js, &remote_job("r-cut-off", &model))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the run did not call its model");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nats.restart(Duration::from_secs(6));
+    let js = nats.jetstream().await;
+    let result = wait_result(&js, "r-cut-off", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(result.attempt, 2, "{result:?}");
+    assert_eq!(
+        result.answer.as_deref(),
+        Some("second attempt"),
+        "{result:?}"
+    );
+    let (records, _) = verified_audit(&js, "r-cut-off").await;
+    assert!(
+        records.iter().any(|r| r["rule"] == ABANDONED_RULE),
+        "the first attempt is marked"
+    );
+    assert_eq!(ends(&records).len(), 1);
+}
+
+/// A worker whose claim renewals fail without landing (here the claims
+/// stream stops taking its subject for a while) stops its run on its own
+/// clock after half the ack wait, instead of going on until the claim is
+/// stale to others: once renewals work again, the job runs as attempt 2.
+/// Before the self-stop, attempt 1 went on and answered "too late".
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_a_worker_whose_renewals_fail_stops_its_run_on_its_own_clock() {
+    let nats = NatsServer::start();
+    let dir = policies();
+    let model = MockModel::start(vec![
+        openai_text("too late", None).after(Duration::from_secs(20)),
+        openai_text("second attempt", None),
+    ])
+    .await;
+    let _worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &["--ack-wait", "4"]);
+    let js = nats.jetstream().await;
+    worker::submit(&js, &remote_job("r-renewals", &model))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the run did not call its model");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut claims = js.get_stream(worker::CLAIMS_STREAM).await.unwrap();
+    let config = claims.info().await.unwrap().config.clone();
+    let mut away = config.clone();
+    away.subjects = vec!["warden.claims-away.>".into()];
+    js.update_stream(away).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    js.update_stream(config).await.unwrap();
+    let result = wait_result(&js, "r-renewals", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(result.attempt, 2, "{result:?}");
+    assert_eq!(
+        result.answer.as_deref(),
+        Some("second attempt"),
+        "{result:?}"
+    );
+}
