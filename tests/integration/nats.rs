@@ -1107,19 +1107,29 @@ async fn nats_a_withdrawal_fences_a_stale_attempt_and_keeps_a_run_that_ended() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1]["rule"], worker::WITHDRAWN_RULE, "{}", records[1]);
     assert_eq!(result.audit_head, head);
-    // The zombie's next record, chained after its own last, is refused.
-    let refused = worker::sink::publish_retrying(
-        &js,
-        &worker::audit_subject(run),
-        None,
-        zombie_last.payload.clone(),
-        Some(zombie_last.sequence),
-        Duration::from_secs(5),
-    )
-    .await;
+    // The zombie's next records, chained after its own last, are refused:
+    // the first has the same place (seq 2) as the withdrawal's end record,
+    // and must not be acked as its duplicate.
+    let (sink, pump) = worker::sink::NatsSink::start(
+        js.clone(),
+        worker::audit_subject(run),
+        zombie_last.sequence,
+        worker::sink::SinkLimits {
+            max_in_flight: 1 << 20,
+            publish_deadline: Duration::from_secs(5),
+        },
+    );
+    let zombie = AuditLog::new(run)
+        .with_head(&warden::audit::line_hash(&zombie_last.payload))
+        .with_seq(1)
+        .with_sink(sink);
+    zombie.write(entry()).unwrap();
+    let _ = zombie.write(entry());
+    drop(zombie);
+    let refused = pump.await.unwrap();
     assert!(
         refused.is_err(),
-        "a stale attempt appended after the withdrawal"
+        "a stale attempt appended after the withdrawal: {refused:?}"
     );
     assert_eq!(verified_audit(&js, run).await.0.len(), 2);
 

@@ -71,7 +71,14 @@ impl NatsSink {
             };
             while let Some((seq, line)) = receive.recv().await {
                 let size = line.len() as u64;
-                let id = format!("{subject}.{seq}");
+                // The id names the record's bytes, not only its place: a
+                // retry of this very record is stored once, but another
+                // record for the same place (a withdrawal's end record, a
+                // newer attempt's) is not taken for it, and meets the
+                // expected-sequence check (which JetStream applies after
+                // its duplicate check).
+                let hash = line_hash(&line);
+                let id = format!("{subject}.{seq}.{}", &hash[..16]);
                 let published = publish_retrying(
                     &js,
                     &subject,
@@ -86,7 +93,7 @@ impl NatsSink {
                     Ok(sequence) => {
                         expected = sequence;
                         pumped.last_seq = seq;
-                        pumped.head = line_hash(&line);
+                        pumped.head = hash;
                     }
                     Err(error) => {
                         let error = format!("record {seq} was not stored on {subject}: {error}");
