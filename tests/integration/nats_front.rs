@@ -460,4 +460,20 @@ async fn nats_a_restarted_front_end_knows_and_follows_its_runs_again() {
     }
     let (_, listed) = front.get("/runs").await;
     assert_eq!(listed["runs"].as_array().unwrap().len(), 2, "{listed}");
+    // A second front end on the same audit directory would follow, copy
+    // and forget this one's runs: it is refused.
+    let second = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--nats", &nats.url(), "--policies"])
+        .arg(dir.path())
+        .arg("--audit-dir")
+        .arg(audit.path())
+        .args(["--insecure-no-auth", "--listen", "127.0.0.1:0"])
+        .arg("--cache-dir")
+        .arg(cache_dir())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("uses the audit directory"), "{said}");
 }

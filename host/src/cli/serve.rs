@@ -287,6 +287,14 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         }
     }
     let state = Arc::new(state);
+    // Held while this process runs.
+    let _audit_lock = match &args.nats {
+        Some(_) => match warden::serve::cluster::lock_audit_dir(&audit_dir) {
+            Ok(lock) => Some(lock),
+            Err(message) => return bad_input(format!("error: {message}")),
+        },
+        None => None,
+    };
     // The runs a front end that stopped was following, on this audit dir.
     match warden::serve::cluster::recover(&state).await {
         Ok(0) => {}

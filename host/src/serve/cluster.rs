@@ -106,6 +106,8 @@ pub struct Queued {
     asks: async_nats::Subscriber,
     enqueued_us: u64,
     unconfirmed: Option<QueuedJob>,
+    /// The audit file holds the records up to this `seq` already.
+    copied_through: u64,
 }
 
 /// What a front end keeps on disk of each run it follows, beside its audit
@@ -122,8 +124,9 @@ struct Following {
 
 const FOLLOWING: &str = ".following.json";
 
-/// Largest file [`recover`] reads.
-const MAX_FOLLOWING: u64 = 64 << 10;
+/// Largest file [`recover`] reads (a result from the bus, at most NATS's
+/// largest message, and a few names).
+const MAX_FOLLOWING: u64 = 16 << 20;
 
 fn following_path(entry: &RunEntry) -> Option<PathBuf> {
     let dir = entry.audit_path.parent()?;
@@ -218,7 +221,32 @@ pub async fn enqueue(
         asks,
         enqueued_us: job.enqueued_us,
         unconfirmed: (!confirmed).then_some(job),
+        copied_through: 0,
     })
+}
+
+/// Hold the audit directory `dir` for this front end (an exclusive lock
+/// on `dir/.serve.lock`, released when the returned file is dropped or the
+/// process ends): two front ends sharing one directory would each follow,
+/// copy and forget the other's runs.
+pub fn lock_audit_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd as _;
+    let path = dir.join(".serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: the descriptor is the open file's, alive for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "another `warden serve --nats` uses the audit directory {} (it holds {}): give each front end its own --audit-dir",
+            dir.display(),
+            path.display()
+        ));
+    }
+    Ok(file)
 }
 
 /// Know again the runs a front end that stopped knew (each
@@ -250,6 +278,7 @@ pub async fn recover(state: &Arc<ServeState>) -> Result<usize, String> {
             state.jobs.audit_dir.join(format!("{}.jsonl", run.id)),
         ));
         if let Some(result) = &following.result {
+            entry.records_kept(result.audit_records);
             entry.finish_queued(result);
         }
         let forgotten = {
@@ -287,16 +316,26 @@ pub async fn recover(state: &Arc<ServeState>) -> Result<usize, String> {
             }
             runs.insert(entry.clone());
         }
-        // Its records come again from the stream's first.
-        if let Err(error) = std::fs::File::create(&entry.audit_path) {
-            entry.fail(format!("the run's audit file cannot be written: {error}"));
-            let mut runs = state.runs();
-            runs.release(&entry.owner);
-            let forgotten = runs.finished(&entry.id);
-            drop(runs);
-            forget(&forgotten);
-            continue;
-        }
+        // The records it has are kept (the stream may have lost them);
+        // the rest come from the stream.
+        let path = entry.audit_path.clone();
+        let kept = tokio::task::spawn_blocking(move || kept_records(&path))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|kept| kept);
+        let copied_through = match kept {
+            Ok(seq) => seq,
+            Err(error) => {
+                entry.fail(format!("the run's audit file cannot be read: {error}"));
+                let mut runs = state.runs();
+                runs.release(&entry.owner);
+                let forgotten = runs.finished(&entry.id);
+                drop(runs);
+                forget(&forgotten);
+                continue;
+            }
+        };
+        entry.records_kept(copied_through);
         let asks = match cluster
             .js
             .client()
@@ -315,12 +354,39 @@ pub async fn recover(state: &Arc<ServeState>) -> Result<usize, String> {
                 asks,
                 enqueued_us: following.enqueued_us,
                 unconfirmed: None,
+                copied_through,
             },
             approver,
         ));
         followed += 1;
     }
     Ok(followed)
+}
+
+/// The `seq` of the last whole record of the audit file at `path` (0 for
+/// none or no file), a torn last line cut off.
+fn kept_records(path: &Path) -> std::io::Result<u64> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error),
+    };
+    let whole = text
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |end| end + 1);
+    if whole < text.len() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(whole as u64)?;
+    }
+    let last = text[..whole]
+        .split(|b| *b == b'\n')
+        .rfind(|line| !line.is_empty());
+    Ok(last
+        .and_then(|line| serde_json::from_slice::<Seq>(line).ok())
+        .map_or(0, |record| record.seq))
 }
 
 /// The runs written down in `dir`, newest first.
@@ -378,6 +444,7 @@ pub async fn follow(
         asks,
         enqueued_us,
         unconfirmed,
+        copied_through,
     } = queued;
     let relay = approver.map(|approver| {
         tokio::spawn(relay_asks(
@@ -389,7 +456,7 @@ pub async fn follow(
     });
     let confirming =
         unconfirmed.map(|job| tokio::spawn(confirm(cluster.clone(), entry.clone(), job)));
-    match mirror(&cluster, &entry, enqueued_us).await {
+    match mirror(&cluster, &entry, enqueued_us, copied_through).await {
         Ok(result) => {
             // Over: a restarted front end shows it, and need not follow it.
             if let Err(error) = write_following(&entry, enqueued_us, Some(&result)) {
@@ -535,6 +602,7 @@ async fn mirror(
     cluster: &Cluster,
     entry: &RunEntry,
     enqueued_us: u64,
+    copied_through: u64,
 ) -> Result<RunResult, String> {
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -569,7 +637,7 @@ async fn mirror(
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The seq of the last record copied, and the result once read: the
     // run is over when both say the same record.
-    let mut last_seq = 0u64;
+    let mut last_seq = copied_through;
     let mut result: Option<RunResult> = None;
     loop {
         if let Some(done) = &result
@@ -593,6 +661,11 @@ async fn mirror(
                 let seq = serde_json::from_slice::<Seq>(&line)
                     .map_err(|e| format!("a record on {audit_subject} is not a record: {e}"))?
                     .seq;
+                if seq <= copied_through {
+                    // In the file from before a restart.
+                    last_seq = seq;
+                    continue;
+                }
                 let mut text = Vec::with_capacity(line.len() + 1);
                 text.extend_from_slice(&line);
                 text.push(b'\n');

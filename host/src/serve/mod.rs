@@ -590,7 +590,12 @@ async fn submit(
             ),
         );
     }
-    match free_disk(&state.jobs.audit_dir) {
+    // Off the reactor: a hung network file system must not stall it.
+    let audit_dir = state.jobs.audit_dir.clone();
+    let free = tokio::task::spawn_blocking(move || free_disk(&audit_dir))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    match free {
         Ok(free) if free < state.limits.min_free_disk => {
             tracing::warn!(
                 "a run was refused: {free} bytes are free for audit logs in {}, less than --min-free-disk {}",
@@ -678,47 +683,51 @@ async fn submit(
                 "a run with this id exists",
             );
         }
-        let queued = match cluster::enqueue(cluster, &entry, request).await {
-            Ok(queued) => queued,
-            Err(refused) => {
-                return match refused {
-                    worker::SubmitError::QueueFull(_) => with_retry_after(
-                        error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "queue-full",
-                            refused.to_string(),
-                        ),
-                        5,
-                    ),
-                    worker::SubmitError::Invalid(_)
-                    | worker::SubmitError::Nats(_)
-                    | worker::SubmitError::Unconfirmed(_) => {
-                        tracing::warn!(run = %entry.id, "the queue refused a run: {refused}");
-                        with_retry_after(
-                            error(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "queue-unavailable",
-                                "the run queue did not take the run (the server's log says why): retry later",
-                            ),
-                            5,
-                        )
-                    }
-                };
-            }
-        };
-        state.runs().insert(entry.clone());
+        // Queued and followed in a task of its own, which owns the run's
+        // slot: a client that hangs up mid-submit cannot leave a job
+        // stored but unfollowed.
         slot.armed = false;
         drop(slot);
-        let view = entry.view();
-        let approver = state.approver_for.as_ref().map(|make| make(&entry.info()));
-        tokio::spawn(cluster::follow(
+        let queueing = tokio::spawn(queue_and_follow(
             state.clone(),
             cluster.clone(),
-            entry,
-            queued,
-            approver,
+            entry.clone(),
+            request,
         ));
-        return accepted(view);
+        let refused = match queueing.await {
+            Ok(Ok(view)) => return accepted(view),
+            Ok(Err(refused)) => refused,
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server",
+                    "the run could not be queued (the server's log says why)",
+                );
+            }
+        };
+        return match refused {
+            worker::SubmitError::QueueFull(_) => with_retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue-full",
+                    refused.to_string(),
+                ),
+                5,
+            ),
+            worker::SubmitError::Invalid(_)
+            | worker::SubmitError::Nats(_)
+            | worker::SubmitError::Unconfirmed(_) => {
+                tracing::warn!(run = %entry.id, "the queue refused a run: {refused}");
+                with_retry_after(
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "queue-unavailable",
+                        "the run queue did not take the run (the server's log says why): retry later",
+                    ),
+                    5,
+                )
+            }
+        };
     }
     let log = match job.open_audit() {
         Ok(log) => log.with_sink(Progressed(entry.clone())),
@@ -747,6 +756,35 @@ async fn submit(
     let view = entry.view();
     tokio::spawn(drive(state.clone(), entry, job, log));
     accepted(view)
+}
+
+/// Queue the admitted run `entry` on `cluster` and follow it: its view
+/// once queued (the following goes on in its own task), or why the queue
+/// refused it (its slot given back).
+async fn queue_and_follow(
+    state: Arc<ServeState>,
+    cluster: cluster::Cluster,
+    entry: Arc<RunEntry>,
+    request: RunRequest,
+) -> Result<Value, worker::SubmitError> {
+    let queued = match cluster::enqueue(&cluster, &entry, request).await {
+        Ok(queued) => queued,
+        Err(refused) => {
+            state.runs().release(&entry.owner);
+            return Err(refused);
+        }
+    };
+    state.runs().insert(entry.clone());
+    let view = entry.view();
+    let approver = state.approver_for.as_ref().map(|make| make(&entry.info()));
+    tokio::spawn(cluster::follow(
+        state.clone(),
+        cluster,
+        entry,
+        queued,
+        approver,
+    ));
+    Ok(view)
 }
 
 /// 202 with the run's view and its `Location`.
@@ -982,7 +1020,11 @@ pub fn free_disk(dir: &std::path::Path) -> std::io::Result<u64> {
     let dir = dir
         .ancestors()
         .find(|d| d.exists())
-        .unwrap_or(std::path::Path::new("/"));
+        .unwrap_or(std::path::Path::new(if dir.is_relative() {
+            "."
+        } else {
+            "/"
+        }));
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
     // SAFETY: `path` is a NUL-terminated string that outlives the call, and

@@ -138,6 +138,12 @@ impl RunEntry {
         self.progress.send_modify(|p| p.records += 1);
     }
 
+    /// The audit file already holds `records` records (a run known again
+    /// after a restart).
+    pub fn records_kept(&self, records: u64) {
+        self.progress.send_modify(|p| p.records = records);
+    }
+
     /// Watch the run's progress.
     pub fn watch(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()

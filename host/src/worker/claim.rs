@@ -10,6 +10,10 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The longest lease a claim is taken to have (a worker's `--ack-wait` is
+/// at most an hour).
+const MAX_LEASE: Duration = Duration::from_secs(3600);
+
 /// The error [`Claims::beat`] gives when another worker took the claim.
 pub const LOST: &str = "the claim was taken by another worker";
 
@@ -35,11 +39,14 @@ impl Stored {
     /// hold the run forever (by anyone who may publish on the claims
     /// subject), and is taken as a stale one.
     fn is_live(&self, stale_after: Duration) -> bool {
-        let stale_after = stale_after.max(Duration::from_millis(self.lease_ms));
+        // A lease read from the bus is held to a worker's longest
+        // `--ack-wait`, so a forged one cannot hold a run forever.
+        let lease = Duration::from_millis(self.lease_ms).min(MAX_LEASE);
         let now = now_us();
         let age = Duration::from_micros(now.saturating_sub(self.heartbeat_us));
         let ahead = Duration::from_micros(self.heartbeat_us.saturating_sub(now));
-        age < stale_after && ahead < stale_after
+        // Clock skew is judged by the reader's own bound alone.
+        age < stale_after.max(lease) && ahead < stale_after
     }
 }
 

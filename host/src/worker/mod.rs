@@ -1209,20 +1209,24 @@ impl Worker {
                 done = &mut work => return Some(done),
                 _ = beat.tick() => {
                     let _ = message.ack_with(jetstream::AckKind::Progress).await;
-                    match self.claims.beat(claim).await {
-                        Ok(()) => renewed = tokio::time::Instant::now(),
-                        Err(error) if error == claim::LOST => return None,
-                        Err(error) => {
-                            tracing::warn!("heartbeat of {}: {error}", claim.run_id);
-                            if renewed.elapsed() >= self.config.ack_wait / 2 {
-                                tracing::warn!(
-                                    "{}: the claim was not renewed for {:?}; stopping the run before another worker may take it",
-                                    claim.run_id,
-                                    renewed.elapsed()
-                                );
-                                return None;
-                            }
-                        }
+                    // A renewal counts from when it was sent, and is not
+                    // waited for past the lease's half.
+                    let sent = tokio::time::Instant::now();
+                    let lease_half = renewed + self.config.ack_wait / 2;
+                    let renewal = tokio::time::timeout_at(lease_half, self.claims.beat(claim)).await;
+                    match renewal {
+                        Ok(Ok(())) => renewed = sent,
+                        Ok(Err(error)) if error == claim::LOST => return None,
+                        Ok(Err(error)) => tracing::warn!("heartbeat of {}: {error}", claim.run_id),
+                        Err(_) => tracing::warn!("heartbeat of {}: no answer", claim.run_id),
+                    }
+                    if renewed.elapsed() >= self.config.ack_wait / 2 {
+                        tracing::warn!(
+                            "{}: the claim was not renewed for {:?}; stopping the run before another worker may take it",
+                            claim.run_id,
+                            renewed.elapsed()
+                        );
+                        return None;
                     }
                 }
             }

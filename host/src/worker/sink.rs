@@ -45,15 +45,15 @@ pub struct NatsSink {
 
 impl NatsSink {
     /// A sink publishing to `subject`, whose last message has stream
-    /// sequence `after` (0: none yet), and the pump's handle: it ends,
-    /// with what it published, once the sink is dropped and every record
-    /// is acked.
+    /// sequence `after` (0: none yet), and its [`Pump`]: it ends, with
+    /// what it published, once the sink is dropped and every record is
+    /// acked.
     pub fn start(
         js: jetstream::Context,
         subject: String,
         after: u64,
         limits: SinkLimits,
-    ) -> (NatsSink, JoinHandle<Result<Pumped, String>>) {
+    ) -> (NatsSink, Pump) {
         let (send, mut receive) = mpsc::unbounded_channel::<(u64, Bytes)>();
         let in_flight = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(Mutex::new(None::<String>));
@@ -106,7 +106,29 @@ impl NatsSink {
             }
             Ok(pumped)
         });
-        (sink, pump)
+        (sink, Pump(pump))
+    }
+}
+
+/// The pump of a [`NatsSink`]: awaited, what it published once every
+/// record is acked; dropped, the pump stops (an attempt dropped mid-run,
+/// its claim lost, publishes nothing more).
+pub struct Pump(JoinHandle<Result<Pumped, String>>);
+
+impl std::future::Future for Pump {
+    type Output = Result<Result<Pumped, String>, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(context)
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
