@@ -283,6 +283,27 @@ async fn results_on_subject(js: &jetstream::Context, run_id: &str) -> u64 {
     subjects.into_iter().map(|s| s.unwrap().1 as u64).sum()
 }
 
+/// Submit the scripted job `id`, again while NATS refuses it (a submitter
+/// retries), for up to a minute.
+async fn submit_until_stored(js: &jetstream::Context, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(error) = worker::submit(js, &scripted_job(id)).await {
+        assert!(Instant::now() < deadline, "submit kept failing: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each scripted run of `ids` answered, ended once, with one result.
+async fn each_answered_once(js: &jetstream::Context, ids: &[String]) {
+    for id in ids {
+        let result = wait_result(js, id, Duration::from_secs(120)).await.unwrap();
+        assert_eq!(result.answer.as_deref(), Some("forty-two"), "{id}");
+        let (records, _) = verified_audit(js, id).await;
+        assert_eq!(ends(&records).len(), 1, "{id} ended once");
+        assert_eq!(results_on_subject(js, id).await, 1, "{id}");
+    }
+}
+
 async fn drained(js: &jetstream::Context, within: Duration) {
     let deadline = Instant::now() + within;
     while queue_messages(js).await > 0 {
@@ -517,21 +538,9 @@ async fn nats_restart_mid_stream_loses_no_job() {
     let js = nats.jetstream().await;
     for id in &ids[10..] {
         // A submit during the reconnect may fail: the submitter retries.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(error) = worker::submit(&js, &scripted_job(id)).await {
-            assert!(Instant::now() < deadline, "submit kept failing: {error}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        submit_until_stored(&js, id).await;
     }
-    for id in &ids {
-        let result = wait_result(&js, id, Duration::from_secs(120))
-            .await
-            .unwrap();
-        assert_eq!(result.answer.as_deref(), Some("forty-two"), "{id}");
-        let (records, _) = verified_audit(&js, id).await;
-        assert_eq!(ends(&records).len(), 1, "{id} ended once");
-        assert_eq!(results_on_subject(&js, id).await, 1);
-    }
+    each_answered_once(&js, &ids).await;
     drained(&js, Duration::from_secs(20)).await;
 }
 
@@ -1013,21 +1022,9 @@ async fn nats_replicas_three_survive_losing_a_server_of_the_cluster() {
     for id in &ids[10..] {
         // The submitter's connection may be to the server just lost: it
         // reconnects to another, and a submit is retried until stored.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(error) = worker::submit(&js, &scripted_job(id)).await {
-            assert!(Instant::now() < deadline, "submit kept failing: {error}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        submit_until_stored(&js, id).await;
     }
-    for id in &ids {
-        let result = wait_result(&js, id, Duration::from_secs(120))
-            .await
-            .unwrap();
-        assert_eq!(result.answer.as_deref(), Some("forty-two"), "{id}");
-        let (records, _) = verified_audit(&js, id).await;
-        assert_eq!(ends(&records).len(), 1, "{id} ended once");
-        assert_eq!(results_on_subject(&js, id).await, 1, "{id}");
-    }
+    each_answered_once(&js, &ids).await;
     drained(&js, Duration::from_secs(30)).await;
 }
 

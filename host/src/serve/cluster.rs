@@ -122,6 +122,19 @@ struct Following {
     result: Option<RunResult>,
 }
 
+impl Following {
+    /// The run's entry, its audit file in `audit_dir`.
+    fn entry(&self, audit_dir: &Path) -> Arc<RunEntry> {
+        let run = &self.run;
+        Arc::new(RunEntry::new(
+            run.id.clone(),
+            run.owner.clone(),
+            (run.policy.clone(), run.agent.clone(), run.model.clone()),
+            audit_dir.join(format!("{}.jsonl", run.id)),
+        ))
+    }
+}
+
 const FOLLOWING: &str = ".following.json";
 
 /// Largest file [`recover`] reads (a result from the bus, at most NATS's
@@ -271,12 +284,7 @@ pub async fn recover(state: &Arc<ServeState>) -> Result<usize, String> {
     // whole.
     for following in ended.iter().rev() {
         let run = &following.run;
-        let entry = Arc::new(RunEntry::new(
-            run.id.clone(),
-            run.owner.clone(),
-            (run.policy.clone(), run.agent.clone(), run.model.clone()),
-            state.jobs.audit_dir.join(format!("{}.jsonl", run.id)),
-        ));
+        let entry = following.entry(&state.jobs.audit_dir);
         if let Some(result) = &following.result {
             entry.records_kept(result.audit_records);
             entry.finish_queued(result);
@@ -295,12 +303,7 @@ pub async fn recover(state: &Arc<ServeState>) -> Result<usize, String> {
     let mut followed = 0;
     for (index, following) in found.iter().enumerate() {
         let run = &following.run;
-        let entry = Arc::new(RunEntry::new(
-            run.id.clone(),
-            run.owner.clone(),
-            (run.policy.clone(), run.agent.clone(), run.model.clone()),
-            state.jobs.audit_dir.join(format!("{}.jsonl", run.id)),
-        ));
+        let entry = following.entry(&state.jobs.audit_dir);
         {
             let mut runs = state.runs();
             if runs.contains(&run.id) {
