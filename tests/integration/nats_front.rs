@@ -426,11 +426,13 @@ async fn nats_a_restarted_front_end_knows_and_follows_its_runs_again() {
     let js = nats.jetstream().await;
     let front = start();
     let queued = front.submit(scripted()).await;
+    let (_, before) = front.get(&format!("/runs/{queued}")).await;
     drop(front);
     let front = start();
     let (status, view) = front.get(&format!("/runs/{queued}")).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "queued", "{view}");
+    assert_eq!(view["created"], before["created"], "{view}");
     let worker = WorkerProcess::start(&nats.url(), dir.path(), "w1", &[]);
     let view = front.finished(&queued).await;
     assert_eq!(view["status"], "succeeded", "{view}");

@@ -126,12 +126,16 @@ impl Following {
     /// The run's entry, its audit file in `audit_dir`.
     fn entry(&self, audit_dir: &Path) -> Arc<RunEntry> {
         let run = &self.run;
-        Arc::new(RunEntry::new(
-            run.id.clone(),
-            run.owner.clone(),
-            (run.policy.clone(), run.agent.clone(), run.model.clone()),
-            audit_dir.join(format!("{}.jsonl", run.id)),
-        ))
+        let submitted = std::time::UNIX_EPOCH + Duration::from_micros(self.enqueued_us);
+        Arc::new(
+            RunEntry::new(
+                run.id.clone(),
+                run.owner.clone(),
+                (run.policy.clone(), run.agent.clone(), run.model.clone()),
+                audit_dir.join(format!("{}.jsonl", run.id)),
+            )
+            .created_at(submitted),
+        )
     }
 }
 
@@ -210,7 +214,8 @@ pub async fn enqueue(
     }
     let job = QueuedJob {
         run_id: run_id.to_string(),
-        enqueued_us: worker::now_us(),
+        // The entry's own time, so a restarted front end shows the same.
+        enqueued_us: entry.created_us(),
         request,
     };
     if let Err(error) = write_following(entry, job.enqueued_us, None) {

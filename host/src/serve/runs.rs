@@ -105,6 +105,19 @@ impl RunEntry {
         }
     }
 
+    /// When it was submitted, µs since the epoch.
+    pub fn created_us(&self) -> u64 {
+        self.created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Submitted at `created` (a run known again after a restart).
+    pub fn created_at(mut self, created: SystemTime) -> Self {
+        self.created = created;
+        self
+    }
+
     /// The run as the approver factory sees it.
     pub fn info(&self) -> super::RunInfo {
         super::RunInfo {
