@@ -509,6 +509,12 @@ async fn end_withdrawn(
     enqueued_us: u64,
     withdrawal: &claim::Withdrawal,
 ) -> Result<RunResult, String> {
+    // The reason may have come from the bus (a withdrawn claim): bounded
+    // and cleaned as a cancel's is before it is recorded and shown.
+    let reason = crate::transcript::clean(&crate::capability::brief(
+        &withdrawal.reason,
+        MAX_CANCEL_REASON,
+    ));
     // A zombie attempt appending between the read and the write makes
     // the write fail; it stops at its next heartbeat.
     for _ in 0..5 {
@@ -541,11 +547,11 @@ async fn end_withdrawn(
             .with_seq(seq)
             .with_sink(audit_sink);
         let mut data = serde_json::json!({
-            "error": withdrawal.reason,
+            "error": reason,
             "withdrawn": { "by": withdrawal.by },
         });
         if withdrawal.cancelled {
-            data["cancelled"] = serde_json::Value::String(withdrawal.reason.clone());
+            data["cancelled"] = serde_json::Value::String(reason.clone());
         }
         audit
             .write(Entry {
@@ -554,7 +560,7 @@ async fn end_withdrawn(
                 subject: "job".into(),
                 decision: Verdict::Deny,
                 rule: WITHDRAWN_RULE.into(),
-                detail: withdrawal.reason.clone(),
+                detail: reason.clone(),
                 outcome: Some(Outcome::Failed),
                 data: Some(data),
             })
@@ -565,7 +571,7 @@ async fn end_withdrawn(
                 return Ok(RunResult {
                     run_id: run_id.to_string(),
                     answer: None,
-                    error: Some(withdrawal.reason.clone()),
+                    error: Some(reason.clone()),
                     attempt: 0,
                     worker: withdrawal.by.clone(),
                     audit_head: pumped.head,
